@@ -1,0 +1,96 @@
+"""The segmenter contract: one image, then any number of cheap prompts.
+
+Modelled on segment-anything's ``SamPredictor``: ``set_image`` runs the expensive encoder (or finds the
+embedding in the cache), ``predict`` runs only the prompt encoder and mask decoder. Coordinates are pixels of
+the image given to ``set_image``: x is the column (volume index i), y the row (volume index j); box corners are
+inclusive pixel indices. Input transforms (resize, pad, normalise) belong to the adapter, never to callers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prompt2D:
+    """A prompt on one slice. ``box`` is ``(x0, y0, x1, y1)`` inclusive; ``labels`` 1 = foreground, 0 = background."""
+
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.points) != len(self.labels):
+            raise ValueError("each point needs exactly one label (1 foreground, 0 background)")
+        if self.box is None and not self.points:
+            raise ValueError("a prompt needs a box, points, or both")
+
+    @property
+    def has_foreground_point(self) -> bool:
+        return any(label == 1 for label in self.labels)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A 2D mask on the image given to ``set_image`` and the model's own quality estimate (predicted IoU)."""
+
+    mask: np.ndarray  # bool, (H, W)
+    score: float
+
+
+@dataclass
+class SegmenterStats:
+    """Counters that tests and benchmarks read: the encoder must not run twice for one cached slice."""
+
+    encoder_calls: int = 0
+    cache_hits: int = 0
+    decoder_calls: int = 0
+    encoder_seconds: float = 0.0
+    decoder_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What went into ``result.json``: enough to know which weights produced a mask."""
+
+    name: str
+    weights: str
+    sha256: str
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """A promptable 2D segmenter (SAM family)."""
+
+    identity: ModelIdentity
+    stats: SegmenterStats
+
+    def set_image(self, image: np.ndarray, cache_key: Hashable | None = None) -> None:
+        """Encode an (H, W, 3) uint8 image, or reuse the cached embedding stored under ``cache_key``."""
+
+    def predict(self, prompt: Prompt2D) -> Prediction:
+        """Segment the current image from ``prompt``."""
+
+
+def box_from_mask(mask: np.ndarray, margin: int = 0) -> tuple[float, float, float, float] | None:
+    """Tight inclusive ``(x0, y0, x1, y1)`` box of a 2D mask, grown by ``margin`` pixels and clipped."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    h, w = mask.shape
+    return (
+        float(max(cols[0] - margin, 0)),
+        float(max(rows[0] - margin, 0)),
+        float(min(cols[-1] + margin, w - 1)),
+        float(min(rows[-1] + margin, h - 1)),
+    )
+
+
+def points_array(points: Sequence[Sequence[float]]) -> np.ndarray:
+    return np.asarray(points, dtype=np.float32).reshape(-1, 2)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up MedSegReasoning on a fresh Debian/Ubuntu machine (Python 3.10+):
+#   - system tools from apt: dicom3tools (dciodvfy, the DICOM validator the tests use);
+#   - a virtual environment in .venv with the engine, its CLI (.venv/bin/medseg-reasoning) and the test tools.
+# Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+APT_PACKAGES="dicom3tools"
+
+install_apt_packages() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install.sh: no apt-get here; install these yourself for the full test suite: $APT_PACKAGES" >&2
+    return
+  fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "install.sh: not root and no sudo; install these yourself for the full test suite: $APT_PACKAGES" >&2
+      return
+    fi
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $APT_PACKAGES >/dev/null
+}
+
+install_apt_packages
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch and torchvision must be a matching pair (the Qwen-VL processors and LiteMedSAM's TinyViT need both).
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+.venv/bin/python -m pip install -q -e ".[test,sample]"
+echo "install.sh: ready: .venv/bin/medseg-reasoning --help"
