@@ -8,7 +8,6 @@ load only to hear that a box was outside the volume.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -222,8 +221,8 @@ def write_outputs(volume, targets, options: AskOptions, window, identity, timing
     """Write mask.nii.gz, seg.dcm (DICOM input) and result.json, each atomically, then print the summary."""
     import numpy as np
 
-    from .export.atomic import staged_outputs
-    from .export.dicom_seg import AlgorithmInfo, SegmentSpec, write_dicom_seg
+    from .atomic import staged_outputs
+    from .export.dicom_seg import AlgorithmInfo, SegmentSpec, SourceNotReferenceableError, write_dicom_seg
     from .result import build_result, write_result
     from .volume import write_label_image
 
@@ -232,13 +231,17 @@ def write_outputs(volume, targets, options: AskOptions, window, identity, timing
     for target in targets:
         labelmap[target.mask] = target.value
     outputs: dict[str, str | None] = {"mask": "mask.nii.gz", "seg": None, "result": "result.json"}
+    warnings: list[str] = []
     with staged_outputs(options.out) as staging:
         write_label_image(staging / "mask.nii.gz", labelmap, volume.geometry)
         if volume.source.dicom is not None:
             segments = [SegmentSpec(number=t.value, label=t.label, mask=t.mask, semiautomatic=True) for t in targets]
             algorithm = AlgorithmInfo(identity.name, _algorithm_version(identity))
-            write_dicom_seg(volume, segments, staging / "seg.dcm", algorithm)
-            outputs["seg"] = "seg.dcm"
+            try:
+                write_dicom_seg(volume, segments, staging / "seg.dcm", algorithm)
+                outputs["seg"] = "seg.dcm"
+            except SourceNotReferenceableError as exc:  # the mask is still good: keep it, say why no SEG
+                warnings.append(f"no seg.dcm: {exc}")
         timings["export_s"] = time.perf_counter() - t0
         result = build_result(
             volume,
@@ -249,6 +252,7 @@ def write_outputs(volume, targets, options: AskOptions, window, identity, timing
             timings=timings,
             outputs=outputs,
             propagate=options.propagate,
+            warnings=warnings,
         )
         write_result(staging / "result.json", result)
     _print_summary(result, options.out)
@@ -271,6 +275,8 @@ def _print_summary(result: dict, out: Path) -> None:
                 print(f"  propagation {direction}: stopped at {why}")
     written = [name for name in result["outputs"].values() if name]
     print(f"wrote {', '.join(written)} to {out}")
+    for warning in result["warnings"]:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 class _progress_bar:
@@ -307,12 +313,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import VoxelPrompt
-    from .sample import build_sample
+    from .sample import build_sample, read_sample_description
     from .volume import load_volume
 
     dicom_dir = build_sample(args.sample_dir)
-    info = json.loads((Path(args.sample_dir) / "sample.json").read_text())
-    i0, j0, i1, j1, k = info["box"]
+    info = read_sample_description(args.sample_dir)
+    i0, j0, i1, j1, k = (info["box"][key] for key in ("i0", "j0", "i1", "j1", "k"))
     structure = info.get("structure", "Segment 1")
     print(f"sample: {dicom_dir}")
     print(f"prompt: --box {i0},{j0},{i1},{j1},{k} ({structure})")

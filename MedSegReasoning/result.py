@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .export.atomic import write_text_atomic
+from .atomic import write_text_atomic
 from .pipeline import TargetResult
 from .segmentation.base import ModelIdentity
 from .volume.core import Volume
@@ -36,6 +36,7 @@ def build_result(
     timings: dict[str, float],
     outputs: dict[str, str | None],
     propagate: bool,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
@@ -53,6 +54,7 @@ def build_result(
             "segmenter": {"name": segmenter.name, "weights": segmenter.weights, "sha256": segmenter.sha256, **segmenter.extra},
         },
         "outputs": outputs,
+        "warnings": list(warnings),
     }
 
 

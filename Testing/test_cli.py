@@ -145,7 +145,6 @@ def test_help_documents_exit_codes_and_indices():
 def test_ask_on_real_ct_writes_mask_seg_and_result(shared_ct, litemedsam, tmp_path, monkeypatch, capsys):
     import SimpleITK as sitk
     from ct_reference import reference_on_ct_grid
-    from external_tools import dciodvfy_errors
 
     from MedSegReasoning.segmentation import factory
     from MedSegReasoning.volume import load_volume
@@ -178,7 +177,9 @@ def test_ask_on_real_ct_writes_mask_seg_and_result(shared_ct, litemedsam, tmp_pa
     assert target["volume_ml"] == pytest.approx(target["voxels"] * np.prod(volume.geometry.spacing) / 1000, rel=1e-3)
     assert result["versions"]["segmenter"]["sha256"] == litemedsam.identity.sha256
     assert set(result["timings_s"]) >= {"load_s", "segment_s", "export_s"}
-    assert dciodvfy_errors(out / "seg.dcm") == []
+    # this anonymised series has blank Study/Series Instance UIDs: no SEG can reference it, the mask stays
+    assert result["outputs"]["seg"] is None and not (out / "seg.dcm").exists()
+    assert "Series Instance UID" in result["warnings"][0] or "SeriesInstanceUID" in result["warnings"][0]
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no staging leftovers"
 
 
@@ -208,6 +209,7 @@ def test_failed_export_keeps_the_previous_outputs(tmp_path, small_series, monkey
 
 
 def test_oracle_propagation_through_cli_on_a_series(tmp_path, small_series, monkeypatch, capsys):
+    from external_tools import dciodvfy_errors
     from fakes import OracleSegmenter
 
     from MedSegReasoning.segmentation import factory
@@ -220,3 +222,5 @@ def test_oracle_propagation_through_cli_on_a_series(tmp_path, small_series, monk
     assert result["targets"][0]["slice_range"] == [1, 4]
     assert result["targets"][0]["voxels"] == int(truth.sum())
     assert "ended" in result["targets"][0]["propagation"]["stopped"]["up"]
+    assert result["outputs"]["seg"] == "seg.dcm" and result["warnings"] == []
+    assert dciodvfy_errors(tmp_path / "o" / "seg.dcm") == []

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_output
 from ..errors import InputError
 from ..volume.core import Volume
-from .atomic import atomic_output
 
 SERIES_DESCRIPTION = "MedSegReasoning SEG - research use only"
 MANUFACTURER = "MedSegReasoning"
@@ -32,6 +32,10 @@ DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
     (144, 238, 144),
     (192, 104, 88),
 )
+
+
+class SourceNotReferenceableError(InputError):
+    """The source series lacks the identity a SEG must reference (e.g. anonymised with its UIDs blanked)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ def _source_datasets(volume: Volume) -> list:
                 f"the source DICOM file {path} can no longer be read ({exc}): the DICOM-SEG must reference the "
                 "series the mask was made on; restore the series and run again."
             ) from exc
+    for ds in datasets:
+        _fill_instance_identity_from_file_meta(ds)
     expected = info.sop_instance_uids[:1] if info.is_multiframe else info.sop_instance_uids
     for ds, uid in zip(datasets, expected, strict=True):
         if ds.SOPInstanceUID != uid:
@@ -102,7 +108,25 @@ def _source_datasets(volume: Volume) -> list:
                 f"the source file {ds.filename} changed since it was read (its SOP Instance UID differs): "
                 "run the segmentation again on the current series."
             )
+    missing = [name for name in ("StudyInstanceUID", "SeriesInstanceUID") if not datasets[0].get(name)]
+    if missing:
+        raise SourceNotReferenceableError(
+            f"the source series has no {' or '.join(missing)} (it was probably anonymised with its UIDs blanked), "
+            "so a DICOM-SEG could not reference it: use mask.nii.gz, or give the series proper UIDs first."
+        )
     return datasets
+
+
+def _fill_instance_identity_from_file_meta(ds) -> None:
+    """Some anonymisers blank SOP Class/Instance UID in the dataset but keep them in the file meta, which
+    identifies the same instance; the reader uses the same fallback, so SEG references match what was read."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return
+    if not ds.get("SOPInstanceUID") and meta.get("MediaStorageSOPInstanceUID"):
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    if not ds.get("SOPClassUID") and meta.get("MediaStorageSOPClassUID"):
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
 
 
 def _frames_in_source_order(volume: Volume, segments: Sequence[SegmentSpec]) -> np.ndarray:

@@ -31,7 +31,7 @@ class Geometry:
     direction: tuple[tuple[float, float, float], ...]  # row-major 3x3, columns = i, j, k axes
 
     @staticmethod
-    def from_arrays(origin, spacing, direction) -> "Geometry":
+    def from_arrays(origin, spacing, direction) -> Geometry:
         d = np.asarray(direction, dtype=float).reshape(3, 3)
         return Geometry(
             origin=tuple(float(x) for x in np.asarray(origin, dtype=float).reshape(3)),
@@ -66,7 +66,7 @@ class Geometry:
     def slice_normal(self) -> np.ndarray:
         return self.direction_matrix[:, 2]
 
-    def is_close(self, other: "Geometry", tol_mm: float = 1e-3) -> bool:
+    def is_close(self, other: Geometry, tol_mm: float = 1e-3) -> bool:
         """Same grid within ``tol_mm`` (origin) and a small relative tolerance (axes, spacing)."""
         return (
             np.allclose(self.origin, other.origin, atol=tol_mm)

@@ -1,0 +1,135 @@
+"""NIfTI and NRRD through SimpleITK: it converts NIfTI's RAS header to LPS, so this module never touches RAS.
+
+SimpleITK's image and our ``Geometry`` share one convention (LPS, origin at the first voxel's centre, direction
+row-major with columns = i, j, k), and ``GetArrayFromImage`` returns ``[k, j, i]``: conversion is a copy of
+numbers, never a reinterpretation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .core import Geometry, Volume, VolumeSource
+
+READ_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd"}
+# A detached .nhdr names its data file, which a rename-into-place cannot move along: labels go to single files.
+WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd")
+
+
+def image_kind(path: Path) -> str | None:
+    """``nifti``, ``nrrd``, or None when the name has neither extension."""
+    name = path.name.lower()
+    for suffix, kind in READ_SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    return None
+
+
+def read_itk_image(path: Path) -> Volume:
+    """Read a 3D scalar NIfTI or NRRD image as a ``Volume`` (modality unknown: these formats do not say)."""
+    import SimpleITK as sitk
+
+    kind = image_kind(path)
+    if kind is None:
+        raise InputError(f"{path} is neither NIfTI (.nii, .nii.gz) nor NRRD (.nrrd, .nhdr): give one of those.")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(
+            f"{path} could not be read as {kind.upper()} ({_reason(exc)}): check that the file is complete "
+            "and really is that format."
+        ) from exc
+    image = _as_3d_scalar(image, path)
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype == np.float64:  # model inputs and windows gain nothing from double precision
+        array = array.astype(np.float32)
+    return Volume(array=array, geometry=geometry_of(image), modality="", source=VolumeSource(kind=kind, path=str(path)))
+
+
+def geometry_of(image) -> Geometry:
+    """The ``Geometry`` of a 3D SimpleITK image (same convention, so numbers are copied as they are)."""
+    return Geometry.from_arrays(image.GetOrigin(), image.GetSpacing(), np.reshape(image.GetDirection(), (3, 3)))
+
+
+def reorient_to_lps(volume: Volume) -> Volume:
+    """The same voxels with axes permuted/flipped so i, j, k run as close as possible to L, P, S.
+
+    Lossless (no resampling): only the array order and the geometry change together. A rendered axial slice
+    then shows anterior at the top and the patient's right on the left, as radiologists (and the models
+    trained on their images) expect; RAS-stored NIfTI files would otherwise appear upside down.
+    """
+    import SimpleITK as sitk
+
+    image = sitk.DICOMOrient(_to_sitk(volume.array, volume.geometry), "LPS")
+    return Volume(
+        array=sitk.GetArrayFromImage(image),
+        geometry=geometry_of(image),
+        modality=volume.modality,
+        source=volume.source,
+    )
+
+
+def write_label_image(path: Path, mask_kji: np.ndarray, geometry: Geometry) -> Path:
+    """Write a ``[k, j, i]`` uint8 label map with exactly ``geometry``; atomic, so no reader sees half a file.
+
+    NRRD keeps the geometry to full double precision; NIfTI stores it as float32 (about 1e-5 mm), which is
+    the format's limit, not this function's.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.name.lower().endswith(WRITE_SUFFIXES):
+        raise InputError(f"cannot write labels to {path.name}: give a file name ending in {', '.join(WRITE_SUFFIXES)}.")
+    mask = np.asarray(mask_kji)
+    if mask.ndim != 3:
+        raise ValueError(f"a label image needs a 3D [k, j, i] array, got shape {mask.shape}")
+    image = _to_sitk(np.ascontiguousarray(mask, dtype=np.uint8), geometry)
+    from ..atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return path
+
+
+def _to_sitk(array: np.ndarray, geometry: Geometry):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetOrigin(geometry.origin)
+    image.SetSpacing(geometry.spacing)
+    image.SetDirection(tuple(geometry.direction_matrix.ravel()))
+    return image
+
+
+def _as_3d_scalar(image, path: Path):
+    """A 3D one-component image: 2D gains a one-slice axis, 4D with one volume is squeezed, the rest refused."""
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path} holds {image.GetNumberOfComponentsPerPixel()} values per voxel (a vector or colour image): "
+            "give a single-channel (scalar) volume."
+        )
+    dim = image.GetDimension()
+    if dim == 2:
+        return sitk.JoinSeries(image)
+    if dim == 4:
+        size = image.GetSize()
+        if size[3] == 1:
+            return sitk.Extract(image, (*size[:3], 0), (0, 0, 0, 0))
+        raise InputError(
+            f"{path} is a 4D image with {size[3]} volumes: extract the one 3D volume to segment "
+            "(e.g. with Slicer or fslroi) and give that."
+        )
+    if dim != 3:
+        raise InputError(f"{path} is a {dim}D image: give a 3D volume.")
+    return image
+
+
+def _reason(exc: Exception) -> str:
+    """SimpleITK's messages start with C++ file paths and line numbers; the last line is the reason."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1].removeprefix("sitk::ERROR:").strip() if lines else type(exc).__name__
