@@ -1,0 +1,509 @@
+"""Judge a candidate mask before it becomes an entity, and correct it when it fails.
+
+Why: a bad mask poisons every later round that refers to it ("the vessel next to E1"), and a SAM-family model
+almost always returns *something*. So each candidate is checked against what can be known without ground truth:
+
+- ``empty``: the segmenter found nothing;
+- ``score``: the segmenter's own quality estimate (predicted IoU) on the key slice;
+- ``size``: volume in mL against the plausible range of its label (``volume_ml`` in ``data/terminology.json``;
+  unknown labels get no size check; only the upper bound applies when the mask touches the edge of the scanned
+  volume, because the structure may continue outside it);
+- ``connected``: one 3D piece (two for a "right and left" structure);
+- ``propagation``: it ran away: propagation stopped at a leak, or stopped after one slice although the mask is
+  much wider than a slice is thick;
+- ``extent``: it fills most of the volume, or nearly a whole slice;
+- ``relation``: consistency with the entity the question referred to (inside / contains / adjacent / disjoint),
+  and never a copy of it.
+
+On failure the caller's ``segment`` callable is asked again with corrected prompts (tighter box with negative
+points outside, or a larger box for an empty mask; then the same without propagation), up to a bound; an optional
+``ask_again`` hook lets the reasoner propose a new prompt given the reasons. The best attempt is kept, and when
+none passed, the outcome is *uncertain* and the findings say so. Every judgment is returned for the round record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InputError
+from ..masks import CompactMask
+from ..pipeline import VoxelPrompt
+from ..terminology import TermType
+from ..volume.core import Geometry
+from .findings import max_inplane_diameter_mm, voxel_volume_ml
+from .spatial import DEFAULT_RELATION, RelationThresholds, spatial_relation
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+RELATIONS = ("inside", "contains", "adjacent", "disjoint")
+BILATERAL = "51440002"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One test of a candidate: ``status`` pass / fail / skip, the measured ``value`` and what was ``expected``."""
+
+    name: str
+    status: str
+    value: float | int | str | None
+    expected: str
+    detail: str = ""
+    data: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "value": self.value,
+            "expected": self.expected,
+            "detail": self.detail,
+            "data": self.data,
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> Check:
+        return Check(d["name"], d["status"], d["value"], d["expected"], d.get("detail", ""), dict(d.get("data", {})))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One attempt's mask, before it is accepted: what judgment needs, without the full-volume array."""
+
+    mask: CompactMask
+    score: float
+    prompt: VoxelPrompt
+    propagated: bool
+    strategy: str = "initial"
+    stop_reasons: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the label and the question imply about the mask."""
+
+    term: TermType | None = None
+    modifier: str | None = None  # laterality code value
+    reference: CompactMask | None = None
+    reference_id: str | None = None
+    relation: str | None = None  # inside | contains | adjacent | disjoint | None
+
+    def __post_init__(self) -> None:
+        if self.relation is not None and self.relation not in RELATIONS:
+            raise InputError(f"relation {self.relation!r} is not one of {', '.join(RELATIONS)}.")
+
+
+@dataclass(frozen=True)
+class JudgmentConfig:
+    """Thresholds; generous on purpose: judgment catches gross failures, it does not grade quality."""
+
+    min_score: float = 0.5
+    max_volume_fraction: float = 0.5
+    max_slice_fraction: float = 0.9
+    # a mask on one slice only is suspicious when it is wider than this many slice thicknesses
+    one_slice_width_factor: float = 2.0
+    disjoint_max_fraction: float = 0.02
+    adjacent_max_overlap: float = 0.1
+    relation: RelationThresholds = DEFAULT_RELATION
+
+
+DEFAULT_JUDGMENT = JudgmentConfig()
+
+
+@dataclass
+class Judgment:
+    """The verdict on one attempt, as recorded in the round."""
+
+    attempt: int
+    strategy: str
+    prompt: dict
+    propagated: bool
+    checks: list[Check]
+    voxels: int
+    volume_ml: float
+    score: float | None  # None when the segmenter gave no finite estimate (keeps equality and JSON exact)
+
+    @property
+    def accepted(self) -> bool:
+        return not any(c.failed for c in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        return "accepted" if self.accepted else "rejected"
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.failed]
+
+    def reasons(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.failures]
+
+    def to_dict(self) -> dict:
+        return {
+            "attempt": self.attempt,
+            "strategy": self.strategy,
+            "prompt": self.prompt,
+            "propagated": self.propagated,
+            "verdict": self.verdict,
+            "voxels": self.voxels,
+            "volume_ml": self.volume_ml,
+            "score": self.score,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> Judgment:
+        return Judgment(
+            attempt=int(d["attempt"]),
+            strategy=str(d["strategy"]),
+            prompt=dict(d["prompt"]),
+            propagated=bool(d["propagated"]),
+            checks=[Check.from_dict(c) for c in d["checks"]],
+            voxels=int(d["voxels"]),
+            volume_ml=float(d["volume_ml"]),
+            score=None if d.get("score") is None else float(d["score"]),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the checks
+# ---------------------------------------------------------------------------------------------------------------
+def judge(
+    candidate: Candidate,
+    geometry: Geometry,
+    shape: tuple[int, int, int],
+    expectation: Expectation = Expectation(),
+    config: JudgmentConfig = DEFAULT_JUDGMENT,
+    attempt: int = 1,
+) -> Judgment:
+    """Run every check on one candidate."""
+    mask = candidate.mask
+    voxels = mask.voxel_count
+    volume_ml = voxels * voxel_volume_ml(geometry)
+    if voxels == 0:
+        checks = [Check("empty", FAIL, 0, "> 0 voxels", "the segmenter found nothing for this prompt")]
+    else:
+        checks = [
+            _check_score(candidate, config),
+            _check_size(mask, volume_ml, shape, expectation),
+            _check_connected(mask, expectation),
+            _check_propagation(candidate, geometry, shape, config),
+            _check_extent(mask, shape, config),
+            _check_relation(mask, geometry, expectation, config),
+        ]
+    return Judgment(
+        attempt=attempt,
+        strategy=candidate.strategy,
+        prompt=candidate.prompt.to_dict(),
+        propagated=candidate.propagated,
+        checks=checks,
+        voxels=voxels,
+        volume_ml=volume_ml,
+        score=float(candidate.score) if np.isfinite(candidate.score) else None,
+    )
+
+
+def _check_score(candidate: Candidate, config: JudgmentConfig) -> Check:
+    s = float(candidate.score)
+    expected = f">= {config.min_score}"
+    if not np.isfinite(s):
+        return Check("score", SKIP, None, expected, "the segmenter gave no quality estimate")
+    if s < config.min_score:
+        return Check("score", FAIL, round(s, 4), expected, f"the segmenter's own quality estimate is low ({s:.2f})")
+    return Check("score", PASS, round(s, 4), expected)
+
+
+def plausible_volume_ml(term: TermType | None, modifier: str | None) -> tuple[float, float] | None:
+    """The plausible range for a label: ``volume_ml`` is for one structure; a paired one may hold both sides."""
+    if term is None or term.volume_ml is None:
+        return None
+    lo, hi = term.volume_ml
+    if term.takes_laterality and modifier == BILATERAL:
+        return 2 * lo, 2 * hi
+    if term.takes_laterality and modifier is None:
+        return lo, 2 * hi
+    return lo, hi
+
+
+def touches_border(mask: CompactMask, shape: tuple[int, int, int]) -> bool:
+    """True when the mask reaches the edge of the scanned volume (the structure may continue beyond it)."""
+    assert mask.box is not None
+    k0, j0, i0, k1, j1, i1 = mask.box
+    return k0 == 0 or j0 == 0 or i0 == 0 or k1 == shape[0] - 1 or j1 == shape[1] - 1 or i1 == shape[2] - 1
+
+
+def _check_size(mask: CompactMask, volume_ml: float, shape: tuple[int, int, int], e: Expectation) -> Check:
+    bounds = plausible_volume_ml(e.term, e.modifier)
+    value = round(volume_ml, 3)
+    if bounds is None:
+        return Check("size", SKIP, value, "no typical volume for this label", "no size check for this label")
+    lo, hi = bounds
+    expected = f"{lo:g}-{hi:g} mL"
+    assert e.term is not None
+    name = e.term.code.meaning.lower()
+    if volume_ml > hi:
+        return Check("size", FAIL, value, expected, f"{volume_ml:.1f} mL is more than a {name} can plausibly hold")
+    if volume_ml < lo:
+        if touches_border(mask, shape):
+            return Check(
+                "size",
+                PASS,
+                value,
+                expected,
+                f"{volume_ml:.1f} mL is small for a {name}, but the mask reaches the edge of the scanned volume, "
+                "so only the upper bound applies",
+            )
+        return Check("size", FAIL, value, expected, f"{volume_ml:.1f} mL is less than a {name} can plausibly hold")
+    return Check("size", PASS, value, expected)
+
+
+def _check_connected(mask: CompactMask, e: Expectation) -> Check:
+    allowed = 2 if e.modifier == BILATERAL else 1
+    _, count = ndimage.label(mask.crop(), structure=np.ones((3, 3, 3), dtype=bool))
+    expected = f"<= {allowed} piece(s)"
+    if count > allowed:
+        return Check("connected", FAIL, int(count), expected, f"the mask falls apart into {count} pieces")
+    return Check("connected", PASS, int(count), expected)
+
+
+def _check_propagation(
+    candidate: Candidate, geometry: Geometry, shape: tuple[int, int, int], config: JudgmentConfig
+) -> Check:
+    mask = candidate.mask
+    assert mask.box is not None
+    n_slices = mask.box[3] - mask.box[0] + 1
+    if not candidate.propagated:
+        return Check("propagation", SKIP, n_slices, "propagated", "not propagated (key slice only, on purpose)")
+    leaks = [f"{d}: {r}" for d, r in sorted(candidate.stop_reasons.items()) if "leak" in r]
+    if leaks:
+        return Check(
+            "propagation",
+            FAIL,
+            n_slices,
+            "stops where the structure ends",
+            "propagation ran into a leak (" + "; ".join(leaks) + "), so the mask may have spread or been cut short",
+            {"stop_reasons": dict(candidate.stop_reasons)},
+        )
+    if n_slices == 1 and shape[0] > 1:
+        width = max_inplane_diameter_mm(mask, mask.box[0], geometry) or 0.0
+        thickness = float(geometry.spacing[2])
+        if width > config.one_slice_width_factor * thickness:
+            return Check(
+                "propagation",
+                FAIL,
+                n_slices,
+                "more than one slice",
+                f"propagation stopped after one slice although the mask is {width:.1f} mm across "
+                f"and slices are {thickness:g} mm apart",
+                {"stop_reasons": dict(candidate.stop_reasons)},
+            )
+    return Check(
+        "propagation",
+        PASS,
+        n_slices,
+        "stops where the structure ends",
+        "",
+        {"stop_reasons": dict(candidate.stop_reasons)},
+    )
+
+
+def _check_extent(mask: CompactMask, shape: tuple[int, int, int], config: JudgmentConfig) -> Check:
+    total = float(np.prod(shape))
+    fraction = mask.voxel_count / total
+    expected = f"<= {config.max_volume_fraction:.0%} of the volume, <= {config.max_slice_fraction:.0%} of any slice"
+    if fraction > config.max_volume_fraction:
+        return Check("extent", FAIL, round(fraction, 4), expected, f"the mask fills {fraction:.0%} of the whole volume")
+    assert mask.box is not None
+    areas = mask.crop().sum(axis=(1, 2)) / float(shape[1] * shape[2])
+    worst = int(np.argmax(areas))
+    if areas[worst] > config.max_slice_fraction:
+        return Check(
+            "extent",
+            FAIL,
+            round(float(areas[worst]), 4),
+            expected,
+            f"the mask fills {areas[worst]:.0%} of slice {mask.box[0] + worst}",
+        )
+    return Check("extent", PASS, round(fraction, 4), expected)
+
+
+def _check_relation(mask: CompactMask, geometry: Geometry, e: Expectation, config: JudgmentConfig) -> Check:
+    if e.reference is None or e.reference.is_empty:
+        return Check("relation", SKIP, None, "no referenced entity", "")
+    rel = spatial_relation(mask, e.reference, geometry, config.relation)
+    ref = e.reference_id or "the referenced entity"
+    data = rel.to_dict()
+    if rel.kind == "same":
+        return Check(
+            "relation", FAIL, rel.kind, e.relation or "a different structure", f"the mask is {ref} again", data
+        )
+    if e.relation is None:
+        return Check("relation", PASS, rel.kind, "a different structure", "", data)
+    ok = {
+        "inside": rel.kind == "inside",
+        "contains": rel.kind == "contains",
+        "adjacent": rel.kind == "adjacent"
+        or (rel.kind == "overlaps" and max(rel.overlap_of_a, rel.overlap_of_b) <= config.adjacent_max_overlap),
+        "disjoint": rel.overlap_of_a <= config.disjoint_max_fraction
+        and rel.overlap_of_b <= config.disjoint_max_fraction,
+    }[e.relation]
+    if ok:
+        return Check("relation", PASS, rel.kind, e.relation, "", data)
+    detail = f"the question asks for a structure {e.relation} {ref}, but the mask is {rel.kind}"
+    if rel.kind in ("separate", "adjacent"):
+        detail += f" ({rel.distance_mm:.1f} mm away)"
+    return Check("relation", FAIL, rel.kind, e.relation, detail, data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# correction
+# ---------------------------------------------------------------------------------------------------------------
+SegmentFn = Callable[[VoxelPrompt, bool, str], Candidate]
+"""``(prompt, propagate, strategy) -> Candidate``: the caller's segmenter path (may raise InputError)."""
+AskAgainFn = Callable[[list[str]], VoxelPrompt | None]
+"""Given the reasons the mask failed, a new prompt from the reasoner (or None): the hook for reasoner re-asks."""
+JudgeFn = Callable[[Candidate, int], Judgment]
+
+
+@dataclass
+class Outcome:
+    """The kept attempt, its judgment, and every judgment made on the way."""
+
+    best: Candidate
+    best_judgment: Judgment
+    judgments: list[Judgment]
+
+    @property
+    def accepted(self) -> bool:
+        return self.best_judgment.accepted
+
+    @property
+    def uncertain(self) -> bool:
+        return not self.accepted
+
+    def uncertainty(self) -> list[str]:
+        """Plain reasons for the findings text; empty when the kept attempt passed."""
+        if self.accepted:
+            return []
+        n = len(self.judgments)
+        return [f"no attempt passed judgment ({n} tried); kept attempt {self.best_judgment.attempt}"] + [
+            r for r in self.best_judgment.reasons()
+        ]
+
+
+def correction_prompts(
+    prompt: VoxelPrompt, failed: Judgment, shape: tuple[int, int, int]
+) -> list[tuple[str, VoxelPrompt, bool]]:
+    """Corrected prompts to try, best first: ``(strategy, prompt, propagate)``.
+
+    Empty mask: the box probably missed the structure, so grow it and add a foreground point. Anything else (leak,
+    too big, wrong relation, low score): a tighter box, a foreground point at its centre and background points just
+    outside the original box; then the same on the key slice alone, which cannot run away.
+    """
+    _, nj, ni = shape
+    names = {c.name for c in failed.failures}
+    fg = [p for p, lab in zip(prompt.points, prompt.labels, strict=True) if lab == 1]
+    if prompt.box is None:
+        return [("key slice only", prompt, False)] if failed.propagated else []
+    i0, j0, i1, j1 = prompt.box
+    centre = ((i0 + i1) // 2, (j0 + j1) // 2)
+    if "empty" in names:
+        box = _grow(prompt.box, 0.25, ni, nj)
+        points = tuple(fg) or (centre,)
+        grown = VoxelPrompt(prompt.k, box, points, (1,) * len(points))
+        return [
+            ("larger box and a foreground point", grown, failed.propagated),
+            ("larger box, key slice only", grown, False),
+        ]
+    box = _shrink(prompt.box, 0.15)
+    negatives = _outside_points(prompt.box, ni, nj, margin=2)
+    points = (*(fg or [centre]), *negatives)
+    labels = (1,) * len(fg or [centre]) + (0,) * len(negatives)
+    tighter = VoxelPrompt(prompt.k, box, tuple(points), labels)
+    strategies = [("tighter box, negative points outside", tighter, failed.propagated)]
+    if failed.propagated:
+        strategies.append(("tighter box, key slice only", tighter, False))
+    return strategies
+
+
+def judge_and_correct(
+    prompt: VoxelPrompt,
+    segment: SegmentFn,
+    judge_fn: JudgeFn,
+    shape: tuple[int, int, int],
+    *,
+    propagate: bool = True,
+    max_corrections: int = 2,
+    ask_again: AskAgainFn | None = None,
+) -> Outcome:
+    """Segment, judge, and re-prompt while the judgment fails; keep the best attempt.
+
+    A first prompt that the segmenter path refuses (InputError, e.g. a box outside the volume) raises: the caller
+    records the target as failed. Corrected prompts that it refuses are skipped.
+    """
+    first = segment(prompt, propagate, "initial")
+    judgments = [judge_fn(first, 1)]
+    attempts = [(first, judgments[0])]
+    corrections = correction_prompts(prompt, judgments[0], shape)[:max_corrections]
+    for strategy, corrected, prop in corrections:
+        if any(j.accepted for _, j in attempts):
+            break
+        try:
+            cand = segment(corrected, prop, strategy)
+        except InputError:
+            continue
+        j = judge_fn(cand, len(judgments) + 1)
+        judgments.append(j)
+        attempts.append((cand, j))
+    if ask_again is not None and not any(j.accepted for _, j in attempts):
+        reasons = _best(attempts)[1].reasons()
+        new_prompt = ask_again(reasons)
+        if new_prompt is not None:
+            try:
+                cand = segment(new_prompt, propagate, "asked the reasoner again")
+                j = judge_fn(cand, len(judgments) + 1)
+                judgments.append(j)
+                attempts.append((cand, j))
+            except InputError:
+                pass
+    best, best_j = _best(attempts)
+    return Outcome(best, best_j, judgments)
+
+
+def _best(attempts: list[tuple[Candidate, Judgment]]) -> tuple[Candidate, Judgment]:
+    """Passed beats failed; then fewer failed checks, a non-empty mask, a higher score; ties keep the earlier."""
+
+    def key(item: tuple[int, tuple[Candidate, Judgment]]):
+        n, (c, j) = item
+        score = float(c.score) if np.isfinite(c.score) else 0.0
+        return (j.accepted, -len(j.failures), j.voxels > 0, score, -n)
+
+    return max(enumerate(attempts), key=key)[1]
+
+
+def _shrink(box: tuple[int, int, int, int], fraction: float) -> tuple[int, int, int, int]:
+    i0, j0, i1, j1 = box
+    di, dj = int(round((i1 - i0) * fraction)), int(round((j1 - j0) * fraction))
+    if i1 - i0 - 2 * di < 2 or j1 - j0 - 2 * dj < 2:
+        return box
+    return (i0 + di, j0 + dj, i1 - di, j1 - dj)
+
+
+def _grow(box: tuple[int, int, int, int], fraction: float, ni: int, nj: int) -> tuple[int, int, int, int]:
+    i0, j0, i1, j1 = box
+    di, dj = max(2, int(round((i1 - i0 + 1) * fraction))), max(2, int(round((j1 - j0 + 1) * fraction)))
+    return (max(i0 - di, 0), max(j0 - dj, 0), min(i1 + di, ni - 1), min(j1 + dj, nj - 1))
+
+
+def _outside_points(box: tuple[int, int, int, int], ni: int, nj: int, margin: int) -> list[tuple[int, int]]:
+    """Midpoints of the box's four sides, ``margin`` pixels outside it; those that leave the slice are dropped."""
+    i0, j0, i1, j1 = box
+    ic, jc = (i0 + i1) // 2, (j0 + j1) // 2
+    candidates = [(i0 - margin, jc), (i1 + margin, jc), (ic, j0 - margin), (ic, j1 + margin)]
+    return [(i, j) for i, j in candidates if 0 <= i < ni and 0 <= j < nj]

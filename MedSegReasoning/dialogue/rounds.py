@@ -1,0 +1,314 @@
+"""One round of the dialogue: question -> references -> plan (the reasoner's targets) -> segment, judge, correct ->
+entities -> save.
+
+The reasoner is a hook: ``run_round`` takes either a ready ``RoundPlan`` (tests, replayed answers, a user's own
+prompts) or a ``Planner`` callable that receives the question and ``Session.context_for_reasoner()`` and returns
+one. A reasoner adapter's job is to turn its ``Answer`` into a ``RoundPlan``: targets with prompts already in the
+volume's voxel indices, a label, and the ``ref`` it gave (an entity id, or a phrase such as "that lesion").
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+from ..masks import CompactMask
+from ..pipeline import VoxelPrompt, check_prompt
+from ..propagation import DEFAULT_PROPAGATION, PropagationConfig, propagate, segment_slice
+from ..segmentation.base import Prompt2D, Segmenter
+from ..volume.core import Volume
+from ..volume.windowing import Window
+from .judgment import (
+    DEFAULT_JUDGMENT,
+    RELATIONS,
+    AskAgainFn,
+    Candidate,
+    Expectation,
+    JudgmentConfig,
+    judge,
+    judge_and_correct,
+)
+from .references import Clarification, Resolution, infer_relation
+from .session import Round, Session, TargetRecord
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One target of a plan, in voxel indices. ``ref``: entity id or phrase; ``redo``: the entity it replaces."""
+
+    label: str
+    prompt: VoxelPrompt
+    ref: str | None = None
+    relation: str | None = None  # inside | contains | adjacent | disjoint; None: taken from the question
+    redo: str | None = None
+    propagate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.relation is not None and self.relation not in RELATIONS:
+            raise InputError(f"relation {self.relation!r} is not one of {', '.join(RELATIONS)}.")
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the reasoner answered: its reasoning text, and either targets or a question back (clarification)."""
+
+    reasoning: str = ""
+    targets: tuple[TargetSpec, ...] = ()
+    clarification: str | None = None
+
+
+_REDO = re.compile(r"\b(redo|re-do|re-segment|resegment|again|fix|correct|replace)\b", re.IGNORECASE)
+
+
+def plan_from_answer(answer: Any, question: str = "") -> RoundPlan:
+    """A reasoner ``Answer`` (``reasoning.answer.Answer``, or anything shaped like it) as a ``RoundPlan``.
+
+    Targets keep their label and ``ref``. When the question asks to redo or fix something ("redo the second one")
+    and the answer has a single target with a ``ref``, that target replaces the referenced entity (``redo``)
+    instead of making a new one next to it.
+    """
+    targets = tuple(
+        TargetSpec(label=t.label or "structure", prompt=t.to_voxel_prompt(), ref=t.ref) for t in answer.targets
+    )
+    if len(targets) == 1 and targets[0].ref and _REDO.search(question):
+        targets = (TargetSpec(targets[0].label, targets[0].prompt, redo=targets[0].ref),)
+    return RoundPlan(reasoning=answer.reasoning or "", targets=targets, clarification=answer.clarification)
+
+
+Planner = Callable[[str, dict], RoundPlan]
+"""``(question, context) -> RoundPlan``: the reasoner hook. ``context`` is ``context_for_reasoner()`` plus the
+references found in the question (``context["references"]``)."""
+ProgressFn = Callable[[str, float], None]
+"""``(stage, fraction of the round done)``: what the server streams as ``progress`` events."""
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    propagation: PropagationConfig = DEFAULT_PROPAGATION
+    judgment: JudgmentConfig = DEFAULT_JUDGMENT
+    max_corrections: int = 2
+
+
+DEFAULT_ROUND = RoundConfig()
+
+
+def segment_candidate(
+    volume: Volume,
+    segmenter: Segmenter,
+    window: Window,
+    prompt: VoxelPrompt,
+    propagate_3d: bool = True,
+    strategy: str = "initial",
+    config: PropagationConfig = DEFAULT_PROPAGATION,
+) -> Candidate:
+    """One attempt: key-slice mask, then (optionally) propagation. An empty key-slice mask is a candidate too
+    (judgment rejects it and correction can retry), not an error; a prompt outside the volume is (InputError)."""
+    check_prompt(volume, prompt)  # bounds only: a box on a uniform region is left to the segmenter and judgment
+    prediction = segment_slice(
+        volume,
+        segmenter,
+        window,
+        prompt.k,
+        Prompt2D(
+            box=tuple(float(v) for v in prompt.box) if prompt.box else None,  # type: ignore[arg-type]
+            points=tuple((float(i), float(j)) for i, j in prompt.points),
+            labels=tuple(prompt.labels),
+        ),
+    )
+    if not prediction.mask.any():
+        return Candidate(CompactMask.empty(), prediction.score, prompt, propagate_3d, strategy)
+    if not propagate_3d:
+        return Candidate(slice_to_compact(prompt.k, prediction.mask), prediction.score, prompt, False, strategy)
+    result = propagate(volume, segmenter, window, prompt.k, prediction.mask, config)
+    return Candidate(
+        CompactMask.from_dense(result.mask), prediction.score, prompt, True, strategy, dict(result.stop_reasons)
+    )
+
+
+def slice_to_compact(k: int, mask2d) -> CompactMask:
+    """A 2D mask on slice ``k`` as a compact 3D mask, without building the full volume."""
+    flat = CompactMask.from_dense(mask2d[None])
+    if flat.box is None:
+        return flat
+    _, j0, i0, _, j1, i1 = flat.box
+    return CompactMask((k, j0, i0, k, j1, i1), flat.bits)
+
+
+def run_round(
+    session: Session,
+    volume: Volume,
+    segmenter: Segmenter,
+    window: Window,
+    question: str,
+    plan: RoundPlan | Planner,
+    *,
+    config: RoundConfig = DEFAULT_ROUND,
+    ask_again: Callable[[TargetSpec, list[str]], VoxelPrompt | None] | None = None,
+    progress: ProgressFn | None = None,
+) -> Round:
+    """Run one round and save it. Ambiguous references end the round with a clarification and no target."""
+    session.check_volume(volume)
+    t_round = time.perf_counter()
+    rnd = session.begin_round(question)
+    try:
+        references = session.find_references(question)
+        rnd.references = [r.to_dict() for r in references]
+        unclear = [r for r in references if isinstance(r, Clarification)]
+        if unclear:
+            rnd.clarification = unclear[0].to_dict()
+            return _finish(session, rnd, t_round)
+        if not isinstance(plan, RoundPlan):
+            t0 = time.perf_counter()
+            context = {**session.context_for_reasoner(), "references": rnd.references}
+            plan = plan(question, context)
+            rnd.timings["reason_s"] = time.perf_counter() - t0
+        rnd.reasoning = plan.reasoning
+        if plan.clarification:
+            rnd.clarification = {"text": "", "question": plan.clarification, "candidates": []}
+            return _finish(session, rnd, t_round)
+        implicit = _single_reference(references)
+        # a relation word in the question belongs to the target only when there is one target to give it to
+        asked_relation = infer_relation(question) if len(plan.targets) == 1 else None
+        for n, target in enumerate(plan.targets):
+            if progress:
+                progress(f"target {n + 1} of {len(plan.targets)}: {target.label}", n / max(len(plan.targets), 1))
+            record = _run_target(
+                session, volume, segmenter, window, rnd, target, implicit, asked_relation, config, ask_again
+            )
+            rnd.targets.append(record)
+            if record.status == "clarification":
+                break
+        if progress:
+            progress("done", 1.0)
+        return _finish(session, rnd, t_round)
+    except BaseException:
+        session.abort_round(rnd)
+        raise
+
+
+def _finish(session: Session, rnd: Round, t0: float) -> Round:
+    rnd.timings["total_s"] = time.perf_counter() - t0
+    return session.finish_round(rnd)
+
+
+def _single_reference(references: list) -> str | None:
+    """The one entity a question referred to, if exactly one: targets without their own ``ref`` relate to it."""
+    ids = {i for r in references if isinstance(r, Resolution) for i in r.entity_ids}
+    return next(iter(ids)) if len(ids) == 1 else None
+
+
+def _resolve(session: Session, text: str | None, record: TargetRecord, rnd: Round) -> tuple[str | None, bool]:
+    """An entity id for ``text`` (id or phrase); False when the round must ask back instead."""
+    if text is None:
+        return None, True
+    ref = session.resolve_reference(text)
+    if isinstance(ref, Clarification):
+        record.status = "clarification"
+        record.error = ref.question
+        rnd.clarification = ref.to_dict()
+        return None, False
+    if isinstance(ref, Resolution) and ref.entity_ids:
+        return ref.entity_ids[0], True
+    record.status = "clarification"
+    record.error = f"'{text}' does not name an entity of this session."
+    rnd.clarification = {"text": text, "question": record.error + " Which one do you mean?", "candidates": []}
+    return None, False
+
+
+def _run_target(
+    session: Session,
+    volume: Volume,
+    segmenter: Segmenter,
+    window: Window,
+    rnd: Round,
+    target: TargetSpec,
+    implicit_ref: str | None,
+    asked_relation: str | None,
+    config: RoundConfig,
+    ask_again: Callable[[TargetSpec, list[str]], VoxelPrompt | None] | None,
+) -> TargetRecord:
+    record = TargetRecord(label=target.label, prompt=target.prompt.to_dict(), ref_text=target.ref)
+    ref, ok = _resolve(session, target.ref, record, rnd)
+    if not ok:
+        return record
+    redo, ok = _resolve(session, target.redo, record, rnd)
+    if not ok:
+        return record
+    record.redo = redo
+    if ref is None and redo is None and implicit_ref is not None:
+        ref = implicit_ref
+    record.ref = ref
+    record.relation = target.relation or (asked_relation if ref else None)
+
+    t0 = time.perf_counter()
+    coded = session.entity(redo).terminology if redo else session.terminology.match(target.label)
+    term = session.terminology.type_of(coded)
+    expectation = Expectation(
+        term=term,
+        modifier=coded.modifier.value if coded.modifier else None,
+        reference=session.entity(ref).mask if ref else None,
+        reference_id=ref,
+        relation=record.relation,
+    )
+    record.timings["terminology_s"] = time.perf_counter() - t0
+
+    def segment(prompt: VoxelPrompt, prop: bool, strategy: str) -> Candidate:
+        return segment_candidate(volume, segmenter, window, prompt, prop, strategy, config.propagation)
+
+    def judge_fn(candidate: Candidate, attempt: int):
+        return judge(candidate, session.geometry, session.shape, expectation, config.judgment, attempt)
+
+    t1 = time.perf_counter()
+    try:
+        outcome = judge_and_correct(
+            target.prompt,
+            segment,
+            judge_fn,
+            session.shape,
+            propagate=target.propagate,
+            max_corrections=config.max_corrections,
+            ask_again=_bind(ask_again, target),
+        )
+    except InputError as exc:
+        record.status = "failed"
+        record.error = str(exc)
+        return record
+    record.timings["segment_and_judge_s"] = time.perf_counter() - t1
+    record.judgments = outcome.judgments
+    best = outcome.best
+    if best.mask.is_empty:
+        record.status = "failed"
+        record.error = f"no mask after {len(outcome.judgments)} attempt(s): the segmenter found nothing."
+        return record
+    t2 = time.perf_counter()
+    score = float(best.score) if best.score == best.score else None
+    if redo:
+        entity = session.redo_entity(
+            rnd, redo, best.mask, key_slice=best.prompt.k, uncertain=outcome.uncertainty(), score=score
+        )
+    else:
+        entity = session.add_entity(
+            rnd,
+            target.label,
+            best.mask,
+            key_slice=best.prompt.k,
+            terminology=coded,
+            ref=ref,
+            relation=record.relation,
+            uncertain=outcome.uncertainty(),
+            score=score,
+        )
+    record.timings["entity_s"] = time.perf_counter() - t2
+    record.entity_id = entity.id
+    record.status = "accepted" if outcome.accepted else "uncertain"
+    return record
+
+
+def _bind(ask_again, target: TargetSpec) -> AskAgainFn | None:
+    if ask_again is None:
+        return None
+    return lambda reasons: ask_again(target, reasons)

@@ -1,0 +1,571 @@
+"""A dialogue over one volume: rounds (what was asked, answered, judged) and the entities they made.
+
+The session records its volume by path and content hash, never by copy, so a session folder stays small and a
+different volume under the same path is refused. Entities keep compact masks (box + packed bits); a round that
+changes an existing entity (a redo) keeps the previous version in the round, which is what makes ``undo`` exact.
+User actions between rounds (rename, recolour, review, delete, edited mask) are applied at once and logged in
+``edits``. With a folder, the session saves itself after every round and every user action (``store.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..masks import CompactMask
+from ..terminology import CodedTerminology, Terminology, default_terminology
+from ..volume.core import Geometry, Volume
+from .entity import Color, Entity, check_color, check_review
+from .findings import Measurements, RelatedEntity, findings_text, measure
+from .judgment import Judgment
+from .references import Reference, find_references, resolve_reference
+from .spatial import spatial_relation
+
+# distinct colours for a second entity of a type whose terminology colour is taken (Slicer's generic palette)
+PALETTE: tuple[Color, ...] = (
+    (241, 214, 145),
+    (177, 122, 101),
+    (111, 184, 210),
+    (216, 101, 79),
+    (221, 130, 101),
+    (144, 238, 144),
+    (192, 104, 88),
+    (220, 245, 20),
+    (78, 63, 0),
+    (255, 250, 220),
+    (230, 220, 70),
+    (200, 200, 235),
+)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """Which volume a session belongs to: where it was read from, and the hash that identifies its content."""
+
+    path: str
+    content_hash: str
+    shape: tuple[int, int, int]
+    geometry: Geometry
+    modality: str = ""
+
+    @staticmethod
+    def of(volume: Volume, path: str | Path | None = None) -> VolumeRecord:
+        where = str(Path(path).resolve()) if path else volume.source.path
+        return VolumeRecord(where, volume.content_hash(), volume.shape, volume.geometry, volume.modality)
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "content_sha256": self.content_hash,
+            "shape_kji": list(self.shape),
+            "origin_lps_mm": list(self.geometry.origin),
+            "spacing_mm": list(self.geometry.spacing),
+            "direction": [list(r) for r in self.geometry.direction],
+            "modality": self.modality,
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> VolumeRecord:
+        return VolumeRecord(
+            path=str(d["path"]),
+            content_hash=str(d["content_sha256"]),
+            shape=tuple(int(x) for x in d["shape_kji"]),  # type: ignore[arg-type]
+            geometry=Geometry.from_arrays(d["origin_lps_mm"], d["spacing_mm"], d["direction"]),
+            modality=str(d.get("modality", "")),
+        )
+
+
+@dataclass
+class TargetRecord:
+    """One target of a round: what was asked for, what it referred to, every judgment, and what came of it."""
+
+    label: str
+    prompt: dict
+    ref: str | None = None  # resolved entity id
+    ref_text: str | None = None  # as the reasoner wrote it
+    relation: str | None = None
+    redo: str | None = None
+    status: str = "pending"  # accepted | uncertain | failed | clarification
+    entity_id: str | None = None
+    judgments: list[Judgment] = field(default_factory=list)
+    error: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "prompt": self.prompt,
+            "ref": self.ref,
+            "ref_text": self.ref_text,
+            "relation": self.relation,
+            "redo": self.redo,
+            "status": self.status,
+            "entity_id": self.entity_id,
+            "judgments": [j.to_dict() for j in self.judgments],
+            "error": self.error,
+            "timings": self.timings,
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> TargetRecord:
+        return TargetRecord(
+            label=d["label"],
+            prompt=d["prompt"],
+            ref=d.get("ref"),
+            ref_text=d.get("ref_text"),
+            relation=d.get("relation"),
+            redo=d.get("redo"),
+            status=d["status"],
+            entity_id=d.get("entity_id"),
+            judgments=[Judgment.from_dict(j) for j in d.get("judgments", [])],
+            error=d.get("error", ""),
+            timings=dict(d.get("timings", {})),
+        )
+
+
+@dataclass
+class Round:
+    """One question and its answer. ``superseded`` holds entity versions this round replaced (for undo)."""
+
+    index: int
+    question: str
+    reasoning: str = ""
+    targets: list[TargetRecord] = field(default_factory=list)
+    references: list[dict] = field(default_factory=list)
+    clarification: dict | None = None
+    created: list[str] = field(default_factory=list)
+    superseded: list[Entity] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    started: str = ""
+    finished: str = ""
+
+    @property
+    def judgments(self) -> list[Judgment]:
+        return [j for t in self.targets for j in t.judgments]
+
+
+@dataclass
+class EditRecord:
+    """A user action between rounds."""
+
+    kind: str  # mask | rename | recolor | review | delete
+    entity_id: str
+    after_round: int
+    time: str
+    detail: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "entity_id": self.entity_id,
+            "after_round": self.after_round,
+            "time": self.time,
+            "detail": self.detail,
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> EditRecord:
+        return EditRecord(d["kind"], d["entity_id"], int(d["after_round"]), d["time"], dict(d.get("detail", {})))
+
+
+class Session:
+    """Rounds and entities over one volume. See the module docstring; ``store.py`` saves and loads it."""
+
+    def __init__(
+        self,
+        volume: VolumeRecord,
+        *,
+        folder: str | Path | None = None,
+        terminology: Terminology | None = None,
+        created: str | None = None,
+    ) -> None:
+        self.volume = volume
+        self.folder = Path(folder) if folder is not None else None
+        self.created = created or now_iso()
+        self.entities: dict[str, Entity] = {}
+        self.rounds: list[Round] = []
+        self.edits: list[EditRecord] = []
+        self.next_number = 1
+        self._terminology = terminology
+        self._open_round: Round | None = None
+
+    @classmethod
+    def for_volume(
+        cls,
+        volume: Volume,
+        *,
+        path: str | Path | None = None,
+        folder: str | Path | None = None,
+        terminology: Terminology | None = None,
+    ) -> Session:
+        session = cls(VolumeRecord.of(volume, path), folder=folder, terminology=terminology)
+        if session.folder is not None:
+            session.save()
+        return session
+
+    @property
+    def terminology(self) -> Terminology:
+        if self._terminology is None:
+            self._terminology = default_terminology()
+        return self._terminology
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.volume.shape
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.volume.geometry
+
+    def check_volume(self, volume: Volume) -> None:
+        """Refuse to continue this session on another volume (same path or not: the content decides)."""
+        if volume.content_hash() != self.volume.content_hash:
+            raise InputError(
+                f"this session belongs to another volume (content {self.volume.content_hash[:12]}... from "
+                f"{self.volume.path or 'an array'}), but the given volume's content is "
+                f"{volume.content_hash()[:12]}...: start a new session folder for it."
+            )
+
+    # -- entities ---------------------------------------------------------------------------------------------------
+    def entity(self, entity_id: str) -> Entity:
+        try:
+            return self.entities[entity_id.upper()]
+        except KeyError:
+            known = ", ".join(self.entities) or "none yet"
+            raise InputError(f"there is no entity {entity_id!r} in this session (entities: {known}).") from None
+
+    def dense_mask(self, entity_id: str) -> np.ndarray:
+        """The entity's current mask (the user's edit, if any) on the full ``[k, j, i]`` grid."""
+        return self.entity(entity_id).mask.to_dense(self.shape)
+
+    def add_entity(
+        self,
+        rnd: Round,
+        label: str,
+        mask: CompactMask,
+        *,
+        key_slice: int | None = None,
+        terminology: CodedTerminology | None = None,
+        ref: str | None = None,
+        relation: str | None = None,
+        uncertain: list[str] | None = None,
+        score: float | None = None,
+    ) -> Entity:
+        """A new entity made by round ``rnd``; its id is the next ``E<n>`` (ids are never reused)."""
+        self._require_open(rnd)
+        mask = self._checked_mask(mask)
+        coded = terminology or self.terminology.match(label)
+        entity_id = f"E{self.next_number}"
+        self.next_number += 1
+        m, text = self._describe(coded, mask, key_slice, ref, uncertain or [])
+        assert m.key_slice is not None
+        entity = Entity(
+            id=entity_id,
+            label=label,
+            terminology=coded,
+            mask=mask,
+            key_slice=m.key_slice,
+            box=_slice_box(mask, m.key_slice, self.shape),
+            findings=text,
+            round=rnd.index,
+            color=self._pick_color(coded.color),
+            measurements=m,
+            ref=ref,
+            relation=relation,
+            uncertainty=tuple(uncertain or ()),
+            score=score,
+            updated_round=rnd.index,
+        )
+        self.entities[entity_id] = entity
+        rnd.created.append(entity_id)
+        return entity
+
+    def redo_entity(
+        self,
+        rnd: Round,
+        entity_id: str,
+        mask: CompactMask,
+        *,
+        key_slice: int | None = None,
+        uncertain: list[str] | None = None,
+        score: float | None = None,
+    ) -> Entity:
+        """A round replaces an entity's mask (same id); the previous version stays in the round for undo."""
+        self._require_open(rnd)
+        old = self.entity(entity_id)
+        mask = self._checked_mask(mask)
+        if all(e.id != old.id for e in rnd.superseded):
+            rnd.superseded.append(old)
+        m, text = self._describe(old.terminology, mask, key_slice, old.ref, uncertain or [])
+        assert m.key_slice is not None
+        new = replace(
+            old,
+            mask=mask,
+            key_slice=m.key_slice,
+            box=_slice_box(mask, m.key_slice, self.shape),
+            findings=text,
+            measurements=m,
+            uncertainty=tuple(uncertain or ()),
+            score=score,
+            edited=False,
+            revision=old.revision + 1,
+            updated_round=rnd.index,
+        )
+        self.entities[old.id] = new
+        self._refresh_dependants(old.id)
+        return new
+
+    def replace_mask(self, entity_id: str, mask: np.ndarray | CompactMask) -> Entity:
+        """The user edited the entity's mask (e.g. in Slicer's Segment Editor): later rounds and exports use it."""
+        self._require_idle()
+        old = self.entity(entity_id)
+        compact = mask if isinstance(mask, CompactMask) else self._dense_to_compact(mask)
+        compact = self._checked_mask(compact)
+        m, text = self._describe(old.terminology, compact, old.key_slice, old.ref, [])
+        assert m.key_slice is not None
+        self.entities[old.id] = replace(
+            old,
+            mask=compact,
+            key_slice=m.key_slice,
+            box=_slice_box(compact, m.key_slice, self.shape),
+            findings=text,
+            measurements=m,
+            edited=True,
+            uncertainty=(),  # the user's mask is the user's judgment
+            revision=old.revision + 1,
+        )
+        self._refresh_dependants(old.id)
+        self._log("mask", old.id, {"voxels_before": old.mask.voxel_count, "voxels_after": compact.voxel_count})
+        return self.entities[old.id]
+
+    def rename(self, entity_id: str, label: str, terminology: CodedTerminology | None = None) -> Entity:
+        """New name; its terminology is mapped again unless the caller gives the codes (Slicer's selector)."""
+        self._require_idle()
+        if not label.strip():
+            raise InputError("an entity's name cannot be empty.")
+        old = self.entity(entity_id)
+        coded = terminology or self.terminology.match(label)
+        _, text = self._describe(coded, old.mask, old.key_slice, old.ref, list(old.uncertainty))
+        self.entities[old.id] = replace(old, label=label, terminology=coded, findings=text)
+        self._refresh_dependants(old.id)
+        self._log("rename", old.id, {"from": old.label, "to": label})
+        return self.entities[old.id]
+
+    def recolor(self, entity_id: str, color: Any) -> Entity:
+        self._require_idle()
+        old = self.entity(entity_id)
+        rgb = check_color(list(color) if isinstance(color, tuple) else color)
+        self.entities[old.id] = replace(old, color=rgb)
+        self._log("recolor", old.id, {"from": list(old.color), "to": list(rgb)})
+        return self.entities[old.id]
+
+    def set_review(self, entity_id: str, status: str) -> Entity:
+        self._require_idle()
+        old = self.entity(entity_id)
+        self.entities[old.id] = replace(old, review=check_review(status))
+        self._log("review", old.id, {"from": old.review, "to": status})
+        return self.entities[old.id]
+
+    def delete(self, entity_id: str) -> None:
+        """Remove an entity; its id is not reused. Rounds keep their record of it."""
+        self._require_idle()
+        old = self.entity(entity_id)
+        del self.entities[old.id]
+        self._log("delete", old.id, {"label": old.label})
+
+    # -- rounds -----------------------------------------------------------------------------------------------------
+    def begin_round(self, question: str) -> Round:
+        if self._open_round is not None:
+            raise InputError(f"round {self._open_round.index} is still running: finish it before asking again.")
+        self._open_round = Round(index=len(self.rounds) + 1, question=question, started=now_iso())
+        return self._open_round
+
+    def finish_round(self, rnd: Round) -> Round:
+        """Close the round, append it, and save (one round = one save: a crash loses at most the open round)."""
+        self._require_open(rnd)
+        rnd.finished = now_iso()
+        self.rounds.append(rnd)
+        self._open_round = None
+        self.save()
+        return rnd
+
+    def abort_round(self, rnd: Round) -> None:
+        """Undo what an unfinished round already changed (an exception mid-round must not leave half of it)."""
+        self._require_open(rnd)
+        self._revert(rnd)
+        self._open_round = None
+
+    def undo_last_round(self) -> Round:
+        """Remove the last round: entities it made go, entities it redid get their previous version back.
+
+        Ids stay unused after an undo (the user may have seen E3 before undoing it; a new E3 would be a different
+        structure under a known name). User actions after the round stay in ``edits``.
+        """
+        if not self.rounds:
+            raise InputError("there is no round to undo.")
+        rnd = self.rounds.pop()
+        self._revert(rnd)
+        self.save()
+        return rnd
+
+    def _revert(self, rnd: Round) -> None:
+        for entity_id in rnd.created:
+            self.entities.pop(entity_id, None)
+        for previous in rnd.superseded:
+            if previous.id in self.entities:
+                self.entities[previous.id] = previous
+                self._refresh_dependants(previous.id)
+
+    # -- references and context for the reasoner ----------------------------------------------------------------------
+    def resolve_reference(self, text: str) -> Reference | None:
+        """An entity id or a plain-language reference -> Resolution, Clarification (ambiguous) or None."""
+        return resolve_reference(text, list(self.entities.values()), self.terminology)
+
+    def find_references(self, question: str) -> list[Reference]:
+        return find_references(question, list(self.entities.values()), self.terminology)
+
+    def context_for_reasoner(self) -> dict:
+        """What the reasoner is told about earlier entities: ids, names, codes, key slices and boxes (voxel indices).
+
+        Rejected entities are left out. Boxes are in the volume's voxel indices; each reasoner adapter converts
+        them to its own image coordinates, as it converts its answers back.
+        """
+        items = []
+        lines = []
+        for e in self.entities.values():
+            if e.review == "rejected":
+                continue
+            items.append(
+                {
+                    "id": e.id,
+                    "label": e.label,
+                    "name": e.name,
+                    "code": None
+                    if e.terminology.type is None
+                    else f"{e.terminology.type.scheme} {e.terminology.type.value}",
+                    "key_slice": e.key_slice,
+                    "box": list(e.box) if e.box else None,
+                    "bbox": list(e.bbox) if e.bbox else None,
+                    "volume_ml": round(e.measurements.volume_ml, 1),
+                    "round": e.round,
+                    "review": e.review,
+                    "edited": e.edited,
+                    "uncertain": e.uncertain,
+                }
+            )
+            k0, _, _, k1, _, _ = e.bbox or (0, 0, 0, 0, 0, 0)
+            lines.append(
+                f"{e.id}: {e.name} (label '{e.label}'), slices {k0}-{k1}, key slice {e.key_slice}, "
+                f"box {list(e.box) if e.box else None} (i0, j0, i1, j1) on it, {e.measurements.volume_ml:.1f} mL"
+                + (", edited by the user" if e.edited else "")
+                + (", UNCERTAIN" if e.uncertain else "")
+            )
+        return {
+            "entities": items,
+            "text": "\n".join(lines) if lines else "No entities yet.",
+            "shape_kji": list(self.shape),
+            "spacing_mm": list(self.geometry.spacing),
+        }
+
+    def entities_on_slice(self, k: int) -> list[dict]:
+        """Entities visible on slice ``k`` with their 2D masks: for drawing tagged outlines on what the reasoner sees."""
+        out = []
+        for e in self.entities.values():
+            if e.review == "rejected" or e.bbox is None or not e.bbox[0] <= k <= e.bbox[3]:
+                continue
+            out.append({"id": e.id, "label": e.label, "color": e.color, "mask": e.mask.slice_mask(k, self.shape)})
+        return out
+
+    # -- saving ---------------------------------------------------------------------------------------------------
+    def save(self) -> None:
+        """Save to the session folder, if there is one (atomic; see ``store.py``)."""
+        if self.folder is not None:
+            from .store import save_session
+
+            save_session(self, self.folder)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Session):
+            return NotImplemented
+        return (
+            self.volume == other.volume
+            and self.created == other.created
+            and list(self.entities.items()) == list(other.entities.items())
+            and self.rounds == other.rounds
+            and self.edits == other.edits
+            and self.next_number == other.next_number
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- helpers ------------------------------------------------------------------------------------------------------
+    def _require_idle(self) -> None:
+        """User actions wait for the running round: saving them mid-round would store half a round."""
+        if self._open_round is not None:
+            raise InputError(
+                f"round {self._open_round.index} is running: edit entities after it finishes (or cancel it)."
+            )
+
+    def _require_open(self, rnd: Round) -> None:
+        if self._open_round is not rnd:
+            raise InputError(f"round {rnd.index} is not the open round of this session.")
+
+    def _checked_mask(self, mask: CompactMask) -> CompactMask:
+        mask.check_fits(self.shape)
+        if mask.is_empty:
+            raise InputError("an entity needs a non-empty mask: to remove an entity, delete it.")
+        return mask.tight()
+
+    def _dense_to_compact(self, mask: np.ndarray) -> CompactMask:
+        mask = np.asarray(mask)
+        if mask.shape != self.shape:
+            raise InputError(f"the mask has shape {mask.shape} but the session's volume is {self.shape} [k, j, i].")
+        return CompactMask.from_dense(mask)
+
+    def _describe(
+        self, coded: CodedTerminology, mask: CompactMask, key_slice: int | None, ref: str | None, uncertain: list[str]
+    ) -> tuple[Measurements, str]:
+        m = measure(mask, self.geometry, key_slice)
+        related = []
+        if ref and ref in self.entities and not self.entities[ref].mask.is_empty:
+            other = self.entities[ref]
+            related.append(RelatedEntity(ref, other.name, spatial_relation(mask, other.mask, self.geometry)))
+        return m, findings_text(coded, m, related, uncertain)
+
+    def _refresh_dependants(self, entity_id: str) -> None:
+        """Findings of entities placed relative to ``entity_id`` quote its mask: recompute them."""
+        for e in list(self.entities.values()):
+            if e.ref == entity_id and e.id != entity_id:
+                m, text = self._describe(e.terminology, e.mask, e.key_slice, e.ref, list(e.uncertainty))
+                self.entities[e.id] = replace(e, findings=text, measurements=m)
+
+    def _pick_color(self, preferred: Color | None) -> Color:
+        used = {e.color for e in self.entities.values()}
+        if preferred is not None and tuple(preferred) not in used:
+            return tuple(preferred)  # type: ignore[return-value]
+        for c in PALETTE:
+            if c not in used:
+                return c
+        return PALETTE[len(self.entities) % len(PALETTE)]
+
+    def _log(self, kind: str, entity_id: str, detail: dict) -> None:
+        self.edits.append(EditRecord(kind, entity_id, len(self.rounds), now_iso(), detail))
+        self.save()
+
+
+def _slice_box(mask: CompactMask, k: int, shape: tuple[int, int, int]) -> tuple[int, int, int, int] | None:
+    """``(i0, j0, i1, j1)`` of the mask on slice ``k`` (the prompt convention)."""
+    m2 = mask.slice_mask(k, shape)
+    rows, cols = np.flatnonzero(m2.any(axis=1)), np.flatnonzero(m2.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))

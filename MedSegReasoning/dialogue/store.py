@@ -1,0 +1,193 @@
+"""Saving and loading a session folder: versioned ``session.json`` plus content-addressed ``masks/*.npz``.
+
+Crash safety without a journal: mask files are named by the SHA-256 of their content and written (atomically)
+before ``session.json`` is replaced in one rename, and a mask file is deleted only after the ``session.json`` that
+stopped naming it is in place. So whenever the process dies, the folder holds one complete state: the old one or
+the new one. Unchanged masks are never rewritten, which keeps a save after each round cheap however many entities
+there are. Masks are loaded with ``allow_pickle=False``; nothing in a session folder is executable.
+
+The format is documented in ``docs/session-format.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..atomic import atomic_output, write_text_atomic
+from ..errors import InputError
+from ..masks import CompactMask
+from ..terminology import Terminology
+from ..volume.core import Volume
+from .entity import Entity
+from .session import EditRecord, Round, Session, TargetRecord, VolumeRecord, now_iso
+
+FORMAT = "medseg-reasoning/session"
+FORMAT_VERSION = 1
+SESSION_FILE = "session.json"
+MASK_DIR = "masks"
+
+
+def mask_digest(mask: CompactMask) -> str:
+    """Content address of a mask: the same box and bits always give the same file name."""
+    h = hashlib.sha256()
+    h.update(np.asarray(mask.box if mask.box is not None else (), dtype=np.int64).tobytes())
+    h.update(mask.bits)
+    return h.hexdigest()[:32]
+
+
+def save_session(session: Session, folder: str | Path) -> None:
+    """Write the session's complete state to ``folder`` (see the module docstring for why it is crash-safe)."""
+    folder = Path(folder)
+    (folder / MASK_DIR).mkdir(parents=True, exist_ok=True)
+    referenced: set[str] = set()
+
+    def mask_file(mask: CompactMask) -> str:
+        name = f"{MASK_DIR}/{mask_digest(mask)}.npz"
+        if name not in referenced:
+            referenced.add(name)
+            path = folder / name
+            if not path.exists():
+                _write_mask(path, mask)
+        return name
+
+    doc = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "software": {"medseg_reasoning": __version__},
+        "created": session.created,
+        "saved": now_iso(),
+        "volume": session.volume.to_dict(),
+        "next_entity_number": session.next_number,
+        "entities": [e.to_dict(mask_file(e.mask)) for e in session.entities.values()],
+        "rounds": [_round_to_dict(r, mask_file) for r in session.rounds],
+        "edits": [e.to_dict() for e in session.edits],
+    }
+    write_text_atomic(folder / SESSION_FILE, json.dumps(doc, indent=1, allow_nan=False, default=_plain) + "\n")
+    for stale in (folder / MASK_DIR).glob("*.npz"):
+        if f"{MASK_DIR}/{stale.name}" not in referenced:
+            stale.unlink(missing_ok=True)
+
+
+def load_session(folder: str | Path, *, terminology: Terminology | None = None) -> Session:
+    """The session saved in ``folder``, identical to the one that was saved (``==`` holds)."""
+    folder = Path(folder)
+    path = folder / SESSION_FILE
+    if not path.is_file():
+        raise InputError(f"{folder} holds no {SESSION_FILE}: it is not a MedSegReasoning session folder.")
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}): the session folder is damaged.") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(f"{path} is not a {FORMAT} file.")
+    if doc.get("version") != FORMAT_VERSION:
+        raise InputError(
+            f"{path} uses session format version {doc.get('version')}, but this MedSegReasoning reads version "
+            f"{FORMAT_VERSION}: open it with the MedSegReasoning that wrote it, or upgrade."
+        )
+    masks: dict[str, CompactMask] = {}
+
+    def mask_of(d: dict) -> CompactMask:
+        name = d["mask"]["file"]
+        if name not in masks:
+            masks[name] = _read_mask(folder, name)
+        return masks[name]
+
+    session = Session(
+        VolumeRecord.from_dict(doc["volume"]), folder=folder, terminology=terminology, created=doc["created"]
+    )
+    session.next_number = int(doc["next_entity_number"])
+    for d in doc["entities"]:
+        entity = Entity.from_dict(d, mask_of(d))
+        session.entities[entity.id] = entity
+    session.rounds = [_round_from_dict(r, mask_of) for r in doc["rounds"]]
+    session.edits = [EditRecord.from_dict(e) for e in doc["edits"]]
+    return session
+
+
+def open_session(
+    folder: str | Path, volume: Volume, *, path: str | Path | None = None, terminology: Terminology | None = None
+) -> Session:
+    """``--session DIR``: continue the session in ``folder``, or start one there if it does not exist yet.
+
+    Refuses (InputError, exit 2) a volume whose content differs from the session's, and a non-empty folder that is
+    not a session.
+    """
+    folder = Path(folder)
+    if (folder / SESSION_FILE).is_file():
+        session = load_session(folder, terminology=terminology)
+        session.check_volume(volume)
+        return session
+    if folder.exists() and any(folder.iterdir()):
+        raise InputError(f"{folder} is not empty and holds no {SESSION_FILE}: give a new or a session folder.")
+    return Session.for_volume(volume, path=path, folder=folder, terminology=terminology)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _write_mask(path: Path, mask: CompactMask) -> None:
+    box = np.asarray(mask.box if mask.box is not None else (), dtype=np.int64)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, box=box, bits=np.frombuffer(mask.bits, dtype=np.uint8))
+
+
+def _read_mask(folder: Path, name: str) -> CompactMask:
+    path = folder / name
+    if Path(name).parent.as_posix() != MASK_DIR or not path.is_file():
+        raise InputError(f"the session names a mask file {name!r} that is missing: the session folder is damaged.")
+    with np.load(path, allow_pickle=False) as z:
+        box = z["box"]
+        bits = z["bits"].tobytes()
+    mask = CompactMask(tuple(int(v) for v in box) if box.size else None, bits)  # type: ignore[arg-type]
+    if mask_digest(mask) != path.stem:
+        raise InputError(f"{path} does not hold the mask its name promises: the session folder is damaged.")
+    return mask
+
+
+def _round_to_dict(r: Round, mask_file) -> dict:
+    return {
+        "index": r.index,
+        "question": r.question,
+        "reasoning": r.reasoning,
+        "references": r.references,
+        "clarification": r.clarification,
+        "targets": [t.to_dict() for t in r.targets],
+        "created": r.created,
+        "superseded": [e.to_dict(mask_file(e.mask)) for e in r.superseded],
+        "timings": r.timings,
+        "started": r.started,
+        "finished": r.finished,
+    }
+
+
+def _round_from_dict(d: dict, mask_of) -> Round:
+    return Round(
+        index=int(d["index"]),
+        question=d["question"],
+        reasoning=d.get("reasoning", ""),
+        targets=[TargetRecord.from_dict(t) for t in d.get("targets", [])],
+        references=list(d.get("references", [])),
+        clarification=d.get("clarification"),
+        created=list(d.get("created", [])),
+        superseded=[Entity.from_dict(e, mask_of(e)) for e in d.get("superseded", [])],
+        timings=dict(d.get("timings", {})),
+        started=d.get("started", ""),
+        finished=d.get("finished", ""),
+    )
+
+
+def _plain(value: object) -> object:
+    """numpy scalars (a reasoner adapter may hand them in) as plain JSON values."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} cannot be saved in a session")

@@ -1,0 +1,217 @@
+"""Builders for the dialogue tests: a small synthetic abdomen, scripted segmenters, and the three-round script.
+
+Not a conftest (the lead owns that): test modules import what they use from here. The crash test runs
+``python dialogue_fixtures.py FOLDER MODE`` in a child process, so the script lives here too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+if __package__ in (None, ""):  # run as a script by the crash test
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from MedSegReasoning.pipeline import VoxelPrompt
+from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
+from MedSegReasoning.volume.core import Geometry, Volume
+from MedSegReasoning.volume.windowing import Window
+
+WINDOW = Window("test", 100.0, 300.0)
+SHAPE = (24, 80, 80)  # k, j, i
+SPACING = (2.0, 2.0, 4.0)  # si, sj, sk: anisotropic on purpose
+KIDNEY, LESION, DUODENUM, VEIN = 1, 2, 3, 4
+INTENSITY = {KIDNEY: 150, LESION: 60, DUODENUM: 140, VEIN: 220}
+
+
+def _ellipsoid(centre, radii, shape=SHAPE) -> np.ndarray:
+    kk, jj, ii = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    (ck, cj, ci), (rk, rj, ri) = centre, radii
+    return ((kk - ck) / rk) ** 2 + ((jj - cj) / rj) ** 2 + ((ii - ci) / ri) ** 2 <= 1.0
+
+
+def abdomen_labels() -> np.ndarray:
+    """A left kidney (~130 mL) with a small lesion at its medial border, a duodenum touching its lateral side
+    (similar intensity: a box-prompted model leaks into it), and a vein running past the lesion (~4 mm away)."""
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[_ellipsoid((12, 40, 30), (7, 20, 14))] = KIDNEY
+    labels[8:17, 30:51, 45:59] = DUODENUM
+    jj, ii = np.ogrid[: SHAPE[1], : SHAPE[2]]
+    labels[:, (jj - 40) ** 2 + (ii - 12) ** 2 <= 9] = VEIN
+    labels[_ellipsoid((12, 40, 21), (2, 4, 4))] = LESION
+    return labels
+
+
+def abdomen_volume(labels: np.ndarray | None = None) -> Volume:
+    labels = abdomen_labels() if labels is None else labels
+    array = np.zeros(SHAPE, dtype=np.int16)
+    for value, hu in INTENSITY.items():
+        array[labels == value] = hu
+    return Volume(array, Geometry.from_arrays((-80.0, -80.0, 0.0), SPACING, np.eye(3)), modality="CT")
+
+
+class LabelOracle:
+    """A deterministic stand-in for a box-prompted SAM model on a label map.
+
+    A prompt with a foreground point chooses the structure (the label under the point; if that is background, the
+    most frequent label in the box) and whether it leaks: without a background point it also takes the labels in
+    ``leaks_into[label]``, as SAM bleeds into an adjacent organ of similar intensity until given a negative click.
+    Box-only prompts (those propagation makes) follow the last chosen structure. The answer is cut to the box.
+    """
+
+    identity = ModelIdentity(name="label-oracle", weights="none", sha256="0" * 64)
+
+    def __init__(
+        self, labels: np.ndarray, leaks_into: dict[int, set[int]] | None = None, runaway_from: int | None = None
+    ) -> None:
+        self.labels = labels
+        self.leaks_into = leaks_into or {}
+        self.runaway_from = runaway_from  # leaking box-only prompts on slices >= this spill far beyond their box
+        self.stats = SegmenterStats()
+        self._k: int | None = None
+        self._label = 0
+        self._leak = False
+        self.prompts: list[tuple[int, Prompt2D]] = []
+
+    def set_image(self, image: np.ndarray, cache_key=None) -> None:
+        self._k = int(cache_key[2])
+        self.stats.encoder_calls += 1
+
+    def predict(self, prompt: Prompt2D) -> Prediction:
+        assert self._k is not None
+        self.stats.decoder_calls += 1
+        self.prompts.append((self._k, prompt))
+        slice_labels = self.labels[self._k]
+        box = np.zeros(slice_labels.shape, dtype=bool)
+        if prompt.box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
+            box[y0 : y1 + 1, x0 : x1 + 1] = True
+        else:
+            box[:] = True
+        fg = [p for p, lab in zip(prompt.points, prompt.labels, strict=True) if lab == 1]
+        if fg:
+            x, y = (int(round(v)) for v in fg[0])
+            label = int(slice_labels[y, x])
+            if label == 0:
+                inside = slice_labels[box]
+                inside = inside[inside > 0]
+                label = int(np.bincount(inside).argmax()) if inside.size else 0
+            self._label = label
+            self._leak = not any(lab == 0 for lab in prompt.labels)
+        if self.runaway_from is not None and not fg and self._leak and self._k >= self.runaway_from:
+            return Prediction(
+                mask=ndimage.binary_dilation(box, iterations=max(box.sum(axis=1).max() // 4, 1)), score=0.9
+            )
+        wanted = {self._label} | (self.leaks_into.get(self._label, set()) if self._leak else set())
+        mask = np.isin(slice_labels, list(wanted)) & box & (self._label > 0)
+        return Prediction(mask=mask, score=0.95)
+
+
+def inside_point(labels: np.ndarray, value: int, k: int) -> tuple[int, int]:
+    """``(i, j)`` of the structure's pixel nearest its centroid on slice ``k`` (for foreground/background clicks)."""
+    jj, ii = np.nonzero(labels[k] == value)
+    n = int(np.argmin((ii - ii.mean()) ** 2 + (jj - jj.mean()) ** 2))
+    return int(ii[n]), int(jj[n])
+
+
+def prompt_on(labels: np.ndarray, value: int, k: int, *, pad: int = 1, background: tuple = ()) -> VoxelPrompt:
+    """A reasoner-like prompt: the structure's box on slice ``k`` (grown by ``pad``) and a point inside it."""
+    jj, ii = np.nonzero(labels[k] == value)
+    nj, ni = labels.shape[1:]
+    box = (
+        max(int(ii.min()) - pad, 0),
+        max(int(jj.min()) - pad, 0),
+        min(int(ii.max()) + pad, ni - 1),
+        min(int(jj.max()) + pad, nj - 1),
+    )
+    points = (inside_point(labels, value, k), *background)
+    return VoxelPrompt(k, box, points, (1,) + (0,) * len(background))
+
+
+def script(labels: np.ndarray):
+    """The three rounds of the dialogue test: (question, RoundPlan) pairs, the reasoner's answers replayed."""
+    from MedSegReasoning.dialogue import RoundPlan, TargetSpec
+
+    kidney_loose = prompt_on(labels, KIDNEY, 12, pad=8)  # reaches over the duodenum: the mask will leak
+    kidney_clean = prompt_on(labels, KIDNEY, 12, pad=1, background=((52, 40),))  # negative click on the duodenum
+    return [
+        (
+            "Segment the lesion in the left kidney.",
+            RoundPlan(
+                reasoning="A small hypodense focus sits at the medial border of the left kidney.",
+                targets=(TargetSpec("lesion in the left kidney", prompt_on(labels, LESION, 12)),),
+            ),
+        ),
+        (
+            "Now segment the kidney containing E1, and the vessel next to that lesion.",
+            RoundPlan(
+                reasoning="The kidney around E1; medially a tubular vessel passes close to the lesion.",
+                targets=(
+                    TargetSpec("left kidney", kidney_loose, ref="E1", relation="contains"),
+                    TargetSpec(
+                        "inferior vena cava", prompt_on(labels, VEIN, 12), ref="that lesion", relation="adjacent"
+                    ),
+                ),
+            ),
+        ),
+        (
+            "Redo the second one, it leaks into the duodenum.",
+            RoundPlan(
+                reasoning="Same kidney, with a negative point on the duodenum.",
+                targets=(TargetSpec("left kidney", kidney_clean, redo="the second one"),),
+            ),
+        ),
+    ]
+
+
+def run_script(folder: Path | None, rounds: int = 3, on_round=None):
+    """Run the scripted dialogue; ``on_round(n)`` is called before round ``n`` (the crash test kills there)."""
+    from MedSegReasoning.dialogue import Session, run_round
+
+    labels = abdomen_labels()
+    volume = abdomen_volume(labels)
+    segmenter = LabelOracle(labels, leaks_into={KIDNEY: {DUODENUM}})
+    session = Session.for_volume(volume, path="synthetic-abdomen", folder=folder)
+    for n, (question, plan) in enumerate(script(labels)[:rounds], start=1):
+        if on_round is not None:
+            on_round(n, segmenter)
+        run_round(session, volume, segmenter, WINDOW, question, plan)
+    return session, volume, labels
+
+
+def _child(folder: str, mode: str) -> None:
+    """Crash test child: die hard during round 3 (``mid-round``) or while saving round 3 (``mid-save``)."""
+
+    def on_round(n, segmenter):
+        if n != 3:
+            return
+        if mode == "exit":
+            os._exit(0)
+        if mode == "mid-round":
+            original = segmenter.predict
+            start = len(segmenter.prompts)
+
+            def predict_then_die(prompt):
+                if len(segmenter.prompts) > start + 5:  # a few slices into round 3's propagation
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original(prompt)
+
+            segmenter.predict = predict_then_die
+        if mode == "mid-save":
+            import MedSegReasoning.dialogue.store as store
+
+            def die(*args, **kwargs):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            store.write_text_atomic = die  # masks of round 3 are written, session.json is not
+
+    run_script(Path(folder), on_round=on_round)
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2])
