@@ -224,7 +224,7 @@ def write_outputs(volume, targets, options: AskOptions, window, identity, timing
     from .atomic import staged_outputs
     from .export.dicom_seg import AlgorithmInfo, SegmentSpec, SourceNotReferenceableError, write_dicom_seg
     from .result import build_result, write_result
-    from .volume import write_label_image
+    from .volume.itk_io import write_label_image
 
     t0 = time.perf_counter()
     labelmap = np.zeros(volume.shape, dtype=np.uint8)

@@ -95,7 +95,7 @@ def test_truncated_dicom(capsys, tmp_path, small_series):
 
 @pytest.mark.parametrize(
     ("box", "phrase"),
-    [("12,10,35,29,6", "slices 0 to 5"), ("12,10,48,29,2", "outside the slice"), ("30,10,12,29,2", "inverted")],
+    [("10,8,38,32,6", "slices 0 to 5"), ("12,10,48,29,2", "outside the slice"), ("30,10,12,29,2", "inverted")],
 )
 def test_box_outside_the_volume(capsys, tmp_path, small_series, box, phrase):
     _bad(capsys, ["ask", str(small_series), "--box", box, "--out", str(tmp_path / "o")], 2, phrase)
@@ -114,12 +114,12 @@ def test_non_empty_out_is_refused_without_force(capsys, tmp_path, small_series):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    _bad(capsys, ["ask", str(small_series), "--box", "12,10,35,29,2", "--out", str(out)], 2, "--force")
+    _bad(capsys, ["ask", str(small_series), "--box", "10,8,38,32,2", "--out", str(out)], 2, "--force")
     assert (out / "keep.txt").read_text() == "mine"
 
 
 def test_missing_model_weights_exit_3(capsys, tmp_path, small_series):
-    argv = ["ask", str(small_series), "--box", "12,10,35,29,2", "--segmenter", f"sam:{tmp_path / 'no.pth'}"]
+    argv = ["ask", str(small_series), "--box", "10,8,38,32,2", "--segmenter", f"sam:{tmp_path / 'no.pth'}"]
     _bad(capsys, [*argv, "--out", str(tmp_path / "o")], 3, "no.pth")
 
 
@@ -193,7 +193,7 @@ def test_failed_export_keeps_the_previous_outputs(tmp_path, small_series, monkey
     truth = load_volume(small_series).array > 0
     monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(truth))
     out = tmp_path / "o"
-    argv = ["ask", str(small_series), "--box", "12,10,35,29,2", "--out", str(out), "--force"]
+    argv = ["ask", str(small_series), "--box", "10,8,38,32,2", "--out", str(out), "--force"]
     assert main(argv) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(before) == {"mask.nii.gz", "seg.dcm", "result.json"}
@@ -217,7 +217,7 @@ def test_oracle_propagation_through_cli_on_a_series(tmp_path, small_series, monk
 
     truth = load_volume(small_series).array > 0
     monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(truth))
-    assert main(["ask", str(small_series), "--box", "12,10,35,29,2", "--out", str(tmp_path / "o")]) == 0
+    assert main(["ask", str(small_series), "--box", "10,8,38,32,2", "--out", str(tmp_path / "o")]) == 0
     result = json.loads((tmp_path / "o" / "result.json").read_text())
     assert result["targets"][0]["slice_range"] == [1, 4]
     assert result["targets"][0]["voxels"] == int(truth.sum())

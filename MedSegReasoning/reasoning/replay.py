@@ -1,0 +1,129 @@
+"""A reasoner that answers from a recorded file: demos, regression tests, the Slicer self-test, benchmarks.
+
+The file is JSON lines, one raw model answer per reasoner call::
+
+    {"meta": {"convention": "qwen2.5-vl", "identity": {...}}}      optional, first line (written by record_to)
+    {"round": 1, "step": "pick_slice", "raw": "{\"targets\": [{\"slice\": 12, ...}]}"}
+    {"round": 1, "step": "locate", "raw": "<think>...</think><answer>{...}</answer>"}
+
+Lines carrying ``round`` are served to the calls of that round (``context.round``) in file order; files without
+rounds are served in order. ``step`` is informative (it must match the call when present, so a file recorded
+with another strategy fails loudly instead of answering the wrong question). The answers go through the SAME
+parser and coordinate conversion as live answers; the convention is the recorded one, ``pixels`` (pixels of the
+rendered image) for hand-written files, or what the caller passes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from ..errors import InputError
+from .answer import GenerationStats
+from .base import ChatReasoner, ChatRequest, ReasonerIdentity, TextCallback
+from .coords import get_convention
+from .prompts import PromptSet
+
+_CHUNK = 24  # characters per streamed chunk: the chat panel shows replayed text arriving like live text
+
+
+class ReplayReasoner(ChatReasoner):
+    """Answers from ``path``; see the module docstring for the file format."""
+
+    def __init__(self, path: str | Path, *, convention: str | None = None, prompt_style: str = "contract") -> None:
+        self.path = Path(path).expanduser()
+        meta, entries = _read_replay_file(self.path)
+        name = convention or meta.get("convention") or "pixels"
+        conv = get_convention(name)
+        recorded = meta.get("identity") or {}
+        identity = ReasonerIdentity(
+            name=f"replay of {recorded.get('name', self.path.name)}",
+            backend="replay",
+            revision=_file_digest(self.path),
+            convention=conv.name,
+            prompt_version=recorded.get("prompt_version", PromptSet(prompt_style).identity),  # type: ignore[arg-type]
+            decoding={"source": str(self.path)},
+        )
+        super().__init__(identity, conv, PromptSet(prompt_style))  # type: ignore[arg-type]
+        self._by_round: dict[int | None, list[dict]] = defaultdict(list)
+        for entry in entries:
+            self._by_round[entry.get("round")].append(entry)
+        self._served: dict[int | None, int] = defaultdict(int)
+        self._rounds = any(key is not None for key in self._by_round)
+        self._lock = threading.Lock()
+
+    def complete(
+        self, request: ChatRequest, on_text: TextCallback | None, cancel: threading.Event | None
+    ) -> tuple[str, GenerationStats]:
+        start = time.perf_counter()
+        entry = self._next(request.task, request.round)
+        raw = entry["raw"]
+        if on_text is not None:
+            for n in range(0, len(raw), _CHUNK):
+                on_text(raw[n : n + _CHUNK])
+        return raw, GenerationStats(None, None, time.perf_counter() - start, 0.0, "stop")
+
+    def _next(self, task: str, round_number: int) -> dict:
+        key = round_number if self._rounds else None
+        with self._lock:
+            queue = self._by_round.get(key, [])
+            position = self._served[key]
+            if position >= len(queue):
+                where = f"for round {key}" if key is not None else "left"
+                raise InputError(
+                    f"the replay file {self.path} has no answer {where} (it holds {len(queue)} for "
+                    f"{'that round' if key is not None else 'the whole session'}, and call {position + 1} asked for "
+                    f"a '{task}' answer): record one line per reasoner call, e.g. "
+                    '{"round": 1, "raw": "..."}.'
+                )
+            entry = queue[position]
+            self._served[key] = position + 1
+        step = entry.get("step")
+        if step is not None and step != task:
+            raise InputError(
+                f"line {entry['_line']} of the replay file {self.path} answers a '{step}' call, but the reasoner was "
+                f"asked for '{task}': the file was recorded with another reasoning strategy."
+            )
+        return entry
+
+
+def _read_replay_file(path: Path) -> tuple[dict, list[dict]]:
+    if not path.is_file():
+        raise InputError(f"the replay file {path} does not exist: pass a JSON-lines file of recorded answers.")
+    meta: dict = {}
+    entries: list[dict] = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"line {number} of the replay file {path} is not JSON ({exc.msg}).") from None
+            if not isinstance(item, dict):
+                raise InputError(f"line {number} of the replay file {path} is not a JSON object.")
+            if "meta" in item:
+                if isinstance(item["meta"], dict):
+                    meta.update(item["meta"])
+                continue
+            if not isinstance(item.get("raw"), str):
+                raise InputError(f'line {number} of the replay file {path} has no "raw" answer text.')
+            round_number = item.get("round")
+            if round_number is not None and (isinstance(round_number, bool) or not isinstance(round_number, int)):
+                raise InputError(f'line {number} of the replay file {path}: "round" must be a whole number.')
+            entries.append({**item, "_line": number})
+    if not entries:
+        raise InputError(f"the replay file {path} holds no answers.")
+    with_round = sum(1 for e in entries if e.get("round") is not None)
+    if 0 < with_round < len(entries):
+        raise InputError(f'the replay file {path} gives "round" on some lines only: give it on all or none.')
+    return meta, entries
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
