@@ -47,6 +47,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
+DEFAULT_REASONER_SPEC = "hf:Qwen2.5-VL-7B-Instruct"  # reasoning.spec.DEFAULT_REASONER_SPEC, kept import-free
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -79,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("medseg-out") / "demo", help="output folder (replaced)")
     demo.add_argument("--segmenter", default="litemedsam", help="segmenter spec (default: litemedsam)")
 
+    models = sub.add_parser(
+        "models",
+        help="list known reasoner models or download one",
+        description="Reasoner models: what is known, what is present locally, and downloads (safetensors only).",
+        epilog="The cache is $MEDSEG_MODELS_DIR, else the Hugging Face cache; $HF_ENDPOINT names a mirror.\n\n"
+        + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
+    models_sub.required = True
+    models_list = models_sub.add_parser("list", help="known models, local presence, sizes and licences")
+    models_list.add_argument("--cache-dir", type=Path, default=None, help="model cache folder")
+    models_list.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    models_pull = models_sub.add_parser("pull", help="download a model (resumable, with a progress bar)")
+    models_pull.add_argument("name", help="a name from `models list` or a Hugging Face id")
+    models_pull.add_argument("--cache-dir", type=Path, default=None, help="model cache folder")
+
     sample = sub.add_parser("sample", help="only build the sample DICOM series", epilog=EXIT_CODES_HELP)
     sample.add_argument("out", type=Path, nargs="?", default=Path("medseg-sample"), help="folder to build it in")
     return parser
@@ -102,6 +122,34 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
     ask.add_argument("--segmenter", default="litemedsam", help="litemedsam (default) or sam:PATH / medsam:PATH")
     ask.add_argument("--out", type=Path, default=Path("medseg-out"), help="output folder (default: ./medseg-out)")
     ask.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    ask.add_argument(
+        "--session",
+        metavar="DIR",
+        type=Path,
+        help="continue the dialogue saved in DIR (created if absent): later questions can refer to earlier entities",
+    )
+    reasoner = ask.add_argument_group("reasoner (answers QUESTION when no --box/--point is given)")
+    reasoner.add_argument(
+        "--reasoner",
+        metavar="SPEC",
+        default=None,
+        help=f"hf:<model folder or id>, openai:<base-url>#<model> or replay:<answers.jsonl> "
+        f"(default: {DEFAULT_REASONER_SPEC}; models: `{PROG} models list`)",
+    )
+    reasoner.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback openai: server; the rendered slices and the question (never DICOM header "
+        "text) are sent to it; its API key is read from $MEDSEG_REASONER_API_KEY",
+    )
+    reasoner.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let hf:<id> download the model (into $MEDSEG_MODELS_DIR or the Hugging Face cache; $HF_ENDPOINT "
+        "for a mirror); without it only local models are used",
+    )
+    reasoner.add_argument("--device", default=None, help="reasoner device: cuda, mps or cpu (default: best available)")
+    reasoner.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per answer")
 
 
 # --- argument parsing helpers -------------------------------------------------------------------------------
@@ -175,13 +223,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from .volume import load_volume
 
     prompt = parse_prompt(args.box, args.point)
-    if prompt is None:
-        if args.question:
-            raise InputError(
-                "answering a question needs a reasoner, and none is available in this version: "
-                "give an explicit prompt with --box I0,J0,I1,J1,K (and optionally --point I,J,K[,0|1])."
-            )
-        raise InputError("nothing to segment: give a prompt with --box I0,J0,I1,J1,K and/or --point I,J,K[,0|1].")
+    if prompt is None and not args.question:
+        raise InputError(
+            "nothing to segment: ask a QUESTION (answered by --reasoner) or give a prompt with "
+            "--box I0,J0,I1,J1,K and/or --point I,J,K[,0|1]."
+        )
     prepare_out_dir(args.out, args.force)
     options = AskOptions(
         out=args.out,
@@ -193,7 +239,20 @@ def cmd_ask(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     volume = load_volume(args.input, series_uid=args.series)
-    run_ask(volume, prompt, options, {"load_s": time.perf_counter() - t0})
+    timings = {"load_s": time.perf_counter() - t0}
+    if prompt is not None and args.session is None:
+        run_ask(volume, prompt, options, timings)
+        return EXIT_OK
+    from .conversation import ReasonerOptions, run_round_ask
+
+    reasoner_options = ReasonerOptions(
+        spec=args.reasoner or DEFAULT_REASONER_SPEC,
+        allow_remote=args.allow_remote,
+        allow_download=args.allow_download,
+        device=args.device,
+        max_new_tokens=args.max_new_tokens,
+    )
+    run_round_ask(volume, prompt, options, reasoner_options, args.session, timings)
     return EXIT_OK
 
 
@@ -214,62 +273,30 @@ def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> d
             volume, segmenter, window, prompt, label=options.label, propagate_3d=options.propagate, progress=progress
         )
     timings.update(target.timings)
-    return write_outputs(volume, [target], options, window, segmenter.identity, timings)
+    from .export.dicom_seg import SegmentSpec
+    from .output import write_ask_outputs
+    from .result import target_record
 
-
-def write_outputs(volume, targets, options: AskOptions, window, identity, timings: dict[str, float]) -> dict:
-    """Write mask.nii.gz, seg.dcm (DICOM input) and result.json, each atomically, then print the summary."""
-    import numpy as np
-
-    from .atomic import staged_outputs
-    from .export.dicom_seg import AlgorithmInfo, SegmentSpec, SourceNotReferenceableError, write_dicom_seg
-    from .result import build_result, write_result
-    from .volume.itk_io import write_label_image
-
-    t0 = time.perf_counter()
-    labelmap = np.zeros(volume.shape, dtype=np.uint8)
-    for target in targets:
-        labelmap[target.mask] = target.value
-    outputs: dict[str, str | None] = {"mask": "mask.nii.gz", "seg": None, "result": "result.json"}
-    warnings: list[str] = []
-    with staged_outputs(options.out) as staging:
-        write_label_image(staging / "mask.nii.gz", labelmap, volume.geometry)
-        if volume.source.dicom is not None:
-            segments = [SegmentSpec(number=t.value, label=t.label, mask=t.mask, semiautomatic=True) for t in targets]
-            algorithm = AlgorithmInfo(identity.name, _algorithm_version(identity))
-            try:
-                write_dicom_seg(volume, segments, staging / "seg.dcm", algorithm)
-                outputs["seg"] = "seg.dcm"
-            except SourceNotReferenceableError as exc:  # the mask is still good: keep it, say why no SEG
-                warnings.append(f"no seg.dcm: {exc}")
-        timings["export_s"] = time.perf_counter() - t0
-        result = build_result(
-            volume,
-            question=options.question,
-            targets=targets,
-            window=window,
-            segmenter=identity,
-            timings=timings,
-            outputs=outputs,
-            propagate=options.propagate,
-            warnings=warnings,
-        )
-        write_result(staging / "result.json", result)
-    _print_summary(result, options.out)
+    segments = [SegmentSpec(number=target.value, label=target.label, mask=target.mask, semiautomatic=True)]
+    result = write_ask_outputs(
+        volume, segments, [target_record(volume, target)], options, window, segmenter.identity, timings
+    )
+    print_summary(result, options.out)
     return result
 
 
-def _algorithm_version(identity) -> str:
-    return f"{__version__} weights sha256:{identity.sha256[:12]}"
-
-
-def _print_summary(result: dict, out: Path) -> None:
+def print_summary(result: dict, out: Path) -> None:
+    """What a user reads after ``ask``: per target its size and extent, why propagation stopped, findings."""
     for t in result["targets"]:
-        rng = t["slice_range"]
+        rng = t["slice_range"] or ["-", "-"]
+        name = f"{t['entity_id']} {t['label']}" if t.get("entity_id") else t["label"]
+        score = f", score {t['score']:.2f}" if t.get("score") is not None else ""
         print(
-            f"{t['label']}: {t['voxels']} voxels, {t['volume_ml']:.1f} mL, slices {rng[0]}-{rng[1]}, "
-            f"key slice {t['key_slice']}, score {t['score']:.2f}"
+            f"{name}: {t['voxels']} voxels, {t['volume_ml']:.1f} mL, slices {rng[0]}-{rng[1]}, "
+            f"key slice {t['key_slice']}{score}"
         )
+        if t.get("findings"):
+            print(f"  {t['findings']}")
         if t["propagation"]:
             for direction, why in t["propagation"]["stopped"].items():
                 print(f"  propagation {direction}: stopped at {why}")
@@ -330,12 +357,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ask": cmd_ask, "demo": cmd_demo, "sample": cmd_sample}
+def cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from .reasoning.models import list_models, pull_model
+
+    if args.models_command == "pull":
+        folder = pull_model(args.name, args.cache_dir, progress=True)
+        print(f"{args.name}: ready in {folder}")
+        return EXIT_OK
+    rows = list_models(args.cache_dir)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_dict()))
+        return EXIT_OK
+    print(f"{'name':28} {'present':8} {'size':>9} {'licence':24} hugging face id")
+    for row in rows:
+        size_gb = (row.size_bytes / 1e9) if row.present else (row.known.size_gb if row.known else 0.0)
+        licence = row.known.licence if row.known else "?"
+        print(f"{row.name:28} {'yes' if row.present else 'no':8} {size_gb:>7.1f}GB {licence:24} {row.hf_id}")
+    return EXIT_OK
+
+
+COMMANDS = {"ask": cmd_ask, "demo": cmd_demo, "models": cmd_models, "sample": cmd_sample}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "ask" and args.question is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.question = extra[0]  # `ask INPUT --opt X "question"`: argparse cannot place a late optional positional
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except MedSegError as exc:

@@ -30,14 +30,17 @@ def build_result(
     volume: Volume,
     *,
     question: str | None,
-    targets: Sequence[TargetResult],
+    targets: Sequence[dict[str, Any]],
     window: Window,
     segmenter: ModelIdentity,
     timings: dict[str, float],
     outputs: dict[str, str | None],
     propagate: bool,
     warnings: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The whole record; ``targets`` come from ``target_record`` or ``entity_target_record``; ``extra`` adds the
+    optional sections (round, reasoner, answers, session) of a reasoner or session run."""
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -46,7 +49,7 @@ def build_result(
         "question": question,
         "propagate": propagate,
         "window": {"name": window.name, "level": window.level, "width": window.width},
-        "targets": [_target_record(volume, t) for t in targets],
+        "targets": list(targets),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "versions": {
             "medseg_reasoning": __version__,
@@ -55,6 +58,7 @@ def build_result(
         },
         "outputs": outputs,
         "warnings": list(warnings),
+        **(extra or {}),
     }
 
 
@@ -83,7 +87,8 @@ def _input_record(volume: Volume) -> dict[str, Any]:
     return record
 
 
-def _target_record(volume: Volume, target: TargetResult) -> dict[str, Any]:
+def target_record(volume: Volume, target: TargetResult) -> dict[str, Any]:
+    """A target of the explicit-prompt path (``pipeline.segment_target``)."""
     record: dict[str, Any] = {
         "value": target.value,
         "label": target.label,
@@ -96,15 +101,42 @@ def _target_record(volume: Volume, target: TargetResult) -> dict[str, Any]:
         "propagation": None,
     }
     prop = target.propagation
-    ks = target.mask.any(axis=(1, 2)).nonzero()[0]
-    if ks.size:
-        record["slice_range"] = [int(ks[0]), int(ks[-1])]
+    record["slice_range"] = _slice_range(target.mask)
     if prop is not None:
         record["propagation"] = {
             "visited_slices": prop.visited_slices,
             "stopped": prop.stop_reasons,
         }
     return record
+
+
+def entity_target_record(volume: Volume, value: int, entity, mask, rnd) -> dict[str, Any]:
+    """A target of a dialogue round: the entity it became, with its code, findings and judgment."""
+    record_of_round = next((t for t in rnd.targets if t.entity_id == entity.id), None)
+    voxels = int(mask.sum())
+    return {
+        "value": value,
+        "label": entity.label,
+        "entity_id": entity.id,
+        "prompt": record_of_round.prompt if record_of_round else None,
+        "voxels": voxels,
+        "volume_ml": round(voxels * volume.voxel_volume_ml, 3),
+        "key_slice": entity.key_slice,
+        "score": round(float(entity.score), 4) if entity.score is not None else None,
+        "slice_range": _slice_range(mask),
+        "status": record_of_round.status if record_of_round else None,
+        "terminology": entity.terminology.to_dict(),
+        "findings": entity.findings,
+        "uncertainty": list(entity.uncertainty),
+        "ref": entity.ref,
+        "relation": entity.relation,
+        "propagation": None,
+    }
+
+
+def _slice_range(mask) -> list[int] | None:
+    ks = mask.any(axis=(1, 2)).nonzero()[0]
+    return [int(ks[0]), int(ks[-1])] if ks.size else None
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

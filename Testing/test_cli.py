@@ -106,8 +106,8 @@ def test_box_on_an_empty_region(capsys, tmp_path, small_series):
     _bad(capsys, ["ask", str(small_series), "--box", "0,0,8,8,2", "--out", str(tmp_path / "o")], 2, "uniform region")
 
 
-def test_question_without_reasoner_or_prompt(capsys, tmp_path, small_series):
-    _bad(capsys, ["ask", str(small_series), "where is the liver?", "--out", str(tmp_path / "o")], 2, "--box")
+def test_neither_question_nor_prompt(capsys, tmp_path, small_series):
+    _bad(capsys, ["ask", str(small_series), "--out", str(tmp_path / "o")], 2, "--box")
 
 
 def test_non_empty_out_is_refused_without_force(capsys, tmp_path, small_series):
@@ -224,3 +224,87 @@ def test_oracle_propagation_through_cli_on_a_series(tmp_path, small_series, monk
     assert "ended" in result["targets"][0]["propagation"]["stopped"]["up"]
     assert result["outputs"]["seg"] == "seg.dcm" and result["warnings"] == []
     assert dciodvfy_errors(tmp_path / "o" / "seg.dcm") == []
+
+
+# --- a question answered by a (replay) reasoner, and sessions over several asks --------------------------------
+
+
+def _replay_file(path: Path, rounds: list[tuple[str, str]]) -> Path:
+    """Recorded answers: per round a key-slice pick and a box on that slice (view pixels = i, j here)."""
+    lines = []
+    for n, (pick, locate) in enumerate(rounds, start=1):
+        lines.append({"round": n, "step": "pick_slice", "raw": pick})
+        lines.append({"round": n, "step": "locate", "raw": locate})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+PICK_2 = '{"reasoning": "The block is widest on slice 2.", "targets": [{"slice": 2, "label": "liver"}]}'
+LOCATE_2 = (
+    '{"reasoning": "Homogeneous soft tissue.", "targets": [{"slice": 2, "bbox": [10, 8, 38, 32], '
+    '"label": "liver", "ref": null}], "clarification": null}'
+)
+LOCATE_REF = (
+    '{"reasoning": "Same organ, tighter.", "targets": [{"slice": 2, "bbox": [11, 9, 37, 31], '
+    '"label": "liver", "ref": "E1"}], "clarification": null}'
+)
+
+
+def test_question_is_answered_by_the_reasoner_and_recorded(tmp_path, small_series, monkeypatch, capsys):
+    from fakes import OracleSegmenter
+
+    from MedSegReasoning.segmentation import factory
+    from MedSegReasoning.volume import load_volume
+
+    truth = load_volume(small_series).array > 0
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(truth))
+    replay = _replay_file(tmp_path / "answers.jsonl", [(PICK_2, LOCATE_2)])
+    out = tmp_path / "o"
+    argv = ["ask", str(small_series), "segment the liver", "--reasoner", f"replay:{replay}", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Homogeneous soft tissue." in printed, "the reasoning is streamed to the user"
+    assert "E1 liver:" in printed
+    result = json.loads((out / "result.json").read_text())
+    assert result["reasoner"]["backend"] == "replay"
+    assert "widest on slice 2" in result["round"]["reasoning"]
+    (target,) = result["targets"]
+    assert target["entity_id"] == "E1" and target["voxels"] == int(truth.sum())
+    assert target["terminology"]["type"]["meaning"].lower() == "liver"
+    assert "mL" in target["findings"]
+    assert result["outputs"]["seg"] == "seg.dcm"
+
+
+def test_session_carries_entities_across_asks(tmp_path, small_series, monkeypatch, capsys):
+    from fakes import OracleSegmenter
+
+    from MedSegReasoning.dialogue import load_session
+    from MedSegReasoning.segmentation import factory
+    from MedSegReasoning.volume import load_volume
+
+    truth = load_volume(small_series).array > 0
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(truth))
+    replay = _replay_file(tmp_path / "answers.jsonl", [(PICK_2, LOCATE_2), (PICK_2, LOCATE_REF)])
+    session = tmp_path / "session"
+    base = ["ask", str(small_series), "--reasoner", f"replay:{replay}", "--session", str(session)]
+    assert main([*base, "segment the liver", "--out", str(tmp_path / "r1")]) == 0
+    assert main([*base, "redo E1 with a tighter box", "--out", str(tmp_path / "r2")]) == 0
+    loaded = load_session(session)
+    assert len(loaded.rounds) == 2 and list(loaded.entities) == ["E1"], "the redo replaced E1 instead of adding"
+    second = json.loads((tmp_path / "r2" / "result.json").read_text())
+    assert second["round"]["index"] == 2 and second["targets"][0]["entity_id"] == "E1"
+
+    other = tmp_path / "other.nii.gz"
+    from MedSegReasoning.volume.itk_io import write_label_image
+
+    write_label_image(other, truth.astype(np.uint8), load_volume(small_series).geometry)
+    capsys.readouterr()
+    code = main(["ask", str(other), "--box", "10,8,38,32,2", "--session", str(session), "--out", str(tmp_path / "r3")])
+    assert code == 2 and "session" in capsys.readouterr().err
+    assert len(load_session(session).rounds) == 2, "a refused ask leaves the session as it was"
+
+
+def test_missing_reasoner_model_names_the_pull_command(tmp_path, small_series, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("MEDSEG_MODELS_DIR", str(tmp_path / "models"))
+    _bad(capsys, ["ask", str(small_series), "where is the liver?", "--out", str(tmp_path / "o")], 3, "models pull")

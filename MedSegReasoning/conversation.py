@@ -1,0 +1,176 @@
+"""``ask`` as one dialogue round: the reasoner (or an explicit prompt) plans, the dialogue segments and judges.
+
+This is the path for questions answered by a reasoner and for ``--session DIR`` (several ``ask`` calls that refer
+to each other's entities). It goes through ``dialogue.run_round``, so every target gets judgment, correction,
+terminology and findings, and a session folder is saved after the round. The explicit-prompt, session-less
+``ask`` keeps the shorter path in ``cli.run_ask`` (one target, no judgment: the user's box is taken as given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class ReasonerOptions:
+    """How ``--reasoner`` is created and asked (see ``reasoning.spec.create_reasoner``)."""
+
+    spec: str
+    allow_remote: bool = False
+    allow_download: bool = False
+    device: str | None = None
+    max_new_tokens: int | None = None
+    stream: bool = True
+
+
+def run_round_ask(volume, prompt, options, reasoner_options: ReasonerOptions, session_dir: Path | None, timings) -> dict:
+    """One round on ``volume``: plan (reasoner or ``prompt``), segment, judge; write outputs; return result.json."""
+    from .dialogue import RoundPlan, Session, TargetSpec, open_session, run_round
+    from .pipeline import check_prompt
+    from .segmentation.factory import create_segmenter
+    from .volume import default_window, window_by_name
+
+    window = window_by_name(options.window, volume) if options.window else default_window(volume)
+    if prompt is not None:
+        check_prompt(volume, prompt, window)
+    source_path = volume.source.path or None
+    session = (
+        open_session(session_dir, volume, path=source_path)
+        if session_dir is not None
+        else Session.for_volume(volume, path=source_path)
+    )
+    answers: list[Any] = []
+    reasoner = None
+    if prompt is None:
+        reasoner = _create_reasoner(reasoner_options, timings)
+    t0 = time.perf_counter()
+    segmenter = create_segmenter(options.segmenter)
+    timings["model_load_s"] = timings.get("model_load_s", 0.0) + time.perf_counter() - t0
+
+    if prompt is not None:
+        plan: Any = RoundPlan(targets=(TargetSpec(options.label, prompt, propagate=options.propagate),))
+    else:
+        plan = _reasoner_planner(volume, window, reasoner, session, options, reasoner_options, answers)
+    question = options.question or ""
+    rnd = run_round(session, volume, segmenter, window, question, plan, progress=_stage_printer())
+    timings.update({k: v for k, v in rnd.timings.items()})
+    return _write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
+
+
+def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float]):
+    from .reasoning import create_reasoner
+
+    t0 = time.perf_counter()
+    reasoner = create_reasoner(
+        reasoner_options.spec,
+        allow_remote=reasoner_options.allow_remote,
+        allow_download=reasoner_options.allow_download,
+        device=reasoner_options.device,
+        max_new_tokens=reasoner_options.max_new_tokens,
+    )
+    timings["reasoner_load_s"] = time.perf_counter() - t0
+    return reasoner
+
+
+def _reasoner_planner(volume, window, reasoner, session, options, reasoner_options: ReasonerOptions, answers: list):
+    """The dialogue's planner hook: ask the reasoner with the session's entities as context, stream its text."""
+    from .dialogue import plan_from_answer
+    from .reasoning import ReasoningContext, run_reasoning
+
+    def plan(question: str, context: dict):
+        on_text = _stream_to_stdout if reasoner_options.stream else None
+        answer = run_reasoning(
+            volume,
+            reasoner,
+            question,
+            context=ReasoningContext.from_dialogue(context, len(session.rounds) + 1),
+            on_text=on_text,
+            window=window,
+        )
+        if on_text:
+            sys.stdout.write("\n")
+        answers.append(answer)
+        result = plan_from_answer(answer, question)
+        if not options.propagate:
+            result = dataclasses.replace(
+                result, targets=tuple(dataclasses.replace(t, propagate=False) for t in result.targets)
+            )
+        return result
+
+    return plan
+
+
+def _stream_to_stdout(chunk: str) -> None:
+    sys.stdout.write(chunk)
+    sys.stdout.flush()
+
+
+def _stage_printer():
+    def progress(stage: str, fraction: float) -> None:
+        if stage != "done":
+            print(f"[{fraction:4.0%}] {stage}", file=sys.stderr)
+
+    return progress
+
+
+def _write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings) -> dict:
+    from .cli import print_summary
+    from .export.dicom_seg import SegmentSpec
+    from .output import write_ask_outputs
+    from .result import entity_target_record
+
+    entities = [session.entities[t.entity_id] for t in rnd.targets if t.entity_id in session.entities]
+    if rnd.clarification and not entities:
+        question = rnd.clarification.get("question") or rnd.clarification.get("text") or "please clarify"
+        print(f"clarification needed: {question}")
+    records, segments = [], []
+    for value, entity in enumerate(entities, start=1):
+        mask = entity.mask.to_dense(volume.shape)
+        term = entity.terminology
+        segments.append(
+            SegmentSpec(
+                number=value,
+                label=entity.label,
+                mask=mask,
+                category=_coded(term.category),
+                type=_coded(term.type),
+                semiautomatic=reasoner is None or entity.edited,
+                color=tuple(entity.color),
+            )
+        )
+        records.append(entity_target_record(volume, value, entity, mask, rnd))
+    extra: dict[str, Any] = {
+        "round": {
+            "index": rnd.index,
+            "reasoning": rnd.reasoning,
+            "clarification": rnd.clarification,
+            "targets": [t.to_dict() for t in rnd.targets],
+        },
+        "session": str(session.folder) if session.folder else None,
+    }
+    if reasoner is not None:
+        extra["reasoner"] = reasoner.identity.to_dict()
+        extra["answers"] = [a.to_dict() for a in answers]
+    if not entities and not rnd.clarification:
+        failed = "; ".join(t.error or t.status for t in rnd.targets) or "the reasoner gave no target"
+        raise InputError(f"nothing was segmented ({failed}): rephrase the question or give a --box.")
+    result = write_ask_outputs(
+        volume, segments, records, options, window, segmenter.identity, timings, extra=extra
+    )
+    print_summary(result, options.out)
+    return result
+
+
+def _coded(code):
+    """A terminology code as the SEG writer's term; a structure without a standard code is written as Tissue
+    (its free-text label stays the segment label)."""
+    from .export.dicom_seg import TISSUE, CodedTerm
+
+    return CodedTerm(code.value, code.scheme, code.meaning) if code is not None else TISSUE

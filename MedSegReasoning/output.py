@@ -1,0 +1,65 @@
+"""The files an ``ask`` leaves in ``--out``: label map, DICOM-SEG and result.json, written as one set.
+
+All three are staged and moved into place together (``atomic.staged_outputs``), so a failure never leaves a
+half-written file or a mix of old and new results. A DICOM source that a SEG cannot reference (blank study or
+series UIDs) costs only the SEG: the label map and result.json are still written, with a warning saying why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+
+
+def write_ask_outputs(
+    volume,
+    segments: Sequence,
+    records: Sequence[dict[str, Any]],
+    options,
+    window,
+    identity,
+    timings: dict[str, float],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``mask.nii.gz`` (value n = segment n; where segments overlap the later one wins: the SEG keeps
+    both), ``seg.dcm`` for DICOM input and ``result.json`` into ``options.out``; returns the result record."""
+    from .atomic import staged_outputs
+    from .export.dicom_seg import AlgorithmInfo, SourceNotReferenceableError, write_dicom_seg
+    from .result import build_result, write_result
+    from .volume.itk_io import write_label_image
+
+    t0 = time.perf_counter()
+    labelmap = np.zeros(volume.shape, dtype=np.uint8)
+    for spec in segments:
+        labelmap[spec.mask] = spec.number
+    outputs: dict[str, str | None] = {"mask": "mask.nii.gz", "seg": None, "result": "result.json"}
+    warnings: list[str] = []
+    with staged_outputs(options.out) as staging:
+        write_label_image(staging / "mask.nii.gz", labelmap, volume.geometry)
+        if volume.source.dicom is not None and segments:
+            algorithm = AlgorithmInfo(identity.name, f"{__version__} weights sha256:{identity.sha256[:12]}")
+            try:
+                write_dicom_seg(volume, segments, staging / "seg.dcm", algorithm)
+                outputs["seg"] = "seg.dcm"
+            except SourceNotReferenceableError as exc:  # the mask is still good: keep it, say why no SEG
+                warnings.append(f"no seg.dcm: {exc}")
+        timings["export_s"] = time.perf_counter() - t0
+        result = build_result(
+            volume,
+            question=options.question,
+            targets=records,
+            window=window,
+            segmenter=identity,
+            timings=timings,
+            outputs=outputs,
+            propagate=options.propagate,
+            warnings=warnings,
+            extra=extra,
+        )
+        write_result(staging / "result.json", result)
+    return result
