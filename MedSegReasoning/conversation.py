@@ -60,7 +60,7 @@ def run_round_ask(volume, prompt, options, reasoner_options: ReasonerOptions, se
         plan = _reasoner_planner(volume, window, reasoner, session, options, reasoner_options, answers)
     question = options.question or ""
     rnd = run_round(session, volume, segmenter, window, question, plan, progress=_stage_printer())
-    timings.update({k: v for k, v in rnd.timings.items()})
+    timings.update(rnd.timings)
     return _write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
 
 

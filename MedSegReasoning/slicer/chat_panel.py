@@ -1,0 +1,429 @@
+"""The chat panel: question, streamed reasoning (collapsible), answer and entity chips, input box, Cancel.
+
+Written against the part of the Qt API that Slicer's PythonQt ``qt`` and PySide share (setters such as ``setText``,
+``signal.connect(slot)``, overriding ``keyPressEvent`` in a subclass), so the same class runs inside Slicer and
+under PySide offscreen in tests. Every Qt name it uses is listed in ``QT_NAMES`` (and in ``slicer_api_names.json``).
+
+Threading, the one rule that keeps Slicer responsive: the backend's blocking, streaming call runs on a Python worker
+thread and only puts events on a queue; a ``QTimer`` on the GUI thread drains the queue and touches widgets (and,
+through ``on_entity``, the MRML scene). No Qt object is touched off the GUI thread, which is also why no
+binding-specific cross-thread signal is needed.
+
+The backend is any object with the ``ChatBackend`` methods: the HTTP client of ``MedSegReasoning.client`` (the
+server issue) is adapted to it by ``connect_backend``; tests use a scripted fake.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Protocol
+
+QT_NAMES = (
+    "QWidget",
+    "QVBoxLayout",
+    "QHBoxLayout",
+    "QLabel",
+    "QPushButton",
+    "QToolButton",
+    "QPlainTextEdit",
+    "QScrollArea",
+    "QFrame",
+    "QTimer",
+    "Qt",
+)
+"""The Qt classes the panel uses, resolved from whichever binding is present."""
+
+POLL_MS = 40
+EVENT_KINDS = ("reasoning", "progress", "target", "error", "done")
+"""Server-Sent Event names of a round (DESIGN.md §2), plus the panel's own ``cancelled``/``review``."""
+
+
+def qt_namespace(prefer: str | None = None) -> SimpleNamespace:
+    """The Qt classes of ``QT_NAMES`` from Slicer's ``qt`` if inside Slicer, else from PySide2 or PySide6.
+
+    PySide2 is tried first outside Slicer because released Slicer builds use Qt 5.15; ``prefer`` picks one.
+    """
+    order = [prefer] if prefer else ["qt", "PySide2", "PySide6"]
+    for name in order:
+        try:
+            if name == "qt":
+                import qt  # type: ignore[import-not-found]
+
+                if not hasattr(qt, "QWidget"):
+                    continue
+                return SimpleNamespace(**{n: getattr(qt, n) for n in QT_NAMES}, binding="qt")
+            core = __import__(f"{name}.QtCore", fromlist=["QtCore"])
+            widgets = __import__(f"{name}.QtWidgets", fromlist=["QtWidgets"])
+        except ImportError:
+            continue
+        found = {n: getattr(widgets, n, None) or getattr(core, n) for n in QT_NAMES}
+        return SimpleNamespace(**found, binding=name)
+    raise ImportError("no Qt binding: run inside Slicer, or pip install PySide2==5.13.2 (Qt 5) or PySide6-Essentials")
+
+
+@dataclass(frozen=True)
+class RoundEvent:
+    """One streamed event of a round: ``kind`` is an SSE event name, ``data`` its JSON payload."""
+
+    kind: str
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EntityChip:
+    """What a chip shows of an entity (from a ``target`` event or a review update)."""
+
+    id: str
+    label: str
+    color: tuple[int, int, int]
+    review: str = "proposed"
+
+    @staticmethod
+    def from_event(data: dict) -> EntityChip:
+        entity = data.get("entity", data)
+        return EntityChip(
+            id=str(entity["id"]),
+            label=str(entity.get("name") or entity.get("label") or entity["id"]),
+            color=tuple(int(c) for c in entity.get("color", (128, 128, 128))),  # type: ignore[arg-type]
+            review=str(entity.get("review", "proposed")),
+        )
+
+
+class ChatBackend(Protocol):
+    """What the panel needs of a backend; every method may block, so the panel calls them off the GUI thread."""
+
+    def ask(self, question: str, context: dict) -> Iterator[RoundEvent]:
+        """Run one round, yielding its events as they stream in."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the running round (thread-safe; called from the GUI thread while ``ask`` iterates elsewhere)."""
+        ...
+
+    def set_review(self, entity_id: str, review: str) -> None: ...
+
+
+def connect_backend(url: str, token: str) -> ChatBackend:
+    """A ``ChatBackend`` over the HTTP client of the server issue (imported here: it is not needed to build the GUI)."""
+    try:
+        from .. import client  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise RuntimeError(
+            "MedSegReasoning.client is not available in this installation, so the panel cannot reach a server yet."
+        ) from exc
+    adapter = getattr(client, "chat_backend", None)
+    if adapter is None:
+        raise RuntimeError("MedSegReasoning.client has no chat_backend(url, token) adapter for the chat panel yet.")
+    return adapter(url, token)
+
+
+class ChatPanel:
+    """The chat widget and its round runner; ``widget`` is what goes into a layout."""
+
+    def __init__(
+        self,
+        backend: ChatBackend | None,
+        parent: Any = None,
+        qt: SimpleNamespace | None = None,
+        context_provider: Callable[[], dict] | None = None,
+        on_entity: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.qt = Q = qt or qt_namespace()
+        self.backend = backend
+        self.context_provider = context_provider or dict
+        self.on_entity = on_entity  # called on the GUI thread with each target's payload: the scene writer's hook
+        self._on_select: Callable[[str], None] | None = None
+        self._events: queue.Queue[tuple[int, RoundEvent]] = queue.Queue()
+        self._round_ids = itertools.count(1)
+        self._active_round = 0
+        self._cancelled: set[int] = set()
+        self._round_view: _RoundView | None = None
+        self.chips: dict[str, Any] = {}
+        self.transcript: list[tuple[str, str]] = []  # (role, text), for saving with the scene and for tests
+
+        self.widget = Q.QWidget(parent)
+        outer = Q.QVBoxLayout(self.widget)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = Q.QScrollArea(self.widget)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Q.Qt.ScrollBarAlwaysOff)  # wrap text, never scroll sideways
+        self.messages = Q.QWidget()
+        self.messages_layout = Q.QVBoxLayout(self.messages)
+        self.messages_layout.addStretch(1)
+        self.scroll.setWidget(self.messages)
+        outer.addWidget(self.scroll, 1)
+        self.status = Q.QLabel("Ready." if backend else "Not connected.", self.widget)
+        self.status.setWordWrap(True)
+        outer.addWidget(self.status)
+        self.input = _make_input_box(Q, self.widget, self.send)
+        self.input.setPlaceholderText("Ask about the scan (Enter sends, Shift+Enter new line)")
+        self.input.setMaximumHeight(70)
+        outer.addWidget(self.input)
+        row = Q.QHBoxLayout()
+        self.send_button = Q.QPushButton("Send", self.widget)
+        self.cancel_button = Q.QPushButton("Cancel", self.widget)
+        self.cancel_button.setEnabled(False)
+        self.send_button.clicked.connect(self.send)
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addStretch(1)
+        row.addWidget(self.send_button)
+        row.addWidget(self.cancel_button)
+        outer.addLayout(row)
+
+        self.timer = Q.QTimer(self.widget)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.drain_events)
+        self.timer.start()
+
+    # -- wiring --------------------------------------------------------------------------------------------------
+    def set_backend(self, backend: ChatBackend) -> None:
+        self.backend = backend
+        self.status.setText("Ready.")
+
+    def set_entity_selected_callback(self, callback: Callable[[str], None]) -> None:
+        """Called with an entity id when its chip is clicked (the module centres the views on it)."""
+        self._on_select = callback
+
+    @property
+    def busy(self) -> bool:
+        return self._active_round != 0
+
+    # -- actions ---------------------------------------------------------------------------------------------------
+    def send(self) -> None:
+        """Start a round with the input box's text on a worker thread; ignored while one runs or with no text."""
+        question = self.input.toPlainText().strip()
+        if not question or self.busy:
+            return
+        if self.backend is None:
+            self.status.setText("Not connected: connect to a reasoning server first.")
+            return
+        self.input.setPlainText("")
+        self._add_message("You", question)
+        self._round_view = _RoundView(self.qt, self.messages)
+        self.messages_layout.insertWidget(self.messages_layout.count() - 1, self._round_view.frame)
+        round_id = next(self._round_ids)
+        self._active_round = round_id
+        self._set_running(True)
+        self.status.setText("Thinking...")
+        context = self.context_provider()
+        backend = self.backend
+        threading.Thread(target=self._run_round, args=(backend, round_id, question, context), daemon=True).start()
+
+    def cancel(self) -> None:
+        """Stop the round: tell the backend, and drop whatever of this round still arrives."""
+        if not self.busy:
+            return
+        round_id = self._active_round
+        # Mark the round cancelled before the backend hears of it, so nothing it still sends can be applied.
+        self._cancelled.add(round_id)
+        self._events.put((round_id, RoundEvent("cancelled")))
+        threading.Thread(target=_quietly, args=(self.backend.cancel,), daemon=True).start()
+
+    def review(self, entity_id: str, status: str) -> None:
+        """Confirm/reject from a chip: sent to the backend off the GUI thread; the chip updates when it answers."""
+        backend = self.backend
+
+        def work() -> None:
+            try:
+                backend.set_review(entity_id, status)
+                self._events.put((0, RoundEvent("review", {"id": entity_id, "review": status})))
+            except Exception as exc:
+                self._events.put((0, RoundEvent("error", {"message": f"review of {entity_id} failed: {exc}"})))
+
+        threading.Thread(target=work, daemon=True).start()
+
+    def shutdown(self) -> None:
+        self.cancel()
+        self.timer.stop()
+
+    # -- the worker (no Qt here) -----------------------------------------------------------------------------------------
+    def _run_round(self, backend: ChatBackend, round_id: int, question: str, context: dict) -> None:
+        try:
+            for event in backend.ask(question, context):
+                if round_id in self._cancelled:
+                    return  # cancelled: stop consuming the stream
+                self._events.put((round_id, event))
+                if event.kind == "done":
+                    return
+            self._events.put((round_id, RoundEvent("done")))
+        except Exception as exc:
+            self._events.put((round_id, RoundEvent("error", {"message": str(exc)})))
+            self._events.put((round_id, RoundEvent("done")))
+
+    # -- the GUI thread ------------------------------------------------------------------------------------------------
+    def drain_events(self) -> None:
+        """Apply queued events to the widgets (runs on the GUI thread, from the timer)."""
+        while True:
+            try:
+                round_id, event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if round_id and (
+                round_id != self._active_round or (round_id in self._cancelled and event.kind != "cancelled")
+            ):
+                continue  # late events of a cancelled or finished round
+            self._apply(event)
+
+    def _apply(self, event: RoundEvent) -> None:
+        view = self._round_view
+        kind, data = event.kind, event.data
+        if kind == "reasoning" and view is not None:
+            view.append_reasoning(str(data.get("text", "")))
+        elif kind == "progress":
+            fraction = data.get("fraction")
+            percent = f" {round(100 * float(fraction))}%" if fraction is not None else ""
+            self.status.setText(f"{data.get('stage', 'working')}{percent}")
+        elif kind == "target" and view is not None:
+            chip = EntityChip.from_event(data)
+            self.chips[chip.id] = view.add_chip(chip, self._select, self.review)
+            if self.on_entity is not None:
+                self.on_entity(data)
+        elif kind == "review":
+            holder = self.chips.get(data["id"])
+            if holder is not None:
+                holder.set_review(data["review"])
+        elif kind == "error":
+            self._add_message("Error", str(data.get("message", "unknown error")))
+            self.status.setText("Error: " + str(data.get("message", "")))
+        elif kind in ("done", "cancelled"):
+            if view is not None:
+                answer = str(data.get("answer", "")) if kind == "done" else "Cancelled."
+                view.set_answer(answer)
+                self.transcript.append(("assistant", answer))
+            self.status.setText("Cancelled." if kind == "cancelled" else "Ready.")
+            self._active_round = 0
+            self._set_running(False)
+        bar = self.scroll.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+    def _select(self, entity_id: str) -> None:
+        if self._on_select is not None:
+            self._on_select(entity_id)
+
+    def _add_message(self, who: str, text: str) -> None:
+        Q = self.qt
+        label = Q.QLabel(f"<b>{_escape(who)}:</b> {_escape(text)}", self.messages)
+        label.setWordWrap(True)
+        self.messages_layout.insertWidget(self.messages_layout.count() - 1, label)
+        self.transcript.append((who.lower(), text))
+
+    def _set_running(self, running: bool) -> None:
+        self.send_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+
+class _RoundView:
+    """One round in the chat: a collapsible reasoning section, the answer, and a row of entity chips."""
+
+    def __init__(self, Q: SimpleNamespace, parent: Any) -> None:
+        self.Q = Q
+        self.frame = Q.QFrame(parent)
+        self.frame.setFrameShape(Q.QFrame.StyledPanel)
+        layout = Q.QVBoxLayout(self.frame)
+        self.toggle = Q.QToolButton(self.frame)
+        self.toggle.setText("\u25be Reasoning")
+        self.toggle.setCheckable(True)
+        self.toggle.setChecked(True)
+        self.toggle.toggled.connect(self._show_reasoning)
+        layout.addWidget(self.toggle)
+        self.reasoning = Q.QLabel("", self.frame)
+        self.reasoning.setWordWrap(True)
+        self.reasoning.setTextFormat(Q.Qt.PlainText)  # model text may contain <think> tags: never render it as HTML
+        self.reasoning.setStyleSheet("color: #555; font-style: italic;")
+        layout.addWidget(self.reasoning)
+        self.answer = Q.QLabel("", self.frame)
+        self.answer.setWordWrap(True)
+        layout.addWidget(self.answer)
+        self.chip_row = Q.QVBoxLayout()  # one chip per line: a row of chips would force the panel wider than Slicer's
+        layout.addLayout(self.chip_row)
+        self.reasoning_text = ""
+
+    def _show_reasoning(self, shown: bool) -> None:
+        self.reasoning.setVisible(shown)
+        self.toggle.setText(("\u25be" if shown else "\u25b8") + " Reasoning")
+
+    def append_reasoning(self, text: str) -> None:
+        self.reasoning_text += text
+        self.reasoning.setText(self.reasoning_text)
+
+    def set_answer(self, text: str) -> None:
+        self.answer.setText(text)
+        if self.reasoning_text:
+            self.toggle.setChecked(False)  # collapse once the answer is in; one click shows it again
+
+    def add_chip(self, chip: EntityChip, on_select: Callable[[str], None], on_review: Callable[[str, str], None]):
+        holder = _Chip(self.Q, self.frame, chip, on_select, on_review)
+        self.chip_row.addWidget(holder.widget)
+        return holder
+
+
+class _Chip:
+    """An entity chip: coloured button (select and centre), confirm and reject buttons, review status in the text."""
+
+    def __init__(self, Q: SimpleNamespace, parent: Any, chip: EntityChip, on_select, on_review) -> None:
+        self.chip = chip
+        self.widget = Q.QWidget(parent)
+        row = Q.QHBoxLayout(self.widget)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(2)
+        self.button = Q.QPushButton(self.widget)
+        r, g, b = chip.color
+        text_color = "#000" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "#fff"
+        self.button.setStyleSheet(
+            f"background-color: rgb({r},{g},{b}); color: {text_color}; border-radius: 8px; padding: 2px 8px;"
+        )
+        self.button.clicked.connect(lambda *_: on_select(chip.id))
+        self.confirm = Q.QToolButton(self.widget)
+        self.confirm.setText("\u2713")
+        self.confirm.setToolTip(f"Confirm {chip.id}")
+        self.confirm.clicked.connect(lambda *_: on_review(chip.id, "confirmed"))
+        self.reject = Q.QToolButton(self.widget)
+        self.reject.setText("\u2717")
+        self.reject.setToolTip(f"Reject {chip.id}")
+        self.reject.clicked.connect(lambda *_: on_review(chip.id, "rejected"))
+        for w in (self.button, self.confirm, self.reject):
+            row.addWidget(w)
+        row.addStretch(1)
+        self.set_review(chip.review)
+
+    def set_review(self, review: str) -> None:
+        self.review = review
+        self.button.setText(f"{self.chip.id} {self.chip.label} \u00b7 {review}")
+
+
+def _make_input_box(Q: SimpleNamespace, parent: Any, on_send: Callable[[], None]) -> Any:
+    """A plain-text box where Enter sends and Shift+Enter inserts a new line (subclassing works in both bindings)."""
+
+    class InputBox(Q.QPlainTextEdit):
+        def keyPressEvent(self, event) -> None:
+            enter = _as_int(event.key()) in (_as_int(Q.Qt.Key_Return), _as_int(Q.Qt.Key_Enter))
+            if enter and not _as_int(event.modifiers()) & _as_int(Q.Qt.ShiftModifier):
+                on_send()
+                return
+            Q.QPlainTextEdit.keyPressEvent(self, event)
+
+    return InputBox(parent)
+
+
+def _as_int(value: Any) -> int:
+    """Keys and modifier flags as plain ints: PythonQt gives ints, PySide2 flag objects (always truthy), PySide6 enums."""
+    try:
+        return int(value)
+    except TypeError:
+        return int(value.value)
+
+
+def _quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:
+        pass
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "<br>")

@@ -1,0 +1,553 @@
+"""Writing a reasoning session into a Slicer scene, and reading the user's changes back.
+
+One segmentation node per session, referencing the input volume as its reference geometry; each entity a segment
+(segment ID = entity id, so it survives renaming) with its name, colour and Slicer terminology entry; one markups
+point list per entity with a control point at the key-slice centroid (label = entity id, description = findings).
+
+Geometry is the one thing this module must get right, so the rules are few and written once:
+
+- The engine's volume is the input volume node's own voxel grid: its ``[k, j, i]`` array is
+  ``slicer.util.arrayFromVolume`` of that node, and its LPS geometry is the node's IJK-to-RAS with the first two
+  rows negated (``volume_geometry_lps``). A mask voxel ``(i, j, k)`` is therefore the node's voxel ``(i, j, k)``,
+  whatever the node's orientation (oblique, flipped). RAS<->LPS happens here and nowhere else.
+- Before writing anything, the engine's geometry is checked against the node (``check_same_grid``): a volume
+  that was resampled, transformed or replaced since upload raises ``GridMismatch`` instead of writing masks in the
+  wrong place.
+- Masks go in as ``vtkOrientedImageData`` whose image-to-world matrix *is* the node's IJK-to-RAS and whose extent is
+  the mask's box: no resampling, no rounding.
+
+Edit detection: each segment carries, in a tag, the SHA-256 of the mask last written or sent back; a segment whose
+current voxels hash differently was edited in Slicer (Segment Editor, Ctrl+Z...) and its mask goes back to the
+engine as the entity's new ``CompactMask``. Tags are saved in ``.seg.nrrd`` files, so this works across scene reloads.
+
+This module imports ``slicer`` and ``vtk`` only: it runs inside Slicer and against the ``slicer-core`` wheel in tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..masks import CompactMask
+from ..volume.core import LPS_TO_RAS, Geometry
+
+TAG_ENTITY_ID = "MedSegReasoning.EntityId"
+TAG_MASK_SHA256 = "MedSegReasoning.MaskSHA256"
+TAG_REVIEW = "MedSegReasoning.Review"
+ATTR_SESSION_ID = "MedSegReasoning.SessionId"
+ATTR_ENTITY_ID = "MedSegReasoning.EntityId"
+ATTR_ROLE = "MedSegReasoning.Role"
+ROLE_SEGMENTATION = "segmentation"
+ROLE_MARKUP = "entity-markup"
+ROLE_CONVERSATION = "conversation"
+CONVERSATION_REFERENCE_ROLE = "MedSegReasoningConversation"
+
+REVIEW_STATES = ("proposed", "confirmed", "rejected")
+
+Color = tuple[int, int, int]
+
+
+class GridMismatch(ValueError):
+    """The engine's volume geometry is not the input volume node's grid: writing masks would misplace them."""
+
+
+@dataclass(frozen=True)
+class SceneEntity:
+    """What the scene needs of an entity: the wire's view of ``dialogue.Entity`` (no engine import needed).
+
+    ``terminology`` is Slicer's serialised terminology entry (``CodedTerminology.to_slicer_string()``), or None for
+    an uncoded label (the segment then keeps Slicer's default entry and shows the name).
+    """
+
+    id: str
+    name: str
+    mask: CompactMask
+    color: Color
+    key_slice: int
+    findings: str = ""
+    terminology: str | None = None
+    review: str = "proposed"
+
+    @staticmethod
+    def from_entity(entity: Any) -> SceneEntity:
+        """Adapt a ``dialogue.Entity`` (duck-typed, so this module never imports the dialogue package)."""
+        return SceneEntity(
+            id=str(entity.id),
+            name=str(entity.name),
+            mask=entity.mask,
+            color=tuple(int(c) for c in entity.color),  # type: ignore[arg-type]
+            key_slice=int(entity.key_slice),
+            findings=str(entity.findings),
+            terminology=entity.terminology.to_slicer_string(),
+            review=str(entity.review),
+        )
+
+
+@dataclass(frozen=True)
+class SegmentChange:
+    """What the user changed on one entity in Slicer since it was last written (None = unchanged)."""
+
+    entity_id: str
+    mask: CompactMask | None = None
+    name: str | None = None
+    color: Color | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.mask is not None or self.name is not None or self.color is not None
+
+
+# -- set-up ---------------------------------------------------------------------------------------------------------
+
+
+def ensure_converter_rules() -> None:
+    """Register the labelmap<->surface converter rules if nobody did.
+
+    The Slicer application registers them at start-up; ``slicer-core`` does not, and without them
+    ``AddEmptySegment`` cannot create a binary labelmap. Registering twice would duplicate the rules, hence the check.
+    """
+    import slicer
+
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    rules = factory.GetConverterRules()
+    present = {rules[i].GetClassName() for i in range(len(rules))} if rules else set()
+    for cls in (
+        slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+        slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule,
+    ):
+        if cls.__name__ not in present:
+            factory.RegisterConverterRule(cls())
+
+
+# -- geometry: the one RAS<->LPS boundary ---------------------------------------------------------------------------
+
+
+def ijk_to_ras(volume_node: Any) -> np.ndarray:
+    """The node's 4x4 IJK-to-RAS matrix (voxel centres) as numpy."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volume_shape_kji(volume_node: Any) -> tuple[int, int, int]:
+    """``(nk, nj, ni)`` of the node's image: the shape of its ``[k, j, i]`` array."""
+    ni, nj, nk = volume_node.GetImageData().GetDimensions()
+    return (int(nk), int(nj), int(ni))
+
+
+def volume_geometry_lps(volume_node: Any) -> Geometry:
+    """The engine's view of the node's grid: same voxels, LPS instead of RAS. Sent with the volume on upload."""
+    a = ijk_to_ras(volume_node)
+    spacing = np.linalg.norm(a[:3, :3], axis=0)
+    direction_ras = a[:3, :3] / spacing[None, :]
+    return Geometry.from_arrays(LPS_TO_RAS @ a[:3, 3], spacing, LPS_TO_RAS @ direction_ras)
+
+
+def lps_to_ras(points: np.ndarray) -> np.ndarray:
+    """LPS points (N x 3) to RAS; the same matrix maps back, as it is its own inverse."""
+    return np.atleast_2d(np.asarray(points, dtype=float)) @ LPS_TO_RAS.T
+
+
+def check_same_grid(volume_node: Any, geometry: Geometry, shape_kji: Sequence[int], tol_mm: float = 1e-3) -> None:
+    """Refuse to write masks computed on a grid other than the node's (resampled, reoriented or replaced volume)."""
+    node_shape = volume_shape_kji(volume_node)
+    if tuple(int(s) for s in shape_kji) != node_shape:
+        raise GridMismatch(
+            f"the engine's volume has shape (k, j, i) {tuple(shape_kji)} but the volume node "
+            f"'{volume_node.GetName()}' has {node_shape}: the session was made on another volume."
+        )
+    node_geometry = volume_geometry_lps(volume_node)
+    if not node_geometry.is_close(geometry, tol_mm=tol_mm):
+        raise GridMismatch(
+            f"the volume node '{volume_node.GetName()}' no longer has the geometry the engine segmented "
+            f"(origin/spacing/axes differ: node {node_geometry}, engine {geometry}). Was it transformed or resampled? "
+            "Start a new session on the volume as it is now."
+        )
+
+
+# -- masks <-> vtkOrientedImageData -----------------------------------------------------------------------------------
+
+
+def _oriented_labelmap(volume_node: Any, mask: CompactMask) -> Any:
+    """A binary labelmap on the node's grid covering the mask's box (empty extent for an empty mask)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    image.SetImageToWorldMatrix(m)
+    if mask.box is None:
+        image.SetExtent(0, -1, 0, -1, 0, -1)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        return image
+    k0, j0, i0, k1, j1, i1 = mask.box
+    image.SetExtent(i0, i1, j0, j1, k0, k1)
+    # vtkImageData stores x (i) fastest, then y (j), then z (k): exactly a C-order [k, j, i] ravel.
+    voxels = np.ascontiguousarray(mask.crop().astype(np.uint8)).ravel()
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels, deep=1, array_type=vtk.VTK_UNSIGNED_CHAR))
+    return image
+
+
+def _reference_image(volume_node: Any) -> Any:
+    """An empty oriented image with the node's grid, the target when a segment must be resampled onto it."""
+    import slicer
+    import vtk
+
+    image = slicer.vtkOrientedImageData()
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    image.SetImageToWorldMatrix(m)
+    image.SetExtent(volume_node.GetImageData().GetExtent())
+    return image
+
+
+def segment_mask(segmentation_node: Any, segment_id: str, volume_node: Any) -> CompactMask:
+    """The segment's current voxels on the volume node's grid, as the engine's ``CompactMask``.
+
+    Segments written here already lie on that grid; one whose labelmap geometry was changed in Slicer (e.g.
+    Segment Editor's "Specify geometry") is resampled onto it with nearest neighbour.
+    """
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    ok = slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentation_node, segment_id, image
+    )
+    if not ok:
+        raise RuntimeError(f"segment {segment_id!r} has no binary labelmap representation.")
+    shape = volume_shape_kji(volume_node)
+    image_to_world = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(image_to_world)
+    same_grid = np.allclose(
+        [[image_to_world.GetElement(r, c) for c in range(4)] for r in range(4)], ijk_to_ras(volume_node), atol=1e-6
+    )
+    if not same_grid:
+        resampled = slicer.vtkOrientedImageData()
+        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            image, _reference_image(volume_node), resampled, False
+        )
+        image = resampled
+    x0, x1, y0, y1, z0, z1 = image.GetExtent()
+    if x1 < x0 or y1 < y0 or z1 < z0 or image.GetPointData().GetScalars() is None:
+        return CompactMask.empty()
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(
+        z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1
+    )
+    dense = np.zeros(shape, dtype=bool)
+    # Clip to the volume: a segment painted beyond the volume's edge has no engine voxels there.
+    src = (slice(max(0, -z0), None), slice(max(0, -y0), None), slice(max(0, -x0), None))
+    kk0, jj0, ii0 = max(z0, 0), max(y0, 0), max(x0, 0)
+    kk1, jj1, ii1 = min(z1, shape[0] - 1), min(y1, shape[1] - 1), min(x1, shape[2] - 1)
+    if kk1 < kk0 or jj1 < jj0 or ii1 < ii0:
+        return CompactMask.empty()
+    part = voxels[src][: kk1 - kk0 + 1, : jj1 - jj0 + 1, : ii1 - ii0 + 1]
+    # Segments share labelmap layers (one label value each), so keep this segment's value only, never "non-zero".
+    label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    dense[kk0 : kk1 + 1, jj0 : jj1 + 1, ii0 : ii1 + 1] = part == label
+    return CompactMask.from_dense(dense)
+
+
+def mask_digest(mask: CompactMask) -> str:
+    """SHA-256 of the mask's voxels (tight box + bits): equal voxels, equal digest, whatever box they came in."""
+    tight = mask.tight()
+    h = hashlib.sha256()
+    h.update(repr(tight.box).encode())
+    h.update(tight.bits)
+    return h.hexdigest()
+
+
+def key_slice_centroid_ijk(mask: CompactMask, key_slice: int, shape_kji: Sequence[int]) -> np.ndarray | None:
+    """Continuous ``(i, j, k)`` of the mask's centroid on its key slice (3D centroid if that slice is empty)."""
+    if mask.is_empty:
+        return None
+    plane = mask.slice_mask(key_slice, shape_kji)
+    if plane.any():
+        js, is_ = np.nonzero(plane)
+        return np.array([is_.mean(), js.mean(), float(key_slice)])
+    ks, js, is_ = np.nonzero(mask.to_dense(shape_kji))
+    return np.array([is_.mean(), js.mean(), ks.mean()])
+
+
+def ijk_points_to_ras(volume_node: Any, ijk: np.ndarray) -> np.ndarray:
+    """Continuous voxel indices of the node (N x 3, ``(i, j, k)``) to RAS millimetres."""
+    a = ijk_to_ras(volume_node)
+    ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
+    return ijk @ a[:3, :3].T + a[:3, 3]
+
+
+def segment_tag(segment: Any, name: str) -> str:
+    """A segment's tag value, "" when absent (the C++ getter fills an output argument, hence the reference)."""
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(name, value) else ""
+
+
+def _rgb01(color: Color) -> tuple[float, float, float]:
+    return (color[0] / 255.0, color[1] / 255.0, color[2] / 255.0)
+
+
+def _rgb255(color: Iterable[float]) -> Color:
+    r, g, b = (round(float(c) * 255.0) for c in color)
+    return (int(r), int(g), int(b))
+
+
+# -- the session in the scene ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionScene:
+    """One session's nodes in one scene: its segmentation node, its markups, its saved conversation.
+
+    Build with ``SessionScene.create`` (new session) or ``SessionScene.find`` (after a scene load). All geometry
+    checks happen in ``write_entity``; the rest keeps names, colours and review status in step with the backend.
+    """
+
+    scene: Any
+    volume_node: Any
+    segmentation_node: Any
+    session_id: str
+    geometry: Geometry
+    shape_kji: tuple[int, int, int]
+    _markups: dict[str, Any] = field(default_factory=dict)
+
+    # construction ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def create(
+        scene: Any,
+        volume_node: Any,
+        session_id: str,
+        geometry: Geometry | None = None,
+        shape_kji: Sequence[int] | None = None,
+    ) -> SessionScene:
+        """A new segmentation node for ``session_id`` on ``volume_node``, placed beside the volume in the hierarchy.
+
+        ``geometry``/``shape_kji`` are what the engine holds for this session (defaults: the node's own, which is
+        what was uploaded); they are checked against the node now and before every write.
+        """
+        ensure_converter_rules()
+        geometry = geometry if geometry is not None else volume_geometry_lps(volume_node)
+        shape = tuple(int(s) for s in (shape_kji if shape_kji is not None else volume_shape_kji(volume_node)))
+        check_same_grid(volume_node, geometry, shape)
+        seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume_node.GetName()} reasoning {session_id}")
+        seg.CreateDefaultDisplayNodes()
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        seg.SetAttribute(ATTR_SESSION_ID, session_id)
+        seg.SetAttribute(ATTR_ROLE, ROLE_SEGMENTATION)
+        _place_beside(scene, seg, volume_node)
+        return SessionScene(scene, volume_node, seg, session_id, geometry, shape)  # type: ignore[arg-type]
+
+    @staticmethod
+    def find(scene: Any, session_id: str) -> SessionScene | None:
+        """The session's nodes in a (re)loaded scene, or None; geometry is re-read from the reference volume."""
+        for seg in _nodes(scene, "vtkMRMLSegmentationNode"):
+            if seg.GetAttribute(ATTR_SESSION_ID) != session_id:
+                continue
+            import slicer
+
+            role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+            volume = seg.GetNodeReference(role)
+            if volume is None:
+                raise GridMismatch(f"the segmentation of session {session_id} lost its reference volume.")
+            ensure_converter_rules()
+            out = SessionScene(scene, volume, seg, session_id, volume_geometry_lps(volume), volume_shape_kji(volume))
+            for node in _nodes(scene, "vtkMRMLMarkupsFiducialNode"):
+                if node.GetAttribute(ATTR_SESSION_ID) == session_id and node.GetAttribute(ATTR_ENTITY_ID):
+                    out._markups[node.GetAttribute(ATTR_ENTITY_ID)] = node
+            return out
+        return None
+
+    @staticmethod
+    def session_ids(scene: Any) -> list[str]:
+        """Sessions present in a scene (one segmentation node each), for restoring the chat after a scene load."""
+        return [
+            s.GetAttribute(ATTR_SESSION_ID)
+            for s in _nodes(scene, "vtkMRMLSegmentationNode")
+            if s.GetAttribute(ATTR_SESSION_ID)
+        ]
+
+    # entities --------------------------------------------------------------------------------------------------
+    @property
+    def segmentation(self) -> Any:
+        return self.segmentation_node.GetSegmentation()
+
+    def entity_ids(self) -> list[str]:
+        seg = self.segmentation
+        return [seg.GetNthSegmentID(n) for n in range(seg.GetNumberOfSegments())]
+
+    def write_entity(self, entity: SceneEntity) -> None:
+        """Create or update the entity's segment (voxels, name, colour, terminology, review) and its markup."""
+        check_same_grid(self.volume_node, self.geometry, self.shape_kji)
+        entity.mask.check_fits(self.shape_kji)
+        import slicer
+
+        seg = self.segmentation
+        if seg.GetSegment(entity.id) is None:
+            seg.AddEmptySegment(entity.id, entity.name, _rgb01(entity.color))
+        labelmap = _oriented_labelmap(self.volume_node, entity.mask)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            labelmap, self.segmentation_node, entity.id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+        ):
+            raise RuntimeError(f"Slicer refused the mask of entity {entity.id}.")
+        segment = seg.GetSegment(entity.id)
+        segment.SetName(entity.name)
+        segment.SetColor(*_rgb01(entity.color))
+        if entity.terminology:
+            segment.SetTerminology(entity.terminology)
+        segment.SetTag(TAG_ENTITY_ID, entity.id)
+        segment.SetTag(TAG_MASK_SHA256, mask_digest(entity.mask))
+        self.set_review(entity.id, entity.review)
+        self._write_markup(entity)
+
+    def _write_markup(self, entity: SceneEntity) -> None:
+        centroid = key_slice_centroid_ijk(entity.mask, entity.key_slice, self.shape_kji)
+        node = self._markups.get(entity.id)
+        if node is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{entity.id} {entity.name}")
+            node.CreateDefaultDisplayNodes()
+            node.SetAttribute(ATTR_SESSION_ID, self.session_id)
+            node.SetAttribute(ATTR_ENTITY_ID, entity.id)
+            node.SetAttribute(ATTR_ROLE, ROLE_MARKUP)
+            _place_beside(self.scene, node, self.volume_node)
+            self._markups[entity.id] = node
+        node.SetName(f"{entity.id} {entity.name}")
+        node.RemoveAllControlPoints()
+        if centroid is not None:
+            ras = ijk_points_to_ras(self.volume_node, centroid)[0]
+            index = node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]), entity.id)
+            node.SetNthControlPointDescription(index, entity.findings)
+            node.SetNthControlPointLocked(index, True)
+        display = node.GetDisplayNode()
+        if display is not None:
+            display.SetSelectedColor(*_rgb01(entity.color))
+            display.SetColor(*_rgb01(entity.color))
+
+    def markup_node(self, entity_id: str) -> Any | None:
+        return self._markups.get(entity_id)
+
+    def set_review(self, entity_id: str, review: str) -> None:
+        """Keep the backend's review status on the segment; a rejected entity is hidden, not deleted (the record stays)."""
+        if review not in REVIEW_STATES:
+            raise ValueError(f"review status {review!r} is not one of {', '.join(REVIEW_STATES)}.")
+        segment = self._segment(entity_id)
+        segment.SetTag(TAG_REVIEW, review)
+        display = self.segmentation_node.GetDisplayNode()
+        if display is not None:
+            display.SetSegmentVisibility(entity_id, review != "rejected")
+        markup = self._markups.get(entity_id)
+        if markup is not None and markup.GetDisplayNode() is not None:
+            markup.GetDisplayNode().SetVisibility(review != "rejected")
+
+    def review_of(self, entity_id: str) -> str:
+        value = segment_tag(self._segment(entity_id), TAG_REVIEW)
+        return value if value in REVIEW_STATES else "proposed"
+
+    def rename(self, entity_id: str, name: str) -> None:
+        self._segment(entity_id).SetName(name)
+        markup = self._markups.get(entity_id)
+        if markup is not None:
+            markup.SetName(f"{entity_id} {name}")
+
+    def recolor(self, entity_id: str, color: Color) -> None:
+        self._segment(entity_id).SetColor(*_rgb01(color))
+        markup = self._markups.get(entity_id)
+        if markup is not None and markup.GetDisplayNode() is not None:
+            markup.GetDisplayNode().SetSelectedColor(*_rgb01(color))
+
+    def remove_entity(self, entity_id: str) -> None:
+        """Delete the segment and its markup (the backend's delete, or the undo of the round that made it)."""
+        if self.segmentation.GetSegment(entity_id) is not None:
+            self.segmentation.RemoveSegment(entity_id)
+        markup = self._markups.pop(entity_id, None)
+        if markup is not None:
+            self.scene.RemoveNode(markup)
+
+    # reading the user's changes --------------------------------------------------------------------------------------
+    def current_mask(self, entity_id: str) -> CompactMask:
+        self._segment(entity_id)
+        return segment_mask(self.segmentation_node, entity_id, self.volume_node)
+
+    def changes(
+        self, names: dict[str, str] | None = None, colors: dict[str, Color] | None = None
+    ) -> list[SegmentChange]:
+        """What the user changed since the last write: edited voxels always; names/colours against the given ones.
+
+        Called before each round so the engine sees edits first. ``names``/``colors`` are the backend's current
+        values (the client knows them); without them only mask edits are reported.
+        """
+        out = []
+        for entity_id in self.entity_ids():
+            segment = self.segmentation.GetSegment(entity_id)
+            if not segment_tag(segment, TAG_ENTITY_ID):
+                continue  # a segment the user added by hand: not an entity
+            mask = self.current_mask(entity_id)
+            edited = mask if mask_digest(mask) != segment_tag(segment, TAG_MASK_SHA256) else None
+            name = segment.GetName()
+            color = _rgb255(segment.GetColor())
+            change = SegmentChange(
+                entity_id,
+                mask=edited,
+                name=name if names is not None and entity_id in names and names[entity_id] != name else None,
+                color=color
+                if colors is not None and entity_id in colors and tuple(colors[entity_id]) != color
+                else None,
+            )
+            if change.any:
+                out.append(change)
+        return out
+
+    def acknowledge(self, entity_id: str, mask: CompactMask) -> None:
+        """Record that the backend now holds ``mask`` for the entity, so the edit is not reported twice."""
+        self._segment(entity_id).SetTag(TAG_MASK_SHA256, mask_digest(mask))
+
+    # the conversation, saved with the scene ----------------------------------------------------------------------------
+    def store_conversation(self, session_json: str) -> Any:
+        """Keep the session record (rounds, reasoning, entities, review) in a text node that the scene saves beside it."""
+        node = self.segmentation_node.GetNodeReference(CONVERSATION_REFERENCE_ROLE)
+        if node is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLTextNode", f"{self.segmentation_node.GetName()} conversation")
+            node.SetAttribute(ATTR_SESSION_ID, self.session_id)
+            node.SetAttribute(ATTR_ROLE, ROLE_CONVERSATION)
+            node.SetForceCreateStorageNode(True)
+            self.segmentation_node.SetNodeReferenceID(CONVERSATION_REFERENCE_ROLE, node.GetID())
+            _place_beside(self.scene, node, self.volume_node)
+        node.SetText(session_json)
+        return node
+
+    def load_conversation(self) -> str | None:
+        node = self.segmentation_node.GetNodeReference(CONVERSATION_REFERENCE_ROLE)
+        return None if node is None else node.GetText()
+
+    def _segment(self, entity_id: str) -> Any:
+        segment = self.segmentation.GetSegment(entity_id)
+        if segment is None:
+            raise KeyError(f"no segment for entity {entity_id} in session {self.session_id}.")
+        return segment
+
+
+def _nodes(scene: Any, class_name: str) -> list[Any]:
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(n) for n in range(collection.GetNumberOfItems())]
+
+
+def _place_beside(scene: Any, node: Any, volume_node: Any) -> None:
+    """Put ``node`` under the volume's parent (its study, when loaded from DICOM) in the subject hierarchy."""
+    import slicer
+
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if sh is None:
+        return
+    volume_item = sh.GetItemByDataNode(volume_node)
+    item = sh.GetItemByDataNode(node)
+    if volume_item and item:
+        sh.SetItemParent(item, sh.GetItemParent(volume_item))
