@@ -99,13 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     models_pull.add_argument("name", help="a name from `models list` or a Hugging Face id")
     models_pull.add_argument("--cache-dir", type=Path, default=None, help="model cache folder")
 
+    from .export.command import add_export_parser
+
+    add_export_parser(sub)
+
     sample = sub.add_parser("sample", help="only build the sample DICOM series", epilog=EXIT_CODES_HELP)
     sample.add_argument("out", type=Path, nargs="?", default=Path("medseg-sample"), help="folder to build it in")
     return parser
 
 
 def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
-    ask.add_argument("input", metavar="INPUT", help="DICOM folder or file, .nii/.nii.gz or .nrrd")
+    ask.add_argument(
+        "input",
+        metavar="INPUT",
+        help="DICOM folder or file, .nii/.nii.gz, .nrrd, or a DICOMweb series URL "
+        "(http(s)://…/studies/UID/series/UID; credentials from $MEDSEG_DICOMWEB_TOKEN, or $MEDSEG_DICOMWEB_USER "
+        "and $MEDSEG_DICOMWEB_PASSWORD, or $MEDSEG_DICOMWEB_HEADERS)",
+    )
     ask.add_argument("question", metavar="QUESTION", nargs="?", help="the clinical question (needs a reasoner)")
     ask.add_argument("--box", metavar="I0,J0,I1,J1,K", help="box prompt, inclusive corners on slice K")
     ask.add_argument(
@@ -379,7 +389,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ask": cmd_ask, "demo": cmd_demo, "models": cmd_models, "sample": cmd_sample}
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export.command import run_export
+
+    return run_export(args)
+
+
+COMMANDS = {"ask": cmd_ask, "demo": cmd_demo, "export": cmd_export, "models": cmd_models, "sample": cmd_sample}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

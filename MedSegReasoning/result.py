@@ -65,7 +65,7 @@ def build_result(
 def _input_record(volume: Volume) -> dict[str, Any]:
     g = volume.geometry
     record: dict[str, Any] = {
-        "path": str(Path(volume.source.path).resolve()) if volume.source.path else None,
+        "path": resolved_source_path(volume.source.path),
         "kind": volume.source.kind,
         "modality": volume.modality or None,
         "shape_ijk": list(volume.size_ijk),
@@ -85,6 +85,13 @@ def _input_record(volume: Volume) -> dict[str, Any]:
             frame_of_reference_uid=d.frame_of_reference_uid,
         )
     return record
+
+
+def resolved_source_path(path: str | None) -> str | None:
+    """An absolute local path, or a URL (DICOMweb input) kept as it is."""
+    if not path:
+        return None
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def target_record(volume: Volume, target: TargetResult) -> dict[str, Any]:

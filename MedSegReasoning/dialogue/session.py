@@ -59,7 +59,7 @@ class VolumeRecord:
 
     @staticmethod
     def of(volume: Volume, path: str | Path | None = None) -> VolumeRecord:
-        where = str(Path(path).resolve()) if path else volume.source.path
+        where = str(path) if path and "://" in str(path) else str(Path(path).resolve()) if path else volume.source.path
         return VolumeRecord(where, volume.content_hash(), volume.shape, volume.geometry, volume.modality)
 
     def to_dict(self) -> dict:

@@ -17,10 +17,13 @@ _NOT_AN_IMAGE = "give a DICOM folder or file, NIfTI (.nii, .nii.gz) or NRRD (.nr
 def load_volume(path: str | Path, series_uid: str | None = None) -> Volume:
     """Read a DICOM series folder, a DICOM file (single- or multi-frame), NIfTI or NRRD.
 
-    ``series_uid`` picks one series in a folder that holds several (the CLI's ``--series``).
+    ``series_uid`` picks one series in a folder that holds several (the CLI's ``--series``). An
+    ``http(s)://…/studies/{uid}/series/{uid}`` URL is read from a DICOMweb server (``volume.dicomweb``).
     """
-    from . import dicom, itk_io
+    from . import dicom, dicomweb, itk_io
 
+    if isinstance(path, str) and dicomweb.is_dicomweb_url(path):
+        return dicomweb.load_dicomweb_series(path)
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"{path} does not exist: check the path ({_NOT_AN_IMAGE}).")
