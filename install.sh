@@ -2,14 +2,15 @@
 # Set up MedSegReasoning on a fresh Debian/Ubuntu machine (Python 3.10+):
 #   - system tools from apt: dicom3tools (dciodvfy, the DICOM validator), orthanc + orthanc-dicomweb (a real PACS
 #     the tests start on loopback with their own storage; the system service the package starts is disabled),
-#     gcc (the tests build a tiny shim that keeps that Orthanc on 127.0.0.1);
+#     gcc (the tests build a tiny shim that keeps that Orthanc on 127.0.0.1), nginx-light + openssl (the tests
+#     run docs/deployment.md's TLS reverse-proxy config in front of two backend replicas);
 #   - a virtual environment in .venv with the engine, its CLI (.venv/bin/medseg-reasoning) and the test tools.
 # Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES="dicom3tools orthanc orthanc-dicomweb gcc"
+APT_PACKAGES="dicom3tools orthanc orthanc-dicomweb gcc nginx-light openssl"
 
 install_apt_packages() {
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -25,12 +26,15 @@ install_apt_packages() {
   fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $APT_PACKAGES >/dev/null
-  # Debian's orthanc package starts a system-wide PACS on all addresses; the tests run their own on loopback.
-  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now orthanc >/dev/null 2>&1 || true
-  else
-    $sudo service orthanc stop >/dev/null 2>&1 || true
-  fi
+  # Debian's orthanc and nginx packages start system-wide services on all addresses; the tests run their own
+  # on loopback, with their own configuration.
+  for service in orthanc nginx; do
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
+    else
+      $sudo service "$service" stop >/dev/null 2>&1 || true
+    fi
+  done
 }
 
 install_apt_packages

@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     models_pull.add_argument("--cache-dir", type=Path, default=None, help="model cache folder")
 
     from .export.command import add_export_parser
+    from .server.cli import add_serve_parser
 
     add_export_parser(sub)
+    add_serve_parser(sub)
 
     sample = sub.add_parser("sample", help="only build the sample DICOM series", epilog=EXIT_CODES_HELP)
     sample.add_argument("out", type=Path, nargs="?", default=Path("medseg-sample"), help="folder to build it in")
@@ -395,7 +397,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return run_export(args)
 
 
-COMMANDS = {"ask": cmd_ask, "demo": cmd_demo, "export": cmd_export, "models": cmd_models, "sample": cmd_sample}
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.cli import run_serve
+
+    return run_serve(args)
+
+
+COMMANDS = {
+    "ask": cmd_ask,
+    "demo": cmd_demo,
+    "export": cmd_export,
+    "models": cmd_models,
+    "sample": cmd_sample,
+    "serve": cmd_serve,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,294 @@
+"""Server-side sessions: who owns them, their volume, their dialogue, idle expiry, and the cap on how many.
+
+A server session wraps one ``dialogue.Session`` and saves it in the dialogue's own folder format
+(``docs/session-format.md``) under ``<state>/sessions/<uuid>/``, so a crash mid-round loses at most that round,
+and replicas that share the state folder can pick up each other's sessions (the client re-sends the volume, which
+is checked against the session's content hash). Ids are uuid4 strings made here; an id from a request is parsed
+as a UUID before it is ever used as a folder name, so no client text reaches the file system.
+
+Each session belongs to the token (name) that created it: another token gets "not found", never a hint that the
+session exists. Volumes are kept in memory per token and content hash, so the same volume sent again (a new session
+on the same series, a reconnect) is attached without a transfer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..dialogue.session import Session, now_iso
+from ..dialogue.store import SESSION_FILE, load_session
+from ..errors import MedSegError
+from ..terminology import Terminology
+from ..volume.core import Volume
+from .errors import ApiError, conflict, not_found
+
+SIDECAR = "server.json"  # owner and creation time; beside session.json, ignored by the dialogue's loader
+_TOUCH_EVERY_S = 10.0
+
+
+@dataclass
+class ActiveRound:
+    """The round running in a session (at most one): its id, and how to stop it."""
+
+    id: str
+    index: int
+    cancel: threading.Event
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class ServerSession:
+    """One client's session. ``dialogue`` exists once a volume has arrived (the dialogue is tied to its volume)."""
+
+    id: str
+    owner: str
+    folder: Path
+    created: str
+    volume: Volume | None = None
+    volume_hash: str | None = None
+    dialogue: Session | None = None
+    reasoner: object | None = None
+    active: ActiveRound | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _touched: float = 0.0
+
+    def touch(self) -> None:
+        """Mark the session used (idle expiry); also the sidecar's mtime, for replicas sharing the folder."""
+        self.last_used = time.monotonic()
+        if self.last_used - self._touched > _TOUCH_EVERY_S:
+            self._touched = self.last_used
+            try:
+                os.utime(self.folder / SIDECAR)
+            except OSError:
+                pass
+
+    @property
+    def busy(self) -> bool:
+        return self.active is not None
+
+    def summary(self) -> dict:
+        d = self.dialogue
+        return {
+            "id": self.id,
+            "created": self.created,
+            "volume": None
+            if self.volume_hash is None
+            else {
+                "content_sha256": self.volume_hash,
+                "attached": self.volume is not None,
+                "shape": list(d.shape) if d else (list(self.volume.shape) if self.volume is not None else None),
+            },
+            "rounds": len(d.rounds) if d else 0,
+            "entities": len(d.entities) if d else 0,
+            "running_round": None if self.active is None else {"id": self.active.id, "round": self.active.index},
+        }
+
+
+class VolumeCache:
+    """Uploaded volumes by (owner, content hash), bounded in bytes; volumes in use by a session are never dropped."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str], Volume] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, owner: str, digest: str) -> Volume | None:
+        with self._lock:
+            volume = self._items.get((owner, digest))
+            if volume is not None:
+                self._items.move_to_end((owner, digest))
+            return volume
+
+    def put(self, owner: str, volume: Volume, in_use: set[tuple[str, str]]) -> None:
+        with self._lock:
+            self._items[(owner, volume.content_hash())] = volume
+            self._items.move_to_end((owner, volume.content_hash()))
+            total = sum(v.array.nbytes for v in self._items.values())
+            for key in list(self._items):
+                if total <= self.max_bytes:
+                    break
+                if key in in_use or key == (owner, volume.content_hash()):
+                    continue
+                total -= self._items.pop(key).array.nbytes
+
+    def drop_unused(self, in_use: set[tuple[str, str]]) -> None:
+        with self._lock:
+            total = sum(v.array.nbytes for v in self._items.values())
+            for key in list(self._items):
+                if total <= self.max_bytes:
+                    break
+                if key not in in_use:
+                    total -= self._items.pop(key).array.nbytes
+
+
+class SessionStore:
+    """All sessions of this server process; thread-safe."""
+
+    def __init__(
+        self, root: Path, max_sessions: int, idle_s: float, volume_cache_bytes: int, terminology: Terminology | None
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.max_sessions = max_sessions
+        self.idle_s = idle_s
+        self.volumes = VolumeCache(volume_cache_bytes)
+        self.terminology = terminology
+        self._sessions: dict[str, ServerSession] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # -- create / find / delete ---------------------------------------------------------------------------------
+    def create(self, owner: str) -> ServerSession:
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                retry = self._seconds_until_a_slot()
+                raise ApiError(
+                    503,
+                    "too_many_sessions",
+                    f"the server already holds its maximum of {self.max_sessions} sessions: try again in about "
+                    f"{retry} s, or close a session you no longer need.",
+                    {"Retry-After": str(retry)},
+                )
+            sid = str(uuid.uuid4())
+            folder = self.root / sid
+            folder.mkdir(mode=0o700)
+            created = now_iso()
+            (folder / SIDECAR).write_text(json.dumps({"owner": owner, "created": created}) + "\n", encoding="utf-8")
+            session = ServerSession(sid, owner, folder, created)
+            self._sessions[sid] = session
+            return session
+
+    def get(self, sid: str, owner: str, *, load: bool = True) -> ServerSession | None:
+        """The caller's session ``sid`` (from memory, else from the shared state folder), or 404.
+
+        ``load=False``: None instead of reading the folder (the event loop asks this way first, and reads the
+        folder, rarely needed and slow, on a worker thread)."""
+        key = _canonical_uuid(sid)
+        with self._lock:
+            session = self._sessions.get(key) if key else None
+            if session is None and key is not None:
+                if not load:
+                    return None
+                session = self._load(key)
+            if session is None or session.owner != owner:
+                raise not_found(
+                    "session",
+                    f"there is no session {sid!r} for this token: it was closed, expired after "
+                    f"{self.idle_s / 60:.0f} minutes without use, or never existed; start a new one.",
+                )
+            session.touch()
+            return session
+
+    def delete(self, session: ServerSession) -> None:
+        with self._lock:
+            self._sessions.pop(session.id, None)
+        if session.active is not None:
+            session.active.cancel.set()
+        shutil.rmtree(session.folder, ignore_errors=True)
+        self.volumes.drop_unused(self.volumes_in_use())
+
+    def owned_by(self, owner: str) -> list[ServerSession]:
+        with self._lock:
+            return [s for s in self._sessions.values() if s.owner == owner]
+
+    def volumes_in_use(self) -> set[tuple[str, str]]:
+        with self._lock:
+            return {(s.owner, s.volume_hash) for s in self._sessions.values() if s.volume_hash and s.volume is not None}
+
+    # -- expiry ---------------------------------------------------------------------------------------------------
+    def expired(self) -> list[ServerSession]:
+        """Remove and return the sessions idle longer than ``idle_s`` (never one with a running round)."""
+        now = time.monotonic()
+        gone: list[ServerSession] = []
+        with self._lock:
+            for sid, session in list(self._sessions.items()):
+                if session.busy or now - session.last_used < self.idle_s:
+                    continue
+                if _recently_touched_elsewhere(session.folder, self.idle_s):
+                    continue  # a replica sharing the folder still uses it
+                del self._sessions[sid]
+                gone.append(session)
+        for session in gone:
+            shutil.rmtree(session.folder, ignore_errors=True)
+        if gone:
+            self.volumes.drop_unused(self.volumes_in_use())
+        return gone
+
+    def _seconds_until_a_slot(self) -> int:
+        now = time.monotonic()
+        idle = [self.idle_s - (now - s.last_used) for s in self._sessions.values() if not s.busy]
+        return max(1, int(min(idle, default=self.idle_s)) + 1)
+
+    # -- volumes ----------------------------------------------------------------------------------------------------
+    def attach_volume(self, session: ServerSession, volume: Volume) -> bool:
+        """Give ``session`` its volume; True if it changed anything. Caller holds ``session.lock``."""
+        digest = volume.content_hash()
+        if session.volume is not None and session.volume_hash == digest:
+            return False
+        if session.dialogue is not None and session.dialogue.rounds and session.dialogue.volume.content_hash != digest:
+            raise conflict(
+                "session_has_other_volume",
+                "this session already has rounds on another volume: start a new session for this volume.",
+            )
+        if session.dialogue is not None and session.dialogue.volume.content_hash == digest:
+            session.volume, session.volume_hash = volume, digest  # re-attached after a restart or on another replica
+        else:
+            for stale in (session.folder / SESSION_FILE, session.folder / "masks"):
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink(missing_ok=True)
+            session.dialogue = Session.for_volume(volume, folder=session.folder, terminology=self.terminology)
+            session.volume, session.volume_hash = volume, digest
+        self.volumes.put(session.owner, volume, self.volumes_in_use())
+        return True
+
+    def _load(self, sid: str) -> ServerSession | None:
+        """A session saved by another replica (or before a restart) in the shared state folder; its volume must be
+        sent again."""
+        folder = self.root / sid
+        try:
+            side = json.loads((folder / SIDECAR).read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        session = ServerSession(sid, str(side.get("owner")), folder, str(side.get("created", "")))
+        if (folder / SESSION_FILE).is_file():
+            try:
+                session.dialogue = load_session(folder, terminology=self.terminology)
+            except MedSegError:
+                return None
+            session.volume_hash = session.dialogue.volume.content_hash
+            cached = self.volumes.get(session.owner, session.volume_hash)
+            if cached is not None:
+                session.volume = cached
+        if len(self._sessions) >= self.max_sessions:
+            return None
+        self._sessions[sid] = session
+        return session
+
+
+def _canonical_uuid(text: str) -> str | None:
+    try:
+        value = uuid.UUID(text)
+    except (ValueError, AttributeError, TypeError):
+        return None
+    canonical = str(value)
+    return canonical if canonical == text.lower() else None
+
+
+def _recently_touched_elsewhere(folder: Path, idle_s: float) -> bool:
+    try:
+        return time.time() - (folder / SIDECAR).stat().st_mtime < idle_s
+    except OSError:
+        return False

@@ -1,0 +1,331 @@
+"""Builders for the server and client tests: a real uvicorn on loopback, small volumes, replay files, scripted models.
+
+Not a conftest (the lead owns that): test modules import what they use from here. The client's start-or-connect
+tests run ``python server_fixtures.py --state-dir D --token-file F [--delay S]``, which serves the scripted engine
+below through the real ``serve`` path (socket, ready line, signals) without loading a real model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script by the client tests
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from MedSegReasoning.errors import ModelError
+from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
+from MedSegReasoning.server.auth import TokenStore
+from MedSegReasoning.server.config import Limits, ServerConfig
+from MedSegReasoning.server.engine import Engine
+from MedSegReasoning.terminology import Terminology
+from MedSegReasoning.volume.core import Geometry, Volume
+
+SHAPE = (3, 64, 64)  # k, j, i: three slices keep a real-model propagation to three encoder runs
+SPACING = (1.5, 1.5, 3.0)  # si, sj, sk
+ORIGIN = (-48.0, -48.0, 10.0)
+# two bright round structures on every slice: A upper left, B lower right (voxel centres (j, i), radius)
+BLOB_A = ((22, 22), 9)
+BLOB_B = ((44, 44), 7)
+BOX_A = [12, 12, 32, 32]  # i0, j0, i1, j1 around A on each slice
+BOX_B = [36, 36, 52, 52]
+
+
+def truth_masks(shape: tuple[int, int, int] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
+    nk, nj, ni = shape
+    jj, ii = np.ogrid[:nj, :ni]
+    a = (jj - BLOB_A[0][0]) ** 2 + (ii - BLOB_A[0][1]) ** 2 <= BLOB_A[1] ** 2
+    b = (jj - BLOB_B[0][0]) ** 2 + (ii - BLOB_B[0][1]) ** 2 <= BLOB_B[1] ** 2
+    return np.broadcast_to(a, shape).copy(), np.broadcast_to(b, shape).copy()
+
+
+def small_volume(shape: tuple[int, int, int] = SHAPE) -> Volume:
+    """A CT-like volume: body at 40 HU, structure A at 200 HU, structure B at 300 HU."""
+    a, b = truth_masks(shape)
+    array = np.full(shape, 40, dtype=np.int16)
+    array[a] = 200
+    array[b] = 300
+    return Volume(array, Geometry.from_arrays(ORIGIN, SPACING, np.eye(3)), modality="CT")
+
+
+def volume_meta(volume: Volume, **overrides) -> dict:
+    meta = {
+        "shape": list(volume.shape),
+        "dtype": str(volume.array.dtype),
+        "origin": list(volume.geometry.origin),
+        "spacing": list(volume.geometry.spacing),
+        "direction": [list(r) for r in volume.geometry.direction],
+        "modality": volume.modality,
+    }
+    meta.update(overrides)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# replay files: what the reasoner "answers" (pixels of the rendered view = voxel (i, j) for an axial slice)
+
+
+def pick(k: int, label: str) -> str:
+    return json.dumps({"reasoning": f"It is best seen on slice {k}.", "targets": [{"slice": k, "label": label}]})
+
+
+def locate(k: int, box: list[int], label: str, ref: str | None = None, text: str = "Bright and round.") -> str:
+    return json.dumps(
+        {"reasoning": text, "targets": [{"slice": k, "bbox": box, "points": [], "label": label, "ref": ref}]}
+    )
+
+
+def write_replay(path: Path, rounds: int = 3) -> Path:
+    """Per round: pick the key slice from the montage, then place the box. Round 1: structure A ("mass");
+    round 2: structure B ("cyst") next to E1; later rounds repeat A as a "lesion"."""
+    lines = [
+        {"round": 1, "step": "pick_slice", "raw": pick(1, "mass")},
+        {"round": 1, "step": "locate", "raw": locate(1, BOX_A, "mass", text="A bright mass in the upper left.")},
+        {"round": 2, "step": "pick_slice", "raw": pick(1, "cyst")},
+        {"round": 2, "step": "locate", "raw": locate(1, BOX_B, "cyst", ref="E1", text="A cyst beside E1.")},
+    ]
+    for n in range(3, rounds + 1):
+        lines += [
+            {"round": n, "step": "pick_slice", "raw": pick(1, "lesion")},
+            {"round": n, "step": "locate", "raw": locate(1, BOX_A, "lesion")},
+        ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models
+
+
+def _no_embedding(texts):
+    raise ModelError("no sentence-embedding model in these tests")
+
+
+def offline_terminology() -> Terminology:
+    """The shipped list without the embedding model: labels not in the list stay uncoded (no 10 s model load)."""
+    from MedSegReasoning.terminology import _shipped_data
+
+    return Terminology(_shipped_data(), embedder=_no_embedding)
+
+
+class ScriptedSegmenter:
+    """The true mask cut to the box (like ``fakes.OracleSegmenter``), with scripted delays, failures and a gate.
+
+    ``delay_s`` per predict makes rounds last long enough to disconnect or kill mid-round; ``fail_at`` (1-based
+    predict count) raises like a model crashing; ``gate`` (an Event) blocks predictions until set.
+    """
+
+    identity = ModelIdentity(name="scripted-oracle", weights="none", sha256="0" * 64)
+
+    def __init__(self, truth: np.ndarray, *, delay_s: float = 0.0, fail_at: int | None = None) -> None:
+        self.truth = truth
+        self.delay_s = delay_s
+        self.fail_at = fail_at
+        self.gate: threading.Event | None = None
+        self.stats = SegmenterStats()
+        self.calls = 0
+        self.started = threading.Event()
+        self._k: int | None = None
+
+    def set_image(self, image: np.ndarray, cache_key=None) -> None:
+        assert image.shape[:2] == self.truth.shape[1:]
+        self._k = int(cache_key[2])
+        self.stats.encoder_calls += 1
+
+    def predict(self, prompt: Prompt2D) -> Prediction:
+        self.calls += 1
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(30)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise RuntimeError("simulated CUDA error: device-side assert triggered")
+        assert self._k is not None and prompt.box is not None
+        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
+        mask = np.zeros(self.truth.shape[1:], dtype=bool)
+        mask[y0 : y1 + 1, x0 : x1 + 1] = self.truth[self._k, y0 : y1 + 1, x0 : x1 + 1]
+        return Prediction(mask=mask, score=0.95)
+
+
+class ThresholdSegmenter:
+    """Any volume: the bright pixels (rendered grey > 160) inside the box, after ``delay_s`` of simulated model time.
+
+    Used where the volume is not known in advance (the benchmark's server child process)."""
+
+    identity = ModelIdentity(name="threshold", weights="none", sha256="0" * 64)
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.stats = SegmenterStats()
+        self._image: np.ndarray | None = None
+
+    def set_image(self, image: np.ndarray, cache_key=None) -> None:
+        self._image = image[..., 0]
+
+    def predict(self, prompt: Prompt2D) -> Prediction:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        assert self._image is not None and prompt.box is not None
+        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
+        mask = np.zeros(self._image.shape, dtype=bool)
+        mask[y0 : y1 + 1, x0 : x1 + 1] = self._image[y0 : y1 + 1, x0 : x1 + 1] > 160
+        return Prediction(mask=mask, score=0.95)
+
+
+def scripted_engine(replay: Path | None, segmenter=None, shape: tuple[int, int, int] = SHAPE, **kwargs) -> Engine:
+    from MedSegReasoning.reasoning.spec import create_reasoner
+
+    a, b = truth_masks(shape)
+    segmenter = segmenter if segmenter is not None else ScriptedSegmenter(a | b, **kwargs)
+    factory = None
+    if replay is not None:
+
+        def factory():
+            return create_reasoner(f"replay:{replay}")
+
+    return Engine(segmenter=segmenter, reasoner_factory=factory, terminology=offline_terminology())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tokens and a live server
+
+
+def write_tokens(path: Path, names: tuple[str, ...] = ("alice", "bob")) -> dict[str, str]:
+    tokens = {name: secrets.token_urlsafe(24) for name in names}
+    path.write_text("".join(f"{name}:{token}\n" for name, token in tokens.items()), encoding="utf-8")
+    path.chmod(0o600)
+    return tokens
+
+
+class LiveServer:
+    """``create_app`` served by a real uvicorn on 127.0.0.1 (a free port), in a thread of the test process."""
+
+    def __init__(self, config: ServerConfig, engine: Engine, token_file: Path) -> None:
+        import uvicorn
+
+        from MedSegReasoning.server.app import create_app
+        from MedSegReasoning.server.cli import bind_socket
+
+        self.engine = engine
+        self.config = config
+        self.app = create_app(config, engine, TokenStore.from_file(token_file))
+        self._sock = bind_socket("127.0.0.1", 0)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+        )
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+
+    @property
+    def runtime(self):
+        return self.app.state.runtime
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@contextlib.contextmanager
+def live_server(
+    tmp_path: Path,
+    engine: Engine,
+    *,
+    limits: Limits | None = None,
+    tokens: dict[str, str] | None = None,
+    **config_fields,
+) -> Iterator[tuple[LiveServer, dict[str, str]]]:
+    """Start a live server with tokens for alice and bob (new ones unless ``tokens`` is given); yields (server,
+    tokens) and stops it afterwards. State goes to ``tmp_path / "state"``."""
+    if tokens is None:
+        tokens = write_tokens(tmp_path / "tokens")
+    else:
+        (tmp_path / "tokens").write_text("".join(f"{name}:{token}\n" for name, token in tokens.items()))
+    config = ServerConfig(
+        token_file=tmp_path / "tokens", state_dir=tmp_path / "state", limits=limits or Limits(), **config_fields
+    )
+    server = LiveServer(config, engine, tmp_path / "tokens").start()
+    try:
+        yield server, tokens
+    finally:
+        server.stop()
+
+
+def read_sse(response) -> list[tuple[str, dict]]:
+    """All events of an httpx streaming response, as (name, data)."""
+    events, name, data = [], "message", []
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                events.append((name, json.loads("\n".join(data))))
+            name, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+    return events
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# child-process server for the client's start-or-connect tests
+
+
+def _serve_child(argv: list[str]) -> int:
+    from MedSegReasoning.server.cli import serve
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--token-file", type=Path, required=True)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--spawn-child", action="store_true", help="start a grandchild (to test killing the tree)")
+    parser.add_argument(
+        "--threshold", action="store_true", help="ThresholdSegmenter (any volume) instead of the oracle"
+    )
+    parser.add_argument("--replay", type=Path, help="replay file (default: write_replay's three rounds)")
+    parser.add_argument("--max-sessions", type=int, default=16)
+    args = parser.parse_args(argv)
+    if args.spawn_child:
+        import subprocess
+
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        (args.state_dir / "grandchild.pid").parent.mkdir(parents=True, exist_ok=True)
+        (args.state_dir / "grandchild.pid").write_text(str(grandchild.pid))
+    replay = args.replay or write_replay(args.state_dir.parent / "child-replay.jsonl")
+    segmenter = ThresholdSegmenter(args.delay) if args.threshold else None
+    engine = scripted_engine(replay, segmenter, delay_s=args.delay)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        token_file=args.token_file,
+        state_dir=args.state_dir,
+        max_sessions=args.max_sessions,
+    )
+    return serve(config, engine, TokenStore.from_file(args.token_file), args.token_file)
+
+
+if __name__ == "__main__":
+    sys.exit(_serve_child(sys.argv[1:]))
