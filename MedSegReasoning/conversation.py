@@ -30,7 +30,9 @@ class ReasonerOptions:
     stream: bool = True
 
 
-def run_round_ask(volume, prompt, options, reasoner_options: ReasonerOptions, session_dir: Path | None, timings) -> dict:
+def run_round_ask(
+    volume, prompt, options, reasoner_options: ReasonerOptions, session_dir: Path | None, timings
+) -> dict:
     """One round on ``volume``: plan (reasoner or ``prompt``), segment, judge; write outputs; return result.json."""
     from .dialogue import RoundPlan, Session, TargetSpec, open_session, run_round
     from .pipeline import check_prompt
@@ -59,7 +61,11 @@ def run_round_ask(volume, prompt, options, reasoner_options: ReasonerOptions, se
     else:
         plan = _reasoner_planner(volume, window, reasoner, session, options, reasoner_options, answers)
     question = options.question or ""
-    rnd = run_round(session, volume, segmenter, window, question, plan, progress=_stage_printer())
+    ask_again = None
+    if reasoner is not None:
+        on_text = _stream_to_stdout if reasoner_options.stream else None
+        ask_again = ask_reasoner_again(volume, window, reasoner, session, question, on_text=on_text, answers=answers)
+    rnd = run_round(session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=_stage_printer())
     timings.update(rnd.timings)
     return _write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
 
@@ -80,31 +86,97 @@ def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float
 
 
 def _reasoner_planner(volume, window, reasoner, session, options, reasoner_options: ReasonerOptions, answers: list):
-    """The dialogue's planner hook: ask the reasoner with the session's entities as context, stream its text."""
+    """The dialogue's planner hook for ``ask``: stream the reasoner's text to stdout, honour ``--no-propagate``."""
+    return reasoner_planner(
+        volume,
+        window,
+        reasoner,
+        session,
+        propagate=options.propagate,
+        on_text=_stream_to_stdout if reasoner_options.stream else None,
+        answers=answers,
+    )
+
+
+def reasoner_planner(volume, window, reasoner, session, *, propagate: bool = True, on_text=None, answers=None):
+    """``run_round``'s planner: ask the reasoner with the session's entities as context (ids and labels in the
+    prompt, outlines tagged with their ids on the views), and turn its answer into the round's plan."""
     from .dialogue import plan_from_answer
     from .reasoning import ReasoningContext, run_reasoning
 
     def plan(question: str, context: dict):
-        on_text = _stream_to_stdout if reasoner_options.stream else None
         answer = run_reasoning(
             volume,
             reasoner,
             question,
-            context=ReasoningContext.from_dialogue(context, len(session.rounds) + 1),
+            context=ReasoningContext.from_dialogue(
+                context, len(session.rounds) + 1, slice_mask=session.entity_slice_mask
+            ),
             on_text=on_text,
             window=window,
         )
         if on_text:
             sys.stdout.write("\n")
-        answers.append(answer)
+        if answers is not None:
+            answers.append(answer)
         result = plan_from_answer(answer, question)
-        if not options.propagate:
+        if not propagate:
             result = dataclasses.replace(
                 result, targets=tuple(dataclasses.replace(t, propagate=False) for t in result.targets)
             )
         return result
 
     return plan
+
+
+def correction_question(question: str, label: str, reasons: list[str]) -> str:
+    """The question asked again, with why the previous answer's mask was refused: the reasoner can only do better
+    than the segmenter's own re-prompts (tighter box, negative points) if it is told what went wrong."""
+    why = "; ".join(reasons) if reasons else "it did not pass the checks"
+    return f"{question}\nYour previous box for '{label}' was rejected: {why}. Give a corrected box."
+
+
+def ask_reasoner_again(volume, window, reasoner, session, question: str, *, on_text=None, answers: list | None = None):
+    """``run_round``'s ``ask_again(target, reasons)``: re-ask the reasoner with the reasons; a new prompt or None.
+
+    The reasoner sees the session as it stands (entities outlined on the views) and the same round number, so a
+    replay file serves the re-ask from that round's next lines. An answer that cannot be used (a question back, no
+    target, a malformed answer, or a replay file without another answer) gives None: the round keeps its best
+    attempt and marks it uncertain instead of losing it. Cancelling still stops the round.
+    """
+    from .reasoning import ReasonerOutputError, ReasoningContext, run_reasoning
+
+    def ask_again(target, reasons: list[str]):
+        context = ReasoningContext.from_dialogue(
+            session.context_for_reasoner(), len(session.rounds) + 1, slice_mask=session.entity_slice_mask
+        )
+        try:
+            answer = run_reasoning(
+                volume,
+                reasoner,
+                correction_question(question, target.label, reasons),
+                context=context,
+                on_text=on_text,
+                window=window,
+            )
+        except (ReasonerOutputError, InputError) as exc:
+            print(f"asking the reasoner again for '{target.label}' gave nothing usable: {exc}", file=sys.stderr)
+            return None
+        if on_text:
+            sys.stdout.write("\n")
+        if answers is not None:
+            answers.append(answer)
+        return _matching_prompt(answer, target.label)
+
+    return ask_again
+
+
+def _matching_prompt(answer, label: str):
+    """The re-asked answer's prompt for ``label``: the target of that label, else the only one (None if unclear)."""
+    usable = [t for t in answer.targets if t.has_prompt and t.orientation == "axial"]
+    same = [t for t in usable if (t.label or "").strip().lower() == label.strip().lower()]
+    chosen = same[0] if same else (usable[0] if len(usable) == 1 else None)
+    return chosen.to_voxel_prompt() if chosen is not None else None
 
 
 def _stream_to_stdout(chunk: str) -> None:
@@ -161,9 +233,7 @@ def _write_round_outputs(volume, session, rnd, options, window, segmenter, reaso
     if not entities and not rnd.clarification:
         failed = "; ".join(t.error or t.status for t in rnd.targets) or "the reasoner gave no target"
         raise InputError(f"nothing was segmented ({failed}): rephrase the question or give a --box.")
-    result = write_ask_outputs(
-        volume, segments, records, options, window, segmenter.identity, timings, extra=extra
-    )
+    result = write_ask_outputs(volume, segments, records, options, window, segmenter.identity, timings, extra=extra)
     print_summary(result, options.out)
     return result
 

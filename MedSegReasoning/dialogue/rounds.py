@@ -9,9 +9,10 @@ volume's voxel indices, a label, and the ``ref`` it gave (an entity id, or a phr
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,11 +150,17 @@ def run_round(
     config: RoundConfig = DEFAULT_ROUND,
     ask_again: Callable[[TargetSpec, list[str]], VoxelPrompt | None] | None = None,
     progress: ProgressFn | None = None,
+    reasoner_identity: Mapping[str, Any] | None = None,
 ) -> Round:
-    """Run one round and save it. Ambiguous references end the round with a clarification and no target."""
+    """Run one round and save it. Ambiguous references end the round with a clarification and no target.
+
+    ``reasoner_identity`` (``ReasonerIdentity.to_dict()``) is recorded with the segmenter's identity in the round
+    and the session, so an export can say (and check) which models made the masks.
+    """
     session.check_volume(volume)
     t_round = time.perf_counter()
     rnd = session.begin_round(question)
+    rnd.models = round_models(segmenter, reasoner_identity)
     try:
         references = session.find_references(question)
         rnd.references = [r.to_dict() for r in references]
@@ -188,6 +195,17 @@ def run_round(
     except BaseException:
         session.abort_round(rnd)
         raise
+
+
+def round_models(segmenter: Segmenter, reasoner_identity: Mapping[str, Any] | None) -> dict[str, dict]:
+    """The identities of the models a round uses, as plain JSON (role -> identity)."""
+    models: dict[str, dict] = {}
+    identity = getattr(segmenter, "identity", None)
+    if identity is not None:
+        models["segmenter"] = dataclasses.asdict(identity) if dataclasses.is_dataclass(identity) else dict(identity)
+    if reasoner_identity is not None:
+        models["reasoner"] = dict(reasoner_identity)
+    return models
 
 
 def _finish(session: Session, rnd: Round, t0: float) -> Round:

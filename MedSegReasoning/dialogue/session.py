@@ -56,11 +56,26 @@ class VolumeRecord:
     shape: tuple[int, int, int]
     geometry: Geometry
     modality: str = ""
+    # The source series' DICOM identity ("" when unknown or not DICOM): export checks that a DICOM-SEG or SR made
+    # from this session references the series the masks were drawn on, not merely one with the same voxels.
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    frame_of_reference_uid: str = ""
 
     @staticmethod
     def of(volume: Volume, path: str | Path | None = None) -> VolumeRecord:
         where = str(path) if path and "://" in str(path) else str(Path(path).resolve()) if path else volume.source.path
-        return VolumeRecord(where, volume.content_hash(), volume.shape, volume.geometry, volume.modality)
+        dicom = volume.source.dicom
+        return VolumeRecord(
+            where,
+            volume.content_hash(),
+            volume.shape,
+            volume.geometry,
+            volume.modality,
+            study_instance_uid=dicom.study_instance_uid if dicom else "",
+            series_instance_uid=dicom.series_instance_uid if dicom else "",
+            frame_of_reference_uid=dicom.frame_of_reference_uid if dicom else "",
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -71,16 +86,29 @@ class VolumeRecord:
             "spacing_mm": list(self.geometry.spacing),
             "direction": [list(r) for r in self.geometry.direction],
             "modality": self.modality,
+            "dicom": self._dicom_dict(),
         }
+
+    def _dicom_dict(self) -> dict | None:
+        uids = {
+            "study_instance_uid": self.study_instance_uid or None,
+            "series_instance_uid": self.series_instance_uid or None,
+            "frame_of_reference_uid": self.frame_of_reference_uid or None,
+        }
+        return uids if any(uids.values()) else None
 
     @staticmethod
     def from_dict(d: dict) -> VolumeRecord:
+        dicom = d.get("dicom") or {}
         return VolumeRecord(
             path=str(d["path"]),
             content_hash=str(d["content_sha256"]),
             shape=tuple(int(x) for x in d["shape_kji"]),  # type: ignore[arg-type]
             geometry=Geometry.from_arrays(d["origin_lps_mm"], d["spacing_mm"], d["direction"]),
             modality=str(d.get("modality", "")),
+            study_instance_uid=str(dicom.get("study_instance_uid") or ""),
+            series_instance_uid=str(dicom.get("series_instance_uid") or ""),
+            frame_of_reference_uid=str(dicom.get("frame_of_reference_uid") or ""),
         )
 
 
@@ -147,6 +175,7 @@ class Round:
     timings: dict[str, float] = field(default_factory=dict)
     started: str = ""
     finished: str = ""
+    models: dict[str, dict] = field(default_factory=dict)  # role (segmenter, reasoner) -> identity used this round
 
     @property
     def judgments(self) -> list[Judgment]:
@@ -195,6 +224,8 @@ class Session:
         self.rounds: list[Round] = []
         self.edits: list[EditRecord] = []
         self.next_number = 1
+        # role (segmenter, reasoner) -> identity of the model that last answered: export checks what made the masks
+        self.models: dict[str, dict] = {}
         self._terminology = terminology
         self._open_round: Round | None = None
 
@@ -394,6 +425,7 @@ class Session:
         self._require_open(rnd)
         rnd.finished = now_iso()
         self.rounds.append(rnd)
+        self.models.update(rnd.models)
         self._open_round = None
         self.save()
         return rnd
@@ -455,6 +487,7 @@ class Session:
                     "key_slice": e.key_slice,
                     "box": list(e.box) if e.box else None,
                     "bbox": list(e.bbox) if e.bbox else None,
+                    "color": list(e.color),
                     "volume_ml": round(e.measurements.volume_ml, 1),
                     "round": e.round,
                     "review": e.review,
@@ -475,6 +508,17 @@ class Session:
             "shape_kji": list(self.shape),
             "spacing_mm": list(self.geometry.spacing),
         }
+
+    def entity_slice_mask(self, entity_id: str, k: int) -> np.ndarray | None:
+        """Entity ``entity_id`` on axial slice ``k`` as a (nj, ni) bool mask, None where it does not reach.
+
+        Passed to ``ReasoningContext.from_dialogue`` so the views can outline entities on the slices they show,
+        decoding only the slices actually drawn.
+        """
+        e = self.entities.get(entity_id)
+        if e is None or e.bbox is None or not e.bbox[0] <= k <= e.bbox[3]:
+            return None
+        return e.mask.slice_mask(k, self.shape)
 
     def entities_on_slice(self, k: int) -> list[dict]:
         """Entities visible on slice ``k`` with their 2D masks: for drawing tagged outlines on what the reasoner sees."""
@@ -503,6 +547,7 @@ class Session:
             and self.rounds == other.rounds
             and self.edits == other.edits
             and self.next_number == other.next_number
+            and self.models == other.models
         )
 
     __hash__ = None  # type: ignore[assignment]

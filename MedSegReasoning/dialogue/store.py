@@ -62,6 +62,7 @@ def save_session(session: Session, folder: str | Path) -> None:
         "created": session.created,
         "saved": now_iso(),
         "volume": session.volume.to_dict(),
+        "models": session.models,
         "next_entity_number": session.next_number,
         "entities": [e.to_dict(mask_file(e.mask)) for e in session.entities.values()],
         "rounds": [_round_to_dict(r, mask_file) for r in session.rounds],
@@ -102,6 +103,7 @@ def load_session(folder: str | Path, *, terminology: Terminology | None = None) 
         VolumeRecord.from_dict(doc["volume"]), folder=folder, terminology=terminology, created=doc["created"]
     )
     session.next_number = int(doc["next_entity_number"])
+    session.models = {str(role): dict(identity) for role, identity in (doc.get("models") or {}).items()}
     for d in doc["entities"]:
         entity = Entity.from_dict(d, mask_of(d))
         session.entities[entity.id] = entity
@@ -161,6 +163,7 @@ def _round_to_dict(r: Round, mask_file) -> dict:
         "timings": r.timings,
         "started": r.started,
         "finished": r.finished,
+        "models": r.models,
     }
 
 
@@ -177,6 +180,7 @@ def _round_from_dict(d: dict, mask_of) -> Round:
         timings=dict(d.get("timings", {})),
         started=d.get("started", ""),
         finished=d.get("finished", ""),
+        models={str(role): dict(identity) for role, identity in (d.get("models") or {}).items()},
     )
 
 

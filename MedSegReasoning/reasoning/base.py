@@ -30,15 +30,29 @@ from .views import ViewSet
 TextCallback = Callable[[str], None]
 
 
+SliceMaskFn = Callable[[int], np.ndarray | None]
+"""``k -> (nj, ni) bool mask`` of one entity on axial slice ``k`` (None or empty where it is absent)."""
+
+
 @dataclass(frozen=True)
 class EntityRef:
-    """A structure found in an earlier round, as the reasoner may refer to it (``ref``). The dialogue fills these."""
+    """A structure found in an earlier round, as the reasoner may refer to it (``ref``). The dialogue fills these.
+
+    Besides its id and label, an entity carries what is needed to draw it on the views the reasoner sees (a model
+    reads an outline tagged "E1" on the image far more reliably than a box in the prompt text): its colour, the
+    axial slices it spans, and ``slice_mask`` to get its outline on a slice. Without ``slice_mask`` its box is
+    drawn on its key slice; ``slice_mask`` is a callable (not the mask) so this package stays free of the
+    dialogue's mask type and no mask is decoded for slices that are never shown.
+    """
 
     id: str
     label: str
     orientation: Orientation = "axial"
     slice: int | None = None
     box: tuple[int, int, int, int] | None = None  # plane voxel indices, as in Target.box
+    color: tuple[int, int, int] | None = None
+    slices: tuple[int, int] | None = None  # first and last axial slice the entity spans (inclusive)
+    slice_mask: SliceMaskFn | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -49,20 +63,40 @@ class ReasoningContext:
     round: int = 1
 
     @staticmethod
-    def from_dialogue(context: Mapping[str, Any], round_number: int = 1) -> ReasoningContext:
-        """From ``dialogue.Session.context_for_reasoner()``: ids, names, key slices and boxes of axial entities."""
+    def from_dialogue(
+        context: Mapping[str, Any],
+        round_number: int = 1,
+        slice_mask: Callable[[str, int], np.ndarray | None] | None = None,
+    ) -> ReasoningContext:
+        """From ``dialogue.Session.context_for_reasoner()``: ids, names, key slices, boxes and colours.
+
+        ``slice_mask(entity_id, k)`` (e.g. ``Session.entity_slice_mask``) lets the views draw each entity's real
+        outline; it is passed beside the context because the context itself stays plain JSON (the server sends it).
+        """
         entities = []
         for item in context.get("entities", ()):
             box = item.get("box")
+            bbox = item.get("bbox")
+            color = item.get("color")
+            entity_id = str(item["id"])
             entities.append(
                 EntityRef(
-                    id=str(item["id"]),
+                    id=entity_id,
                     label=str(item.get("name") or item.get("label") or item["id"]),
                     slice=item.get("key_slice"),
                     box=tuple(int(v) for v in box) if box else None,  # type: ignore[arg-type]
+                    color=tuple(int(c) for c in color) if color else None,  # type: ignore[arg-type]
+                    slices=(int(bbox[0]), int(bbox[3])) if bbox else None,
+                    slice_mask=_bind_slice_mask(slice_mask, entity_id),
                 )
             )
         return ReasoningContext(entities=tuple(entities), round=round_number)
+
+
+def _bind_slice_mask(slice_mask: Callable[[str, int], np.ndarray | None] | None, entity_id: str) -> SliceMaskFn | None:
+    if slice_mask is None:
+        return None
+    return lambda k: slice_mask(entity_id, k)
 
 
 EMPTY_CONTEXT = ReasoningContext()

@@ -18,6 +18,7 @@ from .views import (
     DEFAULT_STRATEGY,
     CurrentView,
     ReasoningStrategy,
+    draw_entities,
     key_slice_views,
     refine_views,
     wants_current_view,
@@ -89,6 +90,7 @@ class _Run:
     def ask(self, step: str, views) -> Answer:
         if self.steps and self.on_text is not None:
             self.on_text("\n\n")
+        views = draw_entities(views, self.context.entities)  # the entities so far, outlined and tagged with their ids
         answer = self.reasoner.reason(views, self.question, self.context, self.on_text, self.cancel)
         self.steps.append(StepRecord(step, answer.raw, answer.reasoning, answer.stats))
         return answer

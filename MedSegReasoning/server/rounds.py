@@ -249,6 +249,7 @@ class RoundRun:
                     RoundPlan(targets=self.request.prompts) if self.request.prompts else self._planner(reasoner),
                     config=self.engine.round_config,
                     progress=self._on_target_progress,
+                    reasoner_identity=None if self.request.prompts else self.engine.reasoner_identity(),
                 )
             for record in rnd.targets:
                 if record.entity_id and record.entity_id in s.dialogue.entities:
@@ -305,7 +306,9 @@ class RoundRun:
                 QueuedReasoner(self.workers["reasoner"], reasoner, self.ctx),
                 question,
                 self.engine.strategy,
-                ReasoningContext.from_dialogue(context, round_number=self.index),
+                ReasoningContext.from_dialogue(
+                    context, round_number=self.index, slice_mask=s.dialogue.entity_slice_mask
+                ),
                 on_text=self._on_text,
                 window=self.window,
                 current_view=self.request.current_view,
