@@ -36,6 +36,14 @@ class VoxelPrompt:
     points: tuple[tuple[int, int], ...] = ()
     labels: tuple[int, ...] = ()
 
+    def to_prompt2d(self) -> Prompt2D:
+        """The same prompt in the pixel coordinates of slice ``k`` (x = i, y = j), as the segmenter takes it."""
+        return Prompt2D(
+            box=tuple(float(v) for v in self.box) if self.box else None,  # type: ignore[arg-type]
+            points=tuple((float(i), float(j)) for i, j in self.points),
+            labels=tuple(self.labels),
+        )
+
     def to_dict(self) -> dict:
         return {
             "slice": self.k,
@@ -123,11 +131,7 @@ def segment_target(
         segmenter,
         window,
         prompt.k,
-        Prompt2D(
-            box=tuple(float(v) for v in prompt.box) if prompt.box else None,  # type: ignore[arg-type]
-            points=tuple((float(i), float(j)) for i, j in prompt.points),
-            labels=tuple(prompt.labels),
-        ),
+        prompt.to_prompt2d(),
     )
     t1 = time.perf_counter()
     if not prediction.mask.any():

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..masks import CompactMask
 from ..pipeline import VoxelPrompt, check_prompt
 from ..propagation import DEFAULT_PROPAGATION, PropagationConfig, propagate, segment_slice
-from ..segmentation.base import Prompt2D, Segmenter
+from ..segmentation.base import Segmenter
 from ..volume.core import Volume
 from ..volume.windowing import Window
 from .judgment import (
@@ -114,11 +114,7 @@ def segment_candidate(
         segmenter,
         window,
         prompt.k,
-        Prompt2D(
-            box=tuple(float(v) for v in prompt.box) if prompt.box else None,  # type: ignore[arg-type]
-            points=tuple((float(i), float(j)) for i, j in prompt.points),
-            labels=tuple(prompt.labels),
-        ),
+        prompt.to_prompt2d(),
     )
     if not prediction.mask.any():
         return Candidate(CompactMask.empty(), prediction.score, prompt, propagate_3d, strategy)

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_output
+from ..dialogue.session import PALETTE
 from ..errors import InputError
 from ..volume.core import Volume
 
@@ -36,17 +37,8 @@ SERIES_DESCRIPTION = "MedSegReasoning SEG - research use only"
 MANUFACTURER = "MedSegReasoning"
 SEG_TYPES = ("auto", "binary", "labelmap")
 
-# Distinct, readable default colours (Slicer's first generic anatomy colours), cycled per segment.
-DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
-    (128, 174, 128),
-    (241, 214, 145),
-    (177, 122, 101),
-    (111, 184, 210),
-    (216, 101, 79),
-    (221, 130, 101),
-    (144, 238, 144),
-    (192, 104, 88),
-)
+# Segments without a colour of their own cycle through the dialogue's palette (Slicer's generic anatomy colours).
+DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = PALETTE
 
 
 class SourceNotReferenceableError(InputError):
