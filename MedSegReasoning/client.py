@@ -21,7 +21,6 @@ import atexit
 import contextlib
 import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import signal
@@ -43,6 +42,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from .masks import CompactMask
+from .network import is_loopback_host
 
 API = "/v1"
 READY_PREFIX = "MEDSEG-SERVER-READY "  # printed by ``medseg-reasoning serve`` (server/cli.py)
@@ -220,7 +220,7 @@ class MedSegClient:
         parts = urlsplit(url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientError(f"the server address {url!r} must look like http://127.0.0.1:PORT or https://host.")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
             raise ClientError(
                 f"the server {parts.hostname} is not on this machine, so it must be reached over https: the token and "
                 "the images would otherwise cross the network readable by anyone on the way."
@@ -324,7 +324,7 @@ class MedSegClient:
                     raise
         headers = {VOLUME_HEADER: _json_bytes(meta).decode(), "Content-Type": "application/octet-stream"}
         if compress is None:
-            compress = not _is_loopback(self.host)
+            compress = not is_loopback_host(self.host)
         body: bytes | memoryview = data
         if compress:
             body = zlib.compress(data, 1)
@@ -899,16 +899,6 @@ def _default_command() -> list[str]:
     if exe.exists():
         return [str(exe), "serve"]
     return ["medseg-reasoning", "serve"]
-
-
-def _is_loopback(host: str) -> bool:
-    name = host.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def _seg(text: str) -> str:

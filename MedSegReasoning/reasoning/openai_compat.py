@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import io
-import ipaddress
 import json
 import os
 import threading
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..errors import InputError, ServiceError
+from ..network import is_loopback_host
 from .answer import GenerationStats, ReasonerOutputError, ReasoningCancelled, quote
 from .base import ChatReasoner, ChatRequest, ReasonerIdentity, TextCallback
 from .coords import SERVER_SAFE_RULE, get_convention, guess_convention, is_grey, resize_for_model
@@ -47,13 +47,8 @@ _WIRE_EXPECTED = "an OpenAI chat completion: JSON with choices[0].message.conten
 
 def is_loopback_url(url: str) -> bool:
     """True when ``url``'s host is this machine (localhost, 127.0.0.0/8, ::1)."""
-    host = (urlsplit(url).hostname or "").strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    host = (urlsplit(url).hostname or "").lower()
+    return host.endswith(".localhost") or is_loopback_host(host)
 
 
 def check_base_url(base_url: str, allow_remote: bool) -> str:

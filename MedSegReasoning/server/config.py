@@ -9,13 +9,13 @@ This module is stdlib-only: the CLI imports it to parse options without loading 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..network import is_loopback_host as is_loopback
 
 APP_DIR_NAME = "medseg-reasoning"
 WIRE_VERSION = 1
@@ -93,15 +93,6 @@ class ServerConfig:
             )
 
 
-def is_loopback(host: str) -> bool:
-    """True for names and addresses that only this machine can reach (``localhost``, 127.0.0.0/8, ::1)."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def user_config_dir() -> Path:
