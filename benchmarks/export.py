@@ -25,7 +25,6 @@ import argparse
 import json
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 
+from timing import median_seconds  # noqa: E402
+
 GOALS = {"seg_10_segments_s": 5.0}
 
 
@@ -43,11 +44,6 @@ def timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     value = fn()
     return time.perf_counter() - start, value
-
-
-def median_of(fn, repeats: int) -> tuple[float, list[float]]:
-    times = [timed(fn)[0] for _ in range(repeats)]
-    return statistics.median(times), times
 
 
 def write_series(folder: Path, slices: int) -> float:
@@ -88,7 +84,7 @@ def bench_seg(volume, out: Path, repeats: int) -> dict:
     assert first_overlap(disjoint) is None
     results = {}
     for seg_type in ("auto", "binary"):
-        median, runs = median_of(
+        median, runs = median_seconds(
             lambda t=seg_type: write_dicom_seg(volume, disjoint, out / f"{t}.dcm", algorithm, t), repeats
         )
         results[seg_type] = {"median_s": median, "runs_s": runs, "bytes": (out / f"{seg_type}.dcm").stat().st_size}
@@ -125,8 +121,8 @@ def bench_dicomweb(folder: Path, work: Path, repeats: int) -> dict:
             shutil.rmtree(dest)
             return volume
 
-        disk_median, disk_runs = median_of(lambda: load_volume(folder), repeats)
-        web_median, web_runs = median_of(pull, repeats)
+        disk_median, disk_runs = median_seconds(lambda: load_volume(folder), repeats)
+        web_median, web_runs = median_seconds(pull, repeats)
         check = load_dicomweb_series(url, dest=work / "check")
         same = bool(np.array_equal(check.array, load_volume(folder).array))
     finally:

@@ -35,19 +35,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 
+from timing import median_seconds  # noqa: E402
+
 GOAL_OURS_MS = 50.0
 DEFAULT_CT = ROOT.parent / "shared" / "data" / "ct-abdomen-dicom"
 
 
 def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+    return median_seconds(fn, repeats, warmup)[0] * 1000.0
 
 
 def load_volume(ct: Path | None):

@@ -33,18 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 
+from timing import median_seconds  # noqa: E402
+
 GOALS = {"encoder_over_bound": 1.5, "cached_prompt_s": 0.1, "peak_rss_gb": 1.5}
-
-
-def median_seconds(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def matmul_gflops(repeats: int = 10) -> float:
