@@ -148,6 +148,8 @@ def test_openapi_documents_every_endpoint(tmp_path):
         ("patch", "/v1/sessions/{session_id}/entities/{entity_id}"),
         ("delete", "/v1/sessions/{session_id}/entities/{entity_id}"),
         ("post", "/v1/sessions/{session_id}/export"),
+        ("get", "/v1/sessions/{session_id}/archive"),
+        ("post", "/v1/sessions/restore"),
     }
     assert expected <= {(m, p) for p, ops in paths.items() for m in ops}
     assert "HTTPBearer" in doc["components"]["securitySchemes"]

@@ -31,6 +31,8 @@ from .. import __version__
 from ..dialogue.entity import REVIEW_STATES
 from ..errors import InputError
 from ..masks import CompactMask
+from .archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
+from .archive import pack_session
 from .audit import AuditLog
 from .auth import TokenStore
 from .config import WIRE_VERSION, ServerConfig
@@ -363,6 +365,18 @@ def _add_session_routes(app: FastAPI, rt: _Runtime) -> None:
         rt.audit.record("session.create", session.owner, session=session.id)
         return {**session.summary(), "idle_timeout_s": rt.config.session_idle_s}
 
+    @app.post(
+        f"{API}/sessions/restore", status_code=201, tags=["sessions"], response_model=SessionOut, responses=_ERRORS
+    )
+    async def restore_session(request: Request) -> dict:
+        """Continue a saved conversation in a new session: the body is what ``GET …/archive`` returned. Send the
+        volume next; only the volume the conversation was held on is accepted."""
+        token = _token(request)
+        body = await request.body()
+        session = await run_in_threadpool(rt.store.restore, token, body, rt.config.limits.max_json_bytes)
+        rt.audit.record("session.restore", token, session=session.id, bytes=len(body))
+        return {**session.summary(), "idle_timeout_s": rt.config.session_idle_s}
+
     @app.get(f"{API}/sessions", tags=["sessions"], responses=_ERRORS)
     def list_sessions(request: Request) -> dict:
         """The caller's open sessions on this server."""
@@ -427,6 +441,20 @@ def _add_session_routes(app: FastAPI, rt: _Runtime) -> None:
             "reused": cached or not changed,
             "session": session.summary(),
         }
+
+    @app.get(f"{API}/sessions/{{session_id}}/archive", tags=["sessions"], responses=_ERRORS)
+    def session_archive(session_id: str, request: Request) -> Response:
+        """The whole conversation (rounds, entities with masks, edits) as a zip a client keeps, to continue it later
+        with ``POST /v1/sessions/restore`` even after this session is gone."""
+        session = rt.store.get(session_id, _token(request))
+
+        def do() -> bytes:
+            _idle_dialogue(session)
+            return pack_session(session.folder)
+
+        data = _locked(session, do)
+        rt.audit.record("session.archive", session.owner, session=session.id, bytes=len(data))
+        return Response(data, media_type=ARCHIVE_MEDIA_TYPE)
 
     @app.post(f"{API}/sessions/{{session_id}}/undo", tags=["sessions"], responses=_ERRORS)
     def undo(session_id: str, request: Request) -> dict:

@@ -93,8 +93,6 @@ class ServerConfig:
             )
 
 
-
-
 def user_config_dir() -> Path:
     """The per-user configuration folder of this application (``$MEDSEG_CONFIG_DIR`` overrides it)."""
     override = os.environ.get("MEDSEG_CONFIG_DIR")

@@ -169,6 +169,24 @@ class SessionStore:
             self._sessions[sid] = session
             return session
 
+    def restore(self, owner: str, archive: bytes, max_bytes: int) -> ServerSession:
+        """A new session (new id) holding the conversation in ``archive`` (``archive.py``); its volume must be sent
+        again, and only the volume the conversation was held on is accepted. Nothing is kept when it is refused."""
+        from .archive import unpack_session
+
+        session = self.create(owner)
+        try:
+            unpack_session(archive, session.folder, max_bytes)
+            dialogue = load_session(session.folder, terminology=self.terminology)
+        except BaseException:
+            self.delete(session)
+            raise
+        with session.lock:
+            session.dialogue = dialogue
+            session.volume_hash = dialogue.volume.content_hash
+            session.volume = self.volumes.get(owner, session.volume_hash)
+        return session
+
     def get(self, sid: str, owner: str, *, load: bool = True) -> ServerSession | None:
         """The caller's session ``sid`` (from memory, else from the shared state folder), or 404.
 
