@@ -6,14 +6,18 @@ the ``MedSegReasoning`` package that this module imports.
 
 Why it is thin and torch-free: the engine (reasoner, segmenter) runs in its own process, reached through an HTTP
 client; this file only wires the GUI. Everything testable without a Slicer application lives in
-``MedSegReasoning.slicer`` (scene writing, chat panel), imported lazily in ``setup()``, so importing this file
-costs nothing and pulls in no numpy-heavy engine module.
+``MedSegReasoning.slicer``: ``scene`` (writing), ``scene_sync`` (scene <-> backend), ``backend_setup`` (install,
+device, start), ``export_check`` (checks and saving exports), ``chat_panel`` and ``backend_link``. They are
+imported lazily, so importing this file costs nothing and pulls in no numpy-heavy engine module.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import tempfile
+import threading
 
 import qt
 import slicer
@@ -36,7 +40,10 @@ if _HERE not in sys.path:
 SETTINGS_SERVER_URL = "MedSegReasoning/ServerURL"
 SETTINGS_SERVER_TOKEN = "MedSegReasoning/ServerToken"
 SETTINGS_CONSENT_PREFIX = "MedSegReasoning/ConsentedServers/"
+SETTINGS_PACS_URL = "MedSegReasoning/PacsURL"
+SETTINGS_BACKEND_VENV = "MedSegReasoning/BackendVenv"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+EXPORT_CHOICES = (("seg", "sr"), ("seg",), ("seg-nrrd",), ("nifti",))  # the .ui's exportFormatCombo, in order
 
 
 class scripted_module(ScriptedLoadableModule):
@@ -64,7 +71,7 @@ class scripted_moduleParameterNode:
 
 
 class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: input volume, server status, and the chat; built from ``Resources/UI/scripted_module.ui``."""
+    """The panel: input volume, server (install / start / connect), status line, chat, undo, export."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -72,6 +79,8 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.chat = None
         self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._statusQueue = queue.Queue()  # backend set-up status from worker threads, shown by a timer
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -83,27 +92,50 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         from MedSegReasoning.slicer.chat_panel import ChatPanel
 
-        self.chat = ChatPanel(backend=None, parent=self.ui.chatContainer)
+        self.chat = ChatPanel(
+            backend=None, parent=self.ui.chatContainer, on_entity=self.logic.onTarget, on_event=self.onRoundEvent
+        )
         self.ui.chatContainer.layout().addWidget(self.chat.widget)
         self.chat.set_entity_selected_callback(self.logic.centreOnEntity)
 
         settings = qt.QSettings()
-        self.ui.serverUrlEdit.text = settings.value(SETTINGS_SERVER_URL, "http://127.0.0.1:8765")
+        self.ui.serverUrlEdit.text = settings.value(SETTINGS_SERVER_URL, "")
+        self.ui.serverTokenEdit.text = settings.value(SETTINGS_SERVER_TOKEN, "")
+        self.ui.pacsUrlEdit.text = settings.value(SETTINGS_PACS_URL, "")
         self.ui.connectButton.connect("clicked(bool)", self.onConnect)
+        self.ui.installButton.connect("clicked(bool)", self.onInstall)
+        self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.cancelSetupButton.connect("clicked(bool)", self.logic.cancelSetup)
+        self.ui.undoRoundButton.connect("clicked(bool)", self.onUndoRound)
+        self.ui.exportFolderButton.connect("clicked(bool)", self.onExportFolder)
+        self.ui.exportDatabaseButton.connect("clicked(bool)", self.onExportDatabase)
+        self.ui.exportPacsButton.connect("clicked(bool)", self.onExportPacs)
+        # Ctrl+Z inside this panel undoes the last round; elsewhere (Segment Editor) Slicer's own undo keeps it.
+        self.undoShortcut = qt.QShortcut(qt.QKeySequence("Ctrl+Z"), self.parent)
+        self.undoShortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)
+        self.undoShortcut.connect("activated()", self.onUndoRound)
+        self.statusTimer = qt.QTimer()
+        self.statusTimer.setInterval(200)
+        self.statusTimer.connect("timeout()", self.showQueuedStatus)
+        self.statusTimer.start()
+
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
+        self.showStatus(self.logic.backendSetup().status)
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self.statusTimer.stop()
         if self.chat is not None:
             self.chat.shutdown()
+        self.logic.shutdown()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode is not None:
+        if self._parameterNode is not None and self._parameterNodeGuiTag:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
 
@@ -122,17 +154,53 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = first
 
     def setParameterNode(self, parameter_node) -> None:
-        if self._parameterNode is not None and getattr(self, "_parameterNodeGuiTag", None):
+        if self._parameterNode is not None and self._parameterNodeGuiTag:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
         self._parameterNode = parameter_node
         if self._parameterNode is not None:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
 
+    # -- status line ------------------------------------------------------------------------------------------------
+    def showStatus(self, status) -> None:
+        self.ui.statusLabel.text = status.line()
+
+    def showQueuedStatus(self) -> None:
+        while not self._statusQueue.empty():
+            self.showStatus(self._statusQueue.get_nowait())
+        setup = self.logic.backendSetup()
+        busy = setup.status.state.value in ("installing", "starting", "loading-model")
+        self.ui.cancelSetupButton.enabled = busy
+        self.ui.installButton.enabled = self.ui.startButton.enabled = not busy
+        if setup.device is not None:
+            self.ui.deviceLabel.text = "Device: " + setup.device.describe()
+
+    # -- server: install, start, connect -------------------------------------------------------------------------------
+    def onInstall(self) -> None:
+        """Install the backend into its own environment, on a worker thread (status and progress via the queue)."""
+        self.logic.runInBackground(self.logic.installBackend, self._statusQueue.put)
+
+    def onStart(self) -> None:
+        """Start the local backend on a worker thread; the chat gets its client once it is ready."""
+        results = []
+        worker = self.logic.runInBackground(self.logic.startBackend, self._statusQueue.put, on_result=results.append)
+        self._waitForClient(worker, results)
+
+    def _waitForClient(self, worker, results) -> None:
+        if results:
+            self.chat.set_backend(self.logic.makeLink(results[0], self._parameterNode))
+        elif worker.is_alive():
+            qt.QTimer.singleShot(200, lambda: self._waitForClient(worker, results))
+
     def onConnect(self) -> None:
         """Remember the server (in Slicer's settings, never in the scene) and hand a client to the chat."""
         url = self.ui.serverUrlEdit.text.strip()
+        token = self.ui.serverTokenEdit.text.strip()
+        if not url:
+            self.ui.statusLabel.text = "Enter the server's address and token, or press Start for a local backend."
+            return
         settings = qt.QSettings()
         settings.setValue(SETTINGS_SERVER_URL, url)
+        settings.setValue(SETTINGS_SERVER_TOKEN, token)
         if not self.logic.hasConsent(url) and not slicer.util.confirmYesNoDisplay(
             f"Images of the input volume will be sent to {url}, which is not this computer. Continue?"
         ):
@@ -140,19 +208,112 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.logic.recordConsent(url)
         with slicer.util.tryWithErrorDisplay("Could not connect to the reasoning server.", waitCursor=True):
-            backend = self.logic.connect(url, settings.value(SETTINGS_SERVER_TOKEN, ""))
-            self.chat.set_backend(backend)
+            client = self.logic.connect(url, token)
+            self.chat.set_backend(self.logic.makeLink(client, self._parameterNode))
             self.ui.statusLabel.text = f"Connected to {url}."
+
+    # -- rounds --------------------------------------------------------------------------------------------------------
+    def onRoundEvent(self, event) -> None:
+        """After a round: remember the session in the parameter node and bring the scene in line with the backend."""
+        if event.kind == "done":
+            session_id = self.logic.afterRound()
+            if session_id and self._parameterNode is not None:
+                self._parameterNode.sessionId = session_id
+        elif event.kind == "review":
+            self.logic.onReviewed(event.data["id"], event.data["review"])
+
+    def onUndoRound(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not undo the last round.", waitCursor=True):
+            outcome = self.logic.undoRound()
+            removed = ", ".join(outcome.removed) or "nothing"
+            self.ui.statusLabel.text = f"Round {outcome.round} undone: removed {removed}."
+
+    # -- export --------------------------------------------------------------------------------------------------------
+    def _formats(self):
+        return EXPORT_CHOICES[max(self.ui.exportFormatCombo.currentIndex, 0)]
+
+    def _checkedExport(self) -> bool:
+        problems = self.logic.exportProblems(self._formats())
+        if problems:
+            slicer.util.errorDisplay("Not exported yet:\n\n" + "\n\n".join(str(p) for p in problems))
+        return not problems
+
+    def onExportFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, "Export to folder")
+        if not folder or not self._checkedExport():
+            return
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            files = self.logic.exportToFolder(self._formats(), folder)
+            self.ui.statusLabel.text = f"Exported {len(files)} file(s) to {folder}."
+
+    def onExportDatabase(self) -> None:
+        if not self._checkedExport():
+            return
+        with slicer.util.tryWithErrorDisplay("Export to the DICOM database failed.", waitCursor=True):
+            files = self.logic.exportToDicomDatabase(self._formats())
+            self.ui.statusLabel.text = f"Added {len(files)} object(s) to Slicer's DICOM database."
+
+    def onExportPacs(self) -> None:
+        url = self.ui.pacsUrlEdit.text.strip()
+        qt.QSettings().setValue(SETTINGS_PACS_URL, url)
+        if not url:
+            slicer.util.errorDisplay("Enter the PACS's DICOMweb address first (e.g. https://pacs/dicom-web).")
+            return
+        if not self._checkedExport():
+            return
+        with slicer.util.tryWithErrorDisplay("Sending to the PACS failed.", waitCursor=True):
+            files = self.logic.exportToPacs(self._formats(), url)
+            self.ui.statusLabel.text = f"Sent {len(files)} object(s) to {url}."
 
 
 class scripted_moduleLogic(ScriptedLoadableModuleLogic):
-    """GUI-free actions: parameter node, server consent, connection, centring the views on an entity."""
+    """GUI-free actions; each delegates to a ``MedSegReasoning.slicer`` submodule."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.client = None
+        self.link = None
+        self.sync = None
+        self._setup = None
 
     def getParameterNode(self):
         return scripted_moduleParameterNode(super().getParameterNode())
+
+    # -- backend: install, start, connect ---------------------------------------------------------------------------------
+    def backendSetup(self):
+        if self._setup is None:
+            from MedSegReasoning.slicer.backend_setup import BackendSetup, default_venv_dir
+
+            venv = qt.QSettings().value(SETTINGS_BACKEND_VENV, "") or str(default_venv_dir())
+            self._setup = BackendSetup(venv_dir=venv)
+        return self._setup
+
+    def runInBackground(self, work, on_status, on_result=None) -> threading.Thread:
+        """Run a set-up step off the GUI thread; its status updates go to ``on_status`` (a thread-safe queue's put)."""
+
+        def run() -> None:
+            setup = self.backendSetup()
+            setup.on_status = on_status
+            try:
+                result = work()
+            except Exception:  # the step already put an ERROR status saying what to do
+                return
+            if on_result is not None:
+                on_result(result)
+
+        thread = threading.Thread(target=run, name="medseg-backend-setup", daemon=True)
+        thread.start()
+        return thread
+
+    def installBackend(self):
+        return self.backendSetup().install()
+
+    def startBackend(self):
+        self.client = self.backendSetup().start()
+        return self.client
+
+    def cancelSetup(self) -> None:
+        self.backendSetup().cancel()
 
     @staticmethod
     def isLocalServer(url: str) -> bool:
@@ -168,10 +329,72 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
             qt.QSettings().setValue(SETTINGS_CONSENT_PREFIX + url, "yes")
 
     def connect(self, url: str, token: str):
-        """A chat backend for the server; the HTTP client is imported here so module import stays free."""
-        from MedSegReasoning.slicer.chat_panel import connect_backend
+        """A checked client for a configured server (the HTTP client is imported here so module import stays free)."""
+        from MedSegReasoning.client import connect_or_start
 
-        return connect_backend(url, token)
+        self.client, _ = connect_or_start(url, token)
+        return self.client
+
+    def makeLink(self, client, parameterNode):
+        """The chat's backend over ``client``: the input volume (sent with the first round), the session kept in the
+        parameter node, and the user's segment edits pushed before each round."""
+        from MedSegReasoning.slicer.backend_link import BackendLink
+        from MedSegReasoning.slicer.scene import volume_geometry_lps
+
+        self.client = client
+        volume = parameterNode.inputVolume if parameterNode is not None else None
+        session_id = (parameterNode.sessionId if parameterNode is not None else "") or None
+        self.link = BackendLink(client, session_id=session_id, before_round=self.pendingEdits)
+        if volume is not None:
+            g = volume_geometry_lps(volume)
+            self.link.set_volume(slicer.util.arrayFromVolume(volume), g.origin, g.spacing, g.direction)
+            self.sync = self._sceneSync(volume, session_id) if session_id else None
+        return self.link
+
+    def _sceneSync(self, volume, session_id):
+        from MedSegReasoning.slicer.scene import SessionScene
+        from MedSegReasoning.slicer.scene_sync import SceneSync
+
+        scene = SessionScene.find(slicer.mrmlScene, session_id) or SessionScene.create(
+            slicer.mrmlScene, volume, session_id
+        )
+        return SceneSync(scene)
+
+    # -- rounds and the scene ---------------------------------------------------------------------------------------------
+    def pendingEdits(self):
+        """Segment Editor edits since the last sync (the chat sends them before the round)."""
+        return self.sync.pending_edits() if self.sync is not None else {}
+
+    def onTarget(self, data: dict) -> None:
+        """A round's new entity (GUI thread): write its segment and markup at once, from the event's own mask."""
+        entity = data.get("entity_object")
+        if entity is None or self.link is None or self.link.session_id is None:
+            return
+        if self.sync is None or self.sync.session_id != self.link.session_id:
+            self.sync = self._sceneSync(self.getParameterNode().inputVolume, self.link.session_id)
+        self.sync.write(entity)
+
+    def afterRound(self) -> str | None:
+        """Make the scene the backend's entities (edits the round took are acknowledged, revisions rewritten)."""
+        if self.link is None or self.link.session_id is None:
+            return None
+        if self.sync is None or self.sync.session_id != self.link.session_id:
+            self.sync = self._sceneSync(self.getParameterNode().inputVolume, self.link.session_id)
+        self.sync.reconcile(self.client)
+        return self.link.session_id
+
+    def onReviewed(self, entity_id: str, review: str) -> None:
+        """The chat confirmed or rejected an entity on the backend: the segment shows it (rejected = hidden)."""
+        if self.sync is not None and entity_id in self.sync.scene.entity_ids():
+            self.sync.note_review(entity_id, review)
+
+    def undoRound(self):
+        if self.sync is None or self.client is None:
+            raise RuntimeError("there is no round to undo: connect and ask a question first.")
+        return self.sync.undo_round(self.client)
+
+    def segmentVolumesMl(self) -> dict:
+        return self.sync.segment_volumes_ml() if self.sync is not None else {}
 
     def centreOnEntity(self, entity_id: str) -> None:
         """Jump the slice views to the entity's markup (its key-slice centroid)."""
@@ -182,9 +405,50 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
                 slicer.modules.markups.logic().JumpSlicesToLocation(*position, True)
                 return
 
+    # -- export -------------------------------------------------------------------------------------------------------
+    def exportProblems(self, formats) -> list:
+        from MedSegReasoning.slicer.export_check import ExportProblem, check_scene
+
+        if self.sync is None or self.client is None:
+            return [ExportProblem("no_session", "There is no session to export: connect and ask a question first.")]
+        self.sync.push_edits(self.client)  # export what the user sees
+        return check_scene(self.sync.scene, formats)
+
+    def exportToFolder(self, formats, folder: str) -> list:
+        """Each format through the backend's export endpoint, saved into ``folder``."""
+        from MedSegReasoning.slicer.export_check import save_export
+
+        files = []
+        for fmt in formats:
+            files += save_export(self.client.export(self.sync.session_id, fmt), fmt, folder)
+        return files
+
+    def exportToDicomDatabase(self, formats) -> list:
+        """Export into a temporary folder and import it into Slicer's DICOM database (as the DICOM module would)."""
+        import DICOMLib
+
+        folder = tempfile.mkdtemp(prefix="medseg-export-")
+        files = [f for f in self.exportToFolder(formats, folder) if f.suffix == ".dcm"]
+        DICOMLib.DICOMUtils.importDicom(folder, slicer.dicomDatabase, copyFiles=True)
+        return files
+
+    def exportToPacs(self, formats, url: str) -> list:
+        """Export, then store on the PACS with Slicer's own sender (DICOMweb STOW-RS)."""
+        import DICOMLib
+
+        folder = tempfile.mkdtemp(prefix="medseg-export-")
+        files = [str(f) for f in self.exportToFolder(formats, folder) if f.suffix == ".dcm"]
+        DICOMLib.DICOMSender(files, url, protocol="DICOMweb")
+        return files
+
+    def shutdown(self) -> None:
+        if self._setup is not None and self._setup.server is not None:
+            self._setup.server.stop()
+
 
 class scripted_moduleTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (Reload and Test): scene writing on Slicer's own sample data, no backend needed."""
+    """Runs inside Slicer (Reload and Test) on Slicer's own sample data: scene writing always; a full round with
+    the replay reasoner when the local backend can start (skipped, with the reason, when it cannot)."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -192,6 +456,8 @@ class scripted_moduleTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_scene_writing_on_sample_data()
+        self.setUp()
+        self.test_round_with_replay_reasoner_on_sample_data()
 
     def test_scene_writing_on_sample_data(self) -> None:
         import numpy as np
@@ -210,3 +476,60 @@ class scripted_moduleTest(ScriptedLoadableModuleTest):
         self.assertTrue(np.array_equal(written.astype(bool), mask))
         self.assertEqual(session.changes(), [])
         self.delayDisplay("Scene writing test passed")
+
+    def test_round_with_replay_reasoner_on_sample_data(self) -> None:
+        import json
+
+        import SampleData
+
+        from MedSegReasoning.slicer.backend_setup import BackendSetup, default_venv_dir, is_installed
+        from MedSegReasoning.slicer.scene import SessionScene, volume_geometry_lps
+        from MedSegReasoning.slicer.scene_sync import SceneSync
+
+        venv = qt.QSettings().value(SETTINGS_BACKEND_VENV, "") or str(default_venv_dir())
+        if not is_installed(venv):
+            self.delayDisplay(f"Skipped the round test: no backend installed in {venv} (press Install first).")
+            self.skipTest(f"no backend installed in {venv}")
+        volume = SampleData.downloadSample("MRHead")
+        k = slicer.util.arrayFromVolume(volume).shape[0] // 2
+        ni = slicer.util.arrayFromVolume(volume).shape[2]
+        box = [ni // 2 - 30, ni // 2 - 30, ni // 2 + 30, ni // 2 + 30]
+        answers = [
+            {
+                "round": 1,
+                "step": "pick_slice",
+                "raw": json.dumps({"reasoning": "mid", "targets": [{"slice": k, "label": "brain"}]}),
+            },
+            {
+                "round": 1,
+                "step": "locate",
+                "raw": json.dumps(
+                    {"reasoning": "centre", "targets": [{"slice": k, "bbox": box, "points": [], "label": "brain"}]}
+                ),
+            },
+        ]
+        replay = os.path.join(tempfile.mkdtemp(prefix="medseg-selftest-"), "answers.jsonl")
+        with open(replay, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(a) + "\n" for a in answers))
+        setup = BackendSetup(venv_dir=venv, server_args=["--reasoner", f"replay:{replay}"])
+        self.delayDisplay("Starting the local backend with the replay reasoner")
+        try:
+            client = setup.start()
+        except Exception as exc:
+            self.delayDisplay(f"Skipped the round test: the backend did not start ({exc}).")
+            self.skipTest(f"the backend did not start: {exc}")
+        try:
+            g = volume_geometry_lps(volume)
+            sid = client.create_session()
+            client.upload_volume(sid, slicer.util.arrayFromVolume(volume), g.origin, g.spacing, g.direction, "MR")
+            result = client.ask(sid, "Segment the brain.", propagate=False)
+            self.assertEqual([e.id for e in result.entities], ["E1"])
+            sync = SceneSync(SessionScene.create(slicer.mrmlScene, volume, sid))
+            self.assertEqual(sync.reconcile(client), ["E1"])
+            engine_ml = client.entity(sid, "E1").data["measurements"]["volume_ml"]
+            self.assertAlmostEqual(sync.segment_volumes_ml()["E1"], engine_ml, places=6)
+            self.assertEqual(sync.undo_round(client).removed, ["E1"])
+            self.assertEqual(sync.scene.entity_ids(), [])
+        finally:
+            setup.server.stop()
+        self.delayDisplay("Round test passed")

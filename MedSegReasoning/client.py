@@ -398,6 +398,23 @@ class MedSegClient:
     def cancel_round(self, session_id: str, round_id: str = "current") -> dict:
         return self._json("POST", f"{API}/sessions/{_seg(session_id)}/rounds/{_seg(round_id)}/cancel")
 
+    def session_archive(self, session_id: str) -> bytes:
+        """The whole conversation as zip bytes (session folder format): keep it to continue after the session is gone."""
+        conn = self._connection(fresh=True)
+        try:
+            response = self._send(conn, "GET", f"{API}/sessions/{_seg(session_id)}/archive", None, {})
+            payload = response.read()
+            if response.status != 200:
+                raise self._error_from(response, payload)
+            return payload
+        finally:
+            conn.close()
+
+    def restore_session(self, archive: bytes) -> str:
+        """A new session continuing the conversation in ``archive`` (from ``session_archive``); send its volume next."""
+        headers = {"Content-Type": "application/zip"}
+        return self._json("POST", f"{API}/sessions/restore", body=archive, headers=headers)["id"]
+
     def rounds(self, session_id: str) -> list[dict]:
         return self._json("GET", f"{API}/sessions/{_seg(session_id)}/rounds")["rounds"]
 
@@ -950,3 +967,15 @@ __all__ = [
     "read_token_file",
     "volume_content_sha256",
 ]
+
+
+def chat_backend(url: str, token: str, **kw: Any) -> Any:
+    """The chat panel's backend for the server at ``url``: a ``slicer.backend_link.BackendLink`` over a new client.
+
+    ``ca_file``, ``timeout`` and ``affinity`` go to ``MedSegClient``; the rest (``session_id``, ``before_round``,
+    ``on_target``, ``propagate``, ``window``) to the link. Imported late: scripts using the client never load it.
+    """
+    from .slicer.backend_link import BackendLink
+
+    client_kw = {key: kw.pop(key) for key in ("ca_file", "timeout", "affinity") if key in kw}
+    return BackendLink(MedSegClient(url, token, **client_kw), **kw)

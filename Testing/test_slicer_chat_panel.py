@@ -1,10 +1,13 @@
-"""The chat panel under PySide offscreen, against a scripted fake backend (the HTTP client is another issue's).
+"""The chat panel under PySide offscreen: against a scripted fake backend (widget behaviour), and against a real
+server on loopback through ``BackendLink`` (replay reasoner, real LiteMedSAM, three slices of the real CT).
 
 PySide2 is Qt 5.15's binding family, like released Slicer's PythonQt; PySide6 is used when PySide2 is absent.
+Screenshots go to ``Testing/_output/<test name>/chat_panel.png``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -15,6 +18,17 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from test_slicer_backend_link import (  # the real-CT volume, replay answers and a live server
+    K,
+    box_of,
+    ct3,  # noqa: F401 (a fixture)
+    saved_session,
+    segmenter_held,
+    start_server,
+    write_answers,
+)
+
+from MedSegReasoning.client import chat_backend
 from MedSegReasoning.slicer.chat_panel import ChatPanel, RoundEvent, qt_namespace
 
 OUTPUT = Path(__file__).parent / "_output"
@@ -89,13 +103,23 @@ def _round() -> list[RoundEvent]:
 
 
 def _panel(backend: FakeBackend, **kwargs) -> ChatPanel:
-    panel = ChatPanel(backend, qt=Q, context_provider=lambda: {"view": "Red", "slice": 12}, **kwargs)
+    panel = ChatPanel(backend, qt=Q, context_provider=lambda: {"view": {"orientation": "axial", "slice": 12}}, **kwargs)
     panel.widget.resize(460, 520)
     panel.widget.show()
     return panel
 
 
-def test_streamed_reasoning_chips_and_answer_then_screenshot() -> None:
+def _screenshot(panel: ChatPanel, request, name: str = "chat_panel.png") -> Path:
+    folder = OUTPUT / request.node.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    APP.processEvents()
+    assert panel.widget.grab().save(str(path))
+    assert path.stat().st_size > 2000
+    return path
+
+
+def test_streamed_reasoning_chips_and_answer_then_screenshot(request) -> None:
     backend = FakeBackend(_round())
     written: list[dict] = []
     selected: list[str] = []
@@ -109,7 +133,7 @@ def test_streamed_reasoning_chips_and_answer_then_screenshot() -> None:
 
     question, context, thread = backend.asked[0]
     assert question == "Where are the liver and the left kidney?"
-    assert context == {"view": "Red", "slice": 12}
+    assert context == {"view": {"orientation": "axial", "slice": 12}}
     assert thread != threading.main_thread().name  # the backend never runs on the GUI thread
     view = panel._round_view
     assert (
@@ -130,10 +154,7 @@ def test_streamed_reasoning_chips_and_answer_then_screenshot() -> None:
     view.toggle.setChecked(True)  # expand the reasoning for the screenshot (it collapses when the answer comes)
     APP.processEvents()
     assert view.reasoning.isVisible()
-    OUTPUT.mkdir(exist_ok=True)
-    path = OUTPUT / "chat_panel.png"
-    assert panel.widget.grab().save(str(path))
-    assert path.stat().st_size > 2000
+    _screenshot(panel, request)
     panel.shutdown()
 
 
@@ -179,3 +200,144 @@ def test_backend_failure_is_shown_not_raised() -> None:
     _wait(lambda: not panel.busy)
     assert panel.transcript[1] == ("error", "server went away")
     panel.shutdown()
+
+
+def test_context_line_shows_what_goes_with_the_question_and_clears_after_sending() -> None:
+    backend = FakeBackend(_round())
+    pending = {"points": [[120, 88, 41], [130, 90, 41, 0]], "boxes": [[100, 80, 41, 170, 140, 41]]}
+    panel = ChatPanel(backend, qt=Q)
+    panel.widget.show()
+    panel.set_view_provider(lambda: {"orientation": "axial", "slice": 57})
+    panel.set_prompts_provider(lambda: pending or None, clear=pending.clear)
+    assert panel.context_line.isVisible() and panel.context_line.text() == "with 2 points, 1 box, axial slice 57"
+    panel.input.setPlainText("What is this?")
+    qtest.keyClick(panel.input, Q.Qt.Key_Return)
+    _wait(lambda: not panel.busy)
+    question, context, _ = backend.asked[0]
+    assert context["view"] == {"orientation": "axial", "slice": 57}
+    assert context["prompts"]["points"] == [[120, 88, 41], [130, 90, 41, 0]] and len(context["prompts"]["boxes"]) == 1
+    assert pending == {}  # the module's clear() ran: the markups are consumed
+    assert panel.context_line.text() == "with axial slice 57"  # the view stays, the clicks are gone
+    panel.set_view_provider(lambda: 1 / 0)  # a provider that fails is skipped, the chat keeps working
+    panel.refresh_context()
+    assert not panel.context_line.isVisible()
+    panel.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# against a real backend on loopback
+
+
+def test_panel_against_a_real_backend_then_restore(ct3, litemedsam, tmp_path, request) -> None:  # noqa: F811
+    answers = write_answers(
+        tmp_path / "answers.jsonl",
+        [
+            {
+                "targets": [
+                    {"label": "spleen", "box": box_of(ct3.truth["spleen"][K])},
+                    {"label": "liver", "box": box_of(ct3.truth["liver"][K])},
+                ],
+                "text": "The spleen sits left and posterior; the liver fills the right upper abdomen.",
+            },
+            {"targets": [{"label": "aorta", "box": box_of(ct3.truth["aorta"][K])}], "this_slice": True},
+        ],
+    )
+    with start_server(tmp_path, litemedsam, answers) as (server, token):
+        link = chat_backend(server.url, token)
+        ct3.send_to(link)
+        written: list[dict] = []
+        reasoning_before_first_chip: list[str] = []
+
+        def on_event(event: RoundEvent) -> None:
+            if event.kind == "target" and not reasoning_before_first_chip:
+                reasoning_before_first_chip.append(panel._round_view.reasoning.text())
+
+        panel = ChatPanel(link, qt=Q, on_entity=written.append, on_event=on_event)
+        panel.widget.resize(460, 760)
+        panel.widget.show()
+        panel.input.setPlainText("Where are the spleen and the liver?")
+        qtest.keyClick(panel.input, Q.Qt.Key_Return)
+        _wait(lambda: not panel.busy, timeout=180)
+
+        view = panel._round_view
+        assert "Best seen on slice 1." in reasoning_before_first_chip[0]  # streamed in before the entities came
+        assert view.reasoning.text().endswith("the liver fills the right upper abdomen.")
+        assert view.answer.text() == "Found E1 (Spleen), E2 (Liver)."
+        server_entities = {e.id: e for e in link.client.entities(link.session_id)}
+        assert sorted(panel.chips) == ["E1", "E2"] == sorted(server_entities)
+        for eid, chip in panel.chips.items():
+            entity = server_entities[eid]
+            assert chip.button.text() == f"{eid} {entity.name} \u00b7 proposed"
+            assert chip.chip.color == entity.color and "rgb({},{},{})".format(*entity.color) in chip.button.styleSheet()
+        assert [d["entity"]["id"] for d in written] == ["E1", "E2"] and written[0]["entity_object"].mask.voxel_count
+
+        panel.chips["E1"].confirm.click()
+        panel.chips["E2"].reject.click()
+        _wait(lambda: (panel.chips["E1"].review, panel.chips["E2"].review) == ("confirmed", "rejected"))
+        reviews = {e.id: e.review for e in link.client.entities(link.session_id)}
+        assert reviews == {"E1": "confirmed", "E2": "rejected"}  # read back from the server
+
+        # "this slice": the view goes with the question; the replay holds only a 'locate' answer for this round,
+        # so the round succeeds only if the server received the view
+        panel.set_view_provider(lambda: {"orientation": "axial", "slice": K})
+        assert panel.context_line.text() == f"with axial slice {K}"
+        panel.input.setPlainText("What is the round structure on this slice?")
+        panel.send_button.click()
+        _wait(lambda: not panel.busy, timeout=180)
+        assert panel._round_view.answer.text() == "Found E3 (Aorta).", panel.transcript
+        recorded = saved_session(server, link.session_id)["rounds"][1]
+        assert recorded["targets"][0]["prompt"]["slice"] == K
+
+        for frame in (view, panel._round_view):
+            frame.toggle.setChecked(True)  # show the reasoning in the screenshot
+        _screenshot(panel, request)
+
+        # the conversation saved beside the scene rebuilds the chat with no backend at all
+        snapshot = json.dumps(link.snapshot())
+        session_json = (server.runtime.store.get(link.session_id, "alice").folder / "session.json").read_text()
+    for saved in (snapshot, session_json):
+        restored = ChatPanel(None, qt=Q)
+        restored.widget.resize(460, 760)
+        restored.widget.show()
+        restored.restore(saved)
+        assert restored.transcript == panel.transcript
+        assert {eid: (c.chip.label, c.review) for eid, c in restored.chips.items()} == {
+            "E1": ("Spleen", "confirmed"),
+            "E2": ("Liver", "rejected"),
+            "E3": ("Aorta", "proposed"),
+        }
+        assert restored._widgets[1].findChildren(widgets.QLabel)[0].text() == view.reasoning.text()
+        restored.shutdown()
+    restored.restore(snapshot)  # restoring twice replaces, never appends
+    assert len(restored.transcript) == 4
+    restored.chips["E3"].confirm.click()  # no backend: said, not crashed, nothing changed
+    assert restored.status.text().startswith("Not connected") and restored.chips["E3"].review == "proposed"
+    _screenshot(restored, request, "restored.png")
+    panel.shutdown()
+
+
+def test_cancel_in_the_panel_cancels_the_server_round(ct3, litemedsam, tmp_path) -> None:  # noqa: F811
+    answers = write_answers(
+        tmp_path / "answers.jsonl", [{"targets": [{"label": "spleen", "box": box_of(ct3.truth["spleen"][K])}]}]
+    )
+    with start_server(tmp_path, litemedsam, answers) as (server, token):
+        link = chat_backend(server.url, token)
+        ct3.send_to(link)
+        sid = link.ensure_session()
+        panel = ChatPanel(link, qt=Q)
+        panel.widget.show()
+        with segmenter_held(server):  # the round's first segmenter call will wait in the server's queue
+            panel.input.setPlainText("Where is the spleen?")
+            panel.send_button.click()
+            _wait(lambda: panel.status.text().startswith("waiting for the segmenter"), timeout=60)
+            assert "Best seen on slice 1." in panel._round_view.reasoning.text()
+            panel.cancel_button.click()
+            _wait(lambda: not panel.busy)
+            assert panel.status.text() == "Cancelled." and panel._round_view.answer.text() == "Cancelled."
+            # the server round ended while the segmenter was still held: it was cancelled there, not abandoned
+            _wait(lambda: link.client.session(sid)["running_round"] is None, timeout=10)
+        assert link.client.session(sid)["rounds"] == 0 and link.client.entities(sid) == []
+        time.sleep(0.3)
+        APP.processEvents()
+        assert panel.chips == {} and panel.send_button.isEnabled()
+        panel.shutdown()

@@ -12,12 +12,14 @@ import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "scripted_module.py"
 UI = ROOT / "Resources" / "UI" / "scripted_module.ui"
 API_NAMES = ROOT / "MedSegReasoning" / "slicer" / "slicer_api_names.json"
 SCANNED = [MODULE, *sorted((ROOT / "MedSegReasoning" / "slicer").glob("*.py"))]
-API_ROOTS = {"slicer", "qt", "ctk", "vtk"}
+API_ROOTS = {"slicer", "qt", "ctk", "vtk", "DICOMLib", "SampleData"}  # the last two: Slicer's scripted modules
 HEAVY = ("torch", "transformers", "onnxruntime", "SimpleITK", "pydicom", "highdicom", "fastapi")
 
 STUBS = {
@@ -63,7 +65,8 @@ def test_module_imports_nothing_heavy_and_has_slicers_class_names(tmp_path: Path
                         or n.startswith("MedSegReasoning."))
         print("LOADED", loaded)
         # The Slicer-side package itself must stay light too (numpy is fine there, it ships with Slicer).
-        import MedSegReasoning.slicer.scene, MedSegReasoning.slicer.chat_panel
+        import MedSegReasoning.slicer.scene, MedSegReasoning.slicer.chat_panel, MedSegReasoning.slicer.scene_sync
+        import MedSegReasoning.slicer.backend_setup, MedSegReasoning.slicer.export_check
         heavy = sorted(n for n in sys.modules if n.split(".")[0] in {HEAVY!r})
         print("HEAVY", heavy)
         """
@@ -75,7 +78,7 @@ def test_module_imports_nothing_heavy_and_has_slicers_class_names(tmp_path: Path
 
 
 def _api_chains(path: Path) -> set[str]:
-    """Longest ``slicer.``/``qt.``/``ctk.``/``vtk.`` attribute chains and ``from slicer.x import y`` names in a file."""
+    """Longest ``slicer.``/``qt.``/``ctk.``/``vtk.``/``DICOMLib.``/``SampleData.`` attribute chains and ``from slicer.x import y`` names in a file."""
     tree = ast.parse(path.read_text(), filename=str(path))
     chains: set[str] = set()
     for node in ast.walk(tree):
@@ -133,3 +136,140 @@ def test_cmake_builds_the_module_with_its_resources() -> None:
     assert "Resources/UI/${MODULE_NAME}.ui" in cmake and "Resources/Icons/${MODULE_NAME}.png" in cmake
     assert (ROOT / "Resources" / "Icons" / "scripted_module.png").is_file()
     assert "MedSegReasoning/*.py" in cmake  # the package ships beside the module file
+
+
+# -- the Logic's wiring, run for real: slicer-core's MRML as ``slicer``, a live server, the chat's BackendLink ---------
+
+
+class _Settings:
+    """``qt.QSettings`` for the test: one dict shared by every instance, as the real settings file is."""
+
+    store: dict = {}
+
+    def value(self, key, default=None):
+        return self.store.get(key, default)
+
+    def setValue(self, key, value):
+        self.store[key] = value
+
+
+def _logic_module(monkeypatch, scene):
+    """``scripted_module`` imported with slicer-core as ``slicer`` and stand-ins only for what needs the application."""
+    import importlib
+    import types
+
+    import slicer
+
+    ns = types.SimpleNamespace
+    qt_stub = types.ModuleType("qt")
+    qt_stub.QSettings = _Settings
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class Logic:
+        def __init__(self):
+            pass
+
+    slm.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {})
+    slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
+    slm.ScriptedLoadableModuleLogic, slm.ScriptedLoadableModuleTest = Logic, type("ScriptedLoadableModuleTest", (), {})
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+    pnw.parameterNodeWrapper = lambda cls: cls
+    monkeypatch.setitem(sys.modules, "qt", qt_stub)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.delitem(sys.modules, "scripted_module", raising=False)
+    monkeypatch.syspath_prepend(str(ROOT))
+    module = importlib.import_module("scripted_module")
+    monkeypatch.delitem(sys.modules, "scripted_module")
+    return module, ns
+
+
+def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path: Path, monkeypatch) -> None:
+    from slicer_fixtures import load_volume_node, new_scene, oblique_geometry, require_slicer_core, write_nrrd_lps
+
+    require_slicer_core()
+    import numpy as np
+    import slicer
+    import vtk
+    from server_fixtures import live_server, scripted_engine, small_volume, truth_masks, write_replay
+    from vtk.util import numpy_support
+
+    from MedSegReasoning.client import MedSegClient
+
+    scene = new_scene()
+    volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", small_volume().array, oblique_geometry()))
+    module, ns = _logic_module(monkeypatch, scene)
+    params = ns(inputVolume=volume, sessionId="")
+    logic = module.scripted_moduleLogic()
+    logic.getParameterNode = lambda: params
+    shape = small_volume().shape
+
+    def chat_round(question: str) -> list:
+        """What ChatPanel does: edits from before_round into the context, targets to on_entity, then done."""
+        events = list(logic.link.ask(question, {"edits": logic.pendingEdits()}))
+        for event in events:
+            if event.kind == "target":
+                logic.onTarget(event.data)
+        assert events[-1].kind == "done" and events[-1].data["status"] == "ok", events
+        params.sessionId = logic.afterRound()
+        return events
+
+    with live_server(tmp_path, scripted_engine(write_replay(tmp_path / "answers.jsonl"))) as (server, tokens):
+        client = MedSegClient(server.url, tokens["alice"])
+        logic.makeLink(client, params)
+        chat_round("Segment the bright mass.")
+        sid = params.sessionId
+        assert sid and logic.sync.session_id == sid and logic.sync.scene.entity_ids() == ["E1"]
+        np.testing.assert_array_equal(
+            logic.sync.scene.current_mask("E1").to_dense(shape), client.entity_mask(sid, "E1").to_dense(shape)
+        )
+        assert logic.sync.scene.current_mask("E1").to_dense(shape)[truth_masks()[0]].mean() > 0.9
+
+        # the user erases a row of E1 in Segment Editor; the next round sends it first, then the scene acknowledges it
+        edited = logic.sync.scene.current_mask("E1").to_dense(shape)
+        edited[1, 22, :] = False
+        image = slicer.vtkOrientedImageData()
+        m = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(m)
+        image.SetImageToWorldMatrix(m)
+        image.SetExtent(volume.GetImageData().GetExtent())
+        image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(edited.astype(np.uint8).ravel(), deep=1))
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            image, logic.sync.scene.segmentation_node, "E1"
+        )
+        assert list(logic.pendingEdits()) == ["E1"]
+        chat_round("Now the cyst next to E1.")
+        np.testing.assert_array_equal(client.entity_mask(sid, "E1").to_dense(shape), edited)
+        assert logic.pendingEdits() == {} and logic.sync.scene.entity_ids() == ["E1", "E2"]
+        assert logic.segmentVolumesMl()["E1"] == pytest.approx(
+            client.entity(sid, "E1").data["measurements"]["volume_ml"], rel=1e-9
+        )
+
+        # a restarted module (new Logic) finds the session again from the parameter node and the scene
+        again = module.scripted_moduleLogic()
+        again.getParameterNode = lambda: params
+        again.makeLink(client, params)
+        assert again.link.session_id == sid and again.sync.scene.segmentation_node is logic.sync.scene.segmentation_node
+
+        # a chip's "reject" reached the backend through the link; the scene hides the segment, no second request
+        logic.link.set_review("E2", "rejected")
+        logic.onReviewed("E2", "rejected")
+        assert logic.sync.scene.review_of("E2") == "rejected"
+        assert not logic.sync.scene.segmentation_node.GetDisplayNode().GetSegmentVisibility("E2")
+        assert logic.sync.reconcile(client) == []  # the scene already agrees with the backend
+
+        outcome = logic.undoRound()
+        assert outcome.removed == ["E2"] and logic.sync.scene.entity_ids() == ["E1"]
+
+        assert [p.code for p in logic.exportProblems(("seg", "sr"))] == ["input_not_dicom"]
+        assert logic.exportProblems(("seg-nrrd",)) == []
+        files = logic.exportToFolder(("seg-nrrd", "nifti"), str(tmp_path / "out"))
+        names = sorted(f.name for f in files)
+        assert "segmentation.seg.nrrd" in names and any(n.endswith(".nii.gz") for n in names), names
+
+    # the consent rule and the token's home: Slicer's settings, never the scene
+    assert logic.isLocalServer("http://127.0.0.1:8765") and not logic.hasConsent("https://gpu.example.org")
+    logic.recordConsent("https://gpu.example.org")
+    assert logic.hasConsent("https://gpu.example.org")
+    assert not any("token" in scene.GetNthNode(n).GetName().lower() for n in range(scene.GetNumberOfNodes()))

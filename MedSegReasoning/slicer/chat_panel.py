@@ -9,13 +9,25 @@ thread and only puts events on a queue; a ``QTimer`` on the GUI thread drains th
 through ``on_entity``, the MRML scene). No Qt object is touched off the GUI thread, which is also why no
 binding-specific cross-thread signal is needed.
 
-The backend is any object with the ``ChatBackend`` methods: the HTTP client of ``MedSegReasoning.client`` (the
-server issue) is adapted to it by ``connect_backend``; tests use a scripted fake.
+The backend is any object with the ``ChatBackend`` methods: ``backend_link.BackendLink`` over the HTTP client
+(``connect_backend``, or ``MedSegReasoning.client.chat_backend``), or a scripted fake in tests.
+
+What the Slicer module plugs in (all called on the GUI thread):
+- ``set_view_provider(fn)``: ``fn() -> {"orientation": "axial"|"coronal"|"sagittal", "slice": k}`` or None, the
+  view the user looks at, so "this slice" questions work;
+- ``set_prompts_provider(fn, clear)``: ``fn() -> {"points": [[i, j, k(, label)]], "boxes": [[i0, j0, k0, i1, j1,
+  k1]]}`` (voxel indices, from markups), attached to the next question; ``clear()`` is called once they are sent;
+- the backend's ``before_round`` (when it has one): edited masks to send before the question;
+- ``on_entity(data)`` per target and ``on_event(event)`` per applied event: where the module writes the scene;
+- ``restore(session)``: the chat rebuilt from a saved session (docs/session-format.md), without the backend.
+A line above the input box shows what goes with the next question ("with 2 points, axial slice 57").
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -39,6 +51,7 @@ QT_NAMES = (
 """The Qt classes the panel uses, resolved from whichever binding is present."""
 
 POLL_MS = 40
+CONTEXT_EVERY = 10  # refresh the "goes with the question" line every this many timer ticks (0.4 s)
 EVENT_KINDS = ("reasoning", "progress", "target", "error", "done")
 """Server-Sent Event names of a round (DESIGN.md §2), plus the panel's own ``cancelled``/``review``."""
 
@@ -94,6 +107,73 @@ class EntityChip:
         )
 
 
+def answer_text(targets: list[dict], clarification: Any = None, names: dict[str, str] | None = None) -> str:
+    """The answer line of a round, from its per-target outcome (what ``done`` and a saved round both carry).
+
+    The server sends no prose answer: what the round found, what is uncertain and what failed is the answer.
+    """
+    if clarification:
+        if isinstance(clarification, dict):
+            return str(clarification.get("question") or clarification.get("text") or "Please say which one you mean.")
+        return str(clarification)
+    names = names or {}
+    found, uncertain, failed = [], [], []
+    for target in targets:
+        eid, label = target.get("entity_id"), str(target.get("label") or "target")
+        if eid:
+            what = f"{eid} ({names.get(eid) or label})"
+            (uncertain if target.get("status") == "uncertain" else found).append(what)
+        else:
+            failed.append(f"{label}: {target.get('error') or target.get('status') or 'failed'}")
+    parts = []
+    if found:
+        parts.append("Found " + ", ".join(found) + ".")
+    if uncertain:
+        parts.append("Uncertain, please check: " + ", ".join(uncertain) + ".")
+    if failed:
+        parts.append("Not segmented: " + "; ".join(failed) + ".")
+    return " ".join(parts) or "Nothing was found."
+
+
+def describe_context(context: dict) -> str:
+    """ "with 2 points, 1 box, axial slice 57": what goes with the question, for the line above the input."""
+    prompts = context.get("prompts")
+    prompts = prompts if isinstance(prompts, dict) else {}
+    parts = []
+    for key, word in (("points", "point"), ("boxes", "box")):
+        n = len(prompts.get(key) or [])
+        if n:
+            parts.append(f"{n} {word}" + ("" if n == 1 else ("es" if word == "box" else "s")))
+    view = context.get("view")
+    if isinstance(view, dict):
+        parts.append(f"{view.get('orientation', '?')} slice {view.get('slice', '?')}")
+    return ("with " + ", ".join(parts)) if parts else ""
+
+
+def describe_progress(data: dict) -> str:
+    """A progress event as a status line ("segmenting 45%", "waiting for the segmenter: 1 ahead")."""
+    stage = str(data.get("stage", "working"))
+    if stage == "queued":
+        return f"waiting for the {data.get('model', 'model')}: {data.get('queue_position', '?')} ahead"
+    fraction = data.get("fraction")
+    return stage + (f" {round(100 * float(fraction))}%" if fraction is not None else "")
+
+
+def _entity_name(entity: dict) -> str:
+    """The name a chip shows: the server's ``name``; for a saved entity the coded display name, else its label."""
+    if entity.get("name"):
+        return str(entity["name"])
+    terminology = entity.get("terminology")
+    if isinstance(terminology, dict) and terminology.get("type"):
+        try:
+            from ..terminology import CodedTerminology
+
+            return CodedTerminology.from_dict(terminology).display_name
+        except Exception:
+            pass
+    return str(entity.get("label") or entity.get("id", "?"))
+
+
 class ChatBackend(Protocol):
     """What the panel needs of a backend; every method may block, so the panel calls them off the GUI thread."""
 
@@ -108,8 +188,9 @@ class ChatBackend(Protocol):
     def set_review(self, entity_id: str, review: str) -> None: ...
 
 
-def connect_backend(url: str, token: str) -> ChatBackend:
-    """A ``ChatBackend`` over the HTTP client of the server issue (imported here: it is not needed to build the GUI)."""
+def connect_backend(url: str, token: str, **kw: Any) -> ChatBackend:
+    """A ``BackendLink`` over a new HTTP client for ``url`` (``kw``: see ``client.chat_backend``); imported here, as
+    building the GUI does not need it."""
     try:
         from .. import client  # type: ignore[attr-defined]
     except ImportError as exc:
@@ -119,7 +200,7 @@ def connect_backend(url: str, token: str) -> ChatBackend:
     adapter = getattr(client, "chat_backend", None)
     if adapter is None:
         raise RuntimeError("MedSegReasoning.client has no chat_backend(url, token) adapter for the chat panel yet.")
-    return adapter(url, token)
+    return adapter(url, token, **kw)
 
 
 class ChatPanel:
@@ -132,11 +213,18 @@ class ChatPanel:
         qt: SimpleNamespace | None = None,
         context_provider: Callable[[], dict] | None = None,
         on_entity: Callable[[dict], None] | None = None,
+        on_event: Callable[[RoundEvent], None] | None = None,
     ) -> None:
         self.qt = Q = qt or qt_namespace()
         self.backend = backend
         self.context_provider = context_provider or dict
         self.on_entity = on_entity  # called on the GUI thread with each target's payload: the scene writer's hook
+        self.on_event = on_event  # called on the GUI thread with every event applied (done, review, cancelled, ...)
+        self._view_provider: Callable[[], dict | None] | None = None
+        self._prompts_provider: Callable[[], dict | None] | None = None
+        self._prompts_clear: Callable[[], None] | None = None
+        self._ticks = 0
+        self._widgets: list[Any] = []  # the message widgets, so that restore() can clear them
         self._on_select: Callable[[str], None] | None = None
         self._events: queue.Queue[tuple[int, RoundEvent]] = queue.Queue()
         self._round_ids = itertools.count(1)
@@ -160,6 +248,11 @@ class ChatPanel:
         self.status = Q.QLabel("Ready." if backend else "Not connected.", self.widget)
         self.status.setWordWrap(True)
         outer.addWidget(self.status)
+        self.context_line = Q.QLabel("", self.widget)
+        self.context_line.setWordWrap(True)
+        self.context_line.setStyleSheet("color: #2a5d8f; font-size: 11px;")
+        self.context_line.setVisible(False)
+        outer.addWidget(self.context_line)
         self.input = _make_input_box(Q, self.widget, self.send)
         self.input.setPlaceholderText("Ask about the scan (Enter sends, Shift+Enter new line)")
         self.input.setMaximumHeight(70)
@@ -185,6 +278,41 @@ class ChatPanel:
         self.backend = backend
         self.status.setText("Ready.")
 
+    def set_view_provider(self, provider: Callable[[], dict | None] | None) -> None:
+        """``provider() -> {"orientation", "slice"}`` (or None): sent with each question as the current view."""
+        self._view_provider = provider
+        self.refresh_context()
+
+    def set_prompts_provider(
+        self, provider: Callable[[], dict | None] | None, clear: Callable[[], None] | None = None
+    ) -> None:
+        """``provider() -> {"points": [[i, j, k]], "boxes": [[i0, j0, k0, i1, j1, k1]]}``: the clicks/boxes placed in
+        the slice views, attached to the next question; ``clear()`` is called after they were sent."""
+        self._prompts_provider = provider
+        self._prompts_clear = clear
+        self.refresh_context()
+
+    def pending_context(self) -> dict:
+        """What would go with a question now: ``context_provider()`` plus ``view`` and ``prompts`` from the
+        providers (a provider that fails is skipped: a half-edited markup must not block the chat)."""
+        context = dict(self.context_provider() or {})
+        for key, provider in (("view", self._view_provider), ("prompts", self._prompts_provider)):
+            if provider is None:
+                continue
+            try:
+                value = provider()
+            except Exception:
+                value = None
+            if value:
+                context[key] = copy.deepcopy(value)  # a snapshot: the module clears its lists once they are sent
+        return context
+
+    def refresh_context(self) -> None:
+        """Update the line above the input box (the timer does it every ``CONTEXT_EVERY`` ticks)."""
+        text = describe_context(self.pending_context()) if not self.busy else ""
+        self.context_line.setText(text)
+        self.context_line.setVisible(bool(text))
+
     def set_entity_selected_callback(self, callback: Callable[[str], None]) -> None:
         """Called with an entity id when its chip is clicked (the module centres the views on it)."""
         self._on_select = callback
@@ -202,17 +330,26 @@ class ChatPanel:
         if self.backend is None:
             self.status.setText("Not connected: connect to a reasoning server first.")
             return
+        context = self.pending_context()
+        before_round = getattr(self.backend, "before_round", None)
+        if callable(before_round):  # the user's edited masks, read from the scene here on the GUI thread
+            try:
+                context["edits"] = dict(before_round() or {})
+            except Exception as exc:
+                self.status.setText(f"Could not read the edited segments: {exc}")
+                return
         self.input.setPlainText("")
-        self._add_message("You", question)
-        self._round_view = _RoundView(self.qt, self.messages)
-        self.messages_layout.insertWidget(self.messages_layout.count() - 1, self._round_view.frame)
+        self._add_message("You", question, describe_context(context))
+        self._round_view = self._add_round_view()
         round_id = next(self._round_ids)
         self._active_round = round_id
         self._set_running(True)
         self.status.setText("Thinking...")
-        context = self.context_provider()
         backend = self.backend
         threading.Thread(target=self._run_round, args=(backend, round_id, question, context), daemon=True).start()
+        if context.get("prompts") and self._prompts_clear is not None:
+            _quietly(self._prompts_clear)  # sent: the markups are consumed
+        self.refresh_context()
 
     def cancel(self) -> None:
         """Stop the round: tell the backend, and drop whatever of this round still arrives."""
@@ -227,6 +364,9 @@ class ChatPanel:
     def review(self, entity_id: str, status: str) -> None:
         """Confirm/reject from a chip: sent to the backend off the GUI thread; the chip updates when it answers."""
         backend = self.backend
+        if backend is None:
+            self.status.setText("Not connected: connect to a reasoning server to confirm or reject.")
+            return
 
         def work() -> None:
             try:
@@ -244,9 +384,15 @@ class ChatPanel:
     # -- the worker (no Qt here) -----------------------------------------------------------------------------------------
     def _run_round(self, backend: ChatBackend, round_id: int, question: str, context: dict) -> None:
         try:
-            for event in backend.ask(question, context):
+            if round_id in self._cancelled:
+                return  # cancelled before it started
+            stream = backend.ask(question, context)
+            for event in stream:
                 if round_id in self._cancelled:
-                    return  # cancelled: stop consuming the stream
+                    # stop consuming; closing the stream lets a backend cancel this very round, should the
+                    # cancel() call have raced with the round's start
+                    _quietly(getattr(stream, "close", lambda: None))
+                    return
                 self._events.put((round_id, event))
                 if event.kind == "done":
                     return
@@ -258,6 +404,9 @@ class ChatPanel:
     # -- the GUI thread ------------------------------------------------------------------------------------------------
     def drain_events(self) -> None:
         """Apply queued events to the widgets (runs on the GUI thread, from the timer)."""
+        self._ticks += 1
+        if self._ticks % CONTEXT_EVERY == 0:
+            self.refresh_context()
         while True:
             try:
                 round_id, event = self._events.get_nowait()
@@ -268,6 +417,17 @@ class ChatPanel:
             ):
                 continue  # late events of a cancelled or finished round
             self._apply(event)
+            self._notify(event)
+
+    def _notify(self, event: RoundEvent) -> None:
+        """The module's hooks; a failure there is shown, never allowed to stop the event timer."""
+        try:
+            if event.kind == "target" and self.on_entity is not None:
+                self.on_entity(event.data)
+            if self.on_event is not None:
+                self.on_event(event)
+        except Exception as exc:
+            self.status.setText(f"Could not update the scene: {type(exc).__name__}: {exc}")
 
     def _apply(self, event: RoundEvent) -> None:
         view = self._round_view
@@ -275,14 +435,10 @@ class ChatPanel:
         if kind == "reasoning" and view is not None:
             view.append_reasoning(str(data.get("text", "")))
         elif kind == "progress":
-            fraction = data.get("fraction")
-            percent = f" {round(100 * float(fraction))}%" if fraction is not None else ""
-            self.status.setText(f"{data.get('stage', 'working')}{percent}")
+            self.status.setText(describe_progress(data))
         elif kind == "target" and view is not None:
             chip = EntityChip.from_event(data)
             self.chips[chip.id] = view.add_chip(chip, self._select, self.review)
-            if self.on_entity is not None:
-                self.on_entity(data)
         elif kind == "review":
             holder = self.chips.get(data["id"])
             if holder is not None:
@@ -293,11 +449,14 @@ class ChatPanel:
         elif kind in ("done", "cancelled"):
             if view is not None:
                 answer = str(data.get("answer", "")) if kind == "done" else "Cancelled."
+                if kind == "done" and data.get("reasoning"):
+                    view.set_reasoning(str(data["reasoning"]))  # the model's raw stream -> its parsed reasoning
                 view.set_answer(answer)
                 self.transcript.append(("assistant", answer))
             self.status.setText("Cancelled." if kind == "cancelled" else "Ready.")
             self._active_round = 0
             self._set_running(False)
+            self.refresh_context()
         bar = self.scroll.verticalScrollBar()
         bar.setValue(bar.maximum())
 
@@ -305,12 +464,61 @@ class ChatPanel:
         if self._on_select is not None:
             self._on_select(entity_id)
 
-    def _add_message(self, who: str, text: str) -> None:
+    def _add_message(self, who: str, text: str, note: str = "") -> None:
         Q = self.qt
-        label = Q.QLabel(f"<b>{_escape(who)}:</b> {_escape(text)}", self.messages)
+        html = f"<b>{_escape(who)}:</b> {_escape(text)}"
+        if note:
+            html += f"<br><span style='color:#2a5d8f; font-size:11px;'>{_escape(note)}</span>"
+        label = Q.QLabel(html, self.messages)
         label.setWordWrap(True)
         self.messages_layout.insertWidget(self.messages_layout.count() - 1, label)
+        self._widgets.append(label)
         self.transcript.append((who.lower(), text))
+
+    def _add_round_view(self) -> _RoundView:
+        view = _RoundView(self.qt, self.messages)
+        self.messages_layout.insertWidget(self.messages_layout.count() - 1, view.frame)
+        self._widgets.append(view.frame)
+        return view
+
+    # -- restoring a saved conversation ------------------------------------------------------------------------------
+    def restore(self, session: dict | str) -> None:
+        """Rebuild the chat from a saved session: ``session.json`` of a session folder, or ``BackendLink.snapshot()``
+        (docs/session-format.md), as a dict or JSON text. Questions, reasoning (collapsed), answers and one chip per
+        entity that still exists, with its review status, under the last round that made or redid it. Nothing is
+        asked of the backend, so this works after the server's session expired."""
+        data = json.loads(session) if isinstance(session, str) else session
+        if not isinstance(data, dict) or not isinstance(data.get("rounds", []), list):
+            raise ValueError("a saved conversation is a session.json object with a 'rounds' list.")
+        if self.busy:
+            self.cancel()
+        for widget in self._widgets:
+            self.messages_layout.removeWidget(widget)
+            widget.setParent(None)
+            widget.deleteLater()
+        self._widgets, self.chips, self.transcript, self._round_view = [], {}, [], None
+        entities = {str(e["id"]): e for e in data.get("entities", []) if isinstance(e, dict) and "id" in e}
+        last_round = {}
+        for n, rnd in enumerate(data.get("rounds", [])):
+            for target in rnd.get("targets") or []:
+                if target.get("entity_id") in entities:
+                    last_round[target["entity_id"]] = n
+        names = {eid: _entity_name(e) for eid, e in entities.items()}
+        for n, rnd in enumerate(data.get("rounds", [])):
+            self._add_message("You", str(rnd.get("question", "")))
+            view = self._add_round_view()
+            view.set_reasoning(str(rnd.get("reasoning") or ""))
+            answer = answer_text(rnd.get("targets") or [], rnd.get("clarification"), names)
+            view.set_answer(answer)
+            self.transcript.append(("assistant", answer))
+            for target in rnd.get("targets") or []:
+                eid = target.get("entity_id")
+                if eid in entities and last_round.get(eid) == n and eid not in self.chips:
+                    entity = {**entities[eid], "name": names[eid]}
+                    self.chips[eid] = view.add_chip(EntityChip.from_event(entity), self._select, self.review)
+        self.status.setText(
+            f"Restored {len(data.get('rounds', []))} round(s)." + ("" if self.backend else " Not connected.")
+        )
 
     def _set_running(self, running: bool) -> None:
         self.send_button.setEnabled(not running)
@@ -351,6 +559,10 @@ class _RoundView:
         self.reasoning_text += text
         self.reasoning.setText(self.reasoning_text)
 
+    def set_reasoning(self, text: str) -> None:
+        self.reasoning_text = text
+        self.reasoning.setText(text)
+
     def set_answer(self, text: str) -> None:
         self.answer.setText(text)
         if self.reasoning_text:
@@ -374,9 +586,7 @@ class _Chip:
         self.button = Q.QPushButton(self.widget)
         r, g, b = chip.color
         text_color = "#000" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "#fff"
-        self.button.setStyleSheet(
-            f"background-color: rgb({r},{g},{b}); color: {text_color}; border-radius: 8px; padding: 2px 8px;"
-        )
+        self._style = f"background-color: rgb({r},{g},{b}); color: {text_color}; border-radius: 8px; padding: 2px 8px;"
         self.button.clicked.connect(lambda *_: on_select(chip.id))
         self.confirm = Q.QToolButton(self.widget)
         self.confirm.setText("\u2713")
@@ -394,6 +604,9 @@ class _Chip:
     def set_review(self, review: str) -> None:
         self.review = review
         self.button.setText(f"{self.chip.id} {self.chip.label} \u00b7 {review}")
+        # the status is also seen at a glance: a rejected entity struck through, a confirmed one outlined
+        extra = {"rejected": " text-decoration: line-through;", "confirmed": " border: 2px solid #1a7f37;"}
+        self.button.setStyleSheet(self._style + extra.get(review, ""))
 
 
 def _make_input_box(Q: SimpleNamespace, parent: Any, on_send: Callable[[], None]) -> Any:

@@ -1,0 +1,325 @@
+"""The chat panel's ``ChatBackend`` over the HTTP client: one server session, its volume, rounds as ``RoundEvent``s.
+
+Why a separate object: the panel knows widgets, the client knows HTTP, and this link knows what a *round in
+Slicer* needs between them. It keeps the server session (creating a new one when the old one expired, and
+sending the volume again when the server lost it), sends the user's edited masks before a question, turns the
+panel's ``context`` (current view, clicks/boxes from markups) into the round request, and translates the
+client's Server-Sent Events into the panel's ``RoundEvent``s.
+
+Threads: ``ask`` is called on the panel's worker thread. The client's ``ask`` delivers events to callbacks and
+blocks, so it runs on a second thread here and its events are handed over by a queue: that is what lets ``ask``
+be a generator the panel iterates. ``cancel`` (any thread) sets the round's cancel flag; the client then posts
+``.../rounds/current/cancel`` and the server stops the round at its next model call (a queued one at once).
+
+The context (built by the panel on the GUI thread, see ``ChatPanel``)::
+
+    {"view": {"orientation": "axial" | "coronal" | "sagittal", "slice": 57},            # optional
+     "prompts": {"points": [[i, j, k], [i, j, k, 0]],                                     # optional; label 1
+                 "boxes": [[i0, j0, k0, i1, j1, k1]]},                                    # (default) or 0
+     "edits": {"E2": CompactMask},        # optional; the panel fills it from ``before_round`` on the GUI thread
+     "propagate": True, "window": "ct-soft-tissue"}                                       # optional
+
+Everything is in voxel indices of the uploaded ``[k, j, i]`` array (the Slicer module converts RAS to IJK).
+What the server does with prompts (docs/wire-format.md): they are segmented as given and the reasoner is not
+asked; the question becomes the structure's label. The server has no "hint" form that sends clicks *to the
+reasoner*; this link does not pretend otherwise.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from ..errors import InputError
+from ..masks import CompactMask
+from .chat_panel import RoundEvent, answer_text
+
+ORIENTATIONS = ("axial", "coronal", "sagittal")
+_END = object()  # the end of one round's event stream on the hand-over queue
+
+BeforeRound = Callable[[], Mapping[str, CompactMask]]
+
+
+class BackendLink:
+    """A ``ChatBackend`` over one ``MedSegClient`` (see the module docstring for threads and the context).
+
+    ``before_round``: set by the Slicer module; returns the masks the user edited since the last round (entity id
+    -> ``CompactMask`` on the uploaded grid). The panel calls it on the GUI thread (it reads the scene) and puts
+    the result in ``context["edits"]``; called without the panel, ``ask`` calls it itself.
+    ``on_target``: optional, called on the link's thread with each target's ``client.Entity`` (mask decoded) before
+    the event goes to the panel; whatever it returns travels in the event as ``data["prepared"]``, so heavy work
+    (a dense mask, a labelmap) is done off the GUI thread and only applied there.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        session_id: str | None = None,
+        before_round: BeforeRound | None = None,
+        on_target: Callable[[Any], Any] | None = None,
+        propagate: bool = True,
+        window: str | None = None,
+    ) -> None:
+        self.client = client
+        self.before_round = before_round
+        self.on_target = on_target
+        self.propagate = propagate
+        self.window = window
+        self._session_id = session_id
+        self._volume: tuple | None = None  # (array, origin, spacing, direction, modality)
+        self._sent_to: str | None = None  # the session that has the current volume
+        self._lock = threading.Lock()
+        self._cancel: threading.Event | None = None
+
+    # -- session and volume -------------------------------------------------------------------------------------------
+    @property
+    def session_id(self) -> str | None:
+        return self._session_id
+
+    def set_volume(
+        self,
+        array: Any,
+        origin: Sequence[float],
+        spacing: Sequence[float],
+        direction: Any,
+        modality: str = "",
+    ) -> None:
+        """The volume questions are about: ``array`` is ``[k, j, i]``, geometry LPS (direction columns = i, j, k).
+
+        Nothing is sent now (this runs on the GUI thread); the next round sends it, by content hash when the
+        server already holds it (``MedSegClient.upload_volume``).
+        """
+        with self._lock:
+            self._volume = (array, tuple(origin), tuple(spacing), direction, modality)
+            self._sent_to = None
+
+    def ensure_session(self) -> str:
+        """The session to ask in: the known one while the server still has it, else a new one; volume attached."""
+        client = self.client
+        from ..client import NotFound
+
+        sid = self._session_id
+        if sid is not None:
+            try:
+                summary = client.session(sid)
+                volume = summary.get("volume") or {}
+                if not volume or volume.get("attached") is False:
+                    self._sent_to = None  # the server restarted or never had it: send (by hash first) again
+            except NotFound:
+                sid = None
+        if sid is None:
+            sid = client.create_session()
+            self._session_id, self._sent_to = sid, None
+        if self._volume is not None and self._sent_to != sid:
+            array, origin, spacing, direction, modality = self._volume
+            client.upload_volume(sid, array, origin, spacing, direction, modality)
+            self._sent_to = sid
+        return sid
+
+    # -- ChatBackend ------------------------------------------------------------------------------------------------------
+    def ask(self, question: str, context: dict) -> Iterator[RoundEvent]:
+        """One round, started now; the iterator yields reasoning/progress/target events, then exactly one ``done``
+        (after an ``error`` when it failed). Closing the iterator early cancels *this* round (not a later one)."""
+        cancel = threading.Event()
+        with self._lock:
+            self._cancel = cancel
+        events: queue.Queue[Any] = queue.Queue()
+        threading.Thread(
+            target=self._round, args=(question, dict(context), cancel, events), name="medseg-link-round", daemon=True
+        ).start()
+        return _drain(events, cancel)
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._cancel is not None:
+                self._cancel.set()
+
+    def set_review(self, entity_id: str, review: str) -> None:
+        if self._session_id is None:
+            raise InputError("there is no server session yet: ask a question first.")
+        self.client.update_entity(self._session_id, entity_id, review=review)
+
+    def snapshot(self) -> dict:
+        """The server session as a dict in the session-folder layout (docs/session-format.md; entities without
+        mask files, rounds with question, reasoning, clarification and per-target outcome): what the module
+        saves beside the scene and what ``ChatPanel.restore`` reads. Blocks: call it off the GUI thread."""
+        sid = self._session_id
+        if sid is None:
+            return {"format": "medseg-reasoning/session", "version": 1, "entities": [], "rounds": []}
+        rounds = self.client.rounds(sid)
+        entities = [dict(e.data) for e in self.client.entities(sid)]
+        return {
+            "format": "medseg-reasoning/session",
+            "version": 1,
+            "server": {"url": self.client.url, "session_id": sid},
+            "entities": entities,
+            "rounds": [
+                {
+                    "index": r["round"],
+                    "question": r["question"],
+                    "reasoning": r["reasoning"],
+                    "clarification": r["clarification"],
+                    "targets": r["targets"],
+                    "started": r.get("started"),
+                    "finished": r.get("finished"),
+                }
+                for r in rounds
+            ],
+        }
+
+    # -- the round (link thread) ------------------------------------------------------------------------------------------
+    def _round(self, question: str, context: dict, cancel: threading.Event, events: queue.Queue) -> None:
+        from ..client import ClientError, Conflict, NotFound, RoundCancelled
+
+        def done(data: dict) -> None:
+            events.put(RoundEvent("done", {"session_id": self._session_id, **data}))
+
+        try:
+            request = round_request(context, propagate=self.propagate, window=self.window)
+            edits = context["edits"] if "edits" in context else (self.before_round() if self.before_round else {})
+            if self._volume is None and self._session_id is None:
+                raise InputError("no volume to ask about: choose the input volume first.")
+            events.put(RoundEvent("progress", {"stage": "connecting", "fraction": 0.0}))
+            result = None
+            for attempt in (0, 1):
+                sid = self.ensure_session()
+                try:
+                    for entity_id, mask in (edits or {}).items():
+                        if cancel.is_set():
+                            raise RoundCancelled("the round was cancelled before it started.", code="cancelled")
+                        self.client.replace_mask(sid, entity_id, mask)
+                    if cancel.is_set():
+                        raise RoundCancelled("the round was cancelled before it started.", code="cancelled")
+                    result = self.client.ask(
+                        sid, question, on_event=lambda e: self._forward(e, events), cancel=cancel, **request
+                    )
+                    break
+                except (Conflict, NotFound) as exc:
+                    lost = isinstance(exc, NotFound) and exc.code == "session_not_found"
+                    if attempt or not (lost or exc.code == "volume_missing"):
+                        raise
+                    self._sent_to = None  # the server lost the session or its volume meanwhile: once more
+                    if lost:
+                        self._session_id = None
+            assert result is not None
+            names = {e.id: e.name for e in result.entities}
+            done(
+                {
+                    "status": result.status,
+                    "round": result.round,
+                    "round_id": result.round_id,
+                    "targets": result.targets,
+                    "clarification": result.clarification,
+                    "reasoning": result.reasoning,
+                    "timings": result.timings,
+                    "answer": answer_text(result.targets, result.clarification, names),
+                }
+            )
+        except RoundCancelled as exc:
+            done({"status": "cancelled", "answer": "Cancelled.", "reason": str(exc)})
+        except (ClientError, InputError) as exc:
+            events.put(RoundEvent("error", {"message": str(exc), "code": getattr(exc, "code", None)}))
+            done({"status": "failed", "answer": ""})
+        except Exception as exc:  # a bug must not leave the panel waiting forever: say it, end the round
+            events.put(RoundEvent("error", {"message": f"unexpected failure: {type(exc).__name__}: {exc}"}))
+            done({"status": "failed", "answer": ""})
+        finally:
+            events.put(_END)
+
+    def _forward(self, event: Any, events: queue.Queue) -> None:
+        """Client SSE event -> panel event. ``error`` and ``done`` are not forwarded: the client turns them into
+        its result or a typed exception, which ``_round`` reports once."""
+        if event.name == "reasoning":
+            events.put(RoundEvent("reasoning", {"text": event.data.get("text", "")}))
+        elif event.name == "progress":
+            events.put(RoundEvent("progress", dict(event.data)))
+        elif event.name == "target":
+            from ..client import Entity
+
+            entity = Entity.from_json(event.data["entity"])
+            data = {**event.data, "entity_object": entity}
+            if self.on_target is not None:
+                data["prepared"] = self.on_target(entity)
+            events.put(RoundEvent("target", data))
+
+
+def _drain(events: queue.Queue, cancel: threading.Event) -> Iterator[RoundEvent]:
+    finished = False
+    try:
+        while True:
+            item = events.get()
+            if item is _END:
+                finished = True
+                return
+            yield item
+    finally:
+        if not finished:
+            cancel.set()  # the reader went away (panel cancelled): the server round must not run on unseen
+
+
+def round_request(context: Mapping[str, Any], *, propagate: bool = True, window: str | None = None) -> dict:
+    """The keyword arguments of ``MedSegClient.ask`` for a panel context (see the module docstring).
+
+    Boxes go to the slice of their centre (a markups ROI drawn in an axial view is one slice thick or a few);
+    points on that slice join the box, points on other slices make a prompt of their own, one per slice.
+    """
+    request: dict[str, Any] = {"propagate": bool(context.get("propagate", propagate))}
+    win = context.get("window", window)
+    if win:
+        request["window"] = str(win)
+    view = context.get("view")
+    if view:
+        orientation = str(view.get("orientation", "")).lower()
+        if orientation not in ORIENTATIONS:
+            raise InputError(f"the current view's orientation {orientation!r} is not one of {', '.join(ORIENTATIONS)}.")
+        index = _index(view.get("slice"), "the current view's slice")
+        request["current_view"] = {"orientation": orientation, "slice": index}
+    request["prompts"] = _prompts(context.get("prompts") or {})
+    return request
+
+
+def _prompts(prompts: Mapping[str, Any]) -> list[dict]:
+    by_slice: dict[int, dict] = {}
+    for n, box in enumerate(prompts.get("boxes") or [], 1):
+        if len(box) != 6:
+            raise InputError(f"box {n} must be [i0, j0, k0, i1, j1, k1] (voxel indices), got {list(box)}.")
+        i0, j0, k0, i1, j1, k1 = (_index(v, f"box {n}") for v in box)
+        k = (min(k0, k1) + max(k0, k1)) // 2
+        if k in by_slice:
+            raise InputError(f"two boxes on slice {k}: the server takes one box per slice and question.")
+        by_slice[k] = {"slice": k, "box": [min(i0, i1), min(j0, j1), max(i0, i1), max(j0, j1)], "points": []}
+    for n, point in enumerate(prompts.get("points") or [], 1):
+        if len(point) not in (3, 4):
+            raise InputError(f"point {n} must be [i, j, k] or [i, j, k, label] (voxel indices), got {list(point)}.")
+        i, j, k = (_index(v, f"point {n}") for v in point[:3])
+        label = int(point[3]) if len(point) == 4 else 1
+        if label not in (0, 1):
+            raise InputError(f"point {n}: the label is 1 (inside the structure) or 0 (outside), got {label}.")
+        prompt = by_slice.setdefault(k, {"slice": k, "points": []})
+        prompt["points"].append([i, j])
+        prompt.setdefault("point_labels", []).append(label)
+    out = []
+    for k in sorted(by_slice):
+        prompt = by_slice[k]
+        if "box" not in prompt and 1 not in prompt.get("point_labels", []):
+            raise InputError(f"slice {k} has only points marked outside: add a box or a point inside the structure.")
+        if not prompt["points"]:
+            del prompt["points"]
+        out.append(prompt)
+    return out
+
+
+def _index(value: Any, what: str) -> int:
+    try:
+        index = int(round(float(value)))
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: {value!r} is not a voxel index.") from None
+    if index < 0:
+        raise InputError(f"{what}: {index} lies outside the volume (voxel indices start at 0).")
+    return index
+
+
+__all__ = ["BackendLink", "round_request"]
