@@ -13,6 +13,8 @@ imported lazily, so importing this file costs nothing and pulls in no numpy-heav
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import queue
 import sys
@@ -42,7 +44,6 @@ SETTINGS_SERVER_TOKEN = "MedSegReasoning/ServerToken"
 SETTINGS_CONSENT_PREFIX = "MedSegReasoning/ConsentedServers/"
 SETTINGS_PACS_URL = "MedSegReasoning/PacsURL"
 SETTINGS_BACKEND_VENV = "MedSegReasoning/BackendVenv"
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 EXPORT_CHOICES = (("seg", "sr"), ("seg",), ("seg-nrrd",), ("nifti",))  # the .ui's exportFormatCombo, in order
 
 
@@ -159,6 +160,9 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = parameter_node
         if self._parameterNode is not None:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            saved = self.logic.savedConversation(self._parameterNode)
+            if saved and self.chat is not None and not self.chat.busy:
+                self.chat.restore(saved)  # the chat as it was saved with the scene; no server needed to show it
 
     # -- status line ------------------------------------------------------------------------------------------------
     def showStatus(self, status) -> None:
@@ -317,8 +321,16 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def isLocalServer(url: str) -> bool:
-        host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
-        return host in LOCAL_HOSTS
+        """Loopback by the same rule the client and the server use (``MedSegReasoning.network``)."""
+        from urllib.parse import urlsplit
+
+        from MedSegReasoning.network import is_loopback_host
+
+        try:
+            host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+        except ValueError:
+            return False
+        return is_loopback_host(host)
 
     def hasConsent(self, url: str) -> bool:
         """Images leave this computer only after the user agreed once for that server (kept in Slicer's settings)."""
@@ -345,11 +357,24 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         volume = parameterNode.inputVolume if parameterNode is not None else None
         session_id = (parameterNode.sessionId if parameterNode is not None else "") or None
         self.link = BackendLink(client, session_id=session_id, before_round=self.pendingEdits)
+        saved = self.savedConversation(parameterNode)
+        if saved and saved.get("archive"):
+            self.link.set_archive(base64.b64decode(saved["archive"]))  # continues the chat if the server forgot it
         if volume is not None:
             g = volume_geometry_lps(volume)
             self.link.set_volume(slicer.util.arrayFromVolume(volume), g.origin, g.spacing, g.direction)
             self.sync = self._sceneSync(volume, session_id) if session_id else None
         return self.link
+
+    def _currentSync(self):
+        """The scene side of the link's session. When the link continued an expired session in a restored one (same
+        entity ids), the session's nodes are re-bound to the new id rather than duplicated."""
+        sid = self.link.session_id
+        if self.sync is not None and self.sync.session_id != sid and self.sync.session_id == self.link.restored_from:
+            self.sync.scene.rebind(sid)
+        if self.sync is None or self.sync.session_id != sid:
+            self.sync = self._sceneSync(self.getParameterNode().inputVolume, sid)
+        return self.sync
 
     def _sceneSync(self, volume, session_id):
         from MedSegReasoning.slicer.scene import SessionScene
@@ -370,18 +395,40 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         entity = data.get("entity_object")
         if entity is None or self.link is None or self.link.session_id is None:
             return
-        if self.sync is None or self.sync.session_id != self.link.session_id:
-            self.sync = self._sceneSync(self.getParameterNode().inputVolume, self.link.session_id)
-        self.sync.write(entity)
+        self._currentSync().write(entity)
 
     def afterRound(self) -> str | None:
         """Make the scene the backend's entities (edits the round took are acknowledged, revisions rewritten)."""
         if self.link is None or self.link.session_id is None:
             return None
-        if self.sync is None or self.sync.session_id != self.link.session_id:
-            self.sync = self._sceneSync(self.getParameterNode().inputVolume, self.link.session_id)
-        self.sync.reconcile(self.client)
+        self._currentSync().reconcile(self.client)
+        self.saveConversation()
         return self.link.session_id
+
+    def saveConversation(self) -> None:
+        """Keep the conversation with the scene: the chat's record (rounds, reasoning, entities, review) for showing
+        it again, and the server's archive of it, so a reloaded scene continues even after the session expired."""
+        if self.link is None or self.sync is None or self.link.session_id is None:
+            return
+        doc = self.link.snapshot()
+        archive = self.link.fetch_archive()
+        if archive is not None:
+            doc["archive"] = base64.b64encode(archive).decode("ascii")
+        self.sync.scene.store_conversation(json.dumps(doc))
+
+    def savedConversation(self, parameterNode):
+        """The conversation saved with the scene for the parameter node's session (a dict), or None."""
+        from MedSegReasoning.slicer.scene import SessionScene
+
+        session_id = (parameterNode.sessionId if parameterNode is not None else "") or ""
+        scene = SessionScene.find(slicer.mrmlScene, session_id) if session_id else None
+        text = scene.load_conversation() if scene is not None else None
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
 
     def onReviewed(self, entity_id: str, review: str) -> None:
         """The chat confirmed or rejected an entity on the backend: the segment shows it (rejected = hidden)."""
@@ -391,7 +438,9 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
     def undoRound(self):
         if self.sync is None or self.client is None:
             raise RuntimeError("there is no round to undo: connect and ask a question first.")
-        return self.sync.undo_round(self.client)
+        outcome = self.sync.undo_round(self.client)
+        self.saveConversation()
+        return outcome
 
     def segmentVolumesMl(self) -> dict:
         return self.sync.segment_volumes_ml() if self.sync is not None else {}

@@ -273,3 +273,62 @@ def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path
     logic.recordConsent("https://gpu.example.org")
     assert logic.hasConsent("https://gpu.example.org")
     assert not any("token" in scene.GetNthNode(n).GetName().lower() for n in range(scene.GetNumberOfNodes()))
+
+
+def test_a_reloaded_scene_shows_the_chat_and_continues_it_after_the_server_forgot_the_session(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Round 1 on one server; the scene keeps the conversation (record + archive). A new Logic on a server that never
+    saw the session (expired, restarted elsewhere) shows the saved chat and continues it: same segmentation node,
+    same entity ids, numbering on, nothing duplicated."""
+    from slicer_fixtures import load_volume_node, new_scene, oblique_geometry, require_slicer_core, write_nrrd_lps
+
+    require_slicer_core()
+    from server_fixtures import live_server, scripted_engine, small_volume, write_replay
+
+    from MedSegReasoning.client import MedSegClient
+
+    scene = new_scene()
+    volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", small_volume().array, oblique_geometry()))
+    module, ns = _logic_module(monkeypatch, scene)
+    params = ns(inputVolume=volume, sessionId="")
+    replay = write_replay(tmp_path / "answers.jsonl")
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+
+    def chat_round(logic, question: str) -> None:
+        events = list(logic.link.ask(question, {"edits": logic.pendingEdits()}))
+        for event in events:
+            if event.kind == "target":
+                logic.onTarget(event.data)
+        assert events[-1].kind == "done" and events[-1].data["status"] == "ok", events
+        params.sessionId = logic.afterRound()
+
+    with live_server(tmp_path / "first", scripted_engine(replay)) as (server, tokens):
+        logic = module.scripted_moduleLogic()
+        logic.getParameterNode = lambda: params
+        logic.makeLink(MedSegClient(server.url, tokens["alice"]), params)
+        chat_round(logic, "Segment the bright mass.")
+        first_sid = params.sessionId
+        segmentation = logic.sync.scene.segmentation_node
+
+    saved = module.scripted_moduleLogic().savedConversation(params)
+    assert saved is not None and [r["question"] for r in saved["rounds"]] == ["Segment the bright mass."]
+    assert [e["id"] for e in saved["entities"]] == ["E1"] and saved.get("archive")
+
+    with live_server(tmp_path / "second", scripted_engine(replay), tokens=tokens) as (server, _):
+        again = module.scripted_moduleLogic()
+        again.getParameterNode = lambda: params
+        again.makeLink(MedSegClient(server.url, tokens["alice"]), params)
+        chat_round(again, "Now the cyst next to E1.")
+        assert params.sessionId != first_sid and again.link.restored_from == first_sid
+        assert again.sync.scene.segmentation_node is segmentation, "re-bound, not a second segmentation node"
+        assert again.sync.scene.entity_ids() == ["E1", "E2"]
+        assert segmentation.GetAttribute("MedSegReasoning.SessionId") == params.sessionId
+        segmentations = [
+            scene.GetNthNodeByClass(n, "vtkMRMLSegmentationNode")
+            for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))
+        ]
+        assert segmentations == [segmentation]
+        resaved = again.savedConversation(params)
+        assert [r["question"] for r in resaved["rounds"]] == ["Segment the bright mass.", "Now the cyst next to E1."]

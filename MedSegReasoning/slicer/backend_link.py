@@ -69,6 +69,9 @@ class BackendLink:
         self.propagate = propagate
         self.window = window
         self._session_id = session_id
+        self._archive: bytes | None = None  # the conversation as the server last gave it (see ``fetch_archive``)
+        self.restored_from: str | None = None  # the expired session a restored one continues
+        self._expired_id: str | None = None
         self._volume: tuple | None = None  # (array, origin, spacing, direction, modality)
         self._sent_to: str | None = None  # the session that has the current volume
         self._lock = threading.Lock()
@@ -109,14 +112,54 @@ class BackendLink:
                 if not volume or volume.get("attached") is False:
                     self._sent_to = None  # the server restarted or never had it: send (by hash first) again
             except NotFound:
+                self._forget_session()
                 sid = None
         if sid is None:
-            sid = client.create_session()
+            sid = self._restored_session() or client.create_session()
             self._session_id, self._sent_to = sid, None
         if self._volume is not None and self._sent_to != sid:
             array, origin, spacing, direction, modality = self._volume
             client.upload_volume(sid, array, origin, spacing, direction, modality)
             self._sent_to = sid
+        return sid
+
+    def set_archive(self, archive: bytes | None) -> None:
+        """The saved conversation (``fetch_archive``'s bytes, kept with the scene): if the server forgot the session,
+        the next round continues it in a restored one (same entity ids, masks and history) instead of starting over."""
+        with self._lock:
+            self._archive = archive
+
+    def fetch_archive(self) -> bytes | None:
+        """The conversation as the server holds it now (``GET …/archive``), remembered for ``set_archive``'s use.
+        Blocks: call it after a round, off the GUI thread where possible."""
+        if self._session_id is None:
+            return None
+        archive = self.client.session_archive(self._session_id)
+        with self._lock:
+            self._archive = archive
+        return archive
+
+    def _forget_session(self) -> None:
+        """The server no longer knows the session: remember which one it was (a restore continues it)."""
+        with self._lock:
+            if self._session_id is not None:
+                self._expired_id = self._session_id
+            self._session_id = None
+
+    def _restored_session(self) -> str | None:
+        """A new server session continuing the saved conversation, or None when there is none or it is refused
+        (then the conversation starts over; the scene keeps the old segments)."""
+        from ..client import ClientError
+
+        with self._lock:
+            archive, expired = self._archive, self._expired_id
+        if archive is None:
+            return None
+        try:
+            sid = self.client.restore_session(archive)
+        except ClientError:
+            return None
+        self.restored_from = expired
         return sid
 
     # -- ChatBackend ------------------------------------------------------------------------------------------------------
@@ -203,7 +246,7 @@ class BackendLink:
                         raise
                     self._sent_to = None  # the server lost the session or its volume meanwhile: once more
                     if lost:
-                        self._session_id = None
+                        self._forget_session()
             assert result is not None
             names = {e.id: e.name for e in result.entities}
             done(

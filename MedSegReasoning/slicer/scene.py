@@ -524,6 +524,21 @@ class SessionScene:
         node.SetText(session_json)
         return node
 
+    def rebind(self, session_id: str) -> None:
+        """The conversation goes on in a new server session (the old one expired and was restored from its
+        archive, keeping entity ids): the same nodes now belong to ``session_id``, so nothing is duplicated."""
+        old = self.session_id
+        nodes = [self.segmentation_node, *self._markups.values()]
+        conversation = self.segmentation_node.GetNodeReference(CONVERSATION_REFERENCE_ROLE)
+        if conversation is not None:
+            nodes.append(conversation)
+        for node in nodes:
+            node.SetAttribute(ATTR_SESSION_ID, session_id)
+        name = self.segmentation_node.GetName()
+        if name.endswith(old):
+            self.segmentation_node.SetName(name[: -len(old)] + session_id)
+        self.session_id = session_id
+
     def load_conversation(self) -> str | None:
         node = self.segmentation_node.GetNodeReference(CONVERSATION_REFERENCE_ROLE)
         return None if node is None else node.GetText()
