@@ -107,7 +107,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="only build the sample DICOM series", epilog=EXIT_CODES_HELP)
     sample.add_argument("out", type=Path, nargs="?", default=Path("medseg-sample"), help="folder to build it in")
+    _add_eval_parser(sub)
     return parser
+
+
+EVAL_EPILOG = (
+    """layouts (--layout auto detects them; docs/evaluation.md, "Datasets and modes"):
+  umrg      MedReasoner's U-MRG-14K parquet (a .parquet file or a folder of them)
+  mrmedseg  MediRound's MR-MedSeg dialogues (a .json file; image and mask paths relative to it)
+  folder    volumes + label maps + questions.jsonl (volume, labels, question, label[, round, reference])
+
+outputs (in --out): samples.jsonl (one record per question), run.json, summary.json, summary.md, plots/*.png
+
+"""
+    + EXIT_CODES_HELP
+)
+
+
+def _add_eval_parser(sub) -> None:
+    """``eval``: score the pipeline, the segmenter alone (oracle prompts) or the reasoner alone on a dataset."""
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate on a dataset (U-MRG parquet, MR-MedSeg dialogues, or a folder of volumes)",
+        description="Evaluate the pipeline on a labelled dataset; resumable, one JSON line per question.",
+        epilog=EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("dataset", metavar="DATASET", type=Path, help="parquet file, MR-MedSeg JSON, or a folder")
+    ev.add_argument("--layout", default="auto", help="auto (default), umrg, mrmedseg or folder")
+    ev.add_argument(
+        "--mode",
+        default="full",
+        help="full (reasoner + segmenter, default), oracle (boxes from the truth: the segmenter's ceiling) or "
+        "reasoner (box IoU / pDice of the answers, nothing segmented)",
+    )
+    ev.add_argument("--out", type=Path, default=Path("medseg-eval"), help="output folder (default: ./medseg-eval)")
+    ev.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished samples")
+    ev.add_argument("--force", action="store_true", help="start over in a non-empty --out (replaces samples.jsonl)")
+    ev.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N questions or dialogues")
+    ev.add_argument("--segmenter", default="litemedsam", help="litemedsam (default) or sam:PATH / medsam:PATH")
+    ev.add_argument("--window", default=None, help="intensity window (default: per volume, as ask)")
+    ev.add_argument("--no-propagate", action="store_true", help="3D: score the key slice's mask only")
+    ev.add_argument(
+        "--nsd-tolerance", type=float, default=2.0, metavar="MM", help="NSD tolerance in mm for 3D (default 2)"
+    )
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ev.add_argument(
+        "--reasoner",
+        metavar="SPEC",
+        default=None,
+        help=f"as for ask: hf:..., openai:...#MODEL or replay:FILE (default: {DEFAULT_REASONER_SPEC})",
+    )
+    ev.add_argument("--allow-remote", action="store_true", help="allow a non-loopback openai: reasoner server")
+    ev.add_argument("--allow-download", action="store_true", help="let hf:<id> download the model")
+    ev.add_argument("--device", default=None, help="reasoner device: cuda, mps or cpu (default: best available)")
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per answer")
 
 
 def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
@@ -162,6 +216,13 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
     )
     reasoner.add_argument("--device", default=None, help="reasoner device: cuda, mps or cpu (default: best available)")
     reasoner.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per answer")
+    reasoner.add_argument(
+        "--view",
+        metavar="ORIENTATION,INDEX",
+        default=None,
+        help="the slice the user is looking at, e.g. coronal,250 (axial: K, coronal: J, sagittal: I): questions "
+        "about 'this slice' are answered on it, and its targets are segmented and propagated in that orientation",
+    )
 
 
 # --- argument parsing helpers -------------------------------------------------------------------------------
@@ -205,6 +266,20 @@ def parse_prompt(box: str | None, points: Sequence[str]):
             f"the prompt spans slices {sorted(slices)}: --box and --point must all be on the same slice K."
         )
     return VoxelPrompt(k=slices.pop(), box=box_ijij, points=tuple(pts), labels=tuple(labels))
+
+
+def parse_view(text: str | None):
+    """``--view coronal,250`` as a ``CurrentView`` (None when not given)."""
+    if text is None:
+        return None
+    from .reasoning.views import CurrentView
+
+    parts = [p.strip().lower() for p in text.split(",")]
+    if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        raise InputError(f"--view '{text}' must be ORIENTATION,INDEX such as axial,10 or coronal,250.")
+    if int(parts[1]) < 0:
+        raise InputError(f"--view '{text}': the slice index must be 0 or more.")
+    return CurrentView(parts[0], int(parts[1]))  # type: ignore[arg-type]  # CurrentView checks the orientation
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
@@ -263,6 +338,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         allow_download=args.allow_download,
         device=args.device,
         max_new_tokens=args.max_new_tokens,
+        current_view=parse_view(args.view),
     )
     run_round_ask(volume, prompt, options, reasoner_options, args.session, timings)
     return EXIT_OK
@@ -403,9 +479,68 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_serve(args)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .conversation import ReasonerOptions
+    from .evaluation.layouts import open_dataset
+    from .evaluation.runner import MODES, SAMPLES_FILE, EvalOptions, run_eval
+
+    if args.mode not in MODES:
+        raise InputError(f"unknown --mode '{args.mode}': use one of {', '.join(MODES)}.")
+    if args.resume and args.force:
+        raise InputError("--resume continues the run in --out and --force starts it over: give one of them.")
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: give a folder.")
+    if args.resume and not (out / SAMPLES_FILE).is_file():
+        raise InputError(f"--resume: {out} holds no {SAMPLES_FILE} to continue; drop --resume to start a run.")
+    if not args.resume:
+        prepare_out_dir(out, args.force)
+    dataset = open_dataset(args.dataset, args.layout)
+    reasoner = None
+    if args.mode != "oracle":
+        reasoner = ReasonerOptions(
+            spec=args.reasoner or DEFAULT_REASONER_SPEC,
+            allow_remote=args.allow_remote,
+            allow_download=args.allow_download,
+            device=args.device,
+            max_new_tokens=args.max_new_tokens,
+            stream=False,
+        )
+    options = EvalOptions(
+        out=out,
+        mode=args.mode,
+        resume=args.resume,
+        limit=args.limit,
+        segmenter=args.segmenter,
+        reasoner=reasoner,
+        window=args.window,
+        propagate=not args.no_propagate,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        progress=not args.no_progress,
+    )
+    summary = run_eval(dataset, options)
+    print_eval_summary(summary, out)
+    return EXIT_OK
+
+
+def print_eval_summary(summary: dict, out: Path) -> None:
+    """The headline numbers after ``eval``; the tables are in summary.md."""
+    counts = summary.get("counts", {})
+    overall = summary.get("overall", {})
+    parts = [f"{counts.get('n', 0)} samples ({counts.get('n_errors', 0)} failed)"]
+    for key in ("dice", "box_iou", "pdice", "nsd"):
+        value = (overall.get(key) or {}).get("mean")
+        if value is not None:
+            parts.append(f"{key} {value:.3f}")
+    print(", ".join(parts))
+    computed, kept = summary.get("computed", 0), summary.get("skipped", 0)
+    print(f"computed {computed}, kept {kept} from before; wrote the report to {out}")
+
+
 COMMANDS = {
     "ask": cmd_ask,
     "demo": cmd_demo,
+    "eval": cmd_eval,
     "export": cmd_export,
     "models": cmd_models,
     "sample": cmd_sample,
