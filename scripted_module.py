@@ -44,6 +44,7 @@ SETTINGS_SERVER_TOKEN = "MedSegReasoning/ServerToken"
 SETTINGS_CONSENT_PREFIX = "MedSegReasoning/ConsentedServers/"
 SETTINGS_PACS_URL = "MedSegReasoning/PacsURL"
 SETTINGS_BACKEND_VENV = "MedSegReasoning/BackendVenv"
+SETTINGS_VERIFIER = "MedSegReasoning/VerifierName"  # Last^First: confirmed findings are exported as VERIFIED in the SR
 EXPORT_CHOICES = (("seg", "sr"), ("seg",), ("seg-nrrd",), ("nifti",))  # the .ui's exportFormatCombo, in order
 
 
@@ -279,6 +280,16 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         self.link = None
         self.sync = None
         self._setup = None
+        self._childProcessesStartLikeSlicerDid()
+
+    @staticmethod
+    def _childProcessesStartLikeSlicerDid() -> None:
+        """The backend's own Python (pip, server, export) must not inherit Slicer's launcher settings (its Python
+        home and site-packages): children start from the environment Slicer itself was started with."""
+        from MedSegReasoning.childenv import set_startup_environment
+
+        if getattr(slicer, "app", None) is not None:
+            set_startup_environment(slicer.util.startupEnvironment())
 
     def getParameterNode(self):
         return scripted_moduleParameterNode(super().getParameterNode())
@@ -361,8 +372,12 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         if saved and saved.get("archive"):
             self.link.set_archive(base64.b64decode(saved["archive"]))  # continues the chat if the server forgot it
         if volume is not None:
+            from MedSegReasoning.slicer.local_export import series_uids
+
             g = volume_geometry_lps(volume)
-            self.link.set_volume(slicer.util.arrayFromVolume(volume), g.origin, g.spacing, g.direction)
+            # recorded by the session, so a DICOM-SEG export is checked against them (no database: not from DICOM)
+            uids = series_uids(volume, getattr(slicer, "dicomDatabase", None))
+            self.link.set_volume(slicer.util.arrayFromVolume(volume), g.origin, g.spacing, g.direction, dicom=uids)
             self.sync = self._sceneSync(volume, session_id) if session_id else None
         return self.link
 
@@ -464,12 +479,28 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         return check_scene(self.sync.scene, formats)
 
     def exportToFolder(self, formats, folder: str) -> list:
-        """Each format through the backend's export endpoint, saved into ``folder``."""
+        """DICOM-SEG and SR are written here, against the loaded series (``local_export``: the server has only the
+        voxels); .seg.nrrd and NIfTI come from the backend's export endpoint. All saved into ``folder``."""
         from MedSegReasoning.slicer.export_check import save_export
+        from MedSegReasoning.slicer.local_export import DICOM_FORMATS, export_session_locally, series_files
 
+        dicom = [f for f in formats if f in DICOM_FORMATS]
         files = []
+        if dicom:
+            volume = self.sync.scene.volume_node
+            files += export_session_locally(
+                self.client,
+                self.sync.session_id,
+                series_files(volume, getattr(slicer, "dicomDatabase", None)),
+                self.backendSetup().python,
+                out_dir=folder,
+                formats=dicom,
+                verifier=qt.QSettings().value(SETTINGS_VERIFIER, "") or None,
+                scene_sync=self.sync,
+            ).files
         for fmt in formats:
-            files += save_export(self.client.export(self.sync.session_id, fmt), fmt, folder)
+            if fmt not in dicom:
+                files += save_export(self.client.export(self.sync.session_id, fmt), fmt, folder)
         return files
 
     def exportToDicomDatabase(self, formats) -> list:

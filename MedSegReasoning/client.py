@@ -33,7 +33,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,8 +280,13 @@ class MedSegClient:
         modality: str = "",
         *,
         compress: bool | None = None,
+        dicom: Mapping[str, str] | None = None,
     ) -> dict:
         """Send the session's volume: ``array`` is ``[k, j, i]``, geometry in LPS (direction columns = i, j, k axes).
+
+        ``dicom``: the source series' ``study_instance_uid``, ``series_instance_uid``, ``frame_of_reference_uid``
+        (optional): the session records them, so a DICOM-SEG exported later against the series is checked against
+        them. A server that predates the field refuses it; the volume is then sent again without it.
 
         A volume this client has sent before (recognised by a CRC-32 of its voxels, 0.1 s for 150 MB, plus its
         geometry) is offered by its content hash first: when the server still holds it, nothing is transferred.
@@ -311,6 +316,9 @@ class MedSegClient:
             "direction": [[float(x) for x in row] for row in np.asarray(direction, dtype=float).reshape(3, 3)],
             "modality": modality,
         }
+        uids = {k: str(v) for k, v in (dicom or {}).items() if v}
+        if uids:
+            meta["dicom"] = uids
         data = memoryview(array).cast("B")
         key = (json.dumps(meta, sort_keys=True), zlib.crc32(data))
         path = f"{API}/sessions/{_seg(session_id)}/volume"
@@ -337,7 +345,13 @@ class MedSegClient:
             target=lambda: digest.append(volume_content_sha256(array, origin, spacing, direction)), daemon=True
         )
         hasher.start()
-        result = self._json("PUT", path, body=body, headers=headers, timeout=max(self.timeout, 600.0))
+        try:
+            result = self._json("PUT", path, body=body, headers=headers, timeout=max(self.timeout, 600.0))
+        except RequestRejected as exc:
+            hasher.join()
+            if not uids or exc.code != "volume_header_invalid" or "unknown field" not in str(exc):  # an old server
+                raise
+            return self.upload_volume(session_id, array, origin, spacing, direction, modality, compress=compress)
         hasher.join()
         if result.get("content_sha256") != digest[0]:
             raise ServerError(
@@ -753,7 +767,9 @@ class LocalServer:
             kwargs["start_new_session"] = True  # own process group: kill() reaches every descendant
         else:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
+        from .childenv import child_environment
+
+        env = child_environment({**(self.env or {}), "PYTHONUNBUFFERED": "1"})
         try:
             self.process = subprocess.Popen(
                 argv,

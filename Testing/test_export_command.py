@@ -238,3 +238,81 @@ def test_dicomweb_credentials_come_from_the_environment_only():
     )
     with pytest.raises(InputError, match="not a DICOMweb series URL"):
         parse_series_url("https://pacs.example/dicom-web/studies/1.2.3")
+
+
+# --- --series: the source given where the session records no path, or one that moved ----------------------------
+
+
+def _record_no_path(session_dir: Path) -> None:
+    """What a session made from uploaded voxels records: no path (the server never saw the files)."""
+    doc = json.loads((session_dir / "session.json").read_text())
+    doc["volume"]["path"] = ""
+    (session_dir / "session.json").write_text(json.dumps(doc))
+
+
+def test_series_gives_a_moved_source_as_folder_or_files(session_case, tmp_path, capsys):
+    session_dir, series = session_case
+    moved = series.rename(tmp_path / "moved")
+    with pytest.raises(InputError, match="no longer exists"):
+        export(session_dir, "--format", "seg,sr", "--to", tmp_path / "out")
+    assert export(session_dir, "--format", "seg,sr", "--to", tmp_path / "out", "--series", moved) == 0
+    assert "source series" in capsys.readouterr().out
+    files = sorted(moved.iterdir())
+    assert export(session_dir, "--series", *files, "--format", "seg", "--to", tmp_path / "files") == 0
+    seg = pydicom.dcmread(tmp_path / "files" / "seg.dcm")
+    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced <= {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert dciodvfy_errors(tmp_path / "files" / "seg.dcm") == []
+
+
+def test_session_without_a_path_asks_for_the_series(session_case, tmp_path, capsys):
+    session_dir, series = session_case
+    _record_no_path(session_dir)
+    with pytest.raises(InputError, match="give it with --series DIR"):
+        export(session_dir, "--format", "seg", "--to", tmp_path / "out")
+    assert export(session_dir, "--format", "seg,sr", "--to", tmp_path / "out", "--series", series) == 0
+    assert "same grid, same voxels" in capsys.readouterr().out
+
+
+def test_uploaded_voxels_of_another_dtype_match_their_series(tmp_path, capsys):
+    """A client (Slicer) that read the series into another voxel type uploaded the same numbers: accepted; the
+    engine's own int16 reading, cast losslessly, reproduces the session's content hash."""
+    from MedSegReasoning.volume import load_volume
+    from MedSegReasoning.volume.core import Volume, VolumeSource
+
+    series = write_ct(tmp_path / "ct")
+    read = load_volume(series)
+    uploaded = Volume(read.array.astype(np.int32), read.geometry, "CT", VolumeSource(kind="array", path=""))
+    run_session(tmp_path / "session", series, volume=uploaded)
+    _record_no_path(tmp_path / "session")
+    assert export(tmp_path / "session", "--format", "seg", "--to", tmp_path / "out", "--series", series) == 0
+    assert "same voxels (uploaded as int32)" in capsys.readouterr().out
+
+
+def test_series_on_another_grid_or_with_other_voxels_is_refused(session_case, tmp_path):
+    session_dir, _ = session_case
+    _record_no_path(session_dir)
+    before = folder_digest(session_dir)
+    # the same series (UIDs, voxels) on an axis-aligned grid
+    other_grid = write_ct(
+        tmp_path / "axial", geometry=Geometry.from_arrays((0.0, 0.0, 0.0), (2.0, 2.0, 4.0), np.eye(3))
+    )
+    with pytest.raises(InputError, match=r"does not lie on the grid .*corner voxels up to .* mm apart") as info:
+        export(session_dir, "--format", "seg", "--to", tmp_path / "out", "--series", other_grid)
+    assert info.value.exit_code == EXIT_BAD_INPUT
+    # the same series with one pixel changed (another reconstruction under the same UIDs)
+    changed = write_ct(tmp_path / "changed")
+    first = sorted(changed.iterdir())[0]
+    ds = pydicom.dcmread(first)
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] += 7
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(first)
+    with pytest.raises(InputError, match="lies on the session's grid but its voxels differ"):
+        export(session_dir, "--format", "seg", "--to", tmp_path / "out", "--series", changed)
+    # a different series on the same grid: its UIDs differ from the recorded ones
+    with pytest.raises(InputError, match="is not the one .* Study Instance UID"):
+        export(session_dir, "--format", "seg", "--to", tmp_path / "out", "--series", write_ct(tmp_path / "new", seed=5))
+    with pytest.raises(InputError, match="does not exist"):
+        export(session_dir, "--format", "seg", "--to", tmp_path / "out", "--series", tmp_path / "nowhere")
+    assert not (tmp_path / "out").exists() and folder_digest(session_dir) == before

@@ -35,7 +35,9 @@ EXPORT_EPILOG = f"""formats (--format, comma-separated):
              and {NIFTI_STEM}.json describing each label
 
 seg and sr need the DICOM series the masks were made on, unchanged, at the path (or DICOMweb URL) the session or
-result records. Rejected entities are left out. The session or result folder is never modified.
+result records. --series DIR (or the series' files) gives it where the record has no path (a session made from
+voxels uploaded by a client such as the Slicer module) or a path that moved; a series whose grid, UIDs or voxels
+differ from the session's volume is refused. Rejected entities are left out. The folder is never modified.
 
 PACS (--dicomweb URL, the service root, e.g. http://localhost:8042/dicom-web): seg and sr are stored with STOW-RS.
 Credentials come from the environment: MEDSEG_DICOMWEB_TOKEN (bearer), or MEDSEG_DICOMWEB_USER and
@@ -68,6 +70,14 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     where.add_argument("--to", type=Path, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
     where.add_argument("--dicomweb", metavar="URL", help="store seg/sr on this DICOMweb service (STOW-RS)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --to folder")
+    parser.add_argument(
+        "--series",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="the DICOM series the masks were made on (a folder, or its files), where the folder records no path "
+        "or one that moved",
+    )
     parser.add_argument("--seg-type", choices=("auto", "binary", "labelmap"), default="auto", help="DICOM-SEG encoding")
     parser.add_argument(
         "--deidentify", action="store_true", help="de-identify the SEG and SR (PS3.15 Annex E basic profile)"
@@ -117,9 +127,9 @@ def export(args: argparse.Namespace) -> ExportReport:
     if out is not None:
         _check_out_dir(out, args.force)
     export_set = load_export_set(args.source, ModelNames(reasoner=args.reasoner, segmenter=args.segmenter))
-    dicom = _build_dicom(export_set, formats, args)
     report = ExportReport()
-    report.notes.append(_summary(export_set))
+    dicom = _build_dicom(export_set, formats, args, report.notes)
+    report.notes.insert(0, _summary(export_set))
     if args.dicomweb:
         _store(args.dicomweb, dicom, report)
     else:
@@ -150,16 +160,19 @@ def _check_out_dir(out: Path, force: bool) -> None:
         raise InputError(f"the output folder {out} is not empty: choose another --to, or add --force to write into it.")
 
 
-def _build_dicom(export_set, formats: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def _build_dicom(export_set, formats: list[str], args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
     """SEG and SR in memory, de-identified when asked (the remapping is saved before anything leaves)."""
+    series = getattr(args, "series", None)
     if "seg" not in formats:
+        if series:
+            notes.append("--series is only read for seg and sr: left unused.")
         return {}
     from .dicom_seg import build_dicom_seg, read_source_headers
     from .sources import load_checked_source
     from .sr import build_measurement_report
 
     seg_type = _seg_type(args.seg_type, formats)
-    volume = load_checked_source(export_set)
+    volume = load_checked_source(export_set, series=series, notes=notes)
     headers = read_source_headers(volume)
     seg = build_dicom_seg(volume, export_set.seg_specs(), export_set.models.algorithm(), seg_type, headers)
     objects: dict[str, Any] = {"seg": seg}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dialogue.entity import Entity
-from ..volume.core import Geometry, Volume, VolumeSource
+from ..volume.core import DicomSeriesInfo, Geometry, Volume, VolumeSource
 from .config import Limits
 from .errors import ApiError, bad_request
 
@@ -27,6 +27,10 @@ VOLUME_HEADER = "x-medseg-volume"
 ROUND_ID_HEADER = "x-medseg-round-id"
 ENCODINGS = ("identity", "deflate", "gzip")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# The source series' identity a client may send with the voxels (optional; old clients send none): the session
+# records it, so a DICOM-SEG exported later where the series is (``export --series``) is checked against it.
+DICOM_UID_FIELDS = ("study_instance_uid", "series_instance_uid", "frame_of_reference_uid")
 _ORTHONORMAL_TOL = 1e-3
 
 
@@ -39,6 +43,7 @@ class VolumeMeta:
     geometry: Geometry
     modality: str
     content_sha256: str | None
+    dicom: dict[str, str] | None = None  # DICOM_UID_FIELDS -> UID, when the client sent them
 
     @property
     def voxels(self) -> int:
@@ -65,7 +70,7 @@ def parse_volume_meta(header: str | None, limits: Limits) -> VolumeMeta:
         ) from None
     if not isinstance(meta, dict):
         raise bad_request("volume_header_invalid", "the X-MedSeg-Volume header must be a JSON object.")
-    unknown = set(meta) - {"shape", "dtype", "origin", "spacing", "direction", "modality", "content_sha256"}
+    unknown = set(meta) - {"shape", "dtype", "origin", "spacing", "direction", "modality", "content_sha256", "dicom"}
     if unknown:
         raise bad_request(
             "volume_header_invalid", f"the X-MedSeg-Volume header has unknown field(s) {sorted(unknown)}."
@@ -110,7 +115,25 @@ def parse_volume_meta(header: str | None, limits: Limits) -> VolumeMeta:
     digest = meta.get("content_sha256")
     if digest is not None and (not isinstance(digest, str) or not _SHA256.match(digest)):
         raise bad_request("volume_header_invalid", "content_sha256 must be 64 lowercase hex digits.")
-    return VolumeMeta((nk, nj, ni), dtype, geometry, modality.upper(), digest)
+    return VolumeMeta((nk, nj, ni), dtype, geometry, modality.upper(), digest, _dicom_uids(meta.get("dicom")))
+
+
+def _dicom_uids(value: object) -> dict[str, str] | None:
+    """The optional ``dicom`` object: the source series' Study, Series and Frame of Reference UIDs."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - set(DICOM_UID_FIELDS):
+        raise bad_request(
+            "volume_header_invalid",
+            f"the volume's dicom field must be an object with any of {', '.join(DICOM_UID_FIELDS)}, got {value!r}.",
+        )
+    for key, uid in value.items():
+        if uid is not None and (not isinstance(uid, str) or len(uid) > 64 or not _UID.match(uid)):
+            raise bad_request(
+                "volume_header_invalid", f"the volume's dicom {key} must be a DICOM UID (digits and dots), got {uid!r}."
+            )
+    uids = {k: v for k, v in value.items() if v}
+    return uids or None
 
 
 def _geometry(meta: dict) -> Geometry:
@@ -242,7 +265,7 @@ def build_volume(buf: bytearray, meta: VolumeMeta, digest: str | None = None) ->
                 f"the volume holds {bad:,} NaN or infinite voxel(s): replace them (e.g. with the background value) "
                 "before sending.",
             )
-    volume = Volume(array, meta.geometry, modality=meta.modality, source=VolumeSource(kind="array", path=""))
+    volume = Volume(array, meta.geometry, modality=meta.modality, source=_source(meta))
     if digest is not None:
         volume._hash = digest  # Volume.content_hash's own cache slot: the same recipe (content_hasher), one pass
     if meta.content_sha256 is not None and volume.content_hash() != meta.content_sha256:
@@ -252,6 +275,22 @@ def build_volume(buf: bytearray, meta: VolumeMeta, digest: str | None = None) ->
             "on the way, or the hash was computed differently (docs/wire-format.md); send it again.",
         )
     return volume
+
+
+def _source(meta: VolumeMeta) -> VolumeSource:
+    """Uploaded voxels have no path; the series identity the client sent (if any) is kept for the session record."""
+    if not meta.dicom:
+        return VolumeSource(kind="array", path="")
+    info = DicomSeriesInfo(
+        study_instance_uid=meta.dicom.get("study_instance_uid", ""),
+        series_instance_uid=meta.dicom.get("series_instance_uid", ""),
+        frame_of_reference_uid=meta.dicom.get("frame_of_reference_uid", ""),
+        sop_class_uid="",
+        sop_instance_uids=(),
+        files=(),
+        modality=meta.modality,
+    )
+    return VolumeSource(kind="array", path="", dicom=info)
 
 
 # ---------------------------------------------------------------------------------------------------------------

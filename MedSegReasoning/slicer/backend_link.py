@@ -72,7 +72,7 @@ class BackendLink:
         self._archive: bytes | None = None  # the conversation as the server last gave it (see ``fetch_archive``)
         self.restored_from: str | None = None  # the expired session a restored one continues
         self._expired_id: str | None = None
-        self._volume: tuple | None = None  # (array, origin, spacing, direction, modality)
+        self._volume: tuple | None = None  # (array, origin, spacing, direction, modality, dicom)
         self._sent_to: str | None = None  # the session that has the current volume
         self._lock = threading.Lock()
         self._cancel: threading.Event | None = None
@@ -89,14 +89,16 @@ class BackendLink:
         spacing: Sequence[float],
         direction: Any,
         modality: str = "",
+        dicom: Mapping[str, str] | None = None,
     ) -> None:
         """The volume questions are about: ``array`` is ``[k, j, i]``, geometry LPS (direction columns = i, j, k).
+        ``dicom``: the source series' UIDs (``local_export.series_uids``), recorded by the session for export.
 
         Nothing is sent now (this runs on the GUI thread); the next round sends it, by content hash when the
         server already holds it (``MedSegClient.upload_volume``).
         """
         with self._lock:
-            self._volume = (array, tuple(origin), tuple(spacing), direction, modality)
+            self._volume = (array, tuple(origin), tuple(spacing), direction, modality, dict(dicom or {}))
             self._sent_to = None
 
     def ensure_session(self) -> str:
@@ -118,8 +120,11 @@ class BackendLink:
             sid = self._restored_session() or client.create_session()
             self._session_id, self._sent_to = sid, None
         if self._volume is not None and self._sent_to != sid:
-            array, origin, spacing, direction, modality = self._volume
-            client.upload_volume(sid, array, origin, spacing, direction, modality)
+            array, origin, spacing, direction, modality, dicom = self._volume
+            if dicom:
+                client.upload_volume(sid, array, origin, spacing, direction, modality, dicom=dicom)
+            else:  # as before: clients (and test doubles) without the dicom keyword keep working
+                client.upload_volume(sid, array, origin, spacing, direction, modality)
             self._sent_to = sid
         return sid
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from ..childenv import child_environment
+
 APP_DIR_NAME = "MedSegReasoning"
 VENV_DIR_NAME = "backend-venv"
 DEFAULT_REQUIREMENT = "medseg-reasoning"
@@ -170,7 +172,7 @@ def run_logged(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"},
+                env=child_environment({**(env or {}), "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}),
                 **_new_group_kwargs(),
             )
         except OSError as exc:
@@ -399,7 +401,12 @@ def detect_device(python: str | Path, *, timeout: float = 120.0) -> DeviceInfo:
     """Run the backend's Python on a tiny script that prints what torch sees, and parse it (torch missing is fine)."""
     try:
         result = subprocess.run(
-            [str(python), "-c", DEVICE_PROBE], capture_output=True, text=True, timeout=timeout, check=False
+            [str(python), "-c", DEVICE_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=child_environment(),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SetupFailed(f"could not run the backend's Python {python} to detect the device ({exc}).") from None
