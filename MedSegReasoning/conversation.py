@@ -28,6 +28,7 @@ class ReasonerOptions:
     device: str | None = None
     max_new_tokens: int | None = None
     stream: bool = True
+    current_view: Any = None  # reasoning.views.CurrentView: what the user looks at (``--view``)
 
 
 def run_round_ask(
@@ -64,7 +65,16 @@ def run_round_ask(
     ask_again = None
     if reasoner is not None:
         on_text = _stream_to_stdout if reasoner_options.stream else None
-        ask_again = ask_reasoner_again(volume, window, reasoner, session, question, on_text=on_text, answers=answers)
+        ask_again = ask_reasoner_again(
+            volume,
+            window,
+            reasoner,
+            session,
+            question,
+            on_text=on_text,
+            answers=answers,
+            current_view=reasoner_options.current_view,
+        )
     rnd = run_round(session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=_stage_printer())
     timings.update(rnd.timings)
     return _write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
@@ -95,10 +105,13 @@ def _reasoner_planner(volume, window, reasoner, session, options, reasoner_optio
         propagate=options.propagate,
         on_text=_stream_to_stdout if reasoner_options.stream else None,
         answers=answers,
+        current_view=reasoner_options.current_view,
     )
 
 
-def reasoner_planner(volume, window, reasoner, session, *, propagate: bool = True, on_text=None, answers=None):
+def reasoner_planner(
+    volume, window, reasoner, session, *, propagate: bool = True, on_text=None, answers=None, current_view=None
+):
     """``run_round``'s planner: ask the reasoner with the session's entities as context (ids and labels in the
     prompt, outlines tagged with their ids on the views), and turn its answer into the round's plan."""
     from .dialogue import plan_from_answer
@@ -114,6 +127,7 @@ def reasoner_planner(volume, window, reasoner, session, *, propagate: bool = Tru
             ),
             on_text=on_text,
             window=window,
+            current_view=current_view,
         )
         if on_text:
             sys.stdout.write("\n")
@@ -136,7 +150,9 @@ def correction_question(question: str, label: str, reasons: list[str]) -> str:
     return f"{question}\nYour previous box for '{label}' was rejected: {why}. Give a corrected box."
 
 
-def ask_reasoner_again(volume, window, reasoner, session, question: str, *, on_text=None, answers: list | None = None):
+def ask_reasoner_again(
+    volume, window, reasoner, session, question: str, *, on_text=None, answers: list | None = None, current_view=None
+):
     """``run_round``'s ``ask_again(target, reasons)``: re-ask the reasoner with the reasons; a new prompt or None.
 
     The reasoner sees the session as it stands (entities outlined on the views) and the same round number, so a
@@ -158,6 +174,7 @@ def ask_reasoner_again(volume, window, reasoner, session, question: str, *, on_t
                 context=context,
                 on_text=on_text,
                 window=window,
+                current_view=current_view,
             )
         except (ReasonerOutputError, InputError) as exc:
             print(f"asking the reasoner again for '{target.label}' gave nothing usable: {exc}", file=sys.stderr)
@@ -173,7 +190,7 @@ def ask_reasoner_again(volume, window, reasoner, session, question: str, *, on_t
 
 def _matching_prompt(answer, label: str):
     """The re-asked answer's prompt for ``label``: the target of that label, else the only one (None if unclear)."""
-    usable = [t for t in answer.targets if t.has_prompt and t.orientation == "axial"]
+    usable = [t for t in answer.targets if t.has_prompt and (t.box is not None or t.points)]  # any orientation
     same = [t for t in usable if (t.label or "").strip().lower() == label.strip().lower()]
     chosen = same[0] if same else (usable[0] if len(usable) == 1 else None)
     return chosen.to_voxel_prompt() if chosen is not None else None

@@ -11,6 +11,9 @@ alone; a slice is rejected, and propagation stops in that direction, when any of
   a different structure;
 - the area grows by more than ``max_growth`` at once: a leak into the neighbourhood.
 
+Any orientation: a coronal or sagittal key slice is propagated on ``volume.core.plane_volume``'s view
+(along j or i), with the same rules.
+
 Finally the largest 3D connected component is kept, so islands that a slice picked up do not survive.
 The stop reason per direction is returned, because the judgment step and the reviewer need to know why a
 mask ends where it ends.
@@ -60,10 +63,15 @@ class SliceOutcome:
 
 @dataclass
 class PropagationResult:
+    """``key_slice``, the outcomes' ``k`` and ``visited_slices`` count along the normal of ``orientation`` (axial:
+    k; coronal: j; sagittal: i), where the propagation went; ``mask`` is on the grid it was given (the pipeline
+    turns it back onto the volume's ``[k, j, i]`` grid)."""
+
     mask: np.ndarray  # bool [k, j, i]
     key_slice: int
     outcomes: list[SliceOutcome] = field(default_factory=list)
     stop_reasons: dict[str, str] = field(default_factory=dict)
+    orientation: str = "axial"
 
     @property
     def visited_slices(self) -> list[int]:
@@ -76,14 +84,105 @@ class PropagationResult:
 
 
 def slice_cache_key(volume: Volume, k: int, window: Window) -> tuple:
-    """The embedding cache key of an axial slice: same voxels, slice and window give the same embedding."""
+    """The embedding cache key of slice k: same voxels, slice and window give the same embedding.
+
+    A coronal or sagittal plane is slice k of a ``plane_volume`` view, whose content hash differs from the
+    volume's, so its embeddings never collide with those of the axial slice with the same index.
+    """
     return (volume.content_hash(), "k", int(k), window.key)
 
 
+ANISOTROPY_RESAMPLE_RATIO = 1.5
+"""Pixels whose sides differ by at least this factor are resampled square before the segmenter (see
+``segmenter_input``); the reasoner's views stretch reformats from the same ratio (``views._row_repeat`` rounds it)."""
+MAX_SEGMENTER_SIDE = 2048
+"""Never upsample a slice beyond this many pixels a side: the segmenters resize to 256-1024 px anyway."""
+
+
+@dataclass(frozen=True)
+class SegmenterInput:
+    """The image a slice is segmented on, and the scale from the slice's pixels (x = column, y = row) to it.
+
+    On a 2 mm-thick axial series a coronal plane has 0.98 mm columns but 2 mm rows (5 mm vs 0.7 mm on many CTs):
+    given as it is, a SAM-family model (which resizes the longer side to its input size) sees every structure
+    squashed 2-7 times in height. Resampling rows (or columns) to square pixels gives it anatomy in the
+    proportions it was trained on; prompts are scaled in, and masks come back by nearest neighbour at the centre
+    of each original pixel. Square-pixel slices (every axial slice of ordinary series) pass through unchanged.
+    """
+
+    image: np.ndarray  # (H, W, 3) uint8
+    scale_x: float = 1.0
+    scale_y: float = 1.0
+
+    @property
+    def resampled(self) -> bool:
+        return self.scale_x != 1.0 or self.scale_y != 1.0
+
+    def prompt(self, prompt: Prompt2D) -> Prompt2D:
+        """``prompt`` in this image's pixels: a box covers all of its corner pixels; points go to pixel centres."""
+        if not self.resampled:
+            return prompt
+        sx, sy = self.scale_x, self.scale_y
+        h, w = self.image.shape[:2]
+        box = None
+        if prompt.box is not None:
+            x0, y0, x1, y1 = prompt.box
+            box = (
+                float(np.floor(x0 * sx)),
+                float(np.floor(y0 * sy)),
+                float(min(np.ceil((x1 + 1) * sx) - 1, w - 1)),
+                float(min(np.ceil((y1 + 1) * sy) - 1, h - 1)),
+            )
+        points = tuple(((x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5) for x, y in prompt.points)
+        return Prompt2D(box=box, points=points, labels=prompt.labels)
+
+    def mask_back(self, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """A mask on this image, sampled (nearest neighbour) at the centres of the slice's ``shape`` pixels."""
+        if not self.resampled:
+            return mask
+        h, w = mask.shape
+        rows = np.minimum(((np.arange(shape[0]) + 0.5) * self.scale_y).astype(int), h - 1)
+        cols = np.minimum(((np.arange(shape[1]) + 0.5) * self.scale_x).astype(int), w - 1)
+        return mask[np.ix_(rows, cols)]
+
+
+def segmenter_input(image: np.ndarray, spacing_x: float, spacing_y: float) -> SegmenterInput:
+    """``image`` (a slice, x = column) resampled to square pixels when its pixels' aspect ratio reaches
+    ``ANISOTROPY_RESAMPLE_RATIO``: the coarse axis is upsampled (bilinear) to the fine one's spacing."""
+    if spacing_x <= 0 or spacing_y <= 0:
+        return SegmenterInput(image)
+    ratio = max(spacing_x, spacing_y) / min(spacing_x, spacing_y)
+    if ratio < ANISOTROPY_RESAMPLE_RATIO:
+        return SegmenterInput(image)
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    pixel = min(spacing_x, spacing_y)
+    pixel = max(pixel, spacing_x * w / MAX_SEGMENTER_SIDE, spacing_y * h / MAX_SEGMENTER_SIDE)
+    new_w, new_h = max(1, round(w * spacing_x / pixel)), max(1, round(h * spacing_y / pixel))
+    grey = Image.fromarray(np.ascontiguousarray(image[..., 0]))
+    resized = np.asarray(grey.resize((new_w, new_h), Image.Resampling.BILINEAR))
+    rgb = np.repeat(resized[..., None], 3, axis=2)
+    return SegmenterInput(rgb, new_w / w, new_h / h)
+
+
 def segment_slice(volume: Volume, segmenter: Segmenter, window: Window, k: int, prompt: Prompt2D) -> Prediction:
-    """Segment slice ``k`` of ``volume`` from a prompt in its (i, j) pixel coordinates."""
-    segmenter.set_image(render_slice(volume, k, window), cache_key=slice_cache_key(volume, k, window))
-    return segmenter.predict(prompt)
+    """Segment slice ``k`` of ``volume`` from a prompt in its (i, j) pixel coordinates.
+
+    The segmenter sees the slice in physical proportions (``segmenter_input``); the returned mask is on the
+    slice's own pixels whatever it saw.
+    """
+    image = render_slice(volume, k, window)
+    si, sj, _ = volume.geometry.spacing
+    seen = segmenter_input(image, si, sj)
+    key = slice_cache_key(volume, k, window)
+    if seen.resampled:
+        key = (*key, "square", seen.image.shape[0], seen.image.shape[1])
+    segmenter.set_image(seen.image, cache_key=key)
+    prediction = segmenter.predict(seen.prompt(prompt))
+    if not seen.resampled:
+        return prediction
+    return Prediction(seen.mask_back(prediction.mask, image.shape[:2]), prediction.score)
 
 
 def propagate(

@@ -1,7 +1,7 @@
 """``result.json``: the versioned, documented record of one ``ask`` (see docs/result-schema.md).
 
 It is written for people and programs that were not there: which input (by path and DICOM UIDs), which
-prompt, which weights, what came out (per target: value in the mask, voxels, mL, key slice, the segmenter's
+prompt, which weights, what came out (per target: value in the mask, voxels, mL, key slice and key plane, the segmenter's
 score, where and why propagation stopped) and how long each stage took. Bump ``SCHEMA_VERSION`` on any
 change that breaks a reader, and document it.
 """
@@ -54,7 +54,12 @@ def build_result(
         "versions": {
             "medseg_reasoning": __version__,
             "python": platform.python_version(),
-            "segmenter": {"name": segmenter.name, "weights": segmenter.weights, "sha256": segmenter.sha256, **segmenter.extra},
+            "segmenter": {
+                "name": segmenter.name,
+                "weights": segmenter.weights,
+                "sha256": segmenter.sha256,
+                **segmenter.extra,
+            },
         },
         "outputs": outputs,
         "warnings": list(warnings),
@@ -95,14 +100,19 @@ def resolved_source_path(path: str | None) -> str | None:
 
 
 def target_record(volume: Volume, target: TargetResult) -> dict[str, Any]:
-    """A target of the explicit-prompt path (``pipeline.segment_target``)."""
+    """A target of the explicit-prompt path (``pipeline.segment_target``).
+
+    ``key_slice`` is axial for every prompt (v1 readers take it so); ``key_plane`` says on which plane the prompt
+    was placed (a coronal or sagittal key slice of the reasoner or the user).
+    """
     record: dict[str, Any] = {
         "value": target.value,
         "label": target.label,
         "prompt": target.prompt.to_dict(),
         "voxels": target.voxels,
         "volume_ml": round(target.voxels * volume.voxel_volume_ml, 3),
-        "key_slice": target.prompt.k,
+        "key_slice": target.key_slice,
+        "key_plane": {"orientation": target.prompt.orientation, "slice": target.prompt.k},
         "score": round(float(target.score), 4),
         "slice_range": None,
         "propagation": None,
@@ -111,6 +121,7 @@ def target_record(volume: Volume, target: TargetResult) -> dict[str, Any]:
     record["slice_range"] = _slice_range(target.mask)
     if prop is not None:
         record["propagation"] = {
+            "orientation": prop.orientation,  # visited_slices count along this orientation's normal
             "visited_slices": prop.visited_slices,
             "stopped": prop.stop_reasons,
         }
@@ -119,6 +130,8 @@ def target_record(volume: Volume, target: TargetResult) -> dict[str, Any]:
 
 def entity_target_record(volume: Volume, value: int, entity, mask, rnd) -> dict[str, Any]:
     """A target of a dialogue round: the entity it became, with its code, findings and judgment."""
+    from .dialogue.entity import key_plane_json
+
     record_of_round = next((t for t in rnd.targets if t.entity_id == entity.id), None)
     voxels = int(mask.sum())
     return {
@@ -129,6 +142,7 @@ def entity_target_record(volume: Volume, value: int, entity, mask, rnd) -> dict[
         "voxels": voxels,
         "volume_ml": round(voxels * volume.voxel_volume_ml, 3),
         "key_slice": entity.key_slice,
+        "key_plane": key_plane_json(entity.key_plane),
         "score": round(float(entity.score), 4) if entity.score is not None else None,
         "slice_range": _slice_range(mask),
         "status": record_of_round.status if record_of_round else None,

@@ -149,8 +149,8 @@ def test_coronal_answer_becomes_a_coronal_target_with_ijk_corners():
     assert (target.orientation, target.slice) == ("coronal", 20)
     assert target.box == (10, 4, 20, 5)  # (i0, k0, i1, k1)
     assert target.box_ijk() == ((10, 20, 4), (20, 20, 5))
-    with pytest.raises(InputError, match="on a coronal slice"):
-        target.to_voxel_prompt()
+    prompt = target.to_voxel_prompt()  # coronal prompts segment on the re-sliced view (test_nonaxial_targets.py)
+    assert (prompt.orientation, prompt.k, prompt.box) == ("coronal", 20, (10, 4, 20, 5))
 
 
 def test_axial_target_becomes_a_voxel_prompt():

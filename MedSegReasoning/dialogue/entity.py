@@ -19,8 +19,12 @@ Color = tuple[int, int, int]
 class Entity:
     """A segmented structure: id (``E1``, ``E2``... never reused in a session), name, codes, mask, findings.
 
-    ``box`` is the mask's ``(i0, j0, i1, j1)`` on its key slice (the reasoner's convention for prompts), and
-    ``bbox`` its 3D box ``[k0, j0, i0, k1, j1, i1]``. ``revision`` counts mask changes (a redo round, a user edit);
+    ``key_slice`` is always an axial slice index (measurements, the SR's key image and Slicer's jump-to use it as
+    one), and ``box`` is the mask's ``(i0, j0, i1, j1)`` on it (the reasoner's convention for prompts), ``bbox``
+    its 3D box ``[k0, j0, i0, k1, j1, i1]``. ``key_plane`` is the plane the segmenter was prompted on for the
+    mask, ``(orientation, index along its normal)``: ``("coronal", 250)`` for a target the reasoner placed on
+    coronal slice j = 250 (its ``key_slice`` is then the axial slice where the mask is largest); None for entities
+    saved before it was recorded. ``revision`` counts mask changes (a redo round, a user edit);
     ``updated_round`` is the last round that changed it.
     """
 
@@ -42,6 +46,7 @@ class Entity:
     score: float | None = None
     revision: int = 1
     updated_round: int = 0
+    key_plane: tuple[str, int] | None = None
 
     @property
     def uncertain(self) -> bool:
@@ -76,6 +81,7 @@ class Entity:
             "relation": self.relation,
             "uncertainty": list(self.uncertainty),
             "score": self.score,
+            "key_plane": key_plane_json(self.key_plane),
         }
 
     @staticmethod
@@ -99,7 +105,21 @@ class Entity:
             score=None if d.get("score") is None else float(d["score"]),
             revision=int(d.get("revision", 1)),
             updated_round=int(d.get("updated_round", d["round"])),
+            key_plane=key_plane_from_json(d.get("key_plane")),
         )
+
+
+def key_plane_json(plane: tuple[str, int] | None) -> dict | None:
+    """``{"orientation": "coronal", "slice": 250}``: the form ``session.json``, the wire and ``result.json`` share."""
+    return None if plane is None else {"orientation": plane[0], "slice": int(plane[1])}
+
+
+def key_plane_from_json(d: object) -> tuple[str, int] | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict) or d.get("orientation") not in ("axial", "coronal", "sagittal"):
+        raise InputError(f"key_plane must be {{'orientation': axial|coronal|sagittal, 'slice': n}}, got {d!r}.")
+    return (str(d["orientation"]), int(d["slice"]))
 
 
 def check_color(color: object) -> Color:

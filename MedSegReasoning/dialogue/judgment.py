@@ -24,7 +24,7 @@ none passed, the outcome is *uncertain* and the findings say so. Every judgment 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..masks import CompactMask
 from ..pipeline import VoxelPrompt
 from ..terminology import TermType
-from ..volume.core import Geometry
+from ..volume.core import Geometry, plane_array_axes, plane_shape
 from .findings import max_inplane_diameter_mm, voxel_volume_ml
 from .spatial import DEFAULT_RELATION, RelationThresholds, spatial_relation
 
@@ -277,7 +277,11 @@ def _check_propagation(
 ) -> Check:
     mask = candidate.mask
     assert mask.box is not None
-    n_slices = mask.box[3] - mask.box[0] + 1
+    n_slices = mask.box[3] - mask.box[0] + 1  # along the propagation's direction: axial slices, or (below) planes
+    orientation = candidate.prompt.orientation
+    width, thickness = 0.0, float(geometry.spacing[2])
+    if orientation != "axial":
+        n_slices, width, thickness = _planes_and_width(mask, geometry, orientation)
     if not candidate.propagated:
         return Check("propagation", SKIP, n_slices, "propagated", "not propagated (key slice only, on purpose)")
     leaks = [f"{d}: {r}" for d, r in sorted(candidate.stop_reasons.items()) if "leak" in r]
@@ -290,17 +294,18 @@ def _check_propagation(
             "propagation ran into a leak (" + "; ".join(leaks) + "), so the mask may have spread or been cut short",
             {"stop_reasons": dict(candidate.stop_reasons)},
         )
-    if n_slices == 1 and shape[0] > 1:
-        width = max_inplane_diameter_mm(mask, mask.box[0], geometry) or 0.0
-        thickness = float(geometry.spacing[2])
+    if n_slices == 1 and plane_shape(shape, orientation)[0] > 1:
+        if orientation == "axial":
+            width = max_inplane_diameter_mm(mask, mask.box[0], geometry) or 0.0
         if width > config.one_slice_width_factor * thickness:
+            plane = "" if orientation == "axial" else f"{orientation} "
             return Check(
                 "propagation",
                 FAIL,
                 n_slices,
                 "more than one slice",
-                f"propagation stopped after one slice although the mask is {width:.1f} mm across "
-                f"and slices are {thickness:g} mm apart",
+                f"propagation stopped after one {plane}slice although the mask is {width:.1f} mm across "
+                f"and {plane}slices are {thickness:g} mm apart",
                 {"stop_reasons": dict(candidate.stop_reasons)},
             )
     return Check(
@@ -311,6 +316,17 @@ def _check_propagation(
         "",
         {"stop_reasons": dict(candidate.stop_reasons)},
     )
+
+
+def _planes_and_width(mask: CompactMask, geometry: Geometry, orientation: str) -> tuple[int, float, float]:
+    """For a mask propagated along a coronal/sagittal normal: how many such planes it spans, its widest extent
+    within them (bounding box, mm) and the spacing between the planes (mm)."""
+    assert mask.box is not None
+    normal, v_axis, u_axis = plane_array_axes(orientation)  # array axes of [k, j, i]
+    extent = [mask.box[a + 3] - mask.box[a] + 1 for a in range(3)]
+    spacing_of_axis = (geometry.spacing[2], geometry.spacing[1], geometry.spacing[0])  # array axis -> mm
+    width = max(extent[v_axis] * spacing_of_axis[v_axis], extent[u_axis] * spacing_of_axis[u_axis])
+    return extent[normal], float(width), float(spacing_of_axis[normal])
 
 
 def _check_extent(mask: CompactMask, shape: tuple[int, int, int], config: JudgmentConfig) -> Check:
@@ -406,7 +422,7 @@ def correction_prompts(
     too big, wrong relation, low score): a tighter box, a foreground point at its centre and background points just
     outside the original box; then the same on the key slice alone, which cannot run away.
     """
-    _, nj, ni = shape
+    _, nj, ni = plane_shape(shape, prompt.orientation)  # (n_v, n_u) of the prompt's plane: (j, i) when axial
     names = {c.name for c in failed.failures}
     fg = [p for p, lab in zip(prompt.points, prompt.labels, strict=True) if lab == 1]
     if prompt.box is None:
@@ -416,7 +432,7 @@ def correction_prompts(
     if "empty" in names:
         box = _grow(prompt.box, 0.25, ni, nj)
         points = tuple(fg) or (centre,)
-        grown = VoxelPrompt(prompt.k, box, points, (1,) * len(points))
+        grown = replace(prompt, box=box, points=points, labels=(1,) * len(points))
         return [
             ("larger box and a foreground point", grown, failed.propagated),
             ("larger box, key slice only", grown, False),
@@ -425,7 +441,7 @@ def correction_prompts(
     negatives = _outside_points(prompt.box, ni, nj, margin=2)
     points = (*(fg or [centre]), *negatives)
     labels = (1,) * len(fg or [centre]) + (0,) * len(negatives)
-    tighter = VoxelPrompt(prompt.k, box, tuple(points), labels)
+    tighter = replace(prompt, box=box, points=tuple(points), labels=labels)
     strategies = [("tighter box, negative points outside", tighter, failed.propagated)]
     if failed.propagated:
         strategies.append(("tighter box, key slice only", tighter, False))

@@ -18,8 +18,8 @@ from typing import Any
 
 from ..errors import InputError
 from ..masks import CompactMask
-from ..pipeline import VoxelPrompt, check_prompt
-from ..propagation import DEFAULT_PROPAGATION, PropagationConfig, propagate, segment_slice
+from ..pipeline import VoxelPrompt, check_prompt, segment_prompt
+from ..propagation import DEFAULT_PROPAGATION, PropagationConfig, segment_slice
 from ..segmentation.base import Segmenter
 from ..volume.core import Volume
 from ..volume.windowing import Window
@@ -107,22 +107,26 @@ def segment_candidate(
     config: PropagationConfig = DEFAULT_PROPAGATION,
 ) -> Candidate:
     """One attempt: key-slice mask, then (optionally) propagation. An empty key-slice mask is a candidate too
-    (judgment rejects it and correction can retry), not an error; a prompt outside the volume is (InputError)."""
+    (judgment rejects it and correction can retry), not an error; a prompt outside the volume is (InputError).
+
+    The key slice may be coronal or sagittal (``prompt.orientation``): ``segment_prompt`` segments and propagates
+    on the re-sliced view and hands the masks back on the volume's grid, so judgment sees an ordinary 3D mask."""
     check_prompt(volume, prompt)  # bounds only: a box on a uniform region is left to the segmenter and judgment
-    prediction = segment_slice(
-        volume,
-        segmenter,
-        window,
-        prompt.k,
-        prompt.to_prompt2d(),
-    )
-    if not prediction.mask.any():
-        return Candidate(CompactMask.empty(), prediction.score, prompt, propagate_3d, strategy)
-    if not propagate_3d:
+    if prompt.is_axial and not propagate_3d:  # the common cheap case, without a full-volume array
+        prediction = segment_slice(volume, segmenter, window, prompt.k, prompt.to_prompt2d())
         return Candidate(slice_to_compact(prompt.k, prediction.mask), prediction.score, prompt, False, strategy)
-    result = propagate(volume, segmenter, window, prompt.k, prediction.mask, config)
+    seg = segment_prompt(volume, segmenter, window, prompt, propagate_3d=propagate_3d, config=config)
+    if seg.empty:
+        return Candidate(CompactMask.empty(), seg.score, prompt, propagate_3d, strategy)
+    if seg.propagation is None:
+        return Candidate(CompactMask.from_dense(seg.key_mask), seg.score, prompt, False, strategy)
     return Candidate(
-        CompactMask.from_dense(result.mask), prediction.score, prompt, True, strategy, dict(result.stop_reasons)
+        CompactMask.from_dense(seg.propagation.mask),
+        seg.score,
+        prompt,
+        True,
+        strategy,
+        dict(seg.propagation.stop_reasons),
     )
 
 
@@ -300,21 +304,31 @@ def _run_target(
         return record
     t2 = time.perf_counter()
     score = float(best.score) if best.score == best.score else None
+    # key_slice is axial for every reader; a coronal/sagittal prompt's plane is kept in key_plane instead
+    key_slice = best.prompt.k if best.prompt.is_axial else None
+    key_plane = (best.prompt.orientation, best.prompt.k)
     if redo:
         entity = session.redo_entity(
-            rnd, redo, best.mask, key_slice=best.prompt.k, uncertain=outcome.uncertainty(), score=score
+            rnd,
+            redo,
+            best.mask,
+            key_slice=key_slice,
+            uncertain=outcome.uncertainty(),
+            score=score,
+            key_plane=key_plane,
         )
     else:
         entity = session.add_entity(
             rnd,
             target.label,
             best.mask,
-            key_slice=best.prompt.k,
+            key_slice=key_slice,
             terminology=coded,
             ref=ref,
             relation=record.relation,
             uncertain=outcome.uncertainty(),
             score=score,
+            key_plane=key_plane,
         )
     record.timings["entity_s"] = time.perf_counter() - t2
     record.entity_id = entity.id

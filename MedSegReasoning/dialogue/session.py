@@ -228,6 +228,7 @@ class Session:
         self.models: dict[str, dict] = {}
         self._terminology = terminology
         self._open_round: Round | None = None
+        self._decoded: tuple[CompactMask, np.ndarray] | None = None  # the last entity mask unpacked for drawing
 
     @classmethod
     def for_volume(
@@ -290,8 +291,13 @@ class Session:
         relation: str | None = None,
         uncertain: list[str] | None = None,
         score: float | None = None,
+        key_plane: tuple[str, int] | None = None,
     ) -> Entity:
-        """A new entity made by round ``rnd``; its id is the next ``E<n>`` (ids are never reused)."""
+        """A new entity made by round ``rnd``; its id is the next ``E<n>`` (ids are never reused).
+
+        ``key_slice`` is axial (None: the slice where the mask is largest); ``key_plane`` the prompt's plane,
+        ``(orientation, index)``, default the axial key slice.
+        """
         self._require_open(rnd)
         mask = self._checked_mask(mask)
         coded = terminology or self.terminology.match(label)
@@ -315,6 +321,7 @@ class Session:
             uncertainty=tuple(uncertain or ()),
             score=score,
             updated_round=rnd.index,
+            key_plane=key_plane or ("axial", m.key_slice),
         )
         self.entities[entity_id] = entity
         rnd.created.append(entity_id)
@@ -329,6 +336,7 @@ class Session:
         key_slice: int | None = None,
         uncertain: list[str] | None = None,
         score: float | None = None,
+        key_plane: tuple[str, int] | None = None,
     ) -> Entity:
         """A round replaces an entity's mask (same id); the previous version stays in the round for undo."""
         self._require_open(rnd)
@@ -350,6 +358,7 @@ class Session:
             edited=False,
             revision=old.revision + 1,
             updated_round=rnd.index,
+            key_plane=key_plane or ("axial", m.key_slice),
         )
         self.entities[old.id] = new
         self._refresh_dependants(old.id)
@@ -518,7 +527,14 @@ class Session:
         e = self.entities.get(entity_id)
         if e is None or e.bbox is None or not e.bbox[0] <= k <= e.bbox[3]:
             return None
-        return e.mask.slice_mask(k, self.shape)
+        # a coronal/sagittal view asks for every slice of an entity in turn: unpack its bits once, not per slice
+        decoded = self._decoded  # one read: another thread may replace it meanwhile
+        if decoded is None or decoded[0] is not e.mask:
+            decoded = self._decoded = (e.mask, e.mask.crop())
+        k0, j0, i0, _, j1, i1 = e.bbox
+        out = np.zeros(self.shape[1:], dtype=bool)
+        out[j0 : j1 + 1, i0 : i1 + 1] = decoded[1][k - k0]
+        return out
 
     def entities_on_slice(self, k: int) -> list[dict]:
         """Entities visible on slice ``k`` with their 2D masks: for drawing tagged outlines on what the reasoner sees."""

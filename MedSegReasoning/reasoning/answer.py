@@ -178,15 +178,22 @@ class Target:
         return tuple(self.plane_to_ijk(u, v) for u, v in self.points)
 
     def to_voxel_prompt(self) -> VoxelPrompt:
-        """The pipeline's prompt for this target. Only axial targets fit ``VoxelPrompt`` (a fixed k) today."""
+        """The pipeline's prompt for this target, on the same plane: any orientation segments and propagates
+        (``pipeline.segment_prompt``). A target with only an embedding (no box, no point) has no voxel prompt."""
         from ..pipeline import VoxelPrompt
 
-        if self.orientation != "axial":
+        if self.box is None and not self.points:
             raise InputError(
-                f"the reasoner placed '{self.label or 'its target'}' on a {self.orientation} slice, which the "
-                "segmentation pipeline cannot take yet: ask the question on an axial view."
+                f"the reasoner gave '{self.label or 'its target'}' no box and no point on {self.orientation} slice "
+                f"{self.slice}: a box or a foreground point is needed to segment it."
             )
-        return VoxelPrompt(k=self.slice, box=self.box, points=self.points, labels=self.point_labels)
+        return VoxelPrompt(
+            k=self.slice,
+            box=self.box,
+            points=self.points,
+            labels=self.point_labels,
+            orientation=self.orientation,
+        )
 
     def to_dict(self) -> dict:
         return {

@@ -11,7 +11,8 @@ most) two looks, configured by ``ReasoningStrategy``:
 
 When the caller says what the user is looking at (``CurrentView``: orientation and slice index, as Slicer
 knows it), questions about "this slice" skip the montage and go straight to step 2 on that view, in any of the
-three orientations.
+three orientations; a target placed on a coronal or sagittal view is segmented and propagated in that orientation
+(``pipeline.segment_prompt``, docs/reasoning.md "Coronal and sagittal key slices").
 
 Views are never resampled through the volume: coronal and sagittal views are the array transposed, so each
 pixel is one voxel (rows may be repeated a whole number of times to undo thick slices, and rows are flipped so
@@ -414,11 +415,12 @@ class DrawableEntity(Protocol):
 
 
 def draw_entities(views: ViewSet, entities: Sequence[DrawableEntity]) -> ViewSet:
-    """``views`` with every known entity drawn where it meets a shown axial slice: outline in its colour + id tag.
+    """``views`` with every known entity drawn where it meets a shown slice: outline in its colour + id tag.
 
     The reasoner refers to earlier results by what it sees, so "E1" must be on the image, not only in the prompt.
     Only pixels change: the tiles (the pixel -> voxel mapping) are the same objects, so answers read back exactly
-    as on the bare views. Coronal and sagittal views are left bare (entities are known by their axial slices).
+    as on the bare views. On a coronal or sagittal view an entity's outline is cut from its 3D mask (one row of
+    each axial slice it spans), whatever plane it was segmented on; its key-slice box is drawn on axial views only.
     """
     if not entities:
         return views
@@ -432,8 +434,6 @@ def _draw_on_view(view: View, entities: Sequence[DrawableEntity]) -> View:
     boxes: list[tuple[tuple[float, float, float, float], tuple[int, int, int]]] = []
     tags: list[tuple[float, float, str, tuple[int, int, int], Tile]] = []
     for tile in view.tiles:
-        if tile.orientation != "axial":
-            continue
         for entity in entities:
             color = tuple(entity.color) if entity.color else DEFAULT_ENTITY_COLOR
             outline = _outline_on_tile(entity, tile)
@@ -464,11 +464,29 @@ def _shows(entity: DrawableEntity, k: int) -> bool:
     return entity.slice == k
 
 
+def _plane_mask(entity: DrawableEntity, tile: Tile) -> np.ndarray | None:
+    """The entity's mask on the tile's plane, ``(n_v, n_u)`` in voxels, or None where it does not reach.
+
+    Axial: ``slice_mask(k)``. Coronal/sagittal: row j (column i) of each axial slice the entity spans, so only
+    those slices are decoded.
+    """
+    if entity.slice_mask is None:
+        return None
+    if tile.orientation == "axial":
+        return entity.slice_mask(tile.slice) if _shows(entity, tile.slice) else None
+    if entity.slices is None:
+        return None
+    plane = np.zeros((tile.n_v, tile.n_u), dtype=bool)
+    for k in range(max(entity.slices[0], 0), min(entity.slices[1], tile.n_v - 1) + 1):
+        axial = entity.slice_mask(k)
+        if axial is not None:
+            plane[k] = axial[tile.slice, :] if tile.orientation == "coronal" else axial[:, tile.slice]
+    return plane
+
+
 def _outline_on_tile(entity: DrawableEntity, tile: Tile) -> np.ndarray | None:
     """The entity's boundary pixels on ``tile`` (tile-sized bool array), or None when no mask reaches it."""
-    if entity.slice_mask is None or not _shows(entity, tile.slice):
-        return None
-    mask = entity.slice_mask(tile.slice)
+    mask = _plane_mask(entity, tile)
     if mask is None or not mask.any():
         return None
     if tile.flip_v:
@@ -493,7 +511,7 @@ def _eroded(mask: np.ndarray) -> np.ndarray:
 
 def _box_on_tile(entity: DrawableEntity, tile: Tile) -> tuple[float, float, float, float] | None:
     """The entity's key-slice box as a pixel rectangle on ``tile`` (used when its mask is not at hand)."""
-    if entity.box is None or entity.slice != tile.slice:
+    if entity.box is None or entity.slice != tile.slice or tile.orientation != _orientation(entity):
         return None
     i0, j0, i1, j1 = entity.box
     xa, ya = tile.from_plane(i0, j0)
@@ -502,6 +520,10 @@ def _box_on_tile(entity: DrawableEntity, tile: Tile) -> tuple[float, float, floa
     y0, y1 = sorted((ya, yb))
     right, bottom = tile.x0 + tile.width - 1, tile.y0 + tile.height - 1
     return (max(x0, tile.x0), max(y0, tile.y0), min(x1 - 1, right), min(y1 - 1, bottom))
+
+
+def _orientation(entity: DrawableEntity) -> str:
+    return str(getattr(entity, "orientation", "axial"))
 
 
 def _draw_tag(draw, font, x: float, y: float, text: str, color: tuple[int, int, int], tile: Tile) -> None:

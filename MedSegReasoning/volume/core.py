@@ -150,3 +150,82 @@ class Volume:
     @property
     def display_name(self) -> str:
         return Path(self.source.path).name or "volume"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Re-sliced views: a coronal or sagittal plane as "slice k" of a volume whose axes are permuted
+
+
+PLANE_ORIENTATIONS: tuple[str, ...] = ("axial", "coronal", "sagittal")
+# The volume's array axes ([k, j, i] = 0, 1, 2) that become the view's [k', j', i']: axis 0 is the plane's normal,
+# the rows are the plane's second axis (v) and the columns its first (u), as in ``reasoning.answer.Target``:
+# axial (u, v) = (i, j), coronal (i, k), sagittal (j, k).
+_PLANE_ARRAY_AXES: dict[str, tuple[int, int, int]] = {
+    "axial": (0, 1, 2),
+    "coronal": (1, 0, 2),
+    "sagittal": (2, 0, 1),
+}
+
+
+def plane_array_axes(orientation: str) -> tuple[int, int, int]:
+    """The array axes of ``[k, j, i]`` that a plane view of ``orientation`` puts first, second and third."""
+    try:
+        return _PLANE_ARRAY_AXES[orientation]
+    except KeyError:
+        raise ValueError(f"unknown orientation '{orientation}': use axial, coronal or sagittal") from None
+
+
+def plane_volume(volume: Volume, orientation: str, *, superior_up: bool = False) -> Volume:
+    """``volume`` re-sliced so that its slices are planes of ``orientation``: a view, never a resampling.
+
+    Why: the segmenter, its embedding cache and the propagation all work on "slice k of a Volume" (image row = j,
+    column = i). A coronal plane (fixed j) becomes exactly that once the array axes are permuted to ``[j, k, i]``
+    (sagittal: ``[i, k, j]``), so the whole axial machinery runs unchanged on the view and its masks come back by
+    the inverse permutation (``from_plane_array``). With ``superior_up`` (only where k points superior, see
+    ``flips_to_superior_up``) the rows are reversed as well, so the image shows the head at the top, as the
+    reasoner's views do. The array is a numpy view (no copy); origin, spacing and direction columns are permuted
+    (and the row axis negated) with the axes, so every voxel keeps its physical LPS position (the view's direction
+    may be left-handed: that is fine, it only names axes). The content hash is the volume's own with the
+    orientation appended, so embeddings of coronal slices can never be mistaken for axial ones of the same index.
+    Axial returns ``volume`` itself.
+    """
+    axes = plane_array_axes(orientation)
+    if orientation == "axial":
+        return volume
+    # array axis a holds index (i, j, k)[2 - a]; the view's index n (i', j', k') is its array axis 2 - n
+    ijk_of = [2 - axes[2 - n] for n in range(3)]
+    g = volume.geometry
+    direction = g.direction_matrix[:, ijk_of]
+    spacing = np.asarray(g.spacing)[ijk_of]
+    array = np.transpose(volume.array, axes)
+    origin = np.asarray(g.origin, dtype=float)
+    flip = superior_up and flips_to_superior_up(volume, orientation)
+    if flip:
+        array = array[:, ::-1, :]
+        origin = origin + direction[:, 1] * spacing[1] * (array.shape[1] - 1)  # the view's row 0 is the last k
+        direction[:, 1] = -direction[:, 1]
+    view = Volume(array, Geometry.from_arrays(origin, spacing, direction), volume.modality, volume.source)
+    tag = f"{orientation}{':superior-up' if flip else ''}"
+    view._hash = hashlib.sha256(f"{volume.content_hash()}:{tag}".encode()).hexdigest()
+    return view
+
+
+def flips_to_superior_up(volume: Volume, orientation: str) -> bool:
+    """True when a coronal/sagittal plane (rows = k) must be reversed to show superior at the top: k points
+    superior (+z in LPS), as for DICOM series sorted along an axial normal. The rule of ``reasoning.views``."""
+    return orientation != "axial" and float(volume.geometry.direction_matrix[2, 2]) > 0.0
+
+
+def from_plane_array(array: np.ndarray, orientation: str, *, flipped: bool = False) -> np.ndarray:
+    """An array on a ``plane_volume`` view's grid (e.g. a mask) back on the volume's ``[k, j, i]`` grid.
+
+    ``flipped``: the view was made with its rows reversed (``superior_up`` where ``flips_to_superior_up``)."""
+    if flipped:
+        array = array[:, ::-1, :]
+    return np.transpose(array, np.argsort(plane_array_axes(orientation)))
+
+
+def plane_shape(shape_kji: tuple[int, int, int], orientation: str) -> tuple[int, int, int]:
+    """``(slices along the normal, n_v rows, n_u columns)`` of ``orientation``'s planes for a ``[k, j, i]`` shape."""
+    a, b, c = plane_array_axes(orientation)
+    return (shape_kji[a], shape_kji[b], shape_kji[c])
