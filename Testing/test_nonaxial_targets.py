@@ -422,3 +422,35 @@ def test_targets_of_any_orientation_become_prompts_and_only_promptless_ones_are_
     assert prompt.to_dict()["points"] == [[30, 10, 4, 1]]  # (i, j, k, label): i is the sagittal plane
     with pytest.raises(InputError, match="no box and no point on sagittal slice 30"):
         Target(slice=30, orientation="sagittal", label="mass").to_voxel_prompt()
+
+
+def test_a_coronal_prompt_sent_to_the_server_lands_on_its_plane(tmp_path):
+    """A box drawn in Slicer's coronal view travels as a coronal prompt (plane j, box in (i, k)) and its mask lies
+    on that plane, on the bright structure inside the box, across the slices the box spans."""
+    from server_fixtures import ThresholdSegmenter, live_server, scripted_engine, small_volume, truth_masks
+
+    from MedSegReasoning.client import MedSegClient
+    from MedSegReasoning.slicer.backend_link import round_request
+
+    volume = small_volume()
+    truth_a, _ = truth_masks()
+    request = round_request(
+        {
+            "view": {"orientation": "coronal", "slice": 22},
+            "prompts": {"boxes": [[12, 22, 0, 32, 22, 2]]},
+            "propagate": False,
+        }
+    )
+    assert request["prompts"] == [{"orientation": "coronal", "slice": 22, "box": [12, 0, 32, 2]}]
+    with live_server(tmp_path, scripted_engine(None, segmenter=ThresholdSegmenter())) as (server, tokens):
+        client = MedSegClient(server.url, tokens["alice"])
+        sid = client.create_session()
+        g = volume.geometry
+        client.upload_volume(sid, volume.array, g.origin, g.spacing, g.direction, "CT")
+        result = client.ask(sid, "Segment the bright mass.", **request)
+        (entity,) = result.entities
+        mask = entity.mask.to_dense(volume.shape)
+    expected = np.zeros(volume.shape, dtype=bool)
+    expected[:, 22, 12:33] = truth_a[:, 22, 12:33]
+    np.testing.assert_array_equal(mask, expected)
+    assert entity.data["key_plane"] == {"orientation": "coronal", "slice": 22}

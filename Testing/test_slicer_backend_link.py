@@ -155,15 +155,35 @@ def test_round_request_from_the_panel_context():
     assert request["window"] == "ct-soft-tissue" and request["propagate"] is True
     assert request["prompts"] == [
         # the box (corners sorted) on its centre slice 41, with the two points clicked on that slice
-        {"slice": 41, "box": [100, 80, 170, 140], "points": [[120, 88], [130, 90]], "point_labels": [1, 0]},
-        {"slice": 43, "points": [[10, 12]], "point_labels": [1]},
+        {
+            "orientation": "axial",
+            "slice": 41,
+            "box": [100, 80, 170, 140],
+            "points": [[120, 88], [130, 90]],
+            "point_labels": [1, 0],
+        },
+        {"orientation": "axial", "slice": 43, "points": [[10, 12]], "point_labels": [1]},
     ]
     assert round_request({"propagate": False}) == {"propagate": False, "prompts": []}
+
+    # drawn in a coronal view: the box and the click lie on coronal plane j = 276, in (i, k)
+    coronal = round_request(
+        {
+            "view": {"orientation": "coronal", "slice": 276},
+            "prompts": {"boxes": [[200, 275, 15, 100, 277, 5]], "points": [[150, 276, 10]]},
+        }
+    )
+    assert coronal["prompts"] == [
+        {"orientation": "coronal", "slice": 276, "box": [100, 5, 200, 15], "points": [[150, 10]], "point_labels": [1]}
+    ]
+    # no view given: a box is taken to lie across its thinnest extent (one voxel thick along i: sagittal plane i=371)
+    sagittal = round_request({"prompts": {"boxes": [[371, 100, 2, 371, 180, 12]]}})
+    assert sagittal["prompts"] == [{"orientation": "sagittal", "slice": 371, "box": [100, 2, 180, 12]}]
     for bad, message in (
         ({"view": {"orientation": "oblique", "slice": 3}}, "not one of axial, coronal, sagittal"),
         ({"prompts": {"points": [[1, 2]]}}, r"\[i, j, k\]"),
         ({"prompts": {"points": [[1, 2, 3, 0]]}}, "only points marked outside"),
-        ({"prompts": {"boxes": [[1, 2, 3, 4, 5, 6], [0, 0, 3, 9, 9, 6]]}}, "two boxes on slice 4"),
+        ({"prompts": {"boxes": [[1, 2, 3, 4, 5, 6], [0, 0, 3, 9, 9, 6]]}}, "two boxes on axial slice 4"),
         ({"prompts": {"points": [[-4, 2, 3]]}}, "outside the volume"),
     ):
         with pytest.raises(InputError, match=message):

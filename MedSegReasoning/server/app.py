@@ -79,12 +79,16 @@ class PromptIn(BaseModel):
     """A user's own prompt (clicks/box in Slicer), in voxel indices of the volume: i column, j row, k slice."""
 
     model_config = ConfigDict(extra="forbid")
-    slice: int = Field(ge=0, description="k, the axial slice index")
+    orientation: Literal["axial", "coronal", "sagittal"] = Field(
+        "axial", description="the plane the prompt lies on: axial (fixed k), coronal (fixed j), sagittal (fixed i)"
+    )
+    slice: int = Field(ge=0, description="the plane's index along its normal: k axial, j coronal, i sagittal")
     box: Annotated[list[int], Field(min_length=4, max_length=4)] | None = Field(
-        None, description="[i0, j0, i1, j1], inclusive corners on the slice"
+        None,
+        description="[u0, v0, u1, v1], inclusive corners in the plane's axes: (i, j) axial, (i, k) coronal, (j, k) sagittal",
     )
     points: list[Annotated[list[int], Field(min_length=2, max_length=2)]] = Field(
-        default_factory=list, description="[[i, j], ...]"
+        default_factory=list, description="[[u, v], ...] in the plane's axes, as the box"
     )
     point_labels: list[int] | None = Field(None, description="1 foreground, 0 background; default all 1")
     label: str | None = Field(None, max_length=200, description="name of the structure")

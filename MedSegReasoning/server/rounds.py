@@ -58,7 +58,8 @@ class RoundRequest:
 
 
 def parse_round_request(body: Any, *, max_chars: int, max_prompts: int) -> RoundRequest:
-    """Check the body of ``POST .../rounds``; prompts are in voxel indices ``(i, j)`` on slice ``k``."""
+    """Check the body of ``POST .../rounds``; prompts are in voxel indices of their plane (``(i, j)`` on axial
+    slice ``k`` by default; ``(i, k)`` on coronal plane ``j``, ``(j, k)`` on sagittal plane ``i``)."""
     question = body.question.strip() if body.question else ""
     if len(question) > max_chars:
         raise bad_request(
@@ -84,6 +85,7 @@ def parse_round_request(body: Any, *, max_chars: int, max_prompts: int) -> Round
             box=tuple(p.box) if p.box is not None else None,  # type: ignore[arg-type]
             points=tuple((int(x), int(y)) for x, y in p.points),
             labels=tuple(labels),
+            orientation=p.orientation,
         )
         label = (p.label or question or f"Segment {n}").strip()[:200]
         targets.append(TargetSpec(label=label, prompt=prompt, ref=p.ref, propagate=body.propagate))

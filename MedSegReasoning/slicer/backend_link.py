@@ -319,41 +319,73 @@ def round_request(context: Mapping[str, Any], *, propagate: bool = True, window:
     if win:
         request["window"] = str(win)
     view = context.get("view")
+    orientation = None
     if view:
         orientation = str(view.get("orientation", "")).lower()
         if orientation not in ORIENTATIONS:
             raise InputError(f"the current view's orientation {orientation!r} is not one of {', '.join(ORIENTATIONS)}.")
         index = _index(view.get("slice"), "the current view's slice")
         request["current_view"] = {"orientation": orientation, "slice": index}
-    request["prompts"] = _prompts(context.get("prompts") or {})
+    request["prompts"] = _prompts(context.get("prompts") or {}, orientation)
     return request
 
 
-def _prompts(prompts: Mapping[str, Any]) -> list[dict]:
-    by_slice: dict[int, dict] = {}
+# The plane's normal axis and its two in-plane axes, as positions in an (i, j, k) triple (answer.Target's convention).
+_PLANE_AXES = {"axial": (2, (0, 1)), "coronal": (1, (0, 2)), "sagittal": (0, (1, 2))}
+
+
+def _box_plane(corners: tuple[int, ...], view_orientation: str | None) -> str:
+    """The plane a box was drawn on: the current view's, else the axis along which the box is thinnest (a markups
+    ROI drawn in a slice view is one or a few voxels thick along that view's normal; ties go to axial)."""
+    if view_orientation is not None:
+        return view_orientation
+    extents = {name: abs(corners[axis + 3] - corners[axis]) for name, (axis, _) in _PLANE_AXES.items()}
+    return min(("axial", "coronal", "sagittal"), key=lambda name: extents[name])
+
+
+def _prompts(prompts: Mapping[str, Any], view_orientation: str | None = None) -> list[dict]:
+    """Boxes and clicks grouped per plane: the plane of the view they were placed in (points: axial when no view is
+    given), at the box's centre along the plane's normal; clicks on that plane join its box."""
+    by_plane: dict[tuple[str, int], dict] = {}
     for n, box in enumerate(prompts.get("boxes") or [], 1):
         if len(box) != 6:
             raise InputError(f"box {n} must be [i0, j0, k0, i1, j1, k1] (voxel indices), got {list(box)}.")
-        i0, j0, k0, i1, j1, k1 = (_index(v, f"box {n}") for v in box)
-        k = (min(k0, k1) + max(k0, k1)) // 2
-        if k in by_slice:
-            raise InputError(f"two boxes on slice {k}: the server takes one box per slice and question.")
-        by_slice[k] = {"slice": k, "box": [min(i0, i1), min(j0, j1), max(i0, i1), max(j0, j1)], "points": []}
+        corners = tuple(_index(v, f"box {n}") for v in box)
+        orientation = _box_plane(corners, view_orientation)
+        normal, (u, v) = _PLANE_AXES[orientation]
+        index = (min(corners[normal], corners[normal + 3]) + max(corners[normal], corners[normal + 3])) // 2
+        if (orientation, index) in by_plane:
+            raise InputError(
+                f"two boxes on {orientation} slice {index}: the server takes one box per slice and question."
+            )
+        lo = [min(corners[a], corners[a + 3]) for a in (u, v)]
+        hi = [max(corners[a], corners[a + 3]) for a in (u, v)]
+        by_plane[(orientation, index)] = {
+            "orientation": orientation,
+            "slice": index,
+            "box": [lo[0], lo[1], hi[0], hi[1]],
+            "points": [],
+        }
+    point_plane = view_orientation or "axial"
+    normal, (u, v) = _PLANE_AXES[point_plane]
     for n, point in enumerate(prompts.get("points") or [], 1):
         if len(point) not in (3, 4):
             raise InputError(f"point {n} must be [i, j, k] or [i, j, k, label] (voxel indices), got {list(point)}.")
-        i, j, k = (_index(v, f"point {n}") for v in point[:3])
+        ijk = tuple(_index(c, f"point {n}") for c in point[:3])
         label = int(point[3]) if len(point) == 4 else 1
         if label not in (0, 1):
             raise InputError(f"point {n}: the label is 1 (inside the structure) or 0 (outside), got {label}.")
-        prompt = by_slice.setdefault(k, {"slice": k, "points": []})
-        prompt["points"].append([i, j])
+        key = (point_plane, ijk[normal])
+        prompt = by_plane.setdefault(key, {"orientation": point_plane, "slice": ijk[normal], "points": []})
+        prompt["points"].append([ijk[u], ijk[v]])
         prompt.setdefault("point_labels", []).append(label)
     out = []
-    for k in sorted(by_slice):
-        prompt = by_slice[k]
+    for key in sorted(by_plane):
+        prompt = by_plane[key]
         if "box" not in prompt and 1 not in prompt.get("point_labels", []):
-            raise InputError(f"slice {k} has only points marked outside: add a box or a point inside the structure.")
+            raise InputError(
+                f"{key[0]} slice {key[1]} has only points marked outside: add a box or a point inside the structure."
+            )
         if not prompt["points"]:
             del prompt["points"]
         out.append(prompt)
