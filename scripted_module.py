@@ -39,6 +39,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+ROLE_ATTRIBUTE = "MedSegReasoning.Role"  # as MedSegReasoning.slicer.scene.ATTR_ROLE (not imported: import stays light)
 SETTINGS_SERVER_URL = "MedSegReasoning/ServerURL"
 SETTINGS_SERVER_TOKEN = "MedSegReasoning/ServerToken"
 SETTINGS_CONSENT_PREFIX = "MedSegReasoning/ConsentedServers/"
@@ -97,8 +98,12 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.chat = ChatPanel(
             backend=None, parent=self.ui.chatContainer, on_entity=self.logic.onTarget, on_event=self.onRoundEvent
         )
+        self.ui.chatContainer.layout().addWidget(self._promptPlacementRow())
         self.ui.chatContainer.layout().addWidget(self.chat.widget)
         self.chat.set_entity_selected_callback(self.logic.centreOnEntity)
+        # what goes with each question: the view the user last pointed at, and the clicks/boxes placed in the views
+        self.chat.set_view_provider(self.logic.currentView)
+        self.chat.set_prompts_provider(self.logic.pendingPrompts, clear=self.logic.clearPrompts)
 
         settings = qt.QSettings()
         self.ui.serverUrlEdit.text = settings.value(SETTINGS_SERVER_URL, "")
@@ -125,6 +130,27 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self.showStatus(self.logic.backendSetup().status)
+
+    def _promptPlacementRow(self):
+        """Place buttons for clicks inside / outside the structure and a box (Slicer's markups place widget)."""
+        row = qt.QWidget()
+        layout = qt.QHBoxLayout(row)
+        layout.setContentsMargins(0, 0, 0, 0)
+        for role, text in (
+            (self.logic.PROMPT_INCLUDE, "Inside"),
+            (self.logic.PROMPT_EXCLUDE, "Outside"),
+            (self.logic.PROMPT_BOX, "Box"),
+        ):
+            layout.addWidget(qt.QLabel(text))
+            place = slicer.qSlicerMarkupsPlaceWidget()
+            place.setMRMLScene(slicer.mrmlScene)
+            place.setCurrentNode(self.logic.promptNode(role))
+            place.buttonsVisible = False
+            place.placeButton().show()
+            place.placeModePersistency = role != self.logic.PROMPT_BOX
+            layout.addWidget(place)
+        layout.addStretch(1)
+        return row
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -401,6 +427,72 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         return SceneSync(scene)
 
     # -- rounds and the scene ---------------------------------------------------------------------------------------------
+    PROMPT_INCLUDE, PROMPT_EXCLUDE, PROMPT_BOX = "prompt-include", "prompt-exclude", "prompt-box"
+    _PROMPT_NODES = {
+        PROMPT_INCLUDE: ("vtkMRMLMarkupsFiducialNode", "MedSeg inside", (0.2, 0.8, 0.2)),
+        PROMPT_EXCLUDE: ("vtkMRMLMarkupsFiducialNode", "MedSeg outside", (0.9, 0.2, 0.2)),
+        PROMPT_BOX: ("vtkMRMLMarkupsROINode", "MedSeg box", (0.9, 0.8, 0.2)),
+    }
+
+    def promptNode(self, role: str):
+        """The markups node the user places clicks (inside/outside) or a box in; found again after a scene load."""
+        for node in slicer.util.getNodesByClass(self._PROMPT_NODES[role][0]):
+            if node.GetAttribute(ROLE_ATTRIBUTE) == role:
+                return node
+        class_name, name, color = self._PROMPT_NODES[role]
+        node = slicer.mrmlScene.AddNewNodeByClass(class_name, name)
+        node.SetAttribute(ROLE_ATTRIBUTE, role)
+        node.CreateDefaultDisplayNodes()
+        node.GetDisplayNode().SetSelectedColor(*color)
+        return node
+
+    def pendingPrompts(self) -> dict:
+        """Clicks and the box placed in the slice views, as voxel indices of the input volume."""
+        from MedSegReasoning.slicer.prompts import (
+            control_points_ras,
+            prompts_from_markups,
+            ras_to_ijk_of_volume,
+            roi_corners_of_node,
+        )
+        from MedSegReasoning.slicer.scene import volume_shape_kji
+
+        volume = self.getParameterNode().inputVolume
+        if volume is None:
+            return {}
+        box = self.promptNode(self.PROMPT_BOX)
+        boxes = [roi_corners_of_node(box)] if min(box.GetSize()) > 0 else []  # placed (or drawn) with a size
+        return prompts_from_markups(
+            control_points_ras(self.promptNode(self.PROMPT_INCLUDE)),
+            control_points_ras(self.promptNode(self.PROMPT_EXCLUDE)),
+            boxes,
+            ras_to_ijk_of_volume(volume),
+            volume_shape_kji(volume),
+        )
+
+    def clearPrompts(self) -> None:
+        """Sent with a question: the clicks and the box are removed so the next question starts clean."""
+        for role in self._PROMPT_NODES:
+            self.promptNode(role).RemoveAllControlPoints()
+        self.promptNode(self.PROMPT_BOX).SetSize(0.0, 0.0, 0.0)
+
+    def currentView(self):
+        """The slice view the user last pointed at (the crosshair's), else the red one: its plane and slice."""
+        from MedSegReasoning.slicer.prompts import view_context_of_slice_node
+        from MedSegReasoning.slicer.scene import volume_shape_kji
+
+        volume = self.getParameterNode().inputVolume
+        if volume is None:
+            return None
+        slice_node = None
+        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is not None:
+            slice_node = crosshair.GetCursorPositionXYZ([0.0, 0.0, 0.0])
+        if slice_node is None:
+            slice_node = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
+        if slice_node is None:
+            return None
+        return view_context_of_slice_node(slice_node, volume, volume_shape_kji(volume))
+
     def pendingEdits(self):
         """Segment Editor edits since the last sync (the chat sends them before the round)."""
         return self.sync.pending_edits() if self.sync is not None else {}

@@ -332,3 +332,64 @@ def test_a_reloaded_scene_shows_the_chat_and_continues_it_after_the_server_forgo
         assert segmentations == [segmentation]
         resaved = again.savedConversation(params)
         assert [r["question"] for r in resaved["rounds"]] == ["Segment the bright mass.", "Now the cyst next to E1."]
+
+
+def test_clicks_boxes_and_the_view_go_with_the_question(tmp_path: Path, monkeypatch) -> None:
+    """The Logic reads the markups the user placed and the slice view under the crosshair (else the red one)."""
+    from slicer_fixtures import (
+        load_volume_node,
+        new_scene,
+        oblique_geometry,
+        ramp_array,
+        require_slicer_core,
+        write_nrrd_lps,
+    )
+
+    require_slicer_core()
+    import numpy as np
+    import slicer
+    import vtk
+
+    scene = new_scene()
+    volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", ramp_array((6, 20, 24)), oblique_geometry()))
+    module, ns = _logic_module(monkeypatch, scene)
+    monkeypatch.setattr(
+        slicer.util,
+        "getNodesByClass",
+        lambda cls: [scene.GetNthNodeByClass(n, cls) for n in range(scene.GetNumberOfNodesByClass(cls))],
+        raising=False,
+    )
+    params = ns(inputVolume=volume, sessionId="")
+    logic = module.scripted_moduleLogic()
+    logic.getParameterNode = lambda: params
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    ijk_to_ras = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    def ras(i, j, k):
+        return (ijk_to_ras @ np.array([i, j, k, 1.0]))[:3]
+
+    inside = logic.promptNode(logic.PROMPT_INCLUDE)
+    assert logic.promptNode(logic.PROMPT_INCLUDE) is inside, "found again, not created twice"
+    inside.AddControlPoint(*ras(5, 7, 2))
+    logic.promptNode(logic.PROMPT_EXCLUDE).AddControlPoint(*ras(9, 12, 2))
+    box = logic.promptNode(logic.PROMPT_BOX)
+    box.SetCenter(*ras(7, 9, 3))
+    box.SetSize(0.5, 0.5, 0.5)  # a small axis-aligned (RAS) box around one voxel centre
+    assert logic.pendingPrompts() == {"points": [[5, 7, 2, 1], [9, 12, 2, 0]], "boxes": [[7, 9, 3, 7, 9, 3]]}
+    logic.clearPrompts()
+    assert logic.pendingPrompts() == {"points": [], "boxes": []}
+
+    assert logic.currentView() is None  # no slice view in the scene yet
+    red = slicer.vtkMRMLSliceNode()
+    red.SetSingletonTag("Red")
+    scene.AddNode(red)
+    unit = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    slice_to_ras = vtk.vtkMatrix4x4()
+    for r in range(3):
+        slice_to_ras.SetElement(r, 0, unit[r, 0])
+        slice_to_ras.SetElement(r, 1, unit[r, 2])
+        slice_to_ras.SetElement(r, 2, unit[r, 1])
+        slice_to_ras.SetElement(r, 3, ras(11, 13, 2)[r])
+    red.GetSliceToRAS().DeepCopy(slice_to_ras)
+    assert logic.currentView() == {"orientation": "coronal", "slice": 13}
