@@ -21,10 +21,12 @@ _NEW_FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
+def atomic_output(path: Path, *, private: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, else it is removed.
 
     The temporary name keeps the final suffixes (``.nii.gz``), because some writers choose the format by them.
+    The file gets the permissions of any new file of the user's (umask), or owner-only with ``private`` (secrets,
+    pseudonym maps), whatever the writer did meanwhile.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +37,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.exists():
-            os.chmod(tmp, _NEW_FILE_MODE)
+            os.chmod(tmp, 0o600 if private else _NEW_FILE_MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

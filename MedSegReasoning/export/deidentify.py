@@ -143,9 +143,8 @@ class DeidentificationMap:
         """Atomic, and readable by its owner only (it re-identifies everything exported with it)."""
         doc = {"format": MAP_FORMAT, "version": MAP_VERSION, "uids": self.uids, "patients": self.patients}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(self.path) as tmp:
+        with atomic_output(self.path, private=True) as tmp:
             tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-            os.chmod(tmp, 0o600)
         return self.path
 
 
