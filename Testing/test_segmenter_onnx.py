@@ -55,3 +55,45 @@ def test_a_damaged_cached_file_is_exported_again(tmp_path):
     path.write_bytes(b"truncated garbage")
     session = _onnx.open_cached(path, export_doubler, torch.device("cpu"))
     assert session.get_inputs()[0].name == "x"
+
+
+# -- the opt-in int8 encoder (backend "onnx-int8") on the real CT ---------------------------------------------
+@pytest.fixture(scope="module")
+def int8_segmenter():
+    from MedSegReasoning.segmentation.litemedsam import LiteMedSAMSegmenter
+
+    return LiteMedSAMSegmenter(backend="onnx-int8")
+
+
+@pytest.mark.slow
+def test_int8_encoder_masks_agree_with_fp32_on_a_real_ct_slice(litemedsam, int8_segmenter, shared_ct):
+    """The int8 encoder's masks match fp32's (Dice >= 0.99) and keep the fp32 Dice against the reference."""
+    import onnx
+    from segmenter_fixtures import dice, load_ct_case, organ_case
+
+    from MedSegReasoning.segmentation.base import Prompt2D, box_from_mask
+
+    assert litemedsam.backend == "onnx" and int8_segmenter.backend == "onnx-int8"
+    paths = int8_segmenter._onnx.paths
+    assert paths["encoder-int8"].is_file() and paths["encoder-int8"].name != paths["encoder"].name
+    assert paths["encoder-int8"].stat().st_size < 0.7 * paths["encoder"].stat().st_size, "weights not quantized"
+    ops = {node.op_type for node in onnx.load(str(paths["encoder-int8"])).graph.node}
+    assert "MatMulInteger" in ops and "ConvInteger" not in ops
+
+    _, image, reference = organ_case(load_ct_case(shared_ct), "spleen")
+    prompt = Prompt2D(box=box_from_mask(reference))
+    masks = {}
+    for seg in (litemedsam, int8_segmenter):
+        seg.set_image(image)
+        masks[seg.backend] = seg.predict(prompt).mask
+    assert dice(masks["onnx-int8"], masks["onnx"]) >= 0.99
+    assert dice(masks["onnx-int8"], reference) == pytest.approx(dice(masks["onnx"], reference), abs=0.005)
+
+
+def test_int8_backend_is_cpu_only(monkeypatch):
+    from MedSegReasoning.errors import InputError
+    from MedSegReasoning.segmentation import litemedsam
+
+    monkeypatch.setattr(litemedsam, "resolve_device", lambda _device: torch.device("cuda"))  # no GPU needed
+    with pytest.raises(InputError, match="CPU only: use backend 'torch'"):
+        litemedsam.LiteMedSAMSegmenter(backend="onnx-int8", device="cuda")

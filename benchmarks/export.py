@@ -142,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_output" / "export.json")
     parser.add_argument("--keep", type=Path, help="keep (and reuse) the CT series in this folder")
     args = parser.parse_args()
 
@@ -165,7 +166,7 @@ def main() -> None:
         "goals": GOALS,
         "met": {"seg_10_segments_s": seg["auto"]["median_s"] <= GOALS["seg_10_segments_s"]},
     }
-    out = ROOT / "benchmarks" / "_output" / "export.json"
+    out = args.json
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"series {volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} (written in {write_s:.1f} s)")

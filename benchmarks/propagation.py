@@ -5,7 +5,7 @@ once), propagation time per visited slice beside the encoder time per slice meas
 ratio says how much propagation adds on top of encoding), 3D Dice against the reference labels, and the peak
 resident memory of the process. Writes benchmarks/_output/propagation.json.
 
-    .venv/bin/python benchmarks/propagation.py [--organs spleen,aorta,adrenal_gland_right]
+    .venv/bin/python benchmarks/propagation.py [--organs spleen,aorta,adrenal_gland_right] [--json PATH]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--organs", default="spleen,aorta,adrenal_gland_right")
     parser.add_argument("--data", type=Path, default=SHARED_CT)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_output" / "propagation.json")
     args = parser.parse_args()
     if not (args.data / "dicom").is_dir():
         print(f"real CT not found at {args.data}: nothing to measure", file=sys.stderr)
@@ -95,22 +96,27 @@ def main() -> int:
         )
 
     report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+        },
         "encoder_s_per_slice": encoder_s,
         "peak_rss_mb": peak_rss_mb(),
         "organs": rows,
     }
     print(f"encoder (uncached) per slice: {encoder_s:.3f} s   peak RSS: {report['peak_rss_mb']:.0f} MB")
-    print(f"{'organ':24} {'visited':>8} {'encodes':>8} {'s/slice':>8} {'x enc':>6} {'x all':>6} {'Dice3D':>7} {'cached':>7}")
+    print(
+        f"{'organ':24} {'visited':>8} {'encodes':>8} {'s/slice':>8} {'x enc':>6} {'x all':>6} {'Dice3D':>7} {'cached':>7}"
+    )
     for r in rows:
         print(
             f"{r['organ']:24} {r['visited']:>5}/{r['slices_in_volume']:<2} {r['encoder_calls']:>8} "
             f"{r['seconds_per_visited_slice']:>8.3f} {r['ratio_to_encoder']:>6.2f} "
             f"{r['ratio_to_encoding_every_slice']:>6.2f} {r['dice_3d']:>7.3f} {r['cached_prompt_to_mask_s']:>7.3f}"
         )
-    out = ROOT / "benchmarks" / "_output"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "propagation.json").write_text(json.dumps(report, indent=2) + "\n")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

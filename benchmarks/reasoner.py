@@ -219,6 +219,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--ct", type=Path, default=DEFAULT_CT)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_output" / "reasoner.json")
     parser.add_argument("--model", default=None, help="also run a real reasoner spec (e.g. hf:Qwen2.5-VL-7B-Instruct)")
     args = parser.parse_args()
 
@@ -241,7 +242,7 @@ def main() -> int:
         for key, value in real.items():
             print(f"  {key:42} {value!s:>9}")
 
-    out = ROOT / "benchmarks" / "_output" / "reasoner.json"
+    out = args.json
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": _cpus()},
@@ -253,7 +254,7 @@ def main() -> int:
         "real_model": real,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
     return 0
 
 

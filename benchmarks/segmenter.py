@@ -11,11 +11,17 @@ What it measures, in one process:
   uses), then the LiteMedSAM image encoder on the slice with eager torch and with ONNX Runtime; each run's
   ratio to the bound (seconds / (FLOPs / GFLOP/s)) uses the bound of its own round, because this machine is
   shared and its load changes from minute to minute; medians and minima are reported;
+  The backends: ``torch`` (eager), ``onnx`` (fp32, the CPU default) and ``onnx-int8`` (opt-in: MatMul weights
+  in int8, see ``litemedsam.OnnxRuntime``), timed interleaved so all see the same load;
 - prompt -> mask on a cached embedding (prompt encoder, mask decoder, resize to 512x512), per backend;
+- accuracy on the five organs' largest slices (box = tight box of the reference): each backend's Dice against
+  the reference and its masks' Dice against the fp32 ``onnx`` masks (the gate for int8: per-organ Dice within
+  0.005 of fp32, masks at Dice >= 0.99 against fp32);
 - peak RSS of a fresh process that loads the default segmenter and segments one slice (``ru_maxrss``).
 
 Goals: encoder <= 1.5x the bound, cached prompt -> mask <= 0.1 s, peak RSS <= 1.5 GB. Prints a table and
-writes ``benchmarks/_output/segmenter.json``. The CT is read by the test helpers (``Testing/segmenter_fixtures``).
+writes ``benchmarks/_output/segmenter.json`` (or ``--json PATH``). The CT is read by the test helpers
+(``Testing/segmenter_fixtures``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 from timing import median_seconds  # noqa: E402
 
 GOALS = {"encoder_over_bound": 1.5, "cached_prompt_s": 0.1, "peak_rss_gb": 1.5}
+INT8_GATE = {"dice_vs_reference_within": 0.005, "masks_dice_vs_fp32_min": 0.99}
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def matmul_gflops(repeats: int = 10) -> float:
@@ -82,16 +90,17 @@ def run(ct: Path, repeats: int) -> dict:
     peak_rss = int(probe.stdout.strip().splitlines()[-1])
 
     import torch
-    from segmenter_fixtures import dice, load_ct_case, organ_case
+    from segmenter_fixtures import ORGAN_DICE_FLOORS, dice, load_ct_case, organ_case
 
     from MedSegReasoning.segmentation import _onnx
     from MedSegReasoning.segmentation.base import Prompt2D, box_from_mask
     from MedSegReasoning.segmentation.litemedsam import DEFAULT_CPU_BACKEND, LiteMedSAMSegmenter, preprocess
 
     torch.set_num_threads(_onnx.physical_cores())
-    k, image, reference = organ_case(load_ct_case(ct), "liver")
+    case = load_ct_case(ct)
+    k, image, reference = organ_case(case, "liver")
     prompt = Prompt2D(box=box_from_mask(reference))
-    segmenters = {backend: LiteMedSAMSegmenter(backend=backend) for backend in ("torch", "onnx")}
+    segmenters = {backend: LiteMedSAMSegmenter(backend=backend) for backend in BACKENDS}
     batch, _ = preprocess(image)
 
     gflops = encoder_gflops(segmenters["torch"])
@@ -120,6 +129,21 @@ def run(ct: Path, repeats: int) -> dict:
         masks[name] = seg.predict(prompt)
         assert seg.stats.cache_hits == 1
 
+    # Accuracy on every organ's largest slice, each backend against the reference and against fp32 onnx.
+    organs: dict[str, dict[str, dict[str, float]]] = {name: {} for name in segmenters}
+    for organ in ORGAN_DICE_FLOORS:
+        _, organ_image, organ_reference = organ_case(case, organ)
+        organ_prompt = Prompt2D(box=box_from_mask(organ_reference))
+        organ_masks = {}
+        for name, seg in segmenters.items():
+            seg.set_image(organ_image)
+            organ_masks[name] = seg.predict(organ_prompt).mask
+        for name in segmenters:
+            organs[name][organ] = {
+                "dice_vs_reference": dice(organ_masks[name], organ_reference),
+                "masks_dice_vs_onnx_fp32": dice(organ_masks[name], organ_masks["onnx"]),
+            }
+
     bound_rate = max(bound_rates)
     bound_s = gflops / bound_rate
 
@@ -133,10 +157,28 @@ def run(ct: Path, repeats: int) -> dict:
             "cached_prompt_to_mask_s_median": statistics.median(decoder[name]),
             "cached_prompt_to_mask_s_min": min(decoder[name]),
             "dice_vs_reference": dice(masks[name].mask, reference),
+            "encoder_over_onnx_fp32_median": statistics.median(
+                t / f for t, f in zip(encoder_times[name], encoder_times["onnx"], strict=True)
+            ),
+            "organs": organs[name],
+            "organ_dice_max_shift_vs_fp32": max(
+                abs(row["dice_vs_reference"] - organs["onnx"][organ]["dice_vs_reference"])
+                for organ, row in organs[name].items()
+            ),
+            "masks_dice_vs_fp32_min": min(row["masks_dice_vs_onnx_fp32"] for row in organs[name].values()),
         }
+    int8 = backends["onnx-int8"]
+    int8_gate = (
+        int8["organ_dice_max_shift_vs_fp32"] <= INT8_GATE["dice_vs_reference_within"]
+        and int8["masks_dice_vs_fp32_min"] >= INT8_GATE["masks_dice_vs_fp32_min"]
+    )
     return {
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "slice": {"series": str(ct), "k": k, "organ": "liver", "shape": list(image.shape)},
         "repeats": repeats,
         "encoder_gflops": gflops,
@@ -148,30 +190,59 @@ def run(ct: Path, repeats: int) -> dict:
         "masks_dice_torch_vs_onnx": dice(masks["torch"].mask, masks["onnx"].mask),
         "peak_rss_gb_default_segmenter": peak_rss / 1e9,
         "goals": GOALS,
+        "int8_gate": {**INT8_GATE, "passed": int8_gate},
     }
 
 
 def print_table(result: dict) -> None:
-    print(f"LiteMedSAM encoder: {result['encoder_gflops']:.1f} GFLOPs; fp32 1024^3 matmul on "
-          f"{result['machine']['torch_threads']} threads: best {result['matmul_gflops_per_s_best']:.1f} GFLOP/s, "
-          f"median {result['matmul_gflops_per_s_median']:.1f} -> bound {result['bound_s_per_slice_best']:.3f} s/slice")
-    print(f"{'backend':8} {'encoder s median':>17} {'min':>6} {'x bound median':>15} {'min':>6} "
-          f"{'prompt->mask s median':>22} {'min':>6} {'Dice':>7}")
+    print(
+        f"LiteMedSAM encoder: {result['encoder_gflops']:.1f} GFLOPs; fp32 1024^3 matmul on "
+        f"{result['machine']['torch_threads']} threads: best {result['matmul_gflops_per_s_best']:.1f} GFLOP/s, "
+        f"median {result['matmul_gflops_per_s_median']:.1f} -> bound {result['bound_s_per_slice_best']:.3f} s/slice"
+    )
+    print(
+        f"{'backend':9} {'encoder s median':>17} {'min':>6} {'x bound median':>15} {'min':>6} {'x fp32':>7} "
+        f"{'prompt->mask s median':>22} {'min':>6} {'Dice':>7}"
+    )
     for name, row in result["backends"].items():
-        print(f"{name:8} {row['encoder_s_median']:17.3f} {row['encoder_s_min']:6.3f} "
-              f"{row['encoder_over_bound_median']:15.2f} {row['encoder_over_bound_min']:6.2f} "
-              f"{row['cached_prompt_to_mask_s_median']:22.3f} {row['cached_prompt_to_mask_s_min']:6.3f} "
-              f"{row['dice_vs_reference']:7.4f}")
-    print(f"masks torch vs onnx: Dice {result['masks_dice_torch_vs_onnx']:.4f}; "
-          f"peak RSS (default segmenter, fresh process): {result['peak_rss_gb_default_segmenter']:.2f} GB")
-    print(f"goals: encoder <= {GOALS['encoder_over_bound']}x bound, cached prompt -> mask <= "
-          f"{GOALS['cached_prompt_s']} s, peak RSS <= {GOALS['peak_rss_gb']} GB")
+        print(
+            f"{name:9} {row['encoder_s_median']:17.3f} {row['encoder_s_min']:6.3f} "
+            f"{row['encoder_over_bound_median']:15.2f} {row['encoder_over_bound_min']:6.2f} "
+            f"{row['encoder_over_onnx_fp32_median']:7.2f} "
+            f"{row['cached_prompt_to_mask_s_median']:22.3f} {row['cached_prompt_to_mask_s_min']:6.3f} "
+            f"{row['dice_vs_reference']:7.4f}"
+        )
+    organs = list(next(iter(result["backends"].values()))["organs"])
+    print("Dice vs reference on each organ's largest slice (masks' Dice vs fp32 onnx in brackets)")
+    print(f"{'backend':9} " + " ".join(f"{organ[:18]:>18}" for organ in organs))
+    for name, row in result["backends"].items():
+        cells = (f"{o['dice_vs_reference']:.4f} ({o['masks_dice_vs_onnx_fp32']:.4f})" for o in row["organs"].values())
+        print(f"{name:9} " + " ".join(f"{cell:>18}" for cell in cells))
+    gate = result["int8_gate"]
+    print(
+        f"int8 gate (organ Dice within {gate['dice_vs_reference_within']} of fp32, masks Dice >= "
+        f"{gate['masks_dice_vs_fp32_min']} vs fp32): {'passed' if gate['passed'] else 'FAILED'}"
+    )
+    print(
+        f"masks torch vs onnx: Dice {result['masks_dice_torch_vs_onnx']:.4f}; "
+        f"peak RSS (default segmenter, fresh process): {result['peak_rss_gb_default_segmenter']:.2f} GB"
+    )
+    print(
+        f"goals: encoder <= {GOALS['encoder_over_bound']}x bound, cached prompt -> mask <= "
+        f"{GOALS['cached_prompt_s']} s, peak RSS <= {GOALS['peak_rss_gb']} GB"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ct", type=Path, default=ROOT.parent / "shared" / "data" / "ct-abdomen-dicom")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=ROOT / "benchmarks" / "_output" / "segmenter.json",
+        help="where to write the figures (default: benchmarks/_output/segmenter.json)",
+    )
     parser.add_argument("--rss-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not (args.ct / "dicom").is_dir():
@@ -181,7 +252,7 @@ def main() -> None:
         return
     result = run(args.ct, args.repeats)
     print_table(result)
-    out = ROOT / "benchmarks" / "_output" / "segmenter.json"
+    out = args.json
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

@@ -11,9 +11,9 @@
 4. **8 concurrent clients** with the replay reasoner and a segmenter that takes 5 ms per call: errors, round
    latency p50/p99, and each client's share of the rounds completed while all eight were busy (fair: 12.5 %).
 
-Writes benchmarks/_output/server.json.
+Writes benchmarks/_output/server.json (or ``--json PATH``); ``--quick`` runs 8 rounds and 4 rounds per client.
 
-    .venv/bin/python benchmarks/server.py
+    .venv/bin/python benchmarks/server.py [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -195,6 +195,15 @@ def concurrent_clients(client_factory, volume: Volume) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    global ROUNDS, ROUNDS_PER_CLIENT
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=OUT)
+    parser.add_argument("--quick", action="store_true", help="8 rounds, 4 rounds per client")
+    args = parser.parse_args()
+    if args.quick:
+        ROUNDS, ROUNDS_PER_CLIENT = 8, 4
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -324,8 +333,8 @@ def main() -> None:
     results["upload_512x512x300_int16_s"] = {**uploads, "goal_s": 2.0}
     results["mask_return_200_slices"] = {**mask_return, "goal_s": 0.2}
     results["concurrent_clients"] = concurrency
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 
 
