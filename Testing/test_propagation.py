@@ -131,3 +131,24 @@ def test_real_litemedsam_propagation_on_real_ct(shared_ct, litemedsam):
     got = result.mask[min(visited) : max(visited) + 1]
     dice = 2 * np.logical_and(got, truth).sum() / (got.sum() + truth.sum())
     assert dice > 0.9, f"3D Dice {dice:.3f} for the spleen on slices {visited}"
+
+
+def test_largest_component_matches_labelling_the_whole_grid():
+    """Labelling only the mask's bounding box gives exactly what labelling the whole volume gives."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        mask = np.zeros((12, 40, 48), dtype=bool)
+        mask[2:10, 5:30, 8:40] = rng.random((8, 25, 32)) > 0.55
+        mask[0, 0, 0] = mask[11, 39, 47] = True  # islands at the grid's corners stretch the box to the whole grid
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        np.testing.assert_array_equal(largest_component(mask), labels == np.argmax(sizes))
+        inner = mask.copy()
+        inner[0, 0, 0] = inner[11, 39, 47] = False
+        labels, _ = ndimage.label(inner, structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        np.testing.assert_array_equal(largest_component(inner), labels == np.argmax(sizes))
