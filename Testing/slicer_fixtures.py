@@ -107,3 +107,21 @@ def blob_mask(shape_kji: tuple[int, int, int]) -> np.ndarray:
     m[1:4, 9:12, 9:16] = True
     m[2, 5, 14] = True
     return m
+
+
+def paint_segment(volume_node, segmentation_node, segment_id: str, dense: np.ndarray) -> None:
+    """What a Segment Editor stroke leaves behind: the segment's labelmap replaced by ``dense`` ([k, j, i] on the
+    volume's grid)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    image.SetImageToWorldMatrix(m)
+    image.SetExtent(volume_node.GetImageData().GetExtent())
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(dense.astype(np.uint8).ravel(), deep=1))
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+    )

@@ -28,7 +28,7 @@ from export_fixtures import index_set, mask_points, oblique_abdomen_geometry, wr
 from external_tools import dciodvfy_errors
 from fakes import OracleSegmenter
 from server_fixtures import live_server, offline_terminology
-from slicer_fixtures import new_scene, require_slicer_core
+from slicer_fixtures import new_scene, paint_segment, require_slicer_core
 
 from MedSegReasoning.client import MedSegClient
 from MedSegReasoning.errors import InputError, ServiceError
@@ -45,8 +45,6 @@ from MedSegReasoning.volume.core import Geometry
 require_slicer_core()
 
 import slicer  # noqa: E402
-import vtk  # noqa: E402
-from vtk.util import numpy_support  # noqa: E402
 
 from MedSegReasoning.slicer.backend_link import BackendLink  # noqa: E402
 from MedSegReasoning.slicer.scene import SessionScene, volume_geometry_lps  # noqa: E402
@@ -146,16 +144,7 @@ def module_session(client: MedSegClient, node, db, *, send_uids: bool = True, ar
 
 def paint(sync: SceneSync, dense: np.ndarray, segment_id: str) -> None:
     """What a Segment Editor stroke leaves behind: the segment's labelmap replaced on the volume's grid."""
-    node = sync.scene.volume_node
-    image = slicer.vtkOrientedImageData()
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    image.SetImageToWorldMatrix(m)
-    image.SetExtent(node.GetImageData().GetExtent())
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(dense.astype(np.uint8).ravel(), deep=1))
-    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        image, sync.scene.segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
-    )
+    paint_segment(sync.scene.volume_node, sync.scene.segmentation_node, segment_id, dense)
 
 
 def seg_points(path: Path) -> np.ndarray:

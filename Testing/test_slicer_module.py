@@ -186,14 +186,18 @@ def _logic_module(monkeypatch, scene):
 
 
 def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path: Path, monkeypatch) -> None:
-    from slicer_fixtures import load_volume_node, new_scene, oblique_geometry, require_slicer_core, write_nrrd_lps
+    from slicer_fixtures import (
+        load_volume_node,
+        new_scene,
+        oblique_geometry,
+        paint_segment,
+        require_slicer_core,
+        write_nrrd_lps,
+    )
 
     require_slicer_core()
     import numpy as np
-    import slicer
-    import vtk
     from server_fixtures import live_server, scripted_engine, small_volume, truth_masks, write_replay
-    from vtk.util import numpy_support
 
     from MedSegReasoning.client import MedSegClient
 
@@ -229,15 +233,7 @@ def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path
         # the user erases a row of E1 in Segment Editor; the next round sends it first, then the scene acknowledges it
         edited = logic.sync.scene.current_mask("E1").to_dense(shape)
         edited[1, 22, :] = False
-        image = slicer.vtkOrientedImageData()
-        m = vtk.vtkMatrix4x4()
-        volume.GetIJKToRASMatrix(m)
-        image.SetImageToWorldMatrix(m)
-        image.SetExtent(volume.GetImageData().GetExtent())
-        image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(edited.astype(np.uint8).ravel(), deep=1))
-        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            image, logic.sync.scene.segmentation_node, "E1"
-        )
+        paint_segment(volume, logic.sync.scene.segmentation_node, "E1", edited)
         assert list(logic.pendingEdits()) == ["E1"]
         chat_round("Now the cyst next to E1.")
         np.testing.assert_array_equal(client.entity_mask(sid, "E1").to_dense(shape), edited)

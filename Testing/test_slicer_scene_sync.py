@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from server_fixtures import live_server, offline_terminology, small_volume, truth_masks, write_replay
-from slicer_fixtures import load_volume_node, new_scene, oblique_geometry, require_slicer_core, write_nrrd_lps
+from slicer_fixtures import (
+    load_volume_node,
+    new_scene,
+    oblique_geometry,
+    paint_segment,
+    require_slicer_core,
+    write_nrrd_lps,
+)
 
 from MedSegReasoning.client import MedSegClient, NotFound
 from MedSegReasoning.masks import CompactMask
@@ -86,16 +93,7 @@ def _sorted(points: np.ndarray) -> np.ndarray:
 
 def _paint(sync: SceneSync, dense: np.ndarray, segment_id: str) -> None:
     """What a Segment Editor stroke leaves behind: the segment's labelmap replaced on the volume's grid."""
-    node = sync.scene.volume_node
-    image = slicer.vtkOrientedImageData()
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    image.SetImageToWorldMatrix(m)
-    image.SetExtent(node.GetImageData().GetExtent())
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(dense.astype(np.uint8).ravel(), deep=1))
-    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        image, sync.scene.segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
-    )
+    paint_segment(sync.scene.volume_node, sync.scene.segmentation_node, segment_id, dense)
 
 
 def test_entities_are_placed_on_the_oblique_volume_where_the_engine_segmented_them(synced) -> None:

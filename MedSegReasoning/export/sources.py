@@ -33,7 +33,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..filelinks import link_files
 from ..masks import CompactMask
 from ..terminology import CodedTerminology, default_terminology
 from ..volume.core import Geometry, Volume
@@ -351,19 +351,14 @@ def _check_same_source(export_set: ExportSet, volume: Volume) -> None:
             f"DICOM-SEG and SR need a DICOM source, but {path} is {volume.source.kind}: "
             "export seg-nrrd or nifti instead (--format seg-nrrd,nifti)."
         )
-    info = volume.source.dicom
-    now = {
-        "study_instance_uid": info.study_instance_uid,
-        "series_instance_uid": info.series_instance_uid,
-        "frame_of_reference_uid": info.frame_of_reference_uid,
-    }
-    for key, recorded in export_set.recorded_uids.items():
-        if now.get(key) != recorded:
-            raise InputError(
-                f"the source series at {path} changed since it was segmented: its {_UID_NAMES[key]} is now "
-                f"{now.get(key) or '(none)'}, but {export_set.origin} recorded {recorded}; export against the series "
-                "the masks were made on, or segment the current series again."
-            )
+    mismatch = _uid_mismatch(export_set, volume)
+    if mismatch is not None:
+        name, now, recorded = mismatch
+        raise InputError(
+            f"the source series at {path} changed since it was segmented: its {name} is now {now}, but "
+            f"{export_set.origin} recorded {recorded}; export against the series the masks were made on, or segment "
+            "the current series again."
+        )
     if volume.shape != export_set.shape or (
         export_set.content_hash is not None and volume.content_hash() != export_set.content_hash
     ):
@@ -395,17 +390,25 @@ def _load_given_series(paths: list[Path], export_set: ExportSet, load_volume) ->
 
 def _linked_folder(files: list[Path]) -> Path:
     """The given files in a folder of their own, so the folder reader (series split, sorting, consistency checks)
-    reads exactly them; hard links where the file system allows, copies elsewhere. The folder must outlive the
-    export (the SEG is built from these files), so it is removed when the process ends."""
-    folder = Path(tempfile.mkdtemp(prefix="medseg-series-"))
-    atexit.register(shutil.rmtree, folder, True)
-    for index, path in enumerate(files):
-        target = folder / f"{index:06d}-{path.name}"
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
-    return folder
+    reads exactly them. The folder must outlive the export (the SEG is built from these files), so it is removed
+    when the process ends."""
+    parent = Path(tempfile.mkdtemp(prefix="medseg-series-"))
+    atexit.register(shutil.rmtree, parent, True)
+    return link_files(files, parent / "series")
+
+
+def _uid_mismatch(export_set: ExportSet, volume: Volume) -> tuple[str, str, str] | None:
+    """The first recorded UID the DICOM volume does not carry: (its name, the volume's value, the recorded one)."""
+    info = volume.source.dicom
+    now = {
+        "study_instance_uid": info.study_instance_uid,
+        "series_instance_uid": info.series_instance_uid,
+        "frame_of_reference_uid": info.frame_of_reference_uid,
+    }
+    for key, recorded in export_set.recorded_uids.items():
+        if now.get(key) != recorded:
+            return _UID_NAMES[key], now.get(key) or "(none)", recorded
+    return None
 
 
 def _check_given_series(export_set: ExportSet, volume: Volume) -> str:
@@ -415,19 +418,13 @@ def _check_given_series(export_set: ExportSet, volume: Volume) -> str:
         raise InputError(
             f"--series {where} is {volume.source.kind}, not DICOM: give the DICOM series the masks were made on."
         )
-    info = volume.source.dicom
-    now = {
-        "study_instance_uid": info.study_instance_uid,
-        "series_instance_uid": info.series_instance_uid,
-        "frame_of_reference_uid": info.frame_of_reference_uid,
-    }
-    for key, recorded in export_set.recorded_uids.items():
-        if now.get(key) != recorded:
-            raise InputError(
-                f"the series at {where} is not the one {export_set.origin} was segmented on: its {_UID_NAMES[key]} "
-                f"is {now.get(key) or '(none)'}, but the session recorded {recorded}; give the series the masks "
-                "were made on."
-            )
+    mismatch = _uid_mismatch(export_set, volume)
+    if mismatch is not None:
+        name, now, recorded = mismatch
+        raise InputError(
+            f"the series at {where} is not the one {export_set.origin} was segmented on: its {name} is {now}, but "
+            f"the session recorded {recorded}; give the series the masks were made on."
+        )
     difference = grid_difference(export_set.shape, export_set.geometry, volume)
     if difference:
         raise InputError(

@@ -19,9 +19,7 @@ Standard library only: this runs in Slicer's Python.
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 import zipfile
@@ -32,6 +30,7 @@ from typing import Any
 
 from ..childenv import child_environment
 from ..errors import EXIT_BAD_INPUT, EXIT_SERVICE, InputError, MedSegError, ServiceError
+from ..filelinks import link_files
 
 DICOM_FORMATS = ("seg", "sr")
 FILE_NAMES = {"seg": "seg.dcm", "sr": "sr.dcm"}  # as ``export.command`` names them
@@ -190,19 +189,6 @@ def unpack_session_archive(data: bytes, folder: Path) -> Path:
             if len(content) != member.file_size:
                 raise LocalExportFailed(f"{member.filename} in the session archive is damaged: export again.")
             (folder / member.filename).write_bytes(content)
-    return folder
-
-
-def link_files(files: Sequence[str | Path], folder: Path) -> Path:
-    """The files in one new folder (hard links where the file system allows, copies elsewhere), so the command
-    gets one short path instead of hundreds, and reads exactly these files."""
-    folder.mkdir(parents=True)
-    for index, path in enumerate(Path(f) for f in files):
-        target = folder / f"{index:06d}-{path.name}"
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
     return folder
 
 
