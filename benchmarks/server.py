@@ -128,7 +128,8 @@ class InProcess:
                 self.volume,
                 self.reasoner,
                 question,
-                context=ReasoningContext.from_dialogue(context, n),
+                # as the server does: earlier entities outlined on the reasoner's views
+                context=ReasoningContext.from_dialogue(context, n, slice_mask=self.session.entity_slice_mask),
                 window=self.window,
             )
             return plan_from_answer(answer, question)
