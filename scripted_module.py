@@ -23,6 +23,7 @@ import threading
 
 import qt
 import slicer
+import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -136,6 +137,7 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         row = qt.QWidget()
         layout = qt.QHBoxLayout(row)
         layout.setContentsMargins(0, 0, 0, 0)
+        self._placeWidgets = {}
         for role, text in (
             (self.logic.PROMPT_INCLUDE, "Inside"),
             (self.logic.PROMPT_EXCLUDE, "Outside"),
@@ -149,6 +151,7 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             place.placeButton().show()
             place.placeModePersistency = role != self.logic.PROMPT_BOX
             layout.addWidget(place)
+            self._placeWidgets[role] = place
         layout.addStretch(1)
         return row
 
@@ -171,6 +174,9 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        # the closed scene took the prompt nodes with it: the place buttons get new ones in the new scene
+        for role, place in getattr(self, "_placeWidgets", {}).items():
+            place.setCurrentNode(self.logic.promptNode(role))
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -184,12 +190,21 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, parameter_node) -> None:
         if self._parameterNode is not None and self._parameterNodeGuiTag:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = parameter_node
         if self._parameterNode is not None:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             saved = self.logic.savedConversation(self._parameterNode)
             if saved and self.chat is not None and not self.chat.busy:
                 self.chat.restore(saved)  # the chat as it was saved with the scene; no server needed to show it
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Another input volume: a new conversation about it (the chat starts empty; the old one stays saved)."""
+        if self.chat is not None and not self.chat.busy and self.logic.switchVolume(self._parameterNode):
+            self.chat.set_backend(self.logic.link)
+            self.chat.restore({"rounds": [], "entities": []})
 
     # -- status line ------------------------------------------------------------------------------------------------
     def showStatus(self, status) -> None:
@@ -304,6 +319,7 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.client = None
         self.link = None
+        self.linkedVolumeId = None
         self.sync = None
         self._setup = None
         self._childProcessesStartLikeSlicerDid()
@@ -394,6 +410,7 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         volume = parameterNode.inputVolume if parameterNode is not None else None
         session_id = (parameterNode.sessionId if parameterNode is not None else "") or None
         self.link = BackendLink(client, session_id=session_id, before_round=self.pendingEdits)
+        self.linkedVolumeId = volume.GetID() if volume is not None else None
         saved = self.savedConversation(parameterNode)
         if saved and saved.get("archive"):
             self.link.set_archive(base64.b64decode(saved["archive"]))  # continues the chat if the server forgot it
@@ -406,6 +423,21 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
             self.link.set_volume(slicer.util.arrayFromVolume(volume), g.origin, g.spacing, g.direction, dicom=uids)
             self.sync = self._sceneSync(volume, session_id) if session_id else None
         return self.link
+
+    def switchVolume(self, parameterNode) -> bool:
+        """The user chose another input volume: the conversation so far is about the old one, so questions now go
+        to a new session on the new volume (the old session's segments and saved chat stay in the scene). True when
+        it switched."""
+        if self.link is None or parameterNode is None:
+            return False
+        volume = parameterNode.inputVolume
+        volume_id = volume.GetID() if volume is not None else None
+        if volume_id == self.linkedVolumeId:
+            return False
+        parameterNode.sessionId = ""
+        self.sync = None
+        self.makeLink(self.client, parameterNode)
+        return True
 
     def _currentSync(self):
         """The scene side of the link's session. When the link continued an expired session in a restored one (same

@@ -389,3 +389,49 @@ def test_clicks_boxes_and_the_view_go_with_the_question(tmp_path: Path, monkeypa
         slice_to_ras.SetElement(r, 3, ras(11, 13, 2)[r])
     red.GetSliceToRAS().DeepCopy(slice_to_ras)
     assert logic.currentView() == {"orientation": "coronal", "slice": 13}
+
+
+def test_choosing_another_input_volume_starts_a_new_conversation_on_it(tmp_path: Path, monkeypatch) -> None:
+    """Questions must be about the volume the user now shows: a new session with the new volume; the old session's
+    segments stay in the scene."""
+    from slicer_fixtures import load_volume_node, new_scene, oblique_geometry, require_slicer_core, write_nrrd_lps
+
+    require_slicer_core()
+    from server_fixtures import live_server, scripted_engine, small_volume, write_replay
+
+    from MedSegReasoning.client import MedSegClient
+
+    scene = new_scene()
+    first = load_volume_node(scene, write_nrrd_lps(tmp_path / "a.nrrd", small_volume().array, oblique_geometry()))
+    second = load_volume_node(
+        scene, write_nrrd_lps(tmp_path / "b.nrrd", small_volume().array + 5, oblique_geometry()), name="second"
+    )
+    module, ns = _logic_module(monkeypatch, scene)
+    params = ns(inputVolume=first, sessionId="")
+    logic = module.scripted_moduleLogic()
+    logic.getParameterNode = lambda: params
+
+    def chat_round(question: str) -> None:
+        events = list(logic.link.ask(question, {"edits": logic.pendingEdits()}))
+        for event in events:
+            if event.kind == "target":
+                logic.onTarget(event.data)
+        assert events[-1].data["status"] == "ok", events
+        params.sessionId = logic.afterRound()
+
+    with live_server(tmp_path, scripted_engine(write_replay(tmp_path / "answers.jsonl"))) as (server, tokens):
+        client = MedSegClient(server.url, tokens["alice"])
+        logic.makeLink(client, params)
+        assert logic.switchVolume(params) is False  # the same volume: nothing changes
+        chat_round("Segment the bright mass.")
+        first_session, first_sync = params.sessionId, logic.sync
+        params.inputVolume = second
+        assert logic.switchVolume(params) is True and params.sessionId == "" and logic.link.session_id is None
+        chat_round("Segment the bright mass.")
+        assert params.sessionId != first_session
+        assert (
+            client.session(params.sessionId)["volume"]["content_sha256"]
+            != client.session(first_session)["volume"]["content_sha256"]
+        )
+        assert logic.sync.scene.volume_node is second and first_sync.scene.volume_node is first
+        assert first_sync.scene.entity_ids() == ["E1"] and logic.sync.scene.entity_ids() == ["E1"]
