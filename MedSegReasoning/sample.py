@@ -23,7 +23,7 @@ from .errors import InputError
 TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 SAMPLE_FORMAT = 1
 SERIES_DESCRIPTION = "MNI152 2009a T1 template (sample)"
-_INTENSITY_SCALE = 16  # template 0-255 -> 0-4080, the range of a 12-bit MR scanner
+INTENSITY_SCALE = 16  # template 0-255 -> 0-4080, the range of a 12-bit MR scanner
 _SEED = 152  # fixed UIDs: rebuilding gives the same series
 _TISSUE_THRESHOLD = 128  # gm + wm probability (0-510) above which a voxel is brain tissue
 _GREY_THRESHOLD = 128  # grey-matter probability (0-255) above which a deep voxel is grey matter
@@ -111,6 +111,18 @@ def _measure(gm: np.ndarray, wm: np.ndarray) -> tuple[SampleBox, SampleBox]:
     the grey-matter component, model score 0.88), whereas a box on a thin lateral ventricle made it segment
     the caudate beside it (Dice 0.0) and a whole-brain box gave Dice 0.5.
     """
+    brain, left = _brain_and_left_caudate(gm, wm)
+    k = int(np.argmax(left.sum(axis=(1, 2))))
+    return _box(left[k], k, _BOX_MARGIN), _box(brain[k], k, 0)
+
+
+def left_caudate(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
+    """The left caudate nucleus as a bool ``[k, j, i]`` mask on the template grid (the evaluation's real case)."""
+    return _brain_and_left_caudate(gm, wm)[1]
+
+
+def _brain_and_left_caudate(gm: np.ndarray, wm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The brain and the left caudate nucleus as bool masks (how: see ``_measure``)."""
     from scipy import ndimage as ndi
 
     brain = ndi.binary_fill_holes((gm + wm) > _TISSUE_THRESHOLD)
@@ -121,9 +133,7 @@ def _measure(gm: np.ndarray, wm: np.ndarray) -> tuple[SampleBox, SampleBox]:
     sizes = ndi.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
     two_largest = np.argsort(sizes)[::-1][:2] + 1
     mean_i = [np.nonzero(labels == lab)[2].mean() for lab in two_largest]
-    left = labels == two_largest[int(np.argmax(mean_i))]
-    k = int(np.argmax(left.sum(axis=(1, 2))))
-    return _box(left[k], k, _BOX_MARGIN), _box(brain[k], k, 0)
+    return brain, labels == two_largest[int(np.argmax(mean_i))]
 
 
 def _box(mask2d: np.ndarray, k: int, margin: int) -> SampleBox:
@@ -142,7 +152,7 @@ def _write_series_atomically(t1, dicom_dir: Path) -> list[Path]:
     """Write into a hidden sibling, then rename: an interrupted build never leaves a half series behind."""
     from .volume.dicom_writer import SeriesDescriptors, write_dicom_series
 
-    array = (t1.array.astype(np.int16) * _INTENSITY_SCALE).astype(np.int16)
+    array = (t1.array.astype(np.int16) * INTENSITY_SCALE).astype(np.int16)
     descriptors = SeriesDescriptors(
         patient_name="MNI152^Template",
         patient_id="MNI152-2009A",

@@ -4,7 +4,7 @@ nilearn ships the ICBM 2009a symmetric template with its grey- and white-matter 
 derived from the segmentations of 152 brains). The label here is the head and body of the left caudate nucleus:
 deep grey matter (grey-matter probability above 50 % and above white matter's, at least 20 mm inside the brain),
 whose larger components beside the frontal horns are the two caudate nuclei; the one with the larger i lies on
-the patient's left (the template is stored LPS). ``sample.py`` measures the demo box the same way.
+the patient's left (the template is stored LPS). ``sample.left_caudate`` finds it, as it does for the demo box.
 
 The case is written as the ``folder`` layout: a DICOM MR series, a label map (NRRD, on exactly the series' grid)
 and ``questions.jsonl``. ``step`` keeps every step-th axial slice and the volume is cut to the caudate's slices
@@ -21,37 +21,18 @@ import numpy as np
 from ..volume.core import Geometry
 
 CAUDATE_LABEL = 1
-_TISSUE_THRESHOLD = 128  # gm + wm probability (0-510) above which a voxel is brain tissue
-_GREY_THRESHOLD = 128  # grey-matter probability (0-255) above which a voxel is grey matter
-_DEEP_MM = 20  # the cortex lies within this distance of the brain surface; the basal ganglia deeper
-_INTENSITY_SCALE = 16  # template 0-255 -> 0-4080, a 12-bit MR range
-
-
-def left_caudate(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
-    """The left caudate nucleus as a bool ``[k, j, i]`` mask on the template grid (see the module docstring)."""
-    from scipy import ndimage as ndi
-
-    brain = ndi.binary_fill_holes((gm + wm) > _TISSUE_THRESHOLD)
-    deep = ndi.binary_erosion(brain, iterations=_DEEP_MM)  # 1 mm voxels: iterations are millimetres
-    labels, n = ndi.label(deep & (gm > wm) & (gm > _GREY_THRESHOLD))
-    if n < 2:
-        raise ValueError("no deep grey matter found in the MNI152 template")
-    sizes = ndi.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    two_largest = np.argsort(sizes)[::-1][:2] + 1
-    mean_i = [np.nonzero(labels == lab)[2].mean() for lab in two_largest]
-    return labels == two_largest[int(np.argmax(mean_i))]
 
 
 def build_caudate_case(out_dir: str | Path, *, step: int = 4, margin: int = 1) -> Path:
     """Write the case into ``out_dir`` (``volume/`` DICOM series, ``labels.nrrd``, ``questions.jsonl``); return it."""
-    from ..sample import _load_template
+    from ..sample import INTENSITY_SCALE, _load_template, left_caudate
     from ..volume.dicom_writer import SeriesDescriptors, write_dicom_series
     from ..volume.itk_io import write_label_image
 
     out_dir = Path(out_dir)
     t1, gm, wm = _load_template()
     caudate = left_caudate(gm, wm)[::step]
-    image = (t1.array[::step].astype(np.int16) * _INTENSITY_SCALE).astype(np.int16)
+    image = (t1.array[::step].astype(np.int16) * INTENSITY_SCALE).astype(np.int16)
     slices = np.nonzero(caudate.any(axis=(1, 2)))[0]
     k0 = max(int(slices.min()) - margin, 0)
     k1 = min(int(slices.max()) + margin, caudate.shape[0] - 1)
