@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..jsonlines import read_json_objects
 from ..volume.core import Geometry, Volume, VolumeSource
 
 LAYOUTS = ("umrg", "mrmedseg", "folder")
@@ -466,15 +467,7 @@ _FOLDER_REQUIRED = ("volume", "labels", "question", "label")
 
 def _read_jsonl(file: Path) -> list[dict]:
     lines = []
-    for number, text in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            item = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"line {number} of {file} is not JSON ({exc.msg}).") from None
-        if not isinstance(item, dict):
-            raise InputError(f"line {number} of {file} is not a JSON object.")
+    for number, item in read_json_objects(file):
         missing = [k for k in _FOLDER_REQUIRED if item.get(k) in (None, "")]
         if missing:
             raise InputError(

@@ -21,6 +21,7 @@ import numpy as np
 
 from MedSegReasoning.atomic import atomic_output, write_text_atomic
 from MedSegReasoning.errors import InputError
+from MedSegReasoning.jsonlines import read_json_objects
 
 __all__ = ["PLOT_FILES", "RECORD_FIELDS", "read_records", "render_markdown", "summarize", "write_report"]
 
@@ -103,15 +104,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"No evaluation records at {path}: give the results .jsonl file the runner wrote.")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}, line {number}: not a JSON object ({exc.msg}).") from None
-    return records
+    return [record for _, record in read_json_objects(path)]
 
 
 # ---------------------------------------------------------------------------------------------- summary

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, ServiceError
+from ..jsonlines import read_json_objects
 from .layouts import Case, Dataset, Turn, Unit
 
 MODES = ("full", "oracle", "reasoner")
@@ -148,18 +149,10 @@ def read_existing(path: Path) -> list[dict]:
     """Records already written; a last line cut off by a crash is dropped (its unit is run again)."""
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise InputError(f"line {number} of {path} is not JSON: the file was edited; start a new --out.") from None
-        if not isinstance(record, dict) or "sample" not in record:
+    hint = ": the file was edited; start a new --out"
+    for number, record in read_json_objects(path, hint=hint, drop_cut_last_line=True):
+        if "sample" not in record:
             raise InputError(f"line {number} of {path} is not a sample record: start a new --out.")
         records.append(record)
     return records

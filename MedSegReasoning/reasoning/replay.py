@@ -15,13 +15,13 @@ rendered image) for hand-written files, or what the caller passes.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from ..errors import InputError
+from ..jsonlines import read_json_objects
 from .answer import GenerationStats
 from .base import ChatReasoner, ChatRequest, ReasonerIdentity, TextCallback
 from .coords import get_convention
@@ -95,26 +95,17 @@ def _read_replay_file(path: Path) -> tuple[dict, list[dict]]:
         raise InputError(f"the replay file {path} does not exist: pass a JSON-lines file of recorded answers.")
     meta: dict = {}
     entries: list[dict] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"line {number} of the replay file {path} is not JSON ({exc.msg}).") from None
-            if not isinstance(item, dict):
-                raise InputError(f"line {number} of the replay file {path} is not a JSON object.")
-            if "meta" in item:
-                if isinstance(item["meta"], dict):
-                    meta.update(item["meta"])
-                continue
-            if not isinstance(item.get("raw"), str):
-                raise InputError(f'line {number} of the replay file {path} has no "raw" answer text.')
-            round_number = item.get("round")
-            if round_number is not None and (isinstance(round_number, bool) or not isinstance(round_number, int)):
-                raise InputError(f'line {number} of the replay file {path}: "round" must be a whole number.')
-            entries.append({**item, "_line": number})
+    for number, item in read_json_objects(path, f"the replay file {path}"):
+        if "meta" in item:
+            if isinstance(item["meta"], dict):
+                meta.update(item["meta"])
+            continue
+        if not isinstance(item.get("raw"), str):
+            raise InputError(f'line {number} of the replay file {path} has no "raw" answer text.')
+        round_number = item.get("round")
+        if round_number is not None and (isinstance(round_number, bool) or not isinstance(round_number, int)):
+            raise InputError(f'line {number} of the replay file {path}: "round" must be a whole number.')
+        entries.append({**item, "_line": number})
     if not entries:
         raise InputError(f"the replay file {path} holds no answers.")
     with_round = sum(1 for e in entries if e.get("round") is not None)
