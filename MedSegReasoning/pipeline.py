@@ -30,6 +30,7 @@ from .volume.core import (
     flips_to_superior_up,
     from_plane_array,
     plane_shape,
+    plane_to_ijk,
     plane_volume,
 )
 from .volume.windowing import Window, render_slice
@@ -64,11 +65,7 @@ class VoxelPrompt:
 
     def plane_to_ijk(self, u: int, v: int) -> tuple[int, int, int]:
         """A point of this prompt's plane as volume indices ``(i, j, k)``."""
-        if self.orientation == "axial":
-            return (u, v, self.k)
-        if self.orientation == "coronal":
-            return (u, self.k, v)
-        return (self.k, u, v)
+        return plane_to_ijk(self.orientation, self.k, u, v)
 
     def to_prompt2d(self) -> Prompt2D:
         """The same prompt in the pixel coordinates of its plane (x = u, y = v), as the segmenter takes it."""

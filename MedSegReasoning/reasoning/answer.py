@@ -161,11 +161,9 @@ class Target:
 
     def plane_to_ijk(self, u: int, v: int) -> tuple[int, int, int]:
         """A point of this target's plane as volume indices ``(i, j, k)``."""
-        if self.orientation == "axial":
-            return (u, v, self.slice)
-        if self.orientation == "coronal":
-            return (u, self.slice, v)
-        return (self.slice, u, v)
+        from ..volume.core import plane_to_ijk
+
+        return plane_to_ijk(self.orientation, self.slice, u, v)
 
     def box_ijk(self) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
         """The box as two opposite ``(i, j, k)`` corners (inclusive), whatever the orientation."""

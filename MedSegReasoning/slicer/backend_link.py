@@ -34,9 +34,10 @@ from typing import Any
 
 from ..errors import InputError
 from ..masks import CompactMask
+from ..volume.core import PLANE_ORIENTATIONS, plane_ijk_axes
 from .chat_panel import RoundEvent, answer_text
 
-ORIENTATIONS = ("axial", "coronal", "sagittal")
+ORIENTATIONS = PLANE_ORIENTATIONS
 _END = object()  # the end of one round's event stream on the hand-over queue
 
 BeforeRound = Callable[[], Mapping[str, CompactMask]]
@@ -330,17 +331,17 @@ def round_request(context: Mapping[str, Any], *, propagate: bool = True, window:
     return request
 
 
-# The plane's normal axis and its two in-plane axes, as positions in an (i, j, k) triple (answer.Target's convention).
-_PLANE_AXES = {"axial": (2, (0, 1)), "coronal": (1, (0, 2)), "sagittal": (0, (1, 2))}
-
-
 def _box_plane(corners: tuple[int, ...], view_orientation: str | None) -> str:
     """The plane a box was drawn on: the current view's, else the axis along which the box is thinnest (a markups
     ROI drawn in a slice view is one or a few voxels thick along that view's normal; ties go to axial)."""
     if view_orientation is not None:
         return view_orientation
-    extents = {name: abs(corners[axis + 3] - corners[axis]) for name, (axis, _) in _PLANE_AXES.items()}
-    return min(("axial", "coronal", "sagittal"), key=lambda name: extents[name])
+
+    def thickness(name: str) -> int:
+        normal = plane_ijk_axes(name)[0]
+        return abs(corners[normal + 3] - corners[normal])
+
+    return min(ORIENTATIONS, key=thickness)
 
 
 def _prompts(prompts: Mapping[str, Any], view_orientation: str | None = None) -> list[dict]:
@@ -352,7 +353,7 @@ def _prompts(prompts: Mapping[str, Any], view_orientation: str | None = None) ->
             raise InputError(f"box {n} must be [i0, j0, k0, i1, j1, k1] (voxel indices), got {list(box)}.")
         corners = tuple(_index(v, f"box {n}") for v in box)
         orientation = _box_plane(corners, view_orientation)
-        normal, (u, v) = _PLANE_AXES[orientation]
+        normal, u, v = plane_ijk_axes(orientation)
         index = (min(corners[normal], corners[normal + 3]) + max(corners[normal], corners[normal + 3])) // 2
         if (orientation, index) in by_plane:
             raise InputError(
@@ -367,7 +368,7 @@ def _prompts(prompts: Mapping[str, Any], view_orientation: str | None = None) ->
             "points": [],
         }
     point_plane = view_orientation or "axial"
-    normal, (u, v) = _PLANE_AXES[point_plane]
+    normal, u, v = plane_ijk_axes(point_plane)
     for n, point in enumerate(prompts.get("points") or [], 1):
         if len(point) not in (3, 4):
             raise InputError(f"point {n} must be [i, j, k] or [i, j, k, label] (voxel indices), got {list(point)}.")

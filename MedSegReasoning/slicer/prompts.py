@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ..volume.core import PLANE_ORIENTATIONS, plane_ijk_axes
+
 # volume axis (position in an (i, j, k) triple) -> the plane whose normal it is
-_PLANE_OF_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
+_PLANE_OF_AXIS = {plane_ijk_axes(name)[0]: name for name in PLANE_ORIENTATIONS}
 
 
 def ras_to_ijk(ras_to_ijk_matrix: np.ndarray, points_ras: np.ndarray) -> np.ndarray:

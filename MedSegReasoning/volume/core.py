@@ -175,6 +175,20 @@ def plane_array_axes(orientation: str) -> tuple[int, int, int]:
         raise ValueError(f"unknown orientation '{orientation}': use axial, coronal or sagittal") from None
 
 
+def plane_ijk_axes(orientation: str) -> tuple[int, int, int]:
+    """Positions in an ``(i, j, k)`` triple of a plane's normal, its first (u) and its second (v) axis."""
+    normal, rows, columns = plane_array_axes(orientation)
+    return 2 - normal, 2 - columns, 2 - rows
+
+
+def plane_to_ijk(orientation: str, index: int, u: int, v: int) -> tuple[int, int, int]:
+    """Point ``(u, v)`` of plane ``index`` of ``orientation`` as volume indices ``(i, j, k)``."""
+    normal, u_axis, v_axis = plane_ijk_axes(orientation)
+    ijk = [0, 0, 0]
+    ijk[normal], ijk[u_axis], ijk[v_axis] = index, u, v
+    return ijk[0], ijk[1], ijk[2]
+
+
 def plane_volume(volume: Volume, orientation: str, *, superior_up: bool = False) -> Volume:
     """``volume`` re-sliced so that its slices are planes of ``orientation``: a view, never a resampling.
 
