@@ -547,12 +547,12 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
     def saveConversation(self) -> None:
         """Keep the conversation with the scene: the chat's record (rounds, reasoning, entities, review) for showing
         it again, and the server's archive of it, so a reloaded scene continues even after the session expired."""
-        from MedSegReasoning.slicer.backend_link import conversation_in
+        from MedSegReasoning.session_archive import session_json
 
         if self.link is None or self.sync is None or self.link.session_id is None:
             return
         archive = self.link.fetch_archive()  # one request: the archive's session.json is the chat's record too
-        doc = conversation_in(archive)
+        doc = session_json(archive)
         doc["archive"] = base64.b64encode(archive).decode("ascii")
         self.sync.scene.store_conversation(json.dumps(doc))
 

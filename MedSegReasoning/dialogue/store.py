@@ -21,6 +21,7 @@ from .. import __version__
 from ..atomic import atomic_output, write_text_atomic
 from ..errors import InputError
 from ..masks import CompactMask
+from ..session_archive import MASK_DIR, SESSION_FILE
 from ..terminology import Terminology
 from ..volume.core import Volume
 from .entity import Entity
@@ -28,8 +29,6 @@ from .session import EditRecord, Round, Session, TargetRecord, VolumeRecord, now
 
 FORMAT = "medseg-reasoning/session"
 FORMAT_VERSION = 1
-SESSION_FILE = "session.json"
-MASK_DIR = "masks"
 
 
 def mask_digest(mask: CompactMask) -> str:

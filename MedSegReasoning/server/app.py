@@ -31,8 +31,8 @@ from .. import __version__
 from ..dialogue.entity import REVIEW_STATES
 from ..errors import InputError
 from ..masks import CompactMask
-from .archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
-from .archive import pack_session
+from ..session_archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
+from ..session_archive import pack_session
 from .audit import AuditLog
 from .auth import TokenStore
 from .config import WIRE_VERSION, ServerConfig

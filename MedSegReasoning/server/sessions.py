@@ -28,7 +28,7 @@ from ..dialogue.store import SESSION_FILE, load_session
 from ..errors import MedSegError
 from ..terminology import Terminology
 from ..volume.core import Volume
-from .errors import ApiError, conflict, not_found
+from .errors import ApiError, bad_request, conflict, not_found
 
 SIDECAR = "server.json"  # owner and creation time; beside session.json, ignored by the dialogue's loader
 _TOUCH_EVERY_S = 10.0
@@ -170,13 +170,16 @@ class SessionStore:
             return session
 
     def restore(self, owner: str, archive: bytes, max_bytes: int) -> ServerSession:
-        """A new session (new id) holding the conversation in ``archive`` (``archive.py``); its volume must be sent
+        """A new session (new id) holding the conversation in ``archive`` (``session_archive.py``); its volume must be sent
         again, and only the volume the conversation was held on is accepted. Nothing is kept when it is refused."""
-        from .archive import unpack_session
+        from ..session_archive import ArchiveRefused, unpack_session
 
         session = self.create(owner)
         try:
-            unpack_session(archive, session.folder, max_bytes)
+            try:
+                unpack_session(archive, session.folder, max_bytes)
+            except ArchiveRefused as exc:
+                raise bad_request(exc.code, str(exc)) from None
             dialogue = load_session(session.folder, terminology=self.terminology)
         except BaseException:
             self.delete(session)

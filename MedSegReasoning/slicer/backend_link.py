@@ -309,16 +309,6 @@ def _drain(events: queue.Queue, cancel: threading.Event) -> Iterator[RoundEvent]
             cancel.set()  # the reader went away (panel cancelled): the server round must not run on unseen
 
 
-def conversation_in(archive: bytes) -> dict:
-    """The ``session.json`` inside a session archive (``fetch_archive``): what ``ChatPanel.restore`` reads."""
-    import io
-    import json
-    import zipfile
-
-    with zipfile.ZipFile(io.BytesIO(archive)) as z:
-        return json.loads(z.read("session.json"))
-
-
 def round_request(context: Mapping[str, Any], *, propagate: bool = True, window: str | None = None) -> dict:
     """The keyword arguments of ``MedSegClient.ask`` for a panel context (see the module docstring).
 

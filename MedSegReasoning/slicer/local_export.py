@@ -18,11 +18,8 @@ Standard library only: this runs in Slicer's Python.
 
 from __future__ import annotations
 
-import io
-import re
 import subprocess
 import tempfile
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +28,10 @@ from typing import Any
 from ..childenv import child_environment
 from ..errors import EXIT_BAD_INPUT, EXIT_SERVICE, InputError, MedSegError, ServiceError
 from ..filelinks import link_files
+from ..session_archive import ArchiveRefused, unpack_session
 
 DICOM_FORMATS = ("seg", "sr")
 FILE_NAMES = {"seg": "seg.dcm", "sr": "sr.dcm"}  # as ``export.command`` names them
-SESSION_FILE = "session.json"
-MASK_NAME = re.compile(r"^masks/[0-9a-f]{32}\.npz$")
 MAX_ARCHIVE_BYTES = 4 << 30  # unpacked; a session's masks are packed bits, far below this
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"  # DICOMScalarVolumePlugin: slice k's SOP Instance UID, in k order
 SERIES_UID_TAG = "0020,000E"
@@ -165,31 +161,14 @@ def series_uids(volume_node: Any, dicom_database: Any) -> dict[str, str]:
 
 
 def unpack_session_archive(data: bytes, folder: Path) -> Path:
-    """Write a session archive (``session_archive``'s zip) into ``folder``, accepting only ``session.json`` and
-    ``masks/<hash>.npz`` members with their stated sizes; the export's loader then checks every mask's hash."""
+    """Write a session archive (``session_archive``'s zip) into ``folder`` after ``session_archive``'s member checks;
+    the export's loader then checks every mask's hash."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise LocalExportFailed("the server's session archive is not a zip file: try the export again.") from None
-    with archive:
-        members = archive.infolist()
-        names = [m.filename for m in members]
-        strangers = [n for n in names if n != SESSION_FILE and not MASK_NAME.match(n)]
-        if SESSION_FILE not in names or strangers or len(set(names)) != len(names):
-            raise LocalExportFailed(
-                "the server's session archive is not a saved session (it should hold session.json and masks/ "
-                "only): update the backend, then export again."
-            )
-        if sum(m.file_size for m in members) > MAX_ARCHIVE_BYTES:
-            raise LocalExportFailed("the server's session archive is too large to unpack: export from the server.")
-        (folder / "masks").mkdir(parents=True, exist_ok=True)
-        for member in members:
-            with archive.open(member) as src:
-                content = src.read(member.file_size + 1)
-            if len(content) != member.file_size:
-                raise LocalExportFailed(f"{member.filename} in the session archive is damaged: export again.")
-            (folder / member.filename).write_bytes(content)
-    return folder
+        return unpack_session(data, folder, MAX_ARCHIVE_BYTES)
+    except ArchiveRefused as exc:
+        raise LocalExportFailed(
+            f"the server's session archive cannot be unpacked ({exc}): update the backend, then export again."
+        ) from None
 
 
 def _run(argv: list[str], timeout_s: float, names: dict[str, str]) -> str:
