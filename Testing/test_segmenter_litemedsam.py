@@ -103,32 +103,41 @@ def test_unknown_backend_is_an_input_error():
         create_segmenter("litemedsam", backend="tensorrt")
 
 
-def test_torch_and_onnx_backends_agree(litemedsam, ct_case, monkeypatch):
-    """Same masks from both runtimes (Dice > 0.99), embeddings within 1e-4 absolute, IoU within 1e-3.
+def test_openvino_onnx_and_torch_backends_agree(litemedsam, ct_case, monkeypatch):
+    """Same masks from all three runtimes, embeddings within 1e-4 of torch's, IoU within 1e-3.
 
-    The session's segmenter runs ONNX Runtime (the CPU default), so its exported encoder and decoder are in the
-    ONNX cache by now: a second instance must open them without exporting again.
+    OpenVINO and ONNX Runtime run the same exported file in fp32: their embeddings agree to 2e-5 and their masks
+    are the same. The session's segmenter runs OpenVINO (the CPU default), so the exported encoder and decoder
+    are in the ONNX cache by now: later instances must open them without exporting again.
     """
     import torch
 
     from MedSegReasoning.segmentation import litemedsam as module
 
-    assert litemedsam.backend == "onnx", "the CPU default backend is ONNX Runtime"
+    assert litemedsam.backend == "openvino", "the CPU default backend is OpenVINO"
     k, image, reference = organ_case(ct_case, "stomach")
     box = box_from_mask(reference)
-    torch_seg = module.LiteMedSAMSegmenter(backend="torch")
-    runs = {}
-    for seg in (litemedsam, torch_seg):
+    runs, segmenters = (
+        {},
+        (litemedsam, module.LiteMedSAMSegmenter(backend="onnx"), module.LiteMedSAMSegmenter(backend="torch")),
+    )
+    for seg in segmenters:
         seg.set_image(image, cache_key=cache_key(k))
         runs[seg.backend] = (seg._encoded.embedding, seg.predict(Prompt2D(box=box)))
-    (onnx_embedding, onnx_pred), (torch_embedding, torch_pred) = runs["onnx"], runs["torch"]
+    (ov_embedding, ov_pred), (onnx_embedding, onnx_pred) = runs["openvino"], runs["onnx"]
+    torch_embedding, torch_pred = runs["torch"]
+    assert torch.allclose(ov_embedding, onnx_embedding, atol=2e-5, rtol=0)
+    assert dice(ov_pred.mask, onnx_pred.mask) >= 0.999
+    assert ov_pred.score == pytest.approx(onnx_pred.score, abs=1e-4)
     assert torch.allclose(onnx_embedding, torch_embedding, atol=1e-4, rtol=0)
     assert dice(onnx_pred.mask, torch_pred.mask) > 0.99
     assert onnx_pred.score == pytest.approx(torch_pred.score, abs=1e-3)
+    assert litemedsam.identity.extra["openvino"] and "openvino" not in segmenters[1].identity.extra
 
     def no_second_export(*_args, **_kwargs):
         raise AssertionError("the cached ONNX export should have been reused")
 
     monkeypatch.setattr(module._onnx, "export_onnx", no_second_export)
-    again = module.LiteMedSAMSegmenter(backend="onnx")
-    assert all(path.is_file() for path in again._onnx.paths.values())
+    for backend in ("onnx", "openvino"):
+        again = module.LiteMedSAMSegmenter(backend=backend)
+        assert all(path.is_file() for path in again._onnx.paths.values())

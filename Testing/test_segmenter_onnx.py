@@ -73,7 +73,7 @@ def test_int8_encoder_masks_agree_with_fp32_on_a_real_ct_slice(litemedsam, int8_
 
     from MedSegReasoning.segmentation.base import Prompt2D, box_from_mask
 
-    assert litemedsam.backend == "onnx" and int8_segmenter.backend == "onnx-int8"
+    assert litemedsam.backend == "openvino" and int8_segmenter.backend == "onnx-int8"  # fp32: the CPU default
     paths = int8_segmenter._onnx.paths
     assert paths["encoder-int8"].is_file() and paths["encoder-int8"].name != paths["encoder"].name
     assert paths["encoder-int8"].stat().st_size < 0.7 * paths["encoder"].stat().st_size, "weights not quantized"
@@ -86,14 +86,67 @@ def test_int8_encoder_masks_agree_with_fp32_on_a_real_ct_slice(litemedsam, int8_
     for seg in (litemedsam, int8_segmenter):
         seg.set_image(image)
         masks[seg.backend] = seg.predict(prompt).mask
-    assert dice(masks["onnx-int8"], masks["onnx"]) >= 0.99
-    assert dice(masks["onnx-int8"], reference) == pytest.approx(dice(masks["onnx"], reference), abs=0.005)
+    assert dice(masks["onnx-int8"], masks["openvino"]) >= 0.99
+    assert dice(masks["onnx-int8"], reference) == pytest.approx(dice(masks["openvino"], reference), abs=0.005)
 
 
-def test_int8_backend_is_cpu_only(monkeypatch):
+@pytest.mark.parametrize("backend", ["onnx-int8", "openvino"])
+def test_cpu_runtimes_refuse_cuda(monkeypatch, backend):
     from MedSegReasoning.errors import InputError
     from MedSegReasoning.segmentation import litemedsam
 
     monkeypatch.setattr(litemedsam, "resolve_device", lambda _device: torch.device("cuda"))  # no GPU needed
-    with pytest.raises(InputError, match="CPU only: use backend 'torch'"):
-        litemedsam.LiteMedSAMSegmenter(backend="onnx-int8", device="cuda")
+    with pytest.raises(InputError, match=f"{backend}' runs on the CPU only: use backend 'torch'"):
+        litemedsam.LiteMedSAMSegmenter(backend=backend, device="cuda")
+
+
+# -- OpenVINO (backend "openvino", the CPU default) -----------------------------------------------------------
+def test_openvino_runs_the_cached_export_and_recovers_a_damaged_one(tmp_path):
+    """Same cache as ONNX Runtime's; a damaged file is exported again; results are copies, not a reused buffer."""
+    import numpy as np
+
+    from MedSegReasoning.segmentation import _openvino
+
+    path = tmp_path / "doubler.onnx"
+    path.write_bytes(b"truncated garbage")
+    model = _onnx.open_cached(
+        path, export_doubler, torch.device("cpu"), opener=lambda p: _openvino.OpenVinoModel(p, tmp_path / "openvino")
+    )
+    first = model(np.ones((1, 3), np.float32))
+    second = model(np.full((1, 3), 5.0, np.float32))
+    assert first.tolist() == [[2.0, 2.0, 2.0]] and second.tolist() == [[10.0, 10.0, 10.0]]
+    assert any((tmp_path / "openvino").iterdir()), "the compiled model was not cached"
+
+
+def test_openvino_keeps_fp32_on_every_cpu():
+    """bf16-capable CPUs would otherwise run in bf16, and dynamic activation quantization would change masks."""
+    from MedSegReasoning.segmentation import _openvino
+
+    config = _openvino.exact_cpu_config()
+    assert config["INFERENCE_PRECISION_HINT"] == "f32" and config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 0
+
+
+def test_default_falls_back_to_onnx_runtime_without_openvino(monkeypatch):
+    from MedSegReasoning.segmentation import _openvino, litemedsam
+
+    assert litemedsam.default_backend(torch.device("cpu")) == "openvino"
+    assert litemedsam.default_backend(torch.device("cuda")) == "torch"
+    monkeypatch.setattr(_openvino, "available", lambda: False)
+    assert litemedsam.default_backend(torch.device("cpu")) == "onnx"
+
+
+def test_openvino_missing_is_a_model_error(monkeypatch, tmp_path):
+    import builtins
+
+    from MedSegReasoning.segmentation import _openvino
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    with pytest.raises(ModelError, match="pip install openvino.*backend 'onnx'"):
+        _openvino.OpenVinoModel(tmp_path / "any.onnx", tmp_path)

@@ -103,7 +103,8 @@ def segmenter_figures(d: dict) -> list[Figure]:
     bound = f"fp32 bound, {d['encoder_gflops']:.0f} GFLOP (ratio per round)"
     rows = []
     for name, row in d["backends"].items():
-        default_or_option = name != "torch"  # the goal is for the CPU runtime in use (onnx) and its int8 option
+        # The goal is for the CPU default (openvino, fp32) and the int8 option; torch and onnx are for comparison.
+        default_or_option = name in ("openvino", "onnx-int8")
         rows.append(
             figure(
                 b,
@@ -117,6 +118,36 @@ def segmenter_figures(d: dict) -> list[Figure]:
             )
         )
     onnx, int8 = d["backends"]["onnx"], d["backends"].get("onnx-int8")
+    openvino = d["backends"].get("openvino")
+    if openvino:
+        rows.append(
+            figure(
+                b,
+                "encoder openvino vs onnx (both fp32)",
+                openvino["encoder_s_median"],
+                "s/slice",
+                "fp32 onnx encoder",
+                onnx["encoder_s_median"],
+                ratio=openvino["encoder_over_onnx_fp32_median"],
+            )
+        )
+        rows.append(figure(b, "masks openvino vs onnx (liver)", d["masks_dice_openvino_vs_onnx"], "Dice"))
+    for name, row in d["backends"].items():
+        sl = row.get("slices")
+        if not sl:
+            continue
+        label = f"{name}: every {d['slice_step']}th organ slice"
+        rows.append(
+            figure(b, f"{label}, Dice vs reference (mean of {sl['slices']})", sl["dice_vs_reference_mean"], "Dice")
+        )
+        rows.append(
+            figure(
+                b,
+                f"{label}, masks vs fp32 (min of {sl['well_segmented_slices']} well segmented)",
+                sl["masks_dice_vs_fp32_min_well_segmented"],
+                "Dice",
+            )
+        )
     if int8:
         rows.append(
             figure(
@@ -402,7 +433,9 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "segmenter": Benchmark("segmenter.py", ("--repeats", "7"), ("--repeats", "2"), segmenter_figures),
+    "segmenter": Benchmark(
+        "segmenter.py", ("--repeats", "7"), ("--repeats", "2", "--slice-step", "12"), segmenter_figures
+    ),
     "propagation": Benchmark("propagation.py", (), ("--organs", "spleen"), propagation_figures),
     "reasoner": Benchmark("reasoner.py", ("--repeats", "20"), ("--repeats", "4"), reasoner_figures),
     "dialogue": Benchmark("dialogue.py", (), (), dialogue_figures),
@@ -436,7 +469,7 @@ def machine() -> dict:
     except ImportError:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
     versions = {}
-    for package in ("torch", "onnxruntime", "numpy", "transformers", "highdicom", "fastapi"):
+    for package in ("torch", "onnxruntime", "openvino", "numpy", "transformers", "highdicom", "fastapi"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

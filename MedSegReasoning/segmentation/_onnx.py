@@ -157,18 +157,21 @@ def make_session(path: Path, device: torch.device):
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def open_cached(path: Path, export: Callable[[Path], None], device: torch.device):
-    """Open ``path`` in ONNX Runtime, exporting it first where absent, and again where the cached file is damaged."""
+def open_cached(
+    path: Path, export: Callable[[Path], None], device: torch.device, opener: Callable[[Path], object] | None = None
+):
+    """Open ``path`` (in ONNX Runtime, or with ``opener``), exporting it first where absent, and again where damaged."""
+    open_model = opener if opener is not None else (lambda p: make_session(p, device))
     if not path.is_file():
         log.info("exporting %s to ONNX (once; reused from %s afterwards)", path.name, path.parent)
         export(path)
-        return make_session(path, device)
+        return open_model(path)
     try:
-        return make_session(path, device)
-    except InputError:
+        return open_model(path)
+    except (InputError, ModelError):
         raise
-    except Exception:  # onnxruntime raises its own Fail / InvalidProtobuf classes for a damaged file
+    except Exception:  # onnxruntime and openvino raise their own classes for a damaged file
         log.warning("cached ONNX model %s is unreadable; exporting it again", path)
         path.unlink(missing_ok=True)
         export(path)
-        return make_session(path, device)
+        return open_model(path)

