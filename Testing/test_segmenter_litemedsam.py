@@ -141,3 +141,22 @@ def test_openvino_onnx_and_torch_backends_agree(litemedsam, ct_case, monkeypatch
     for backend in ("onnx", "openvino"):
         again = module.LiteMedSAMSegmenter(backend=backend)
         assert all(path.is_file() for path in again._onnx.paths.values())
+
+
+def test_exported_encoder_splits_qkv_without_changing_the_embedding(litemedsam):
+    """The export copy (BatchNorm folded, q/k/v from three Linears) computes what the released module does."""
+    import onnx
+    import torch
+
+    from MedSegReasoning.segmentation import litemedsam as module
+
+    model = module.build_model(module.load_state_dict(module.default_weights_path(), "LiteMedSAM"))
+    exported = module.encoder_for_export(model.image_encoder)
+    assert sum(isinstance(m, module.SplitQKVAttention) for m in exported.modules()) == 10  # 2 + 6 + 2 blocks
+    image = torch.rand(1, 3, module.INPUT_SIZE, module.INPUT_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        released, split = model.image_encoder(image), exported(image)
+    assert not any(isinstance(m, module.SplitQKVAttention) for m in model.image_encoder.modules()), "copy only"
+    assert torch.allclose(released, split, atol=2e-5, rtol=0)
+    ops = {node.op_type for node in onnx.load(str(litemedsam._onnx.paths["encoder"])).graph.node}
+    assert "Split" not in ops and "MatMul" in ops

@@ -94,7 +94,13 @@ POINTS_ONLY_MESSAGE = (
 )
 # Everything that changes an exported graph; its digest is part of the ONNX file's name.
 ONNX_EXPORT_SETTINGS = {
-    "encoder": {"format": 1, "exporter": "torchscript", "opset": 17, "input": [1, 3, INPUT_SIZE, INPUT_SIZE]},
+    "encoder": {
+        "format": 2,
+        "exporter": "torchscript",
+        "opset": 17,
+        "input": [1, 3, INPUT_SIZE, INPUT_SIZE],
+        "attention": "split q, k, v",  # encoder_for_export
+    },
     "decoder": {"format": 1, "exporter": "torchscript", "opset": 17, "dense": "no-mask", "tokens": "dynamic"},
 }
 # The int8 encoder is derived from the fp32 export above, so its name digests both.
@@ -207,6 +213,51 @@ def fold_batchnorm(encoder: torch.nn.Module) -> torch.nn.Module:
     return encoder
 
 
+class SplitQKVAttention(torch.nn.Module):
+    """TinyViT's window attention with q, k and v from three Linears instead of one Linear split per head.
+
+    Why, for export only: the released layer computes one qkv Linear and splits its output per head, and
+    OpenVINO runs that split with a reference (unvectorised) kernel; three Linears holding the same weight rows
+    remove it (about 5 % of the encoder's time, ``benchmarks/segmenter.py``). Each output element is the same
+    dot product as before, so the embeddings equal the released module's to float rounding.
+    """
+
+    def __init__(self, attention: torch.nn.Module) -> None:
+        super().__init__()
+        self.norm, self.proj = attention.norm, attention.proj
+        self.num_heads, self.scale, self.value_dims = attention.num_heads, attention.scale, attention.dh
+        heads, key_dim, value_dim = attention.num_heads, attention.key_dim, attention.d
+        per_head = 2 * key_dim + value_dim  # the released layout: [q | k | v] for head 0, then head 1, ...
+        weight = attention.qkv.weight.detach().reshape(heads, per_head, -1)
+        bias = attention.qkv.bias.detach().reshape(heads, per_head)
+        spans = {"q": (0, key_dim), "k": (key_dim, 2 * key_dim), "v": (2 * key_dim, per_head)}
+        for name, (start, stop) in spans.items():
+            linear = torch.nn.Linear(weight.shape[-1], heads * (stop - start))
+            with torch.no_grad():
+                linear.weight.copy_(weight[:, start:stop].reshape(heads * (stop - start), -1))
+                linear.bias.copy_(bias[:, start:stop].reshape(-1))
+            setattr(self, name, linear)
+        self.register_buffer("position_bias", attention.ab.detach().clone())  # eval mode's cached bias table
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        batch, tokens, _ = x.shape
+        q, k, v = (part(x).view(batch, tokens, self.num_heads, -1).transpose(1, 2) for part in (self.q, self.k, self.v))
+        weights = ((q @ k.transpose(-2, -1)) * self.scale + self.position_bias).softmax(dim=-1)
+        return self.proj((weights @ v).transpose(1, 2).reshape(batch, tokens, self.value_dims))
+
+
+def encoder_for_export(encoder: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the image encoder, as exported to ONNX: BatchNorm folded, attention with split q, k, v."""
+    import copy
+
+    exported = fold_batchnorm(copy.deepcopy(encoder)).eval()
+    for block in exported.modules():
+        if type(getattr(block, "attn", None)).__name__ == "Attention":  # TinyViTBlock
+            block.attn = SplitQKVAttention(block.attn)
+    return exported
+
+
 class TorchEncoder:
     """Eager PyTorch: BatchNorm folded, channels-last (TinyViT's depthwise convolutions run 1.5x faster)."""
 
@@ -274,7 +325,7 @@ class OnnxRuntime:
 
         def export_encoder(path: Path) -> None:
             _onnx.export_onnx(
-                model.image_encoder,
+                encoder_for_export(model.image_encoder),
                 (image,),
                 path,
                 opset=encoder_settings["opset"],
