@@ -2,8 +2,8 @@
 
 Why OpenVINO beside ONNX Runtime: on LiteMedSAM's encoder its CPU plugin fuses what ONNX Runtime runs as
 separate passes over memory (GELU, bias and residual adds into the convolutions and GEMMs; each attention
-window's matmuls, bias and softmax into one kernel), which made the same ONNX file 15 % faster than ONNX
-Runtime here, with embeddings within 3e-6 of it and identical masks (``benchmarks/segmenter.py``).
+window's matmuls, bias and softmax into one kernel): the same ONNX file ran in 0.80-0.92x ONNX Runtime's time
+here, with embeddings within 3e-6 of it and identical masks (``benchmarks/segmenter.py``).
 
 Why the settings below: ``INFERENCE_PRECISION_HINT`` is pinned to f32 because the plugin otherwise picks
 bf16 on CPUs that have it (AMX, AVX512-BF16), which would change the masks; dynamic activation quantization

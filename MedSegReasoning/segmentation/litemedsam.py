@@ -60,8 +60,9 @@ at Dice >= 0.90 (mean 0.99) wherever fp32 segments well. Where the model itself 
 ends), any perturbation flips the mask: Gaussian noise a tenth the size of int8's error on the embedding
 did too.
 Not taken: int8 convolutions (static: the vena cava fell to Dice ~0.5), and statically calibrated int8
-everywhere (OpenVINO NNCF: 0.6x the fp32 time, but its scales depend on the calibration images: calibrated
-on brain MR, CT Dice fell from 0.86 to 0.77; a runtime for any modality cannot depend on that).
+everywhere (OpenVINO NNCF: 0.53x ONNX Runtime's fp32 time, but its scales depend on the calibration
+images: calibrated on brain MR, CT Dice fell from 0.86 to 0.77; a runtime for any modality cannot depend
+on that).
 """
 
 from __future__ import annotations
@@ -398,7 +399,7 @@ def default_backend(device: torch.device) -> str:
 
 # -- the segmenter ------------------------------------------------------------------------------------------
 class LiteMedSAMSegmenter(PromptableSegmenter):
-    """The embedded LiteMedSAM: TinyViT encoder (torch or ONNX Runtime) + SAM prompt encoder and mask decoder.
+    """The embedded LiteMedSAM: TinyViT encoder (OpenVINO, ONNX Runtime or torch) + SAM prompt encoder and decoder.
 
     ``weights_path`` names another copy of the same released checkpoint (it must pass the same SHA-256 check);
     ``cache`` lets several segmenters share one embedding cache, else one of ``cache_bytes`` is made;
