@@ -278,9 +278,13 @@ def test_client_disconnect_mid_stream_cancels_the_round(served):
     with http.stream("POST", f"/v1/sessions/{sid}/rounds", json={"question": "Segment the mass."}) as response:
         first = next(response.iter_lines())
         assert first.startswith("event: progress")
-        assert segmenter.started.wait(5)  # the model is busy with this round
-    # the client is gone; the round is cancelled at its next model call
-    segmenter.gate.set()
+        assert segmenter.started.wait(30)  # the model is busy with this round (a fresh server loads models first)
+        active = state.active
+    # The client is gone. The server notices that asynchronously (the stream task is cancelled when uvicorn sees
+    # the connection close); wait for it before the model may go on, else on a loaded machine the round can
+    # finish first, and a round that finished before its client left is rightly kept.
+    assert active is not None and active.cancel.wait(5), "the server did not notice the client leaving"
+    segmenter.gate.set()  # the round is cancelled at its next model call
     deadline = time.monotonic() + 5
     while state.active is not None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -307,7 +311,7 @@ def test_cancel_endpoint(served):
 
     thread = threading.Thread(target=ask)
     thread.start()
-    assert segmenter.started.wait(5)
+    assert segmenter.started.wait(30)
     _error(http.post(f"/v1/sessions/{sid}/rounds", json={"question": "again"}), 409, "round_running")
     _error(http.patch(f"/v1/sessions/{sid}/entities/E1", json={"label": "x"}), 409, "round_running")
     _error(http.post(f"/v1/sessions/{sid}/rounds/{uuid.uuid4()}/cancel"), 404, "round_not_found")
