@@ -276,9 +276,11 @@ def test_client_disconnect_mid_stream_cancels_the_round(served):
     segmenter.started.clear()
     state = server.runtime.store.get(sid, "alice")
     with http.stream("POST", f"/v1/sessions/{sid}/rounds", json={"question": "Segment the mass."}) as response:
-        first = next(response.iter_lines())
-        assert first.startswith("event: progress")
-        assert segmenter.started.wait(30)  # the model is busy with this round (a fresh server loads models first)
+        # Keep the line iterator: one dropped after next() is closed at once, and closing it closes the
+        # connection, so the client would leave before the model starts.
+        lines = response.iter_lines()
+        assert next(lines).startswith("event: progress")
+        assert segmenter.started.wait(30)  # the model is busy with this round
         active = state.active
     # The client is gone. The server notices that asynchronously (the stream task is cancelled when uvicorn sees
     # the connection close); wait for it before the model may go on, else on a loaded machine the round can
