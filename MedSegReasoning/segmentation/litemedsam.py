@@ -342,18 +342,18 @@ class OnnxRuntime:
             _onnx.quantize_int8(paths["encoder"], path)
 
         int8 = encoder == "onnx-int8"
-        self._openvino: _openvino.OpenVinoModel | None = None
-        if int8:
-            self.encoder = _onnx.open_cached(paths["encoder-int8"], export_int8_encoder, device)
-        elif encoder == "openvino":
-            self._openvino = _onnx.open_cached(
+        self._encode: Callable[[np.ndarray], torch.Tensor]
+        if encoder == "openvino":
+            self._encode = _onnx.open_cached(
                 paths["encoder"],
                 export_encoder,
                 device,
                 opener=lambda path: _openvino.OpenVinoModel(path, path.parent / "openvino"),
             )
         else:
-            self.encoder = _onnx.open_cached(paths["encoder"], export_encoder, device)
+            path, export = (paths["encoder-int8"], export_int8_encoder) if int8 else (paths["encoder"], export_encoder)
+            session = _onnx.open_cached(path, export, device)
+            self._encode = lambda batch: torch.from_numpy(session.run(["embedding"], {"image": batch})[0]).to(device)
         graph = DecoderGraph(model.prompt_encoder, model.mask_decoder).eval()
         embedding = torch.zeros(1, 256, 64, 64)
         box_tokens = torch.zeros(1, 2, 256)
@@ -376,10 +376,7 @@ class OnnxRuntime:
         }
 
     def encode(self, batch: np.ndarray) -> torch.Tensor:
-        if self._openvino is not None:
-            return self._openvino(batch)
-        (embedding,) = self.encoder.run(["embedding"], {"image": batch})
-        return torch.from_numpy(embedding).to(self.device)
+        return self._encode(batch)
 
     def decode(self, embedding: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feed = {"embedding": embedding.cpu().numpy(), "sparse": sparse.cpu().numpy()}
