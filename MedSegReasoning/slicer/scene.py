@@ -73,8 +73,9 @@ class SceneEntity:
     review: str = "proposed"
 
     @staticmethod
-    def from_entity(entity: Any) -> SceneEntity:
-        """Adapt a ``dialogue.Entity`` (duck-typed, so this module never imports the dialogue package)."""
+    def adapt(entity: Any, terminology: str | None) -> SceneEntity:
+        """Copy the fields the scene needs from any entity-shaped object (``dialogue.Entity``, ``client.Entity``);
+        where the terminology string lives differs between the two, so the caller passes it."""
         return SceneEntity(
             id=str(entity.id),
             name=str(entity.name),
@@ -82,9 +83,14 @@ class SceneEntity:
             color=tuple(int(c) for c in entity.color),  # type: ignore[arg-type]
             key_slice=int(entity.key_slice),
             findings=str(entity.findings),
-            terminology=entity.terminology.to_slicer_string(),
+            terminology=terminology,
             review=str(entity.review),
         )
+
+    @staticmethod
+    def from_entity(entity: Any) -> SceneEntity:
+        """Adapt a ``dialogue.Entity`` (duck-typed, so this module never imports the dialogue package)."""
+        return SceneEntity.adapt(entity, entity.terminology.to_slicer_string())
 
 
 @dataclass(frozen=True)

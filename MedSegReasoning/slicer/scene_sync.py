@@ -33,16 +33,7 @@ def scene_entity(entity: Any) -> SceneEntity:
     """The wire's entity (``client.Entity``, fetched with its mask) as what the scene writes."""
     if entity.mask is None:
         raise ValueError(f"entity {entity.id} came without its mask: fetch it with mask=True.")
-    return SceneEntity(
-        id=str(entity.id),
-        name=str(entity.name),
-        mask=entity.mask,
-        color=tuple(int(c) for c in entity.color),  # type: ignore[arg-type]
-        key_slice=int(entity.key_slice),
-        findings=str(entity.findings),
-        terminology=entity.data.get("terminology_slicer") or None,
-        review=str(entity.review),
-    )
+    return SceneEntity.adapt(entity, entity.data.get("terminology_slicer") or None)
 
 
 @dataclass
