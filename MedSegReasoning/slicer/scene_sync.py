@@ -24,9 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..masks import CompactMask
-from .scene import SceneEntity, SessionScene
-
-Color = tuple[int, int, int]
+from .scene import Color, SceneEntity, SessionScene
 
 
 def scene_entity(entity: Any) -> SceneEntity:
