@@ -125,3 +125,28 @@ def paint_segment(volume_node, segmentation_node, segment_id: str, dense: np.nda
     assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
     )
+
+
+def save_and_reload(scene, folder: Path):
+    """Save ``scene`` as a Slicer scene does (each storable node to its own file, then the .mrml) into ``folder``,
+    then import it into a fresh scene and return that: what a user's File > Save, then File > Open would give."""
+    import slicer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scene.SetRootDirectory(str(folder))
+    scene.SetURL(str(folder / "scene.mrml"))
+    for n in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(n)
+        if isinstance(node, slicer.vtkMRMLStorableNode) and node.GetSaveWithScene() and node.GetID():
+            if node.GetStorageNode() is None:
+                node.AddDefaultStorageNode()
+            storage = node.GetStorageNode()
+            if storage is None:
+                continue
+            storage.SetFileName(str(folder / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+            assert storage.WriteData(node), f"could not write {node.GetName()}"
+    assert scene.Commit()
+    reloaded = new_scene()
+    reloaded.SetURL(str(folder / "scene.mrml"))
+    assert reloaded.Import()
+    return reloaded

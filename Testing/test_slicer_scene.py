@@ -14,6 +14,7 @@ from slicer_fixtures import (
     oblique_geometry,
     ramp_array,
     require_slicer_core,
+    save_and_reload,
     write_nrrd_lps,
 )
 
@@ -217,27 +218,7 @@ def test_saved_scene_reloads_segments_markups_and_conversation(tmp_path: Path) -
     session.set_review("E1", "confirmed")
     session.store_conversation('{"session": "S1", "rounds": [{"question": "where is the left kidney?"}]}')
 
-    scene = session.scene
-    out = tmp_path / "saved"
-    out.mkdir()
-    scene.SetRootDirectory(str(out))
-    scene.SetURL(str(out / "scene.mrml"))
-    for n in range(scene.GetNumberOfNodes()):
-        node = scene.GetNthNode(n)
-        if isinstance(node, slicer.vtkMRMLStorableNode) and node.GetSaveWithScene() and node.GetID():
-            if node.GetStorageNode() is None:
-                node.AddDefaultStorageNode()
-            storage = node.GetStorageNode()
-            if storage is None:
-                continue
-            ext = storage.GetDefaultWriteFileExtension()
-            storage.SetFileName(str(out / f"{node.GetID()}.{ext}"))
-            assert storage.WriteData(node), f"could not write {node.GetName()}"
-    assert scene.Commit()
-
-    reloaded = new_scene()
-    reloaded.SetURL(str(out / "scene.mrml"))
-    assert reloaded.Import()
+    reloaded = save_and_reload(session.scene, tmp_path / "saved")
     assert SessionScene.session_ids(reloaded) == ["S1"]
     back = SessionScene.find(reloaded, "S1")
     assert back is not None and back.entity_ids() == ["E1", "E2"]

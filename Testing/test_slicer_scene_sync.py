@@ -18,6 +18,7 @@ from slicer_fixtures import (
     oblique_geometry,
     paint_segment,
     require_slicer_core,
+    save_and_reload,
     write_nrrd_lps,
 )
 
@@ -235,25 +236,7 @@ def test_a_saved_and_reloaded_scene_picks_the_session_up_again(synced, tmp_path:
     sync.reconcile(client)
     sync.sync_review(client, sid, "E1", "confirmed")
 
-    scene = sync.scene.scene
-    out = tmp_path / "saved"
-    out.mkdir()
-    scene.SetRootDirectory(str(out))
-    scene.SetURL(str(out / "scene.mrml"))
-    for n in range(scene.GetNumberOfNodes()):
-        node = scene.GetNthNode(n)
-        if isinstance(node, slicer.vtkMRMLStorableNode) and node.GetSaveWithScene():
-            if node.GetStorageNode() is None:
-                node.AddDefaultStorageNode()
-            storage = node.GetStorageNode()
-            if storage is not None:
-                storage.SetFileName(str(out / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
-                assert storage.WriteData(node)
-    assert scene.Commit()
-
-    reloaded = new_scene()
-    reloaded.SetURL(str(out / "scene.mrml"))
-    assert reloaded.Import()
+    reloaded = save_and_reload(sync.scene.scene, tmp_path / "saved")
     assert SessionScene.session_ids(reloaded) == [sid]
     again = SceneSync(SessionScene.find(reloaded, sid))
     assert again.pending_edits() == {}  # the digests came back with the segments: nothing looks edited
