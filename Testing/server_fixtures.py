@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import secrets
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -329,3 +331,12 @@ def _serve_child(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_serve_child(sys.argv[1:]))
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip archive with these members, in memory: hand-made session archives, good and hostile."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()

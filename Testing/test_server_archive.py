@@ -3,12 +3,9 @@ review states, edits and undo history, on a server that never saw it; hostile ar
 
 from __future__ import annotations
 
-import io
-import zipfile
-
 import numpy as np
 import pytest
-from server_fixtures import live_server, scripted_engine, small_volume, write_replay
+from server_fixtures import live_server, scripted_engine, small_volume, write_replay, zip_bytes
 
 from MedSegReasoning.client import ClientError, MedSegClient
 
@@ -16,14 +13,6 @@ from MedSegReasoning.client import ClientError, MedSegClient
 def _upload(client: MedSegClient, sid: str, volume) -> dict:
     g = volume.geometry
     return client.upload_volume(sid, volume.array, g.origin, g.spacing, g.direction, "CT")
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
 
 
 def test_a_restored_conversation_continues_where_it_stopped(tmp_path):
@@ -93,11 +82,11 @@ def test_a_restored_conversation_continues_where_it_stopped(tmp_path):
     ("archive", "words"),
     [
         (b"not a zip at all", "not a zip"),
-        (_zip({"masks/x.npz": b""}), "no session.json"),
-        (_zip({"session.json": b"{}", "../escape.txt": b"x"}), "not part of a saved session"),
-        (_zip({"session.json": b"{}", "masks/sub/evil.npz": b"x"}), "not part of a saved session"),
-        (_zip({"session.json": b"{ broken"}), "not valid JSON"),
-        (_zip({"session.json": b'{"format": "something else"}'}), "is not a medseg-reasoning/session"),
+        (zip_bytes({"masks/x.npz": b""}), "no session.json"),
+        (zip_bytes({"session.json": b"{}", "../escape.txt": b"x"}), "not part of a saved session"),
+        (zip_bytes({"session.json": b"{}", "masks/sub/evil.npz": b"x"}), "not part of a saved session"),
+        (zip_bytes({"session.json": b"{ broken"}), "not valid JSON"),
+        (zip_bytes({"session.json": b'{"format": "something else"}'}), "is not a medseg-reasoning/session"),
     ],
 )
 def test_hostile_or_broken_archives_are_refused_and_leave_nothing(tmp_path, archive, words):

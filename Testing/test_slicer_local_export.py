@@ -14,10 +14,8 @@ the files themselves, where Slicer asks its ctkDICOMDatabase (which needs the Sl
 
 from __future__ import annotations
 
-import io
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from dialogue_fixtures import KIDNEY, abdomen_labels, abdomen_volume, prompt_on
 from export_fixtures import index_set, mask_points, oblique_abdomen_geometry, write_ct
 from external_tools import dciodvfy_errors
 from fakes import OracleSegmenter
-from server_fixtures import live_server, offline_terminology
+from server_fixtures import live_server, offline_terminology, zip_bytes
 from slicer_fixtures import new_scene, paint_segment, require_slicer_core
 
 from MedSegReasoning.client import MedSegClient
@@ -291,18 +289,11 @@ def test_series_files_fall_back_to_the_whole_series(ct):
 
 
 def test_session_archive_members_are_checked(tmp_path):
-    def archive(members: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as z:
-            for name, data in members.items():
-                z.writestr(name, data)
-        return buf.getvalue()
-
-    good = archive({"session.json": b"{}", "masks/" + "a" * 32 + ".npz": b"x"})
+    good = zip_bytes({"session.json": b"{}", "masks/" + "a" * 32 + ".npz": b"x"})
     assert (unpack_session_archive(good, tmp_path / "ok") / "masks" / ("a" * 32 + ".npz")).read_bytes() == b"x"
     for bad in (
-        archive({"session.json": b"{}", "../evil.py": b"x"}),
-        archive({"masks/" + "a" * 32 + ".npz": b"x"}),
+        zip_bytes({"session.json": b"{}", "../evil.py": b"x"}),
+        zip_bytes({"masks/" + "a" * 32 + ".npz": b"x"}),
         b"not a zip",
     ):
         with pytest.raises(LocalExportFailed):

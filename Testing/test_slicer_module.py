@@ -185,6 +185,17 @@ def _logic_module(monkeypatch, scene):
     return module, ns
 
 
+def _chat_round(logic, params, question: str) -> list:
+    """What ChatPanel does: edits from before_round into the context, targets to on_entity, then done."""
+    events = list(logic.link.ask(question, {"edits": logic.pendingEdits()}))
+    for event in events:
+        if event.kind == "target":
+            logic.onTarget(event.data)
+    assert events[-1].kind == "done" and events[-1].data["status"] == "ok", events
+    params.sessionId = logic.afterRound()
+    return events
+
+
 def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path: Path, monkeypatch) -> None:
     from slicer_fixtures import (
         load_volume_node,
@@ -209,20 +220,10 @@ def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path
     logic.getParameterNode = lambda: params
     shape = small_volume().shape
 
-    def chat_round(question: str) -> list:
-        """What ChatPanel does: edits from before_round into the context, targets to on_entity, then done."""
-        events = list(logic.link.ask(question, {"edits": logic.pendingEdits()}))
-        for event in events:
-            if event.kind == "target":
-                logic.onTarget(event.data)
-        assert events[-1].kind == "done" and events[-1].data["status"] == "ok", events
-        params.sessionId = logic.afterRound()
-        return events
-
     with live_server(tmp_path, scripted_engine(write_replay(tmp_path / "answers.jsonl"))) as (server, tokens):
         client = MedSegClient(server.url, tokens["alice"])
         logic.makeLink(client, params)
-        chat_round("Segment the bright mass.")
+        _chat_round(logic, params, "Segment the bright mass.")
         sid = params.sessionId
         assert sid and logic.sync.session_id == sid and logic.sync.scene.entity_ids() == ["E1"]
         np.testing.assert_array_equal(
@@ -235,7 +236,7 @@ def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path
         edited[1, 22, :] = False
         paint_segment(volume, logic.sync.scene.segmentation_node, "E1", edited)
         assert list(logic.pendingEdits()) == ["E1"]
-        chat_round("Now the cyst next to E1.")
+        _chat_round(logic, params, "Now the cyst next to E1.")
         np.testing.assert_array_equal(client.entity_mask(sid, "E1").to_dense(shape), edited)
         assert logic.pendingEdits() == {} and logic.sync.scene.entity_ids() == ["E1", "E2"]
         assert logic.segmentVolumesMl()["E1"] == pytest.approx(
@@ -292,19 +293,11 @@ def test_a_reloaded_scene_shows_the_chat_and_continues_it_after_the_server_forgo
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
 
-    def chat_round(logic, question: str) -> None:
-        events = list(logic.link.ask(question, {"edits": logic.pendingEdits()}))
-        for event in events:
-            if event.kind == "target":
-                logic.onTarget(event.data)
-        assert events[-1].kind == "done" and events[-1].data["status"] == "ok", events
-        params.sessionId = logic.afterRound()
-
     with live_server(tmp_path / "first", scripted_engine(replay)) as (server, tokens):
         logic = module.scripted_moduleLogic()
         logic.getParameterNode = lambda: params
         logic.makeLink(MedSegClient(server.url, tokens["alice"]), params)
-        chat_round(logic, "Segment the bright mass.")
+        _chat_round(logic, params, "Segment the bright mass.")
         first_sid = params.sessionId
         segmentation = logic.sync.scene.segmentation_node
 
@@ -316,7 +309,7 @@ def test_a_reloaded_scene_shows_the_chat_and_continues_it_after_the_server_forgo
         again = module.scripted_moduleLogic()
         again.getParameterNode = lambda: params
         again.makeLink(MedSegClient(server.url, tokens["alice"]), params)
-        chat_round(again, "Now the cyst next to E1.")
+        _chat_round(again, params, "Now the cyst next to E1.")
         assert params.sessionId != first_sid and again.link.restored_from == first_sid
         assert again.sync.scene.segmentation_node is segmentation, "re-bound, not a second segmentation node"
         assert again.sync.scene.entity_ids() == ["E1", "E2"]
@@ -411,23 +404,15 @@ def test_choosing_another_input_volume_starts_a_new_conversation_on_it(tmp_path:
     logic = module.scripted_moduleLogic()
     logic.getParameterNode = lambda: params
 
-    def chat_round(question: str) -> None:
-        events = list(logic.link.ask(question, {"edits": logic.pendingEdits()}))
-        for event in events:
-            if event.kind == "target":
-                logic.onTarget(event.data)
-        assert events[-1].data["status"] == "ok", events
-        params.sessionId = logic.afterRound()
-
     with live_server(tmp_path, scripted_engine(write_replay(tmp_path / "answers.jsonl"))) as (server, tokens):
         client = MedSegClient(server.url, tokens["alice"])
         logic.makeLink(client, params)
         assert logic.switchVolume(params) is False  # the same volume: nothing changes
-        chat_round("Segment the bright mass.")
+        _chat_round(logic, params, "Segment the bright mass.")
         first_session, first_sync = params.sessionId, logic.sync
         params.inputVolume = second
         assert logic.switchVolume(params) is True and params.sessionId == "" and logic.link.session_id is None
-        chat_round("Segment the bright mass.")
+        _chat_round(logic, params, "Segment the bright mass.")
         assert params.sessionId != first_session
         assert (
             client.session(params.sessionId)["volume"]["content_sha256"]
