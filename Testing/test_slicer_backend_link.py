@@ -26,6 +26,7 @@ from server_fixtures import live_server, offline_terminology
 from MedSegReasoning.client import MedSegClient, NotFound, chat_backend
 from MedSegReasoning.errors import InputError
 from MedSegReasoning.masks import CompactMask
+from MedSegReasoning.session_archive import session_json
 from MedSegReasoning.slicer.backend_link import BackendLink, round_request
 from MedSegReasoning.slicer.chat_panel import connect_backend
 
@@ -262,7 +263,7 @@ def test_rounds_view_prompts_edits_review_and_an_expired_session(ct3, litemedsam
         link.set_review("E3", "confirmed")
         reviews = {e.id: e.review for e in link.client.entities(sid)}
         assert reviews == {"E1": "proposed", "E2": "rejected", "E3": "confirmed", "E4": "proposed"}
-        snapshot = link.snapshot()
+        snapshot = session_json(link.fetch_archive())  # what the module saves with the scene
         assert [r["question"] for r in snapshot["rounds"]][:2] == [
             "Where are the spleen and the liver?",
             "What is the round structure on this slice?",

@@ -29,6 +29,7 @@ from test_slicer_backend_link import (  # the real-CT volume, replay answers and
 )
 
 from MedSegReasoning.client import chat_backend
+from MedSegReasoning.session_archive import session_json
 from MedSegReasoning.slicer.chat_panel import ChatPanel, RoundEvent, qt_namespace
 
 OUTPUT = Path(__file__).parent / "_output"
@@ -293,9 +294,9 @@ def test_panel_against_a_real_backend_then_restore(ct3, litemedsam, tmp_path, re
         _screenshot(panel, request)
 
         # the conversation saved beside the scene rebuilds the chat with no backend at all
-        snapshot = json.dumps(link.snapshot())
-        session_json = (server.runtime.store.get(link.session_id, "alice").folder / "session.json").read_text()
-    for saved in (snapshot, session_json):
+        snapshot = json.dumps(session_json(link.fetch_archive()))  # what the module saves with the scene
+        folder_json = (server.runtime.store.get(link.session_id, "alice").folder / "session.json").read_text()
+    for saved in (snapshot, folder_json):
         restored = ChatPanel(None, qt=Q)
         restored.widget.resize(460, 760)
         restored.widget.show()

@@ -191,34 +191,6 @@ class BackendLink:
             raise InputError("there is no server session yet: ask a question first.")
         self.client.update_entity(self._session_id, entity_id, review=review)
 
-    def snapshot(self) -> dict:
-        """The server session as a dict in the session-folder layout (docs/session-format.md; entities without
-        mask files, rounds with question, reasoning, clarification and per-target outcome): what the module
-        saves beside the scene and what ``ChatPanel.restore`` reads. Blocks: call it off the GUI thread."""
-        sid = self._session_id
-        if sid is None:
-            return {"format": "medseg-reasoning/session", "version": 1, "entities": [], "rounds": []}
-        rounds = self.client.rounds(sid)
-        entities = [dict(e.data) for e in self.client.entities(sid)]
-        return {
-            "format": "medseg-reasoning/session",
-            "version": 1,
-            "server": {"url": self.client.url, "session_id": sid},
-            "entities": entities,
-            "rounds": [
-                {
-                    "index": r["round"],
-                    "question": r["question"],
-                    "reasoning": r["reasoning"],
-                    "clarification": r["clarification"],
-                    "targets": r["targets"],
-                    "started": r.get("started"),
-                    "finished": r.get("finished"),
-                }
-                for r in rounds
-            ],
-        }
-
     # -- the round (link thread) ------------------------------------------------------------------------------------------
     def _round(self, question: str, context: dict, cancel: threading.Event, events: queue.Queue) -> None:
         from ..client import ClientError, Conflict, NotFound, RoundCancelled

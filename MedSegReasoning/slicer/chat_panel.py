@@ -483,8 +483,8 @@ class ChatPanel:
 
     # -- restoring a saved conversation ------------------------------------------------------------------------------
     def restore(self, session: dict | str) -> None:
-        """Rebuild the chat from a saved session: ``session.json`` of a session folder, or ``BackendLink.snapshot()``
-        (docs/session-format.md), as a dict or JSON text. Questions, reasoning (collapsed), answers and one chip per
+        """Rebuild the chat from a saved session: ``session.json`` of a session folder or of the server's session
+        archive (docs/session-format.md), as a dict or JSON text. Questions, reasoning (collapsed), answers and one chip per
         entity that still exists, with its review status, under the last round that made or redid it. Nothing is
         asked of the backend, so this works after the server's session expired."""
         data = json.loads(session) if isinstance(session, str) else session
