@@ -194,6 +194,21 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
         type=Path,
         help="continue the dialogue saved in DIR (created if absent): later questions can refer to earlier entities",
     )
+    refine = ask.add_argument_group("refine an entity of --session (a correction on any slice; see docs/refine.md)")
+    refine.add_argument(
+        "--refine",
+        metavar="ENTITY",
+        default=None,
+        help="correct entity ENTITY (e.g. E1) of --session DIR: --box re-segments that slice and re-propagates from "
+        "it until the result rejoins the mask; --erase removes what lies in the box and what propagation grew from it",
+    )
+    refine.add_argument(
+        "--erase",
+        metavar="I0,J0,I1,J1,K",
+        default=None,
+        help="with --refine: remove the entity's voxels inside this box on slice K (with --view: U0,V0,U1,V1,INDEX "
+        "on that plane)",
+    )
     reasoner = ask.add_argument_group("reasoner (answers QUESTION when no --box/--point is given)")
     reasoner.add_argument(
         "--reasoner",
@@ -309,6 +324,8 @@ class AskOptions:
 def cmd_ask(args: argparse.Namespace) -> int:
     from .volume import load_volume
 
+    if args.refine is not None or args.erase is not None:
+        return cmd_refine(args)
     prompt = parse_prompt(args.box, args.point)
     if prompt is None and not args.question:
         raise InputError(
@@ -344,6 +361,67 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_correction(args: argparse.Namespace):
+    """``--refine E1`` with ``--box`` (add) or ``--erase`` (remove), ``--point``s and ``--view``, as a ``Correction``."""
+    from dataclasses import replace as _replace
+
+    from .correction import Correction
+
+    if args.refine is None:
+        raise InputError("--erase corrects an entity: give --refine ENTITY and --session DIR with it.")
+    if args.session is None:
+        raise InputError(f"--refine {args.refine} needs --session DIR: the session that holds the entity.")
+    if (args.box is None) == (args.erase is None):
+        raise InputError(
+            f"--refine {args.refine} needs exactly one of --box I0,J0,I1,J1,K (add: re-segment that slice) and "
+            "--erase I0,J0,I1,J1,K (remove what lies in the box)."
+        )
+    if args.question:
+        raise InputError("--refine takes no QUESTION: the box says what to correct.")
+    erase = args.erase is not None
+    prompt = parse_prompt(args.erase if erase else args.box, args.point)
+    view = parse_view(args.view)
+    if view is not None:
+        if view.slice != prompt.k:
+            raise InputError(
+                f"--view {args.view} is slice {view.slice} but the box is on slice {prompt.k}: give the box's last "
+                "value as the view's slice index."
+            )
+        prompt = _replace(prompt, orientation=view.orientation)
+    return Correction(prompt, erase=erase)
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    """``ask INPUT --session DIR --refine E1 (--box | --erase) …``: one correction round; OUT gets the entity."""
+    from .dialogue import open_session
+    from .dialogue.refine import refine_entity
+    from .pipeline import check_prompt
+    from .segmentation.factory import create_segmenter, default_store_root
+    from .volume import default_window, load_volume, window_by_name
+
+    correction = parse_correction(args)
+    if not (args.session / "session.json").is_file():
+        raise InputError(f"there is no session in {args.session}: run `ask … --session {args.session}` first.")
+    prepare_out_dir(args.out, args.force)
+    t0 = time.perf_counter()
+    volume = load_volume(args.input, series_uid=args.series)
+    timings = {"load_s": time.perf_counter() - t0}
+    session = open_session(args.session, volume, path=volume.source.path or None)
+    entity = session.entity(args.refine)  # an unknown entity is refused before any model loads
+    check_prompt(volume, correction.prompt)
+    window = window_by_name(args.window, volume) if args.window else default_window(volume)
+    t0 = time.perf_counter()
+    segmenter = create_segmenter(args.segmenter, embedding_store=default_store_root())
+    timings["model_load_s"] = time.perf_counter() - t0
+    rnd = refine_entity(session, volume, segmenter, window, entity.id, correction)
+    timings.update(rnd.timings)
+    options = AskOptions(out=args.out, label=entity.label, window=args.window, segmenter=args.segmenter)
+    from .conversation import write_round_outputs
+
+    write_round_outputs(volume, session, rnd, options, window, segmenter, None, [], timings)
+    return EXIT_OK
+
+
 def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> dict:
     """Segment, write outputs and print the summary; shared by ``ask`` and ``demo``."""
     from .pipeline import check_prompt, segment_target
@@ -351,10 +429,10 @@ def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> d
 
     window = window_by_name(options.window, volume) if options.window else default_window(volume)
     check_prompt(volume, prompt, window)
-    from .segmentation.factory import create_segmenter
+    from .segmentation.factory import create_segmenter, default_store_root
 
     t0 = time.perf_counter()
-    segmenter = create_segmenter(options.segmenter)
+    segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = time.perf_counter() - t0
     with _progress_bar(enabled=options.propagate) as progress:
         target = segment_target(

@@ -37,7 +37,7 @@ def run_round_ask(
     """One round on ``volume``: plan (reasoner or ``prompt``), segment, judge; write outputs; return result.json."""
     from .dialogue import RoundPlan, Session, TargetSpec, open_session, run_round
     from .pipeline import check_prompt
-    from .segmentation.factory import create_segmenter
+    from .segmentation.factory import create_segmenter, default_store_root
     from .volume import default_window, window_by_name
 
     window = window_by_name(options.window, volume) if options.window else default_window(volume)
@@ -54,7 +54,7 @@ def run_round_ask(
     if prompt is None:
         reasoner = _create_reasoner(reasoner_options, timings)
     t0 = time.perf_counter()
-    segmenter = create_segmenter(options.segmenter)
+    segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = timings.get("model_load_s", 0.0) + time.perf_counter() - t0
 
     if prompt is not None:
@@ -77,7 +77,7 @@ def run_round_ask(
         )
     rnd = run_round(session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=_stage_printer())
     timings.update(rnd.timings)
-    return _write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
+    return write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
 
 
 def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float]):
@@ -209,7 +209,7 @@ def _stage_printer():
     return progress
 
 
-def _write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings) -> dict:
+def write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings) -> dict:
     from .cli import print_summary
     from .export.dicom_seg import SegmentSpec
     from .output import write_ask_outputs

@@ -1,12 +1,14 @@
-"""The files an ``ask`` leaves in ``--out``: label map, DICOM-SEG and result.json, written as one set.
+"""The files an ``ask`` leaves in ``--out``: label map, DICOM-SEG, overview.png and result.json, written as one set.
 
-All three are staged and moved into place together (``atomic.staged_outputs``), so a failure never leaves a
+All of them are staged and moved into place together (``atomic.staged_outputs``), so a failure never leaves a
 half-written file or a mix of old and new results. A DICOM source that a SEG cannot reference (blank study or
 series UIDs) costs only the SEG: the label map and result.json are still written, with a warning saying why.
+The overview picture is a convenience: if drawing it fails, the run logs and records a warning and writes the rest.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+
+log = logging.getLogger(__name__)
 
 
 def write_ask_outputs(
@@ -27,7 +31,8 @@ def write_ask_outputs(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``mask.nii.gz`` (value n = segment n; where segments overlap the later one wins: the SEG keeps
-    both), ``seg.dcm`` for DICOM input and ``result.json`` into ``options.out``; returns the result record."""
+    both), ``seg.dcm`` for DICOM input, ``overview.png`` and ``result.json`` into ``options.out``; returns the
+    result record."""
     from .atomic import staged_outputs
     from .export.dicom_seg import AlgorithmInfo, SourceNotReferenceableError, write_dicom_seg
     from .result import build_result, write_result
@@ -37,7 +42,7 @@ def write_ask_outputs(
     labelmap = np.zeros(volume.shape, dtype=np.uint8)
     for spec in segments:
         labelmap[spec.mask] = spec.number
-    outputs: dict[str, str | None] = {"mask": "mask.nii.gz", "seg": None, "result": "result.json"}
+    outputs: dict[str, str | None] = {"mask": "mask.nii.gz", "seg": None, "overview": None, "result": "result.json"}
     warnings: list[str] = []
     with staged_outputs(options.out) as staging:
         write_label_image(staging / "mask.nii.gz", labelmap, volume.geometry)
@@ -48,6 +53,8 @@ def write_ask_outputs(
                 outputs["seg"] = "seg.dcm"
             except SourceNotReferenceableError as exc:  # the mask is still good: keep it, say why no SEG
                 warnings.append(f"no seg.dcm: {exc}")
+        if _write_overview(staging / "overview.png", volume, segments, records, window, warnings):
+            outputs["overview"] = "overview.png"
         timings["export_s"] = time.perf_counter() - t0
         result = build_result(
             volume,
@@ -63,3 +70,20 @@ def write_ask_outputs(
         )
         write_result(staging / "result.json", result)
     return result
+
+
+def _write_overview(path, volume, segments: Sequence, records: Sequence[dict[str, Any]], window, warnings) -> bool:
+    """Draw ``overview.png``; a failure is only a warning, because the masks and result.json matter more."""
+    try:
+        from .overview import OverviewTarget, render_overview
+
+        targets = [OverviewTarget(spec.label, spec.mask, spec.color) for spec in segments]
+        key_slice = records[0].get("key_slice") if records else None
+        render_overview(volume, window, targets, key_slice).save(path, format="PNG")
+        return True
+    except Exception as exc:  # any drawing problem: the masks and result.json must still be written
+        path.unlink(missing_ok=True)
+        log.warning("no overview.png: %s", exc)
+        log.debug("overview.png failed", exc_info=True)
+        warnings.append(f"no overview.png: {exc}")
+        return False

@@ -29,6 +29,7 @@ from .volume.core import (
     Volume,
     flips_to_superior_up,
     from_plane_array,
+    plane_array_axes,
     plane_shape,
     plane_to_ijk,
     plane_volume,
@@ -216,6 +217,13 @@ class PlaneView:
             on_view = replace(on_view, points=tuple((u, last - v) for u, v in prompt.points))
         return PlaneView(view, on_view, prompt.orientation, flipped)
 
+    def to_view(self, array: np.ndarray) -> np.ndarray:
+        """A (mask) array on the volume's ``[k, j, i]`` grid on the view's grid (the inverse of ``to_volume``)."""
+        if self.orientation == "axial":
+            return array
+        view = np.transpose(array, plane_array_axes(self.orientation))
+        return np.ascontiguousarray(view[:, ::-1, :] if self.flipped else view)
+
     def to_volume(self, array: np.ndarray) -> np.ndarray:
         """A (mask) array of the view's grid on the volume's ``[k, j, i]`` grid, C-ordered like every engine array."""
         if self.orientation == "axial":
@@ -264,7 +272,7 @@ def segment_prompt(
     t0 = time.perf_counter()
     plane = PlaneView.of(volume, prompt)
     view, on_view = plane.volume, plane.prompt
-    prediction = segment_slice(view, segmenter, window, on_view.k, on_view.to_prompt2d())
+    prediction = segment_slice(view, segmenter, window, on_view.k, on_view.to_prompt2d(), config.key_zoom)
     key_view = np.zeros(view.shape, dtype=bool)
     key_view[on_view.k] = prediction.mask
     result = PlaneSegmentation(plane.to_volume(key_view), prediction.score)

@@ -45,6 +45,22 @@ class PropagationConfig:
     min_overlap: float = 0.3
     max_growth: float = 2.5
     max_slices: int | None = None
+    zoom_below_px: float = 0.0
+    key_zoom_below_px: float = 48.0
+    skip: int = 1
+    skip_agreement: float = 0.85
+
+    @property
+    def zoom(self) -> ZoomPolicy:
+        """How propagated slices are seen: whole (measured: zooming every propagated slice lost more Dice on the
+        CT's vessels and pancreas than it won on the adrenal, ``benchmarks/volumes.py``)."""
+        return ZoomPolicy(below_px=self.zoom_below_px)
+
+    @property
+    def key_zoom(self) -> ZoomPolicy:
+        """How a slice the user or the reasoner drew on is seen: a small box is segmented both on the whole slice and
+        on a zoomed crop, and the mask the model scores higher is kept (one extra encoder call, on that slice only)."""
+        return ZoomPolicy(below_px=self.key_zoom_below_px, compare=True)
 
 
 DEFAULT_PROPAGATION = PropagationConfig()
@@ -72,6 +88,7 @@ class PropagationResult:
     outcomes: list[SliceOutcome] = field(default_factory=list)
     stop_reasons: dict[str, str] = field(default_factory=dict)
     orientation: str = "axial"
+    interpolated_slices: list[int] = field(default_factory=list)
 
     @property
     def visited_slices(self) -> list[int]:
@@ -166,23 +183,105 @@ def segmenter_input(image: np.ndarray, spacing_x: float, spacing_y: float) -> Se
     return SegmenterInput(rgb, new_w / w, new_h / h)
 
 
-def segment_slice(volume: Volume, segmenter: Segmenter, window: Window, k: int, prompt: Prompt2D) -> Prediction:
+@dataclass(frozen=True)
+class ZoomPolicy:
+    """When a slice is segmented on a zoomed crop around the prompt instead of the whole slice.
+
+    A SAM-family model resizes the whole slice to its input (256 px for LiteMedSAM): a 512 px CT loses half its
+    resolution, and a 20 px adrenal gland becomes 10 px, too little for the encoder to see its edges. Where the
+    prompt box's longer side would cover fewer than ``below_px`` pixels of the model's input, the slice is cropped
+    to a square ``context`` times the box's longer side (at least ``min_side_px`` slice pixels, centred on the box,
+    inside the slice) and that crop is encoded instead: its own embedding, cached under its own key. Crop corners
+    are snapped to ``snap_px`` so a second prompt on the same slice (a correction, a re-prompt) reuses it. With
+    ``compare`` the whole slice is segmented too and the mask with the higher model score is kept: on 55 organ
+    slices of the benchmark's cases (box from the reference) a 4x crop below 48 px raised the mean 2D Dice of the
+    organs and vessels from 0.62 to 0.72, and to 0.73 when compared this way, but single structures moved both ways
+    (aorta 0.93 -> 0.81, adrenal 0.54 -> 0.67, humerus 0.02 -> 0.90).
+    """
+
+    below_px: float = 0.0
+    compare: bool = False
+    context: float = 4.0
+    min_side_px: int = 64
+    snap_px: int = 8
+    model_input_px: int = 256
+
+    def crop(self, box: tuple[float, float, float, float] | None, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """``(x0, y0, x1, y1)`` (exclusive ends) of the crop for ``box`` on a ``height`` x ``width`` image, or None."""
+        if box is None or self.below_px <= 0:
+            return None
+        x0, y0, x1, y1 = box
+        side_px = max(x1 - x0 + 1, y1 - y0 + 1)
+        if side_px * self.model_input_px / max(height, width) >= self.below_px:
+            return None
+        side = int(max(self.min_side_px, side_px * self.context))
+        side = min(-(-side // self.snap_px) * self.snap_px, height, width)
+        if side >= max(height, width):
+            return None
+        cx, cy = (x0 + x1 + 1) / 2.0, (y0 + y1 + 1) / 2.0
+        left = int(round((cx - side / 2.0) / self.snap_px)) * self.snap_px
+        top = int(round((cy - side / 2.0) / self.snap_px)) * self.snap_px
+        left, top = min(max(left, 0), width - side), min(max(top, 0), height - side)
+        return left, top, left + side, top + side
+
+
+NO_ZOOM = ZoomPolicy()
+
+
+def segment_slice(
+    volume: Volume,
+    segmenter: Segmenter,
+    window: Window,
+    k: int,
+    prompt: Prompt2D,
+    zoom: ZoomPolicy | None = None,
+) -> Prediction:
     """Segment slice ``k`` of ``volume`` from a prompt in its (i, j) pixel coordinates.
 
-    The segmenter sees the slice in physical proportions (``segmenter_input``); the returned mask is on the
-    slice's own pixels whatever it saw.
+    The segmenter sees the slice in physical proportions (``segmenter_input``), zoomed to a crop around a small
+    prompt (``zoom``, default ``DEFAULT_PROPAGATION.key_zoom``); the returned mask is on the slice's own pixels whatever it saw.
     """
+    zoom = DEFAULT_PROPAGATION.key_zoom if zoom is None else zoom
     image = render_slice(volume, k, window)
     si, sj, _ = volume.geometry.spacing
     seen = segmenter_input(image, si, sj)
     key = slice_cache_key(volume, k, window)
     if seen.resampled:
         key = (*key, "square", seen.image.shape[0], seen.image.shape[1])
-    segmenter.set_image(seen.image, cache_key=key)
-    prediction = segmenter.predict(seen.prompt(prompt))
-    if not seen.resampled:
-        return prediction
-    return Prediction(seen.mask_back(prediction.mask, image.shape[:2]), prediction.score)
+    on_seen = seen.prompt(prompt)
+    h, w = seen.image.shape[:2]
+    crop = zoom.crop(on_seen.box, h, w)
+    picture, whole_key = seen.image, key
+    if crop is not None:
+        x0, y0, x1, y1 = crop
+        picture = np.ascontiguousarray(seen.image[y0:y1, x0:x1])
+        key = (*key, "crop", *crop)
+        on_seen = _shifted(on_seen, -x0, -y0)
+    segmenter.set_image(picture, cache_key=key)
+    prediction = segmenter.predict(on_seen)
+    mask = prediction.mask
+    if crop is not None:
+        x0, y0, x1, y1 = crop
+        full = np.zeros((h, w), dtype=bool)
+        full[y0:y1, x0:x1] = mask
+        mask = full
+        if zoom.compare:
+            segmenter.set_image(seen.image, cache_key=whole_key)
+            whole = segmenter.predict(seen.prompt(prompt))
+            if whole.score >= prediction.score:
+                mask, prediction = whole.mask, whole
+    if seen.resampled:
+        mask = seen.mask_back(mask, image.shape[:2])
+    return Prediction(mask, prediction.score)
+
+
+def _shifted(prompt: Prompt2D, dx: float, dy: float) -> Prompt2D:
+    box = None
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        box = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+    points = tuple((x + dx, y + dy) for x, y in prompt.points)
+    return Prompt2D(box=box, points=points, labels=prompt.labels)
 
 
 def propagate(
@@ -214,7 +313,22 @@ def propagate(
             if visited >= budget:
                 result.stop_reasons[direction] = f"reached the limit of {budget} slices"
                 break
-            outcome, mask = _next_slice(volume, segmenter, window, k, previous, config)
+            far = k + (config.skip - 1) * step
+            if config.skip > 1 and 0 <= far < nk and visited + config.skip <= budget:
+                outcome, mask = next_slice(volume, segmenter, window, far, previous, config)
+                if outcome.accepted and _dice(previous, mask) >= config.skip_agreement:
+                    result.outcomes.append(outcome)
+                    for n, between in enumerate(range(k, far, step), start=1):
+                        mask3d[between] = interpolate_masks(previous, mask, n / config.skip)
+                        result.interpolated_slices.append(between)
+                    mask3d[far] = mask
+                    visited += config.skip
+                    if progress:
+                        progress(visited, budget)
+                    previous, k = mask, far + step
+                    continue
+                # the slices in between differ too much to guess (or the far one is not the structure): visit each
+            outcome, mask = next_slice(volume, segmenter, window, k, previous, config)
             result.outcomes.append(outcome)
             visited += 1
             if progress:
@@ -229,14 +343,14 @@ def propagate(
     return result
 
 
-def _next_slice(
+def next_slice(
     volume: Volume, segmenter: Segmenter, window: Window, k: int, previous: np.ndarray, config: PropagationConfig
 ) -> tuple[SliceOutcome, np.ndarray]:
     x0, y0, x1, y1 = box_from_mask(previous)  # type: ignore[misc]  # previous is never empty here
     margin = max(config.min_margin_px, round(config.margin_fraction * max(x1 - x0, y1 - y0)))
     h, w = previous.shape
     box = (max(x0 - margin, 0.0), max(y0 - margin, 0.0), min(x1 + margin, w - 1.0), min(y1 + margin, h - 1.0))
-    prediction = segment_slice(volume, segmenter, window, k, Prompt2D(box=box))
+    prediction = segment_slice(volume, segmenter, window, k, Prompt2D(box=box), config.zoom)
     mask = prediction.mask
     pixels = int(mask.sum())
     reason = _rejection(mask, pixels, prediction.score, previous, config)
@@ -256,6 +370,34 @@ def _rejection(mask: np.ndarray, pixels: int, score: float, previous: np.ndarray
     if pixels > config.max_growth * previous_pixels:
         return f"the mask grew {pixels / previous_pixels:.1f}x at once (likely a leak)"
     return ""
+
+
+def interpolate_masks(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """The shape a fraction ``t`` of the way from 2D mask ``a`` to ``b``: the zero level of their blended signed
+    distance maps (shape-based interpolation), so a structure that moves or changes size between two segmented
+    slices is interpolated as a shape, not as a cross-fade of two outlines."""
+    from scipy import ndimage
+
+    union = a | b
+    if not union.any():
+        return union
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    pad = 2
+    r0, r1 = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, a.shape[0])
+    c0, c1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, a.shape[1])
+    crop = (slice(r0, r1), slice(c0, c1))
+
+    def signed(m: np.ndarray) -> np.ndarray:
+        return ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m)
+
+    out = np.zeros_like(a, dtype=bool)
+    out[crop] = (1.0 - t) * signed(a[crop]) + t * signed(b[crop]) < 0
+    return out
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -22,10 +22,16 @@ class OracleSegmenter:
         self.encoded: list[int] = []
         self._cache: set = set()
         self._k: int | None = None
+        self._crop: tuple[int, ...] | None = None
 
     def set_image(self, image: np.ndarray, cache_key=None) -> None:
         k = int(cache_key[2])
-        assert image.shape[:2] == self.truth.shape[1:], "the rendered slice must have the volume's (rows, columns)"
+        key = tuple(cache_key)
+        # a zoomed crop around a small prompt (propagation.ZoomPolicy) names its corners after "crop" in the key
+        self._crop = tuple(int(v) for v in key[key.index("crop") + 1 : key.index("crop") + 5]) if "crop" in key else None
+        nj, ni = self.truth.shape[1:]
+        x0, y0, x1, y1 = self._crop or (0, 0, ni, nj)
+        assert image.shape[:2] == (y1 - y0, x1 - x0), "the image must be the slice (or its crop) as rendered"
         if cache_key in self._cache:
             self.stats.cache_hits += 1
         else:
@@ -37,8 +43,11 @@ class OracleSegmenter:
     def predict(self, prompt: Prompt2D) -> Prediction:
         assert self._k is not None
         self.stats.decoder_calls += 1
-        mask = np.zeros(self.truth.shape[1:], dtype=bool)
+        nj, ni = self.truth.shape[1:]
+        cx0, cy0, cx1, cy1 = self._crop or (0, 0, ni, nj)
+        seen = self.truth[self._k, cy0:cy1, cx0:cx1]
+        mask = np.zeros(seen.shape, dtype=bool)
         if prompt.box is not None:
             x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
-            mask[y0 : y1 + 1, x0 : x1 + 1] = self.truth[self._k, y0 : y1 + 1, x0 : x1 + 1]
+            mask[y0 : y1 + 1, x0 : x1 + 1] = seen[y0 : y1 + 1, x0 : x1 + 1]
         return Prediction(mask=mask, score=self.scores.get(self._k, 0.95))

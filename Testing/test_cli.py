@@ -196,7 +196,7 @@ def test_failed_export_keeps_the_previous_outputs(tmp_path, small_series, monkey
     argv = ["ask", str(small_series), "--box", "10,8,38,32,2", "--out", str(out), "--force"]
     assert main(argv) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(before) == {"mask.nii.gz", "seg.dcm", "result.json"}
+    assert set(before) == {"mask.nii.gz", "seg.dcm", "result.json", "overview.png"}
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -20,6 +20,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 from ..errors import InputError, ModelError
 from .base import ModelIdentity, Prediction, Prompt2D, SegmenterStats, points_array
 from .cache import EmbeddingCache
+
+if TYPE_CHECKING:
+    from .disk_cache import DiskEmbeddingStore
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,8 @@ class PromptableSegmenter:
         self._mask_decoder = mask_decoder.eval().to(device)
         self._cache_namespace = cache_namespace
         self._encoded: EncodedImage | None = None
+        self.store: DiskEmbeddingStore | None = None
+        """Embeddings kept on disk across runs (``disk_cache``); ``None``: memory only. Set by ``use_store``."""
         with torch.inference_mode():  # the positional encoding of the embedding grid is a constant
             self._dense_pe = self._prompt_encoder.get_dense_pe()
 
@@ -216,6 +222,13 @@ class PromptableSegmenter:
         sx, sy = frame.scale_xy
         return box * np.array([sx, sy, sx, sy], dtype=np.float32)
 
+    def use_store(self, root: str | Path, max_bytes: int, runtime: str = "") -> None:
+        """Keep embeddings on disk under ``root`` too (at most ``max_bytes``; 0 turns the store off)."""
+        from .disk_cache import DiskEmbeddingStore
+
+        namespace = (*_as_tuple(self._cache_namespace), runtime)
+        self.store = DiskEmbeddingStore(root, namespace, max_bytes) if max_bytes > 0 else None
+
     # -- the public two-step API -------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, cache_key: Hashable | None = None) -> None:
         """Encode ``image``, or reuse the embedding cached under ``cache_key`` (then the encoder does not run).
@@ -231,13 +244,39 @@ class PromptableSegmenter:
                 self.stats.cache_hits += 1
                 self._encoded = cached
                 return
+            stored = self._load_stored(key, image.shape[:2])
+            if stored is not None:
+                self.stats.cache_hits += 1
+                self.stats.store_hits += 1
+                self.cache.put(key, stored, stored.nbytes)
+                self._encoded = stored
+                return
         start = perf_counter()
         encoded = self._encode(image)
         self.stats.encoder_calls += 1
         self.stats.encoder_seconds += perf_counter() - start
         if key is not None:
             self.cache.put(key, encoded, encoded.nbytes)
+            if self.store is not None:
+                self.store.save(key, encoded.embedding.detach().cpu().numpy(), _frame_fields(encoded.frame))
         self._encoded = encoded
+
+    def _load_stored(self, key: Hashable, original_hw: tuple[int, int]) -> EncodedImage | None:
+        """The embedding of ``key`` from the disk store, when it holds one for an image of this size."""
+        if self.store is None:
+            return None
+        found = self.store.load(key)
+        if found is None:
+            return None
+        embedding, fields = found
+        frame = InputFrame(
+            original_hw=(fields["original_h"], fields["original_w"]),
+            resized_hw=(fields["resized_h"], fields["resized_w"]),
+            input_size=fields["input_size"],
+        )
+        if frame.original_hw != tuple(original_hw):
+            return None
+        return EncodedImage(torch.from_numpy(embedding).to(self.device), frame)
 
     def predict(self, prompt: Prompt2D) -> Prediction:
         """Mask and predicted IoU for ``prompt`` on the current image (prompt encoder + mask decoder only)."""
@@ -278,3 +317,17 @@ def cache_root() -> Path:
         return Path(configured).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "medseg-reasoning"
+
+
+def _frame_fields(frame: InputFrame) -> dict[str, int]:
+    return {
+        "original_h": frame.original_hw[0],
+        "original_w": frame.original_hw[1],
+        "resized_h": frame.resized_hw[0],
+        "resized_w": frame.resized_hw[1],
+        "input_size": frame.input_size,
+    }
+
+
+def _as_tuple(value: Hashable) -> tuple:
+    return value if isinstance(value, tuple) else (value,)

@@ -48,6 +48,8 @@ class SegmenterStats:
 
     encoder_calls: int = 0
     cache_hits: int = 0
+    store_hits: int = 0
+    """Of ``cache_hits``, those read from the disk store (``disk_cache``) rather than memory."""
     decoder_calls: int = 0
     encoder_seconds: float = 0.0
     decoder_seconds: float = 0.0

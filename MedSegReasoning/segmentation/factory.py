@@ -27,6 +27,7 @@ def create_segmenter(
     device: str = "cpu",
     backend: str | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    embedding_store: str | Path | None = None,
 ) -> Segmenter:
     """Create the segmenter named by ``spec``.
 
@@ -43,7 +44,8 @@ def create_segmenter(
     ``backend`` picks LiteMedSAM's image-encoder runtime (``openvino`` or ``onnx`` (both fp32, same masks; CPU),
     ``onnx-int8`` (CPU, opt-in: MatMul weights in int8) or ``torch``; default ``openvino`` on CPU (``onnx`` where
     OpenVINO is not installed), ``torch`` on CUDA); segment-anything checkpoints run in torch only. ``cache_bytes`` bounds the
-    embedding cache. Raises ``InputError`` for an unknown spec or backend, ``ModelError`` for a missing or
+    embedding cache. ``embedding_store`` keeps embeddings on disk in that folder too (``disk_cache``; bounded by
+    ``$MEDSEG_EMBEDDING_STORE_MB``, 0 turns it off); front ends pass ``default_store_root()``. Raises ``InputError`` for an unknown spec or backend, ``ModelError`` for a missing or
     damaged checkpoint.
     """
     scheme, sep, rest = spec.strip().partition(":")
@@ -56,7 +58,9 @@ def create_segmenter(
     if scheme == "litemedsam":
         from .litemedsam import LiteMedSAMSegmenter
 
-        return LiteMedSAMSegmenter(device=device, backend=backend, cache=cache, weights_path=path)
+        lite = LiteMedSAMSegmenter(device=device, backend=backend, cache=cache, weights_path=path)
+        _attach_store(lite, embedding_store, lite.backend)
+        return lite
 
     model_type: str | None = None
     if scheme.startswith("sam-") and scheme[4:] in SAM_MODEL_TYPES:
@@ -73,4 +77,21 @@ def create_segmenter(
     from .sam import SamSegmenter
 
     flavour = "medsam" if scheme == "medsam" else "sam"
-    return SamSegmenter(path, model_type=model_type, flavour=flavour, device=device, cache=cache)
+    sam = SamSegmenter(path, model_type=model_type, flavour=flavour, device=device, cache=cache)
+    _attach_store(sam, embedding_store, "torch")
+    return sam
+
+
+def default_store_root() -> Path:
+    """Where front ends keep embeddings on disk: ``<cache>/embeddings`` (cache: ``$MEDSEG_CACHE_DIR`` or ~/.cache)."""
+    from ._sam_core import cache_root
+
+    return cache_root() / "embeddings"
+
+
+def _attach_store(segmenter, root: str | Path | None, runtime: str) -> None:
+    if root is None:
+        return
+    from .disk_cache import store_bytes_from_env
+
+    segmenter.use_store(root, store_bytes_from_env(), runtime)

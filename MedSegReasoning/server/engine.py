@@ -55,7 +55,7 @@ class Engine:
     ) -> Engine:
         """Load the named models now, so a missing model stops ``serve`` before it listens (and says which)."""
         from ..reasoning.spec import create_reasoner
-        from ..segmentation.factory import create_segmenter
+        from ..segmentation.factory import create_segmenter, default_store_root
 
         reasoner_factory: Callable[[], Reasoner] | None = None
         if reasoner_spec:
@@ -70,7 +70,7 @@ class Engine:
                 def reasoner_factory() -> Reasoner:
                     return shared
 
-        segmenter = create_segmenter(segmenter_spec, device=device)
+        segmenter = create_segmenter(segmenter_spec, device=device, embedding_store=default_store_root())
         return cls(
             segmenter=segmenter,
             reasoner_factory=reasoner_factory,
