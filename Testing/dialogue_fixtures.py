@@ -17,6 +17,8 @@ from scipy import ndimage
 if __package__ in (None, ""):  # run as a script by the crash test
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fakes import SliceLookup
+
 from MedSegReasoning.pipeline import VoxelPrompt
 from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
 from MedSegReasoning.volume.core import Geometry, Volume
@@ -55,7 +57,7 @@ def abdomen_volume(labels: np.ndarray | None = None) -> Volume:
     return Volume(array, Geometry.from_arrays((-80.0, -80.0, 0.0), SPACING, np.eye(3)), modality="CT")
 
 
-class LabelOracle:
+class LabelOracle(SliceLookup):
     """A deterministic stand-in for a box-prompted SAM model on a label map.
 
     A prompt with a foreground point chooses the structure (the label under the point; if that is background, the
@@ -79,12 +81,13 @@ class LabelOracle:
         self.prompts: list[tuple[int, Prompt2D]] = []
 
     def set_image(self, image: np.ndarray, cache_key=None) -> None:
-        self._k = int(cache_key[2])
+        self.look(image, cache_key, self.labels.shape[1:])
         self.stats.encoder_calls += 1
 
     def predict(self, prompt: Prompt2D) -> Prediction:
         assert self._k is not None
         self.stats.decoder_calls += 1
+        prompt = self.on_slice(prompt)
         self.prompts.append((self._k, prompt))
         slice_labels = self.labels[self._k]
         box = np.zeros(slice_labels.shape, dtype=bool)
@@ -104,12 +107,11 @@ class LabelOracle:
             self._label = label
             self._leak = not any(lab == 0 for lab in prompt.labels)
         if self.runaway_from is not None and not fg and self._leak and self._k >= self.runaway_from:
-            return Prediction(
-                mask=ndimage.binary_dilation(box, iterations=max(box.sum(axis=1).max() // 4, 1)), score=0.9
-            )
+            spill = ndimage.binary_dilation(box, iterations=max(box.sum(axis=1).max() // 4, 1))
+            return Prediction(mask=self.as_seen(spill), score=0.9)
         wanted = {self._label} | (self.leaks_into.get(self._label, set()) if self._leak else set())
         mask = np.isin(slice_labels, list(wanted)) & box & (self._label > 0)
-        return Prediction(mask=mask, score=0.95)
+        return Prediction(mask=self.as_seen(mask), score=0.95)
 
 
 def inside_point(labels: np.ndarray, value: int, k: int) -> tuple[int, int]:

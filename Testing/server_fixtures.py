@@ -25,6 +25,8 @@ if __package__ in (None, ""):  # run as a script by the client tests
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fakes import SliceLookup
+
 from MedSegReasoning.errors import ModelError
 from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
 from MedSegReasoning.server.auth import TokenStore
@@ -120,7 +122,7 @@ def offline_terminology() -> Terminology:
     return Terminology(_shipped_data(), embedder=_no_embedding)
 
 
-class ScriptedSegmenter:
+class ScriptedSegmenter(SliceLookup):
     """The true mask cut to the box (like ``fakes.OracleSegmenter``), with scripted delays, failures and a gate.
 
     ``delay_s`` per predict makes rounds last long enough to disconnect or kill mid-round; ``fail_at`` (1-based
@@ -137,11 +139,9 @@ class ScriptedSegmenter:
         self.stats = SegmenterStats()
         self.calls = 0
         self.started = threading.Event()
-        self._k: int | None = None
 
     def set_image(self, image: np.ndarray, cache_key=None) -> None:
-        assert image.shape[:2] == self.truth.shape[1:]
-        self._k = int(cache_key[2])
+        self.look(image, cache_key, self.truth.shape[1:])
         self.stats.encoder_calls += 1
 
     def predict(self, prompt: Prompt2D) -> Prediction:
@@ -153,11 +153,12 @@ class ScriptedSegmenter:
             time.sleep(self.delay_s)
         if self.fail_at is not None and self.calls >= self.fail_at:
             raise RuntimeError("simulated CUDA error: device-side assert triggered")
+        prompt = self.on_slice(prompt)
         assert self._k is not None and prompt.box is not None
         x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
         mask = np.zeros(self.truth.shape[1:], dtype=bool)
         mask[y0 : y1 + 1, x0 : x1 + 1] = self.truth[self._k, y0 : y1 + 1, x0 : x1 + 1]
-        return Prediction(mask=mask, score=0.95)
+        return Prediction(mask=self.as_seen(mask), score=0.95)
 
 
 class ThresholdSegmenter:

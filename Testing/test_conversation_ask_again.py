@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from fakes import SliceLookup
 from reasoning_fixtures import blob_volume
 
 from MedSegReasoning.conversation import ask_reasoner_again, correction_question, reasoner_planner
@@ -31,7 +32,7 @@ def box_of(mask: np.ndarray) -> list[int]:
     return [int(ii.min()), int(jj.min()), int(ii.max()), int(jj.max())]
 
 
-class LeaksUnlessGoodBox:
+class LeaksUnlessGoodBox(SliceLookup):
     """The blob for exactly ``good`` (i0, j0, i1, j1); the whole slice for any other prompt (a runaway leak)."""
 
     identity = ModelIdentity(name="leaky", weights="none", sha256="0" * 64)
@@ -40,16 +41,16 @@ class LeaksUnlessGoodBox:
         self.volume = volume
         self.good = tuple(float(v) for v in good)
         self.stats = SegmenterStats()
-        self._k: int | None = None
 
     def set_image(self, image: np.ndarray, cache_key=None) -> None:
-        self._k = int(cache_key[2])
+        self.look(image, cache_key, self.volume.shape[1:])
 
     def predict(self, prompt: Prompt2D) -> Prediction:
         assert self._k is not None
+        prompt = self.on_slice(prompt)
         if prompt.box is not None and tuple(prompt.box) == self.good:
-            return Prediction(mask=blob_on(self.volume, self._k), score=0.95)
-        return Prediction(mask=np.ones(self.volume.shape[1:], dtype=bool), score=0.95)
+            return Prediction(mask=self.as_seen(blob_on(self.volume, self._k)), score=0.95)
+        return Prediction(mask=self.as_seen(np.ones(self.volume.shape[1:], dtype=bool)), score=0.95)
 
 
 def answer(box: list[int] | None, reasoning: str) -> str:

@@ -140,7 +140,7 @@ def summarise(rows: list[dict], variants: list[str]) -> dict:
         goal_rows = [r for r in mine if r["group"] in ("ct-goal", "brain")]
         full_res = [r for r in goal_rows if not r["id"].startswith(("ct-3mm", "mni-3mm"))]
         entry["lowered_by_a_correction"] = [
-            r["id"] for r in goal_rows if any(b < a - 1e-9 for a, b in zip(r["dice_curve"], r["dice_curve"][1:]))
+            r["id"] for r in goal_rows if any(b < a - 1e-9 for a, b in zip(r["dice_curve"], r["dice_curve"][1:], strict=False))
         ]
         entry["ct_3d_over_key"] = {
             r["id"]: r["initial_dice"] / r["key_slice_dice"] if r["key_slice_dice"] else None
