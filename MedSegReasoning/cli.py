@@ -117,6 +117,13 @@ EVAL_EPILOG = (
   mrmedseg  MediRound's MR-MedSeg dialogues (a .json file; image and mask paths relative to it)
   folder    volumes + label maps + questions.jsonl (volume, labels, question, label[, round, reference])
 
+modes:
+  full         the reasoner answers, the dialogue path segments (judgment, correction, entities)
+  oracle       the truth's box on its largest slice: the segmenter's ceiling
+  reasoner     box IoU / pDice of the reasoner's answers, nothing segmented
+  interactive  a simulated user (CVPR 2025 interactive 3D challenge): the truth's box, then up to --corrections
+               add/erase boxes where the 3D error is largest; initial and final Dice, DSC_AUC, NSD_AUC, encoder calls
+
 outputs (in --out): samples.jsonl (one record per question), run.json, summary.json, summary.md, plots/*.png
 
 """
@@ -138,8 +145,16 @@ def _add_eval_parser(sub) -> None:
     ev.add_argument(
         "--mode",
         default="full",
-        help="full (reasoner + segmenter, default), oracle (boxes from the truth: the segmenter's ceiling) or "
-        "reasoner (box IoU / pDice of the answers, nothing segmented)",
+        help="full (reasoner + segmenter, default), oracle (boxes from the truth: the segmenter's ceiling), "
+        "reasoner (box IoU / pDice of the answers, nothing segmented) or interactive (a simulated user: a box, "
+        "then corrections)",
+    )
+    ev.add_argument(
+        "--corrections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="interactive mode: corrections after the first box (default 5, the challenge's budget)",
     )
     ev.add_argument("--out", type=Path, default=Path("medseg-eval"), help="output folder (default: ./medseg-eval)")
     ev.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished samples")
@@ -341,6 +356,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         segmenter=args.segmenter,
         propagate=not args.no_propagate,
     )
+    from .segmentation.factory import default_store_root, preload
+
+    preload(args.segmenter, embedding_store=default_store_root())  # opens the model while the volume is read
     t0 = time.perf_counter()
     volume = load_volume(args.input, series_uid=args.series)
     timings = {"load_s": time.perf_counter() - t0}
@@ -560,7 +578,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .conversation import ReasonerOptions
     from .evaluation.layouts import open_dataset
-    from .evaluation.runner import MODES, SAMPLES_FILE, EvalOptions, run_eval
+    from .evaluation.runner import DEFAULT_CORRECTIONS, MODES, REASONER_MODES, SAMPLES_FILE, EvalOptions, run_eval
 
     if args.mode not in MODES:
         raise InputError(f"unknown --mode '{args.mode}': use one of {', '.join(MODES)}.")
@@ -573,9 +591,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InputError(f"--resume: {out} holds no {SAMPLES_FILE} to continue; drop --resume to start a run.")
     if not args.resume:
         prepare_out_dir(out, args.force)
+    if args.mode != "interactive" and args.corrections is not None:
+        raise InputError(f"--corrections is for --mode interactive; mode '{args.mode}' places no corrections.")
     dataset = open_dataset(args.dataset, args.layout)
     reasoner = None
-    if args.mode != "oracle":
+    if args.mode in REASONER_MODES:
         reasoner = ReasonerOptions(
             spec=args.reasoner or DEFAULT_REASONER_SPEC,
             allow_remote=args.allow_remote,
@@ -595,6 +615,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         propagate=not args.no_propagate,
         nsd_tolerance_mm=args.nsd_tolerance,
         progress=not args.no_progress,
+        corrections=DEFAULT_CORRECTIONS if args.corrections is None else args.corrections,
     )
     summary = run_eval(dataset, options)
     print_eval_summary(summary, out)
@@ -611,8 +632,20 @@ def print_eval_summary(summary: dict, out: Path) -> None:
         if value is not None:
             parts.append(f"{key} {value:.3f}")
     print(", ".join(parts))
+    interactive = summary.get("interactive")
+    if interactive:
+        m = interactive["overall"]
+        print(
+            f"interactive: Dice {_number(m['initial_dice'])} after the box -> {_number(m['final_dice'])} after the "
+            f"corrections, DSC_AUC {_number(m['dsc_auc'])}, NSD_AUC {_number(m['nsd_auc'])}, "
+            f"{_number(m['encoder_calls'], 1)} encoder calls and {_number(m['latency_s'], 1)} s per structure"
+        )
     computed, kept = summary.get("computed", 0), summary.get("skipped", 0)
     print(f"computed {computed}, kept {kept} from before; wrote the report to {out}")
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 COMMANDS = {

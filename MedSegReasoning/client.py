@@ -187,6 +187,7 @@ class RoundResult:
     targets: list[dict]
     timings: dict
     events: list[tuple[str, dict]] = field(default_factory=list)
+    refine: dict | None = None  # a refine's done.refine: entity_id, kind, orientation, slice, changed_slices, stopped
 
 
 @dataclass(frozen=True)
@@ -389,8 +390,47 @@ class MedSegClient:
             body["current_view"] = current_view
         if window is not None:
             body["window"] = window
+        path = f"{API}/sessions/{_seg(session_id)}/rounds"
+        return self._round(session_id, path, body, on_reasoning, on_progress, on_target, on_event, cancel)
+
+    def refine(
+        self,
+        session_id: str,
+        entity_id: str,
+        *,
+        box: Sequence[int] | None = None,
+        erase: Sequence[int] | None = None,
+        points: Sequence[Sequence[int]] = (),
+        view: dict | None = None,
+        window: str | None = None,
+        on_progress: Callable[[str, float, dict], None] | None = None,
+        on_target: Callable[[Entity], None] | None = None,
+        on_event: Callable[[RoundEvent], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RoundResult:
+        """Correct an entity from one box, as a round (streamed, cancellable and undone like one): ``box`` adds
+        (that slice segmented again, propagated until it rejoins the mask), ``erase`` removes what lies in the box.
+
+        Both are ``[u0, v0, u1, v1, slice]`` in the plane's voxel axes ((i, j) on axial slice k unless ``view``
+        ``{"orientation": "coronal"|"sagittal", "slice": n}`` says otherwise); ``points`` ``[[u, v, slice(, 0|1)]]``
+        on the box's slice. The result's one entity is the refined one (same id); ``RoundResult.refine`` says which
+        slices changed and why the correction stopped on each side."""
+        body: dict[str, Any] = {"points": [list(p) for p in points]}
+        if box is not None:
+            body["box"] = list(box)
+        if erase is not None:
+            body["erase"] = list(erase)
+        if view is not None:
+            body["view"] = dict(view)
+        if window is not None:
+            body["window"] = window
+        path = f"{API}/sessions/{_seg(session_id)}/entities/{_seg(entity_id)}/refine"
+        return self._round(session_id, path, body, None, on_progress, on_target, on_event, cancel)
+
+    def _round(self, session_id, path, body, on_reasoning, on_progress, on_target, on_event, cancel) -> RoundResult:
+        """POST a round-like request and read its event stream (``ask`` and ``refine`` alike)."""
         conn = self._connection(fresh=True, timeout=_STREAM_IDLE_TIMEOUT_S)
-        response = self._send(conn, "POST", f"{API}/sessions/{_seg(session_id)}/rounds", _json_bytes(body), {})
+        response = self._send(conn, "POST", path, _json_bytes(body), {})
         if response.status != 200:
             error = self._error_from(response)
             conn.close()
@@ -652,6 +692,7 @@ class MedSegClient:
             targets=done.get("targets", []),
             timings=done.get("timings", {}),
             events=events,
+            refine=done.get("refine"),
         )
 
     def _watch_cancel(self, session_id, round_id, cancel: threading.Event, finished: threading.Event, conn) -> None:

@@ -57,10 +57,11 @@ def run_round_ask(
     segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = timings.get("model_load_s", 0.0) + time.perf_counter() - t0
 
+    ahead = _encode_ahead(segmenter, reasoner)
     if prompt is not None:
         plan: Any = RoundPlan(targets=(TargetSpec(options.label, prompt, propagate=options.propagate),))
     else:
-        plan = _reasoner_planner(volume, window, reasoner, session, options, reasoner_options, answers)
+        plan = _reasoner_planner(volume, window, reasoner, session, options, reasoner_options, answers, ahead)
     question = options.question or ""
     ask_again = None
     if reasoner is not None:
@@ -75,7 +76,13 @@ def run_round_ask(
             answers=answers,
             current_view=reasoner_options.current_view,
         )
-    rnd = run_round(session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=_stage_printer())
+    try:
+        rnd = run_round(
+            session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=_stage_printer()
+        )
+    finally:
+        if ahead is not None:
+            ahead.close()
     timings.update(rnd.timings)
     return write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
 
@@ -95,7 +102,23 @@ def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float
     return reasoner
 
 
-def _reasoner_planner(volume, window, reasoner, session, options, reasoner_options: ReasonerOptions, answers: list):
+def _encode_ahead(segmenter, reasoner):
+    """A worker that encodes the slices the reasoner is shown while it thinks (``segmentation.encode_ahead``), or None:
+    without a reasoner, or where the reasoner computes on this CPU (an in-process model without a GPU)."""
+    from .segmentation.encode_ahead import EncodeAhead, worth_encoding_ahead
+
+    if reasoner is None:
+        return None
+    identity = reasoner.identity
+    if not worth_encoding_ahead(identity.backend, dict(identity.decoding).get("device")):
+        return None
+    ahead = EncodeAhead(segmenter)
+    return ahead if ahead.supported else None
+
+
+def _reasoner_planner(
+    volume, window, reasoner, session, options, reasoner_options: ReasonerOptions, answers: list, ahead=None
+):
     """The dialogue's planner hook for ``ask``: stream the reasoner's text to stdout, honour ``--no-propagate``."""
     return reasoner_planner(
         volume,
@@ -106,29 +129,44 @@ def _reasoner_planner(volume, window, reasoner, session, options, reasoner_optio
         on_text=_stream_to_stdout if reasoner_options.stream else None,
         answers=answers,
         current_view=reasoner_options.current_view,
+        encode_ahead=ahead,
     )
 
 
 def reasoner_planner(
-    volume, window, reasoner, session, *, propagate: bool = True, on_text=None, answers=None, current_view=None
+    volume,
+    window,
+    reasoner,
+    session,
+    *,
+    propagate: bool = True,
+    on_text=None,
+    answers=None,
+    current_view=None,
+    encode_ahead=None,
 ):
     """``run_round``'s planner: ask the reasoner with the session's entities as context (ids and labels in the
-    prompt, outlines tagged with their ids on the views), and turn its answer into the round's plan."""
+    prompt, outlines tagged with their ids on the views), and turn its answer into the round's plan. With
+    ``encode_ahead`` (a ``segmentation.encode_ahead.EncodeAhead``) the slices the reasoner is shown are encoded while
+    it thinks; what is still pending when it answers is dropped."""
     from .dialogue import plan_from_answer
     from .reasoning import ReasoningContext, run_reasoning
+    from .segmentation.encode_ahead import encoding_ahead
 
     def plan(question: str, context: dict):
-        answer = run_reasoning(
-            volume,
-            reasoner,
-            question,
-            context=ReasoningContext.from_dialogue(
-                context, len(session.rounds) + 1, slice_mask=session.entity_slice_mask
-            ),
-            on_text=on_text,
-            window=window,
-            current_view=current_view,
-        )
+        with encoding_ahead(encode_ahead, volume, window) as on_views:
+            answer = run_reasoning(
+                volume,
+                reasoner,
+                question,
+                context=ReasoningContext.from_dialogue(
+                    context, len(session.rounds) + 1, slice_mask=session.entity_slice_mask
+                ),
+                on_text=on_text,
+                window=window,
+                current_view=current_view,
+                on_views=on_views,
+            )
         if on_text:
             sys.stdout.write("\n")
         if answers is not None:

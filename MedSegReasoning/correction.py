@@ -27,6 +27,7 @@ from .pipeline import PlaneView, VoxelPrompt
 from .propagation import (
     DEFAULT_PROPAGATION,
     PropagationConfig,
+    key_tissue,
     next_slice,
     segment_slice,
 )
@@ -57,6 +58,9 @@ class CorrectionResult:
     changed_slices: list[int] = field(default_factory=list)
     stop_reasons: dict[str, str] = field(default_factory=dict)
     score: float = float("nan")
+    segmented_slices: list[int] = field(default_factory=list)
+    """Slices the segmenter ran on (an add's box slice and each slice it re-propagated to, the one that ended a
+    direction included); an erase runs no segmenter."""
 
     @property
     def changed(self) -> int:
@@ -79,8 +83,8 @@ def correct_mask(
 
     ``key_slice`` (an axial index, as entities record it) tells an erase which side of its slice grew from it;
     without it the side holding less of the mask is taken. ``locked`` names slices of the prompt's plane that earlier
-    corrections (or the key slice) set: a re-propagation stops there and never overwrites them, so two corrections
-    cannot undo each other. Raises ``InputError`` for a box outside the volume, an
+    corrections (or the key slice) set: a re-propagation, or an erase following what grew from its box, stops there
+    and never changes them, so two corrections cannot undo each other. Raises ``InputError`` for a box outside the volume, an
     add the segmenter finds nothing for, or an erase box that holds none of the mask.
     """
     from .pipeline import check_prompt
@@ -96,7 +100,7 @@ def correct_mask(
     view_mask = plane.to_view(np.asarray(mask, dtype=bool)).copy()
     if correction.erase:
         key = _key_on_view(plane, view_mask, key_slice)
-        result = _erase(view_mask, plane.prompt, key)
+        result = _erase(view_mask, plane.prompt, key, frozenset(locked))
     else:
         result = _add(plane, segmenter, window, view_mask, config, rejoin_dice, frozenset(locked))
     result.mask = plane.to_volume(result.mask)
@@ -118,8 +122,10 @@ def _add(
         raise InputError(
             f"the segmenter found nothing in the correction box on slice {prompt.k}: place the box on the structure."
         )
-    result = CorrectionResult(mask, [prompt.k], score=prediction.score)
+    result = CorrectionResult(mask, [prompt.k], score=prediction.score, segmented_slices=[prompt.k])
+    first, last = _extent(mask, prompt.k)
     mask[prompt.k] = prediction.mask
+    tissue = key_tissue(view, prompt.k, prediction.mask, config)
     nk = view.shape[0]
     for direction, step in (("up", 1), ("down", -1)):
         previous, k = prediction.mask, prompt.k + step
@@ -127,10 +133,14 @@ def _add(
             if not 0 <= k < nk:
                 result.stop_reasons[direction] = "reached the end of the volume"
                 break
+            if not first <= k <= last:
+                result.stop_reasons[direction] = f"slice {k}: past the entity's end"
+                break
             if k in locked:
                 result.stop_reasons[direction] = f"slice {k}: an earlier correction"
                 break
-            outcome, new = next_slice(view, segmenter, window, k, previous, config)
+            outcome, new = next_slice(view, segmenter, window, k, previous, config, tissue)
+            result.segmented_slices.append(k)
             if not outcome.accepted:
                 result.stop_reasons[direction] = f"slice {k}: {outcome.reason}"
                 break
@@ -142,11 +152,23 @@ def _add(
             result.changed_slices.append(k)
             previous, k = new, k + step
     result.changed_slices.sort()
+    result.segmented_slices.sort()
     result.mask = mask  # no component filter: what the user's box added stays, what it did not touch is kept
     return result
 
 
-def _erase(mask: np.ndarray, prompt: VoxelPrompt, key_slice: int) -> CorrectionResult:
+def _extent(mask: np.ndarray, k: int) -> tuple[int, int]:
+    """The slices an add on slice ``k`` may re-propagate over: the mask's own extent where ``k`` lies inside it (the
+    original propagation already decided where the structure ends: measured, re-propagating past it added wrong
+    slices beyond the caudate's end), unbounded on the side where ``k`` extends it."""
+    ks = np.flatnonzero(mask.any(axis=(1, 2)))
+    if ks.size == 0:
+        return 0, mask.shape[0] - 1
+    first, last = int(ks[0]), int(ks[-1])
+    return (first if k >= first else 0), (last if k <= last else mask.shape[0] - 1)
+
+
+def _erase(mask: np.ndarray, prompt: VoxelPrompt, key_slice: int, locked: frozenset[int]) -> CorrectionResult:
     from scipy import ndimage
 
     u0, v0, u1, v1 = prompt.box  # type: ignore[misc]  # checked by correct_mask
@@ -163,7 +185,11 @@ def _erase(mask: np.ndarray, prompt: VoxelPrompt, key_slice: int) -> CorrectionR
     steps = (1, -1) if k == key_slice else ((1,) if k > key_slice else (-1,))
     for step in steps:
         previous, j = removed, k + step
+        why = "nothing grown from the erased region"
         while 0 <= j < mask.shape[0]:
+            if j in locked:  # an earlier correction set this slice: an erase never undoes it
+                why = "an earlier correction"
+                break
             inside = np.zeros_like(previous)
             inside[box] = mask[j][box]
             labels, count = ndimage.label(inside)
@@ -174,7 +200,7 @@ def _erase(mask: np.ndarray, prompt: VoxelPrompt, key_slice: int) -> CorrectionR
             mask[j] &= ~grown
             result.changed_slices.append(j)
             previous, j = grown, j + step
-        result.stop_reasons["up" if step > 0 else "down"] = f"slice {j}: nothing grown from the erased region"
+        result.stop_reasons["up" if step > 0 else "down"] = f"slice {j}: {why}"
     result.changed_slices.sort()
     return result
 

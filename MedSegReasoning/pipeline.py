@@ -23,7 +23,7 @@ from .propagation import (
     propagate,
     segment_slice,
 )
-from .segmentation.base import Prompt2D, Segmenter
+from .segmentation.base import Prompt2D, Segmenter, TargetWork, embedding_mark, work_since
 from .volume.core import (
     PLANE_ORIENTATIONS,
     Volume,
@@ -97,6 +97,7 @@ class TargetResult:
     score: float
     propagation: PropagationResult | None
     timings: dict[str, float] = field(default_factory=dict)
+    work: TargetWork | None = None
 
     @property
     def voxels(self) -> int:
@@ -249,6 +250,14 @@ class PlaneSegmentation:
         """The propagated 3D mask, or the key plane's when there was no propagation."""
         return self.propagation.mask if self.propagation is not None else self.key_mask
 
+    @property
+    def slice_counts(self) -> tuple[int, int]:
+        """``(segmented, interpolated)`` slices: those the segmenter ran on (the key plane and every slice propagation
+        visited) and those skip-and-interpolate filled without it."""
+        if self.propagation is None:
+            return 1, 0
+        return len(self.propagation.visited_slices), len(self.propagation.interpolated_slices)
+
 
 def segment_prompt(
     volume: Volume,
@@ -305,11 +314,13 @@ def segment_target(
     own ``[k, j, i]`` grid.
     """
     check_prompt(volume, prompt, window)
+    mark = embedding_mark(segmenter)
     seg = segment_prompt(volume, segmenter, window, prompt, propagate_3d=propagate_3d, config=config, progress=progress)
+    work = work_since(segmenter, mark, *seg.slice_counts)
     if seg.empty:
         plane = "" if prompt.is_axial else f"{prompt.orientation} "
         raise InputError(
             f"the segmenter found nothing for the prompt on {plane}slice {prompt.k}: check that the box or points lie "
             "on the structure (indices are I column, J row, K slice, 0-based)."
         )
-    return TargetResult(value, label, prompt, seg.mask, seg.score, seg.propagation, dict(seg.timings))
+    return TargetResult(value, label, prompt, seg.mask, seg.score, seg.propagation, dict(seg.timings), work)

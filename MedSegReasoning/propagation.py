@@ -11,6 +11,13 @@ alone; a slice is rejected, and propagation stops in that direction, when any of
   a different structure;
 - the area grows by more than ``max_growth`` at once: a leak into the neighbourhood.
 
+Before those rules, each propagated slice's mask is cut to the key slice's tissue: the voxels whose values lie in
+the range the key mask covers (``Tissue``), and of what remains the parts touching the previous slice's mask. A
+box-prompted model asked for a slice where the structure narrows fills its box with the neighbour; this keeps the
+neighbour out when it is another tissue (measured in ``benchmarks/volumes.py``: the 3D Dice over key-slice Dice
+ratio of the CT and MR structures rose from 0.69 to 0.84, with no loss on the CT organs' mean). "Ended" is relative
+to the structure's own size on the previous slice, so a 15-pixel adrenal at 3 mm is not cut after one slice.
+
 Any orientation: a coronal or sagittal key slice is propagated on ``volume.core.plane_volume``'s view
 (along j or i), with the same rules.
 
@@ -49,6 +56,8 @@ class PropagationConfig:
     key_zoom_below_px: float = 48.0
     skip: int = 1
     skip_agreement: float = 0.85
+    tissue_quantile: float | None = 0.02
+    tissue_pad: float = 0.1
 
     @property
     def zoom(self) -> ZoomPolicy:
@@ -64,6 +73,33 @@ class PropagationConfig:
 
 
 DEFAULT_PROPAGATION = PropagationConfig()
+
+
+@dataclass(frozen=True)
+class Tissue:
+    """The voxel values of the structure on its key slice: its ``quantile`` to ``1 - quantile`` range, widened by
+    ``pad`` of its width on each side (robust to the few mislabelled voxels at a mask's edge)."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: np.ndarray, quantile: float, pad: float) -> Tissue | None:
+        if values.size == 0:
+            return None
+        low, high = np.quantile(values.astype(np.float64), [quantile, 1.0 - quantile])
+        width = float(high - low)
+        return cls(float(low) - pad * width, float(high) + pad * width)
+
+    def contains(self, values: np.ndarray) -> np.ndarray:
+        return (values >= self.low) & (values <= self.high)
+
+
+def key_tissue(volume: Volume, key_slice: int, key_mask: np.ndarray, config: PropagationConfig) -> Tissue | None:
+    """The tissue that propagated slices are cut to, or None when the config turns the cut off."""
+    if config.tissue_quantile is None:
+        return None
+    return Tissue.of(volume.array[key_slice][key_mask], config.tissue_quantile, config.tissue_pad)
 
 
 @dataclass(frozen=True)
@@ -299,6 +335,7 @@ def propagate(
     mask3d[key_slice] = key_mask
     result = PropagationResult(mask=mask3d, key_slice=key_slice)
     result.outcomes.append(SliceOutcome(key_slice, int(key_mask.sum()), float("nan"), True, "key slice"))
+    tissue = key_tissue(volume, key_slice, key_mask, config)
     budget = nk if config.max_slices is None else min(nk, config.max_slices)
     visited = 1
     if progress:
@@ -315,7 +352,7 @@ def propagate(
                 break
             far = k + (config.skip - 1) * step
             if config.skip > 1 and 0 <= far < nk and visited + config.skip <= budget:
-                outcome, mask = next_slice(volume, segmenter, window, far, previous, config)
+                outcome, mask = next_slice(volume, segmenter, window, far, previous, config, tissue)
                 if outcome.accepted and _dice(previous, mask) >= config.skip_agreement:
                     result.outcomes.append(outcome)
                     for n, between in enumerate(range(k, far, step), start=1):
@@ -328,7 +365,7 @@ def propagate(
                     previous, k = mask, far + step
                     continue
                 # the slices in between differ too much to guess (or the far one is not the structure): visit each
-            outcome, mask = next_slice(volume, segmenter, window, k, previous, config)
+            outcome, mask = next_slice(volume, segmenter, window, k, previous, config, tissue)
             result.outcomes.append(outcome)
             visited += 1
             if progress:
@@ -344,14 +381,23 @@ def propagate(
 
 
 def next_slice(
-    volume: Volume, segmenter: Segmenter, window: Window, k: int, previous: np.ndarray, config: PropagationConfig
+    volume: Volume,
+    segmenter: Segmenter,
+    window: Window,
+    k: int,
+    previous: np.ndarray,
+    config: PropagationConfig,
+    tissue: Tissue | None = None,
 ) -> tuple[SliceOutcome, np.ndarray]:
+    """Segment slice ``k`` from the box of ``previous`` (the adjacent slice's mask), cut to ``tissue``, and judge it."""
     x0, y0, x1, y1 = box_from_mask(previous)  # type: ignore[misc]  # previous is never empty here
     margin = max(config.min_margin_px, round(config.margin_fraction * max(x1 - x0, y1 - y0)))
     h, w = previous.shape
     box = (max(x0 - margin, 0.0), max(y0 - margin, 0.0), min(x1 + margin, w - 1.0), min(y1 + margin, h - 1.0))
     prediction = segment_slice(volume, segmenter, window, k, Prompt2D(box=box), config.zoom)
     mask = prediction.mask
+    if tissue is not None and mask.any():
+        mask = touching(mask & tissue.contains(volume.array[k]), previous)
     pixels = int(mask.sum())
     reason = _rejection(mask, pixels, prediction.score, previous, config)
     return SliceOutcome(k, pixels, prediction.score, accepted=not reason, reason=reason), mask
@@ -359,17 +405,30 @@ def next_slice(
 
 def _rejection(mask: np.ndarray, pixels: int, score: float, previous: np.ndarray, config: PropagationConfig) -> str:
     """Why a propagated slice is not part of the structure ('' when it is)."""
-    if pixels < config.min_pixels:
+    previous_pixels = int(previous.sum())
+    if pixels < min(config.min_pixels, max(3, round(0.25 * previous_pixels))):
         return f"the structure ended ({pixels} pixels)"
     if score < config.min_score:
         return f"low model confidence ({score:.2f} < {config.min_score})"
-    previous_pixels = int(previous.sum())
     overlap = 2.0 * np.logical_and(mask, previous).sum() / (pixels + previous_pixels)
     if overlap < config.min_overlap:
         return f"the mask moved away from the previous slice (overlap {overlap:.2f} < {config.min_overlap})"
     if pixels > config.max_growth * previous_pixels:
         return f"the mask grew {pixels / previous_pixels:.1f}x at once (likely a leak)"
     return ""
+
+
+def touching(mask: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """The 2D components of ``mask`` that overlap ``previous``; all of ``mask`` when none does (the overlap rule
+    then judges a mask that moved away)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    keep = np.unique(labels[mask & previous])
+    keep = keep[keep > 0]
+    return np.isin(labels, keep) if keep.size else mask
 
 
 def interpolate_masks(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:

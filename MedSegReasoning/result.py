@@ -18,7 +18,7 @@ from typing import Any
 from . import __version__
 from .atomic import write_text_atomic
 from .pipeline import TargetResult
-from .segmentation.base import ModelIdentity
+from .segmentation.base import ModelIdentity, TargetWork
 from .volume.core import Volume
 from .volume.windowing import Window
 
@@ -117,6 +117,7 @@ def target_record(volume: Volume, target: TargetResult) -> dict[str, Any]:
         "slice_range": None,
         "propagation": None,
     }
+    record.update(work_fields(target.work))
     prop = target.propagation
     record["slice_range"] = _slice_range(target.mask)
     if prop is not None:
@@ -152,7 +153,16 @@ def entity_target_record(volume: Volume, value: int, entity, mask, rnd) -> dict[
         "ref": entity.ref,
         "relation": entity.relation,
         "propagation": None,
+        **work_fields(TargetWork.from_dict(record_of_round.work) if record_of_round else None),
     }
+
+
+WORK_FIELDS = ("encoder_calls", "embedding_cache_hits", "segmented_slices", "interpolated_slices")
+
+
+def work_fields(work: TargetWork | None) -> dict[str, int | None]:
+    """A target's segmenter counts (``segmentation.base.TargetWork``) as result.json fields; null where unknown."""
+    return work.to_dict() if work is not None else dict.fromkeys(WORK_FIELDS)
 
 
 def _slice_range(mask) -> list[int] | None:

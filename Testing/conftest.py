@@ -25,3 +25,16 @@ def litemedsam():
     from MedSegReasoning.segmentation.factory import create_segmenter
 
     return create_segmenter("litemedsam")
+
+
+@pytest.fixture(scope="session")
+def small_volume_cases(tmp_path_factory, shared_ct) -> Path:
+    """The two small real crops of ``volume_cases.SMALL_CASE_NAMES`` as one ``folder`` dataset, built once: 6 slices
+    of the real CT through the spleen (181 x 150 pixels) and the MNI152 left caudate nucleus at 4 mm (11 slices of
+    108 x 56), one structure each."""
+    pytest.importorskip(
+        "nilearn", reason="the MNI152 template comes with nilearn: pip install 'medseg-reasoning[test]'"
+    )
+    from MedSegReasoning.evaluation.volume_cases import SMALL_CASE_NAMES, build_cases
+
+    return build_cases(tmp_path_factory.mktemp("small-volume-cases"), shared_ct, SMALL_CASE_NAMES)

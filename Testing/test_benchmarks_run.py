@@ -71,11 +71,11 @@ def test_unknown_benchmark_is_refused_with_the_list(tmp_path):
 
 
 def test_every_benchmark_script_is_registered_and_takes_json_path():
-    """run.py knows all six scripts, and each accepts the ``--json PATH`` that run.py passes it."""
+    """run.py knows all seven scripts, and each accepts the ``--json PATH`` that run.py passes it."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import run
 
-    assert set(run.BENCHMARKS) == {"segmenter", "propagation", "reasoner", "dialogue", "export", "server"}
+    assert set(run.BENCHMARKS) == {"segmenter", "propagation", "reasoner", "dialogue", "export", "server", "volumes"}
     for bench in run.BENCHMARKS.values():
         text = (ROOT / "benchmarks" / bench.script).read_text()
         assert '"--json"' in text, f"{bench.script} takes no --json PATH"

@@ -12,18 +12,21 @@ from MedSegReasoning.dialogue.judgment import Candidate, Expectation, judge, jud
 from MedSegReasoning.dialogue.rounds import segment_candidate
 from MedSegReasoning.masks import CompactMask
 from MedSegReasoning.pipeline import VoxelPrompt
+from MedSegReasoning.propagation import PropagationConfig
 from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, SegmenterStats
 from MedSegReasoning.terminology import default_terminology
 
 TERM = default_terminology()
 
 
-def _run(volume, segmenter, prompt, label="left kidney", **expect):
+def _run(volume, segmenter, prompt, label="left kidney", config=None, **expect):
     coded = TERM.match(label, use_embedding=False)
     expectation = Expectation(TERM.type_of(coded), coded.modifier.value if coded.modifier else None, **expect)
 
     def segment(p, prop, strategy):
-        return segment_candidate(volume, segmenter, WINDOW, p, prop, strategy)
+        if config is None:
+            return segment_candidate(volume, segmenter, WINDOW, p, prop, strategy)
+        return segment_candidate(volume, segmenter, WINDOW, p, prop, strategy, config)
 
     def judge_fn(candidate, attempt):
         return judge(candidate, volume.geometry, volume.shape, expectation, attempt=attempt)
@@ -35,7 +38,9 @@ def test_a_leaked_propagation_is_caught_and_a_negative_click_fixes_it():
     labels = abdomen_labels()
     volume = abdomen_volume(labels)
     seg = LabelOracle(labels, runaway_from=14)  # from slice 14 up, a leaking mask spills far beyond its box
-    outcome = _run(volume, seg, prompt_on(labels, KIDNEY, 12))
+    # judgment's own leak check, without propagation's tissue cut (which already trims this fake's leak)
+    no_cut = PropagationConfig(tissue_quantile=None)
+    outcome = _run(volume, seg, prompt_on(labels, KIDNEY, 12), config=no_cut)
     first, second = outcome.judgments
     propagation = next(c for c in first.checks if c.name == "propagation")
     assert first.verdict == "rejected" and propagation.failed and "leak" in propagation.detail

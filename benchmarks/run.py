@@ -4,15 +4,15 @@ Run from the project root::
 
     .venv/bin/python benchmarks/run.py [--quick] [--only segmenter,propagation] [--out benchmarks/results.json]
 
-Each benchmark script (``segmenter``, ``propagation``, ``reasoner``, ``dialogue``, ``export``, ``server``) runs in
-its own child process with ``--json PATH``: one benchmark's models, threads and peak RSS never colour another's,
+Each benchmark script (``segmenter``, ``propagation``, ``reasoner``, ``dialogue``, ``export``, ``server``,
+``volumes``) runs in its own child process with ``--json PATH``: one benchmark's models, threads and peak RSS never colour another's,
 and each script keeps working on its own. This script then turns each JSON into rows of *figures*: a value
 with its unit, the baseline measured in the same run it is compared with (the machine's compute bound, encoding
 every slice, an uncached prompt, the same round in-process, ...), their ratio, and the issue's goal with
 pass/fail where the issue states one. Absolute times alone say little on a shared machine; the ratios travel.
 
-``--quick`` runs fewer repetitions (and a 60-slice series for ``export``, one organ for ``propagation``): for
-checking that everything runs, not for figures to quote. ``results.json`` holds the machine description (CPU
+``--quick`` runs fewer repetitions (and a 60-slice series for ``export``, one organ for ``propagation``, two small
+crops with 2 corrections for ``volumes``): for checking that everything runs, not for figures to quote. ``results.json`` holds the machine description (CPU
 model, cores, RAM, OS, Python and library versions, git commit, date), each benchmark's status and full JSON,
 and the figures; it is written atomically, and ``results.md`` (the table) beside it.
 """
@@ -424,6 +424,75 @@ def server_figures(d: dict) -> list[Figure]:
     ]
 
 
+def volumes_figures(d: dict) -> list[Figure]:
+    """The simulated user's 3D figures per propagation variant and group, and the speed check's encoder counts."""
+    b = "volumes"
+    rows = []
+    for variant, entry in d["summary"].items():
+        for group in ("ct-goal", "brain", "ct-tracked"):
+            g = entry.get(group)
+            if not g:
+                continue
+            name = f"{variant} {group} (n={g['n']})"
+            rows.append(
+                figure(b, f"{name}: final 3D Dice", g["final_dice"], "Dice", "after the first box", g["initial_dice"])
+            )
+            rows.append(figure(b, f"{name}: DSC_AUC", g["dsc_auc"], "AUC"))
+            rows.append(figure(b, f"{name}: NSD_AUC", g["nsd_auc"], "AUC"))
+            rows.append(figure(b, f"{name}: encoder calls per structure", g["encoder_calls"], "calls"))
+        lowered = entry["lowered_by_a_correction"]
+        rows.append(
+            figure(
+                b,
+                f"{variant}: structures a correction made worse",
+                len(lowered),
+                "structures",
+                goal=Goal("value", "==", 0),
+            )
+        )
+        gaps = [g for g in entry["low_resolution_key_gap"].values() if g is not None]
+        if gaps:
+            rows.append(
+                figure(
+                    b,
+                    f"{variant}: key-slice Dice lost at low resolution (max)",
+                    max(gaps),
+                    "Dice",
+                    goal=Goal("value", "<=", 0.05),
+                )
+            )
+    speed = d.get("speed")
+    if speed:
+        full, skip, structure = speed["full"], speed["skip2"], speed["structure"]
+        rows += [
+            figure(
+                b,
+                f"{structure}: encoder calls, skip-and-interpolate",
+                skip["encoder_calls"],
+                "calls",
+                "full propagation",
+                full["encoder_calls"],
+            ),
+            figure(b, f"{structure}: skip2 mask vs full mask", speed["skip2_vs_full_dice"], "Dice"),
+            figure(
+                b,
+                f"{structure}: propagation",
+                full["seconds"],
+                "s",
+                "one uncached encoder call",
+                speed["encoder_s"]["seconds"],
+            ),
+            figure(
+                b,
+                f"{structure}: second run from the disk store, encoder calls",
+                full["second_run_encoder_calls"],
+                "calls",
+                goal=Goal("value", "==", 0),
+            ),
+        ]
+    return rows
+
+
 @dataclass(frozen=True)
 class Benchmark:
     script: str
@@ -441,6 +510,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "dialogue": Benchmark("dialogue.py", (), (), dialogue_figures),
     "export": Benchmark("export.py", ("--repeats", "3"), ("--repeats", "1", "--slices", "60"), export_figures),
     "server": Benchmark("server.py", (), ("--quick",), server_figures),
+    "volumes": Benchmark("volumes.py", (), ("--quick",), volumes_figures),
 }
 
 

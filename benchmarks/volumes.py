@@ -1,11 +1,13 @@
 """Benchmark: the 3D mask a clinician takes home, measured as the field measures it (simulated user, real cases).
 
-Runs ``eval``'s interactive protocol (``MedSegReasoning.evaluation.interactive``: one box from the reference on
-its largest slice, then up to 5 corrections where the 3D error is largest) on the cases of
-``evaluation.volume_cases`` (the real abdominal CT at full resolution and resampled to 3 mm, the MNI152 template at
-2 mm oblique and flipped, at 4 mm, and at 3 mm), for each *variant* of the propagation settings in the same run:
+Runs ``medseg-reasoning eval --mode interactive`` (``evaluation.runner.run_eval``, the same code path and records:
+one box from the reference on its largest slice, then up to 5 corrections where the 3D error is largest,
+``evaluation.interactive``) on the cases of ``evaluation.volume_cases`` (the real abdominal CT at full resolution and
+resampled to 3 mm, the MNI152 template at 2 mm oblique and flipped, at 4 mm, and at 3 mm), for each *variant* of the
+propagation settings in the same run (each variant's eval folder is kept under ``--work``):
 
-- ``previous``: the propagation as it was before this benchmark existed (no zoom on the key slice);
+- ``previous``: the propagation as it was before this benchmark existed (no zoom on the key slice, no tissue cut;
+  only its "ended" rule is today's, relative to the previous slice's area);
 - ``current``: the defaults (``PropagationConfig()``);
 - ``skip2``: the defaults with skip-and-interpolate (every 2nd slice encoded where neighbours agree).
 
@@ -16,6 +18,11 @@ a second segmentation of the same structure from a fresh process-like segmenter 
 calls counted). Writes ``--json``.
 
     .venv/bin/python benchmarks/volumes.py [--cases ct,mni-4mm] [--variants previous,current] [--corrections 5]
+    .venv/bin/python benchmarks/volumes.py --quick   # two small crops, 2 corrections: checks that all runs
+
+``--quick`` (what ``benchmarks/run.py --quick`` passes) runs the two small crops of ``volume_cases.SMALL_CASE_NAMES``
+with the ``current`` and ``skip2`` variants, 2 corrections, and the speed check on 8 whole slices of the CT through
+the spleen: a minute or two, for checking that everything runs, never for figures to quote.
 """
 
 from __future__ import annotations
@@ -34,42 +41,56 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from MedSegReasoning.evaluation.interactive import run_interactive  # noqa: E402
-from MedSegReasoning.evaluation.layouts import read_folder  # noqa: E402
-from MedSegReasoning.evaluation.volume_cases import CASE_NAMES, build_cases  # noqa: E402
+from MedSegReasoning.evaluation.layouts import Dataset, open_dataset, read_folder  # noqa: E402
+from MedSegReasoning.evaluation.report import lowered_by_a_correction  # noqa: E402
+from MedSegReasoning.evaluation.runner import EvalOptions, run_eval  # noqa: E402
+from MedSegReasoning.evaluation.volume_cases import (  # noqa: E402
+    CASE_NAMES,
+    SLAB_CASE_NAME,
+    SMALL_CASE_NAMES,
+    build_cases,
+)
 from MedSegReasoning.propagation import DEFAULT_PROPAGATION, PropagationConfig  # noqa: E402
 from MedSegReasoning.segmentation.factory import create_segmenter  # noqa: E402
 from MedSegReasoning.volume import default_window, render_slice  # noqa: E402
 
 SHARED_CT = ROOT.parent / "shared" / "data" / "ct-abdomen-dicom"
 VARIANTS: dict[str, PropagationConfig] = {
-    "previous": replace(DEFAULT_PROPAGATION, key_zoom_below_px=0.0, zoom_below_px=0.0),
+    "previous": replace(DEFAULT_PROPAGATION, key_zoom_below_px=0.0, zoom_below_px=0.0, tissue_quantile=None),
     "current": DEFAULT_PROPAGATION,
     "skip2": replace(DEFAULT_PROPAGATION, skip=2),
 }
+SPEED_STRUCTURE = "mni-4mm/whole brain"
+QUICK_SPEED_STRUCTURE = f"{SLAB_CASE_NAME}/spleen"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=",".join(CASE_NAMES))
-    parser.add_argument("--variants", default="previous,current")
-    parser.add_argument("--corrections", type=int, default=5)
+    parser.add_argument("--cases", default=None, help=f"comma-separated, default {','.join(CASE_NAMES)}")
+    parser.add_argument("--variants", default=None, help=f"comma-separated of {','.join(VARIANTS)}")
+    parser.add_argument("--corrections", type=int, default=None, help="after the first box (default 5)")
     parser.add_argument("--tracked", action="store_true", help="also the CT's bones, muscles and ribs")
+    parser.add_argument("--quick", action="store_true", help="two small crops, 2 corrections: checks that all runs")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_output" / "volume-cases")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_output" / "volumes.json")
     args = parser.parse_args()
-    names = tuple(n for n in args.cases.split(",") if n)
-    dataset = build_cases(args.work, SHARED_CT if (SHARED_CT / "dicom").is_dir() else None, names)
-    variants = [v for v in args.variants.split(",") if v]
-    with tempfile.TemporaryDirectory(prefix="medseg-store-") as store:
-        segmenter = create_segmenter("litemedsam", embedding_store=store, cache_bytes=3 * 2**30)
-        encoder_s = _encoder_seconds(segmenter, dataset)
-        rows = _interactive_rows(segmenter, dataset, variants, args.corrections, args.tracked)
-        speed = _speed(dataset, store, encoder_s) if "mni-4mm" in names else None
+    names = _names(args.cases, SMALL_CASE_NAMES if args.quick else CASE_NAMES)
+    variants = _names(args.variants, ("current", "skip2") if args.quick else ("previous", "current"))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    corrections = args.corrections if args.corrections is not None else (2 if args.quick else 5)
+    shared = SHARED_CT if (SHARED_CT / "dicom").is_dir() else None
+    dataset = build_cases(args.work, shared, names)
+    speed_case = _speed_case(dataset, args.work, shared, args.quick)
+    encoder_s = _encoder_seconds(create_segmenter("litemedsam", cache_bytes=0), dataset)
+    rows = _interactive_rows(dataset, args.work, variants, corrections, args.tracked)
+    speed = _speed(*speed_case, encoder_s) if speed_case else None
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "quick": args.quick,
         "encoder_s": encoder_s,
-        "corrections": args.corrections,
+        "corrections": corrections,
         "rows": rows,
         "summary": summarise(rows, variants),
         "speed": speed,
@@ -78,6 +99,19 @@ def main() -> int:
     args.json.write_text(json.dumps(report, indent=1) + "\n")
     print_summary(report)
     return 0
+
+
+def _names(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    return default if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _speed_case(dataset: Path, work: Path, shared: Path | None, quick: bool) -> tuple[Path, str] | None:
+    """The dataset and structure the speed check segments: the 4 mm whole brain (when ``mni-4mm`` runs), or in a quick
+    run 8 whole slices of the CT through the spleen (``volume_cases.SLAB_CASE_NAME``, built apart from the
+    interactive cases); None when neither is there."""
+    if quick:
+        return (build_cases(work / "speed", shared, (SLAB_CASE_NAME,)), QUICK_SPEED_STRUCTURE) if shared else None
+    return (dataset, SPEED_STRUCTURE) if any(u.id == SPEED_STRUCTURE for u in read_folder(dataset)) else None
 
 
 def _encoder_seconds(segmenter, dataset: Path) -> float:
@@ -93,29 +127,45 @@ def _encoder_seconds(segmenter, dataset: Path) -> float:
     return float(np.median(times))
 
 
-def _interactive_rows(segmenter, dataset: Path, variants: list[str], corrections: int, tracked: bool) -> list[dict]:
+def _interactive_rows(dataset: Path, work: Path, variants: list[str], corrections: int, tracked: bool) -> list[dict]:
+    """One ``eval --mode interactive`` run per variant (``run_eval``: the records ``eval`` writes), as rows. Each
+    variant gets a segmenter of its own with an empty embedding cache, so its encoder calls are its own and not what
+    an earlier variant left in memory."""
+    full = open_dataset(dataset, "folder")
+    units = [u for u in full.units if tracked or u.category != "tracked"]
+    groups = {u.id: _group(u) for u in units}
     rows = []
-    for unit in read_folder(dataset):
-        if unit.category == "tracked" and not tracked:
-            continue
-        case = unit.load()
-        truth = case.turns[0].truth
-        window = default_window(case.volume)
-        for variant in variants:
-            t0 = time.perf_counter()
-            result = run_interactive(
-                case.volume, segmenter, window, truth, corrections=corrections, config=VARIANTS[variant]
-            )
-            record = result.to_dict(corrections)
-            record.pop("interactions")
-            rows.append({"id": unit.id, "group": _group(unit), "variant": variant, **record})
+    for variant in variants:
+        options = EvalOptions(
+            out=work / "eval" / variant,
+            mode="interactive",
+            corrections=corrections,
+            propagation=VARIANTS[variant],
+            progress=False,
+            title=f"volumes benchmark: interactive, {variant}",
+        )
+        segmenter = create_segmenter("litemedsam", cache_bytes=3 * 2**30)
+        t0 = time.perf_counter()
+        run_eval(Dataset(full.path, full.layout, units), options, segmenter=segmenter)
+        print(f"== {variant}: {len(units)} structures in {time.perf_counter() - t0:.0f} s", flush=True)
+        for record in _records(options.out):
+            record.pop("interactions", None)
+            record["encoder_calls"] = record.get("encoder_calls") or 0  # a failed structure has none recorded
+            rows.append({"id": record["sample"], "group": groups[record["sample"]], "variant": variant, **record})
             print(
-                f"{unit.id:42} {variant:9} key {record['key_slice_dice']:.3f} 3D {record['initial_dice']:.3f} -> "
-                f"{record['final_dice']:.3f} auc {record['dsc_auc']:.2f} enc {record['encoder_calls']:3d} "
-                f"{time.perf_counter() - t0:5.1f}s",
+                f"{record['sample']:42} {variant:9} key {record['key_slice_dice']:.3f} 3D "
+                f"{record['initial_dice']:.3f} -> {record['final_dice']:.3f} auc {record['dsc_auc']:.2f} "
+                f"enc {record['encoder_calls'] or 0:3d} {record['latency_s']:5.1f}s"
+                + (f"  FAILED: {record['error']}" if record["error"] else ""),
                 flush=True,
             )
     return rows
+
+
+def _records(out: Path) -> list[dict]:
+    from MedSegReasoning.evaluation.runner import SAMPLES_FILE, read_existing
+
+    return read_existing(out / SAMPLES_FILE)
 
 
 def _group(unit) -> str:
@@ -139,9 +189,8 @@ def summarise(rows: list[dict], variants: list[str]) -> dict:
                 } | {"n": len(sel)}
         goal_rows = [r for r in mine if r["group"] in ("ct-goal", "brain")]
         full_res = [r for r in goal_rows if not r["id"].startswith(("ct-3mm", "mni-3mm"))]
-        entry["lowered_by_a_correction"] = [
-            r["id"] for r in goal_rows if any(b < a - 1e-9 for a, b in zip(r["dice_curve"], r["dice_curve"][1:], strict=False))
-        ]
+        entry["lowered_by_a_correction"] = [r["id"] for r in goal_rows if lowered_by_a_correction(r)]
+        entry["failed"] = {r["id"]: r["error"] for r in mine if r.get("error")}
         entry["ct_3d_over_key"] = {
             r["id"]: r["initial_dice"] / r["key_slice_dice"] if r["key_slice_dice"] else None
             for r in mine
@@ -170,19 +219,20 @@ def _low_res_gaps(rows: list[dict]) -> dict[str, float]:
     return gaps
 
 
-def _speed(dataset: Path, store: str, encoder_s: float) -> dict:
-    """Whole brain of the 4 mm series: full propagation against skip-and-interpolate, each from an empty memory
-    cache and an empty store, and a second run reading the store."""
+def _speed(dataset: Path, structure: str, encoder_s: float) -> dict:
+    """One structure (the 4 mm whole brain): full propagation against skip-and-interpolate, each from an empty
+    memory cache and an empty store, and a second run reading the store."""
     from MedSegReasoning.dialogue import segment_candidate
     from MedSegReasoning.evaluation.metrics import dice
     from MedSegReasoning.evaluation.runner import truth_prompt
 
-    unit = next(u for u in read_folder(dataset) if u.id == "mni-4mm/whole brain")
+    unit = next(u for u in read_folder(dataset) if u.id == structure)
     case = unit.load()
     truth = case.turns[0].truth
     window = default_window(case.volume)
     prompt = truth_prompt(truth)
-    out: dict[str, dict] = {}
+    out: dict = {}
+    masks: dict[str, np.ndarray] = {}
     for name, config in (("full", DEFAULT_PROPAGATION), ("skip2", replace(DEFAULT_PROPAGATION, skip=2))):
         with tempfile.TemporaryDirectory(prefix="medseg-store-") as fresh:
             segmenter = create_segmenter("litemedsam", embedding_store=fresh)
@@ -190,6 +240,7 @@ def _speed(dataset: Path, store: str, encoder_s: float) -> dict:
             candidate = segment_candidate(case.volume, segmenter, window, prompt, True, "speed", config)
             seconds = time.perf_counter() - t0
             mask = candidate.mask.to_dense(case.volume.shape)
+            masks[name] = mask
             out[name] = {
                 "seconds": seconds,
                 "encoder_calls": segmenter.stats.encoder_calls,
@@ -203,6 +254,8 @@ def _speed(dataset: Path, store: str, encoder_s: float) -> dict:
             out[name]["second_run_encoder_calls"] = again.stats.encoder_calls
             out[name]["second_run_store_hits"] = again.stats.store_hits
     out["encoder_s"] = {"seconds": encoder_s}
+    out["structure"] = structure
+    out["skip2_vs_full_dice"] = dice(masks["skip2"], masks["full"])
     return out
 
 
@@ -222,7 +275,7 @@ def print_summary(report: dict) -> None:
         for name in ("full", "skip2"):
             x = s[name]
             print(
-                f"whole brain 4 mm {name:5}: {x['encoder_calls']} encoder calls, {x['seconds']:.1f} s "
+                f"{s['structure']} {name:5}: {x['encoder_calls']} encoder calls, {x['seconds']:.1f} s "
                 f"({x['seconds'] / enc:.1f}x one encoder call), Dice {x['dice']:.3f}; second run "
                 f"{x['second_run_encoder_calls']} encoder calls, {x['second_run_store_hits']} store hits"
             )

@@ -82,6 +82,8 @@ class Candidate:
     propagated: bool
     strategy: str = "initial"
     stop_reasons: dict = field(default_factory=dict)
+    segmented_slices: int = 1  # slices the segmenter ran on for this mask (key plane + propagation's visits)
+    interpolated_slices: int = 0  # slices skip-and-interpolate filled without the segmenter
 
 
 @dataclass(frozen=True)

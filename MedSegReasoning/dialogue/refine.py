@@ -13,7 +13,7 @@ import time
 from ..correction import Correction, correct_mask
 from ..masks import CompactMask
 from ..propagation import DEFAULT_PROPAGATION, PropagationConfig
-from ..segmentation.base import Segmenter
+from ..segmentation.base import Segmenter, embedding_mark, work_since
 from ..volume.core import Volume
 from ..volume.windowing import Window
 from .rounds import round_models
@@ -54,7 +54,7 @@ def refine_entity(
     locked.discard(correction.prompt.k)
     rnd = session.begin_round(refine_question(entity.id, correction))
     try:
-        t0, calls0 = time.perf_counter(), segmenter.stats.encoder_calls
+        t0, mark = time.perf_counter(), embedding_mark(segmenter)
         outcome = correct_mask(
             volume, segmenter, window, mask, correction, key_slice=entity.key_slice, config=config, locked=locked
         )
@@ -66,9 +66,11 @@ def refine_entity(
             entity_id=entity.id,
             timings={"refine_s": time.perf_counter() - t0},
         )
+        work = work_since(segmenter, mark, len(outcome.segmented_slices))
+        record.work = work.to_dict()
         record.prompt["changed_slices"] = outcome.changed_slices
         record.prompt["stopped"] = outcome.stop_reasons
-        record.prompt["encoder_calls"] = segmenter.stats.encoder_calls - calls0
+        record.prompt["encoder_calls"] = work.encoder_calls
         session.redo_entity(
             rnd,
             entity.id,

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..masks import CompactMask
 from ..pipeline import VoxelPrompt, check_prompt, segment_prompt
 from ..propagation import DEFAULT_PROPAGATION, PropagationConfig, segment_slice
-from ..segmentation.base import Segmenter
+from ..segmentation.base import Segmenter, embedding_mark, work_since
 from ..volume.core import Volume
 from ..volume.windowing import Window
 from .judgment import (
@@ -120,6 +120,7 @@ def segment_candidate(
         return Candidate(CompactMask.empty(), seg.score, prompt, propagate_3d, strategy)
     if seg.propagation is None:
         return Candidate(CompactMask.from_dense(seg.key_mask), seg.score, prompt, False, strategy)
+    segmented, interpolated = seg.slice_counts
     return Candidate(
         CompactMask.from_dense(seg.propagation.mask),
         seg.score,
@@ -127,6 +128,8 @@ def segment_candidate(
         True,
         strategy,
         dict(seg.propagation.stop_reasons),
+        segmented,
+        interpolated,
     )
 
 
@@ -281,6 +284,7 @@ def _run_target(
         return judge(candidate, session.geometry, session.shape, expectation, config.judgment, attempt)
 
     t1 = time.perf_counter()
+    mark = embedding_mark(segmenter)
     try:
         outcome = judge_and_correct(
             target.prompt,
@@ -298,6 +302,8 @@ def _run_target(
     record.timings["segment_and_judge_s"] = time.perf_counter() - t1
     record.judgments = outcome.judgments
     best = outcome.best
+    # every attempt's embeddings count (a re-prompt costs encoder calls too); the slices are the kept mask's
+    record.work = work_since(segmenter, mark, best.segmented_slices, best.interpolated_slices).to_dict()
     if best.mask.is_empty:
         record.status = "failed"
         record.error = f"no mask after {len(outcome.judgments)} attempt(s): the segmenter found nothing."

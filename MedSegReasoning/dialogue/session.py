@@ -127,6 +127,7 @@ class TargetRecord:
     judgments: list[Judgment] = field(default_factory=list)
     error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    work: dict[str, int] = field(default_factory=dict)  # segmentation.base.TargetWork.to_dict(); {} when unknown
 
     def to_dict(self) -> dict:
         return {
@@ -141,6 +142,7 @@ class TargetRecord:
             "judgments": [j.to_dict() for j in self.judgments],
             "error": self.error,
             "timings": self.timings,
+            "work": self.work,
         }
 
     @staticmethod
@@ -157,6 +159,7 @@ class TargetRecord:
             judgments=[Judgment.from_dict(j) for j in d.get("judgments", [])],
             error=d.get("error", ""),
             timings=dict(d.get("timings", {})),
+            work=dict(d.get("work") or {}),
         )
 
 

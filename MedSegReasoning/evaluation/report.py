@@ -3,7 +3,8 @@
 The runner writes one record per question (``RECORD_FIELDS``) as a JSON line while it runs, so a crash
 loses nothing; :func:`summarize` reduces any iterable of records to the numbers the field reports (mean
 Dice, gIoU, cIoU, box IoU, pDice, NSD, latency, peak memory) overall, per category, per dialogue round
-and per mode; :func:`write_report` writes them next to the records. Formulas: docs/evaluation.md.
+and per mode, and for ``--mode interactive`` the simulated user's (initial and final Dice, DSC_AUC, NSD_AUC, encoder
+calls, wall time) per structure and as means; :func:`write_report` writes them next to the records. Formulas: docs/evaluation.md.
 
 Dictionary keys that are numbers in the records (dialogue rounds) are strings in the summary, so the
 returned dict and ``summary.json`` read back identically.
@@ -23,7 +24,15 @@ from MedSegReasoning.atomic import atomic_output, write_text_atomic
 from MedSegReasoning.errors import InputError
 from MedSegReasoning.jsonlines import read_json_objects
 
-__all__ = ["PLOT_FILES", "RECORD_FIELDS", "read_records", "render_markdown", "summarize", "write_report"]
+__all__ = [
+    "INTERACTIVE_FIELDS",
+    "PLOT_FILES",
+    "RECORD_FIELDS",
+    "read_records",
+    "render_markdown",
+    "summarize",
+    "write_report",
+]
 
 RECORD_FIELDS: dict[str, str] = {
     "sample": "str: the sample's id, unique within the run.",
@@ -50,7 +59,37 @@ RECORD_FIELDS: dict[str, str] = {
     "union = the truth's size.",
 }
 
+INTERACTIVE_FIELDS: dict[str, str] = {
+    "key_slice_dice": "float: 2D Dice on the first box's slice after the box (interactive mode only, like all below).",
+    "initial_dice": "float: 3D Dice after the first box and its propagation.",
+    "final_dice": "float: 3D Dice after the last correction (equals dice).",
+    "initial_nsd": "float: NSD after the first box.",
+    "final_nsd": "float: NSD after the last correction (equals nsd).",
+    "dsc_auc": "float: area under Dice over interactions 0..corrections (trapezoids, unit steps); a user with "
+    "nothing left to correct keeps the last value.",
+    "nsd_auc": "float: the same for NSD.",
+    "dice_curve": "list[float]: Dice after each interaction, padded with the last value to corrections + 1.",
+    "nsd_curve": "list[float]: NSD after each interaction, padded the same way.",
+    "encoder_calls": "int: image embeddings computed for this structure, all interactions together.",
+    "corrections_made": "int: corrections the simulated user placed (fewer than the budget once the mask is right).",
+    "key_slice": "int: the axial slice of the first box.",
+    "interactions": "list[dict]: per interaction its kind (box, add, erase), slice, dice, nsd, encoder_calls, "
+    "seconds and changed_slices.",
+    "stop_reasons": "dict: why the first propagation stopped, per direction.",
+}
+"""Keys that records of ``--mode interactive`` carry besides ``RECORD_FIELDS``."""
+
 _NUMBER_FIELDS = ("dice", "iou", "box_iou", "pdice", "nsd", "nsd_tolerance_mm", "latency_s", "peak_rss_mb")
+_INTERACTIVE_NUMBERS = (
+    "key_slice_dice",
+    "initial_dice",
+    "final_dice",
+    "initial_nsd",
+    "final_nsd",
+    "dsc_auc",
+    "nsd_auc",
+)
+_INTERACTIVE_COUNTS = ("encoder_calls", "corrections_made")
 _COUNT_FIELDS = ("intersection", "union", "round", "dimension")
 _TEXT_FIELDS = ("sample", "case", "category", "dialogue", "feed", "mode", "error")
 
@@ -73,12 +112,12 @@ def _clean(record: object, index: int) -> dict[str, Any]:
         raise InputError(f"Evaluation record {index + 1} must be a JSON object, got {type(record).__name__}.")
     name = record.get("sample", f"#{index + 1}")
     out = dict(record)
-    for key in _NUMBER_FIELDS:
+    for key in _NUMBER_FIELDS + _INTERACTIVE_NUMBERS:
         value = record.get(key)
         if value is not None and not (_is_number(value) and math.isfinite(float(value))):
             raise InputError(f"Evaluation record {name!r}: {key} must be a finite number or null, got {value!r}.")
         out[key] = None if value is None else float(value)
-    for key in _COUNT_FIELDS:
+    for key in _COUNT_FIELDS + _INTERACTIVE_COUNTS:
         value = record.get(key)
         if value is not None and not (
             _is_number(value) and math.isfinite(float(value)) and float(value) == int(value) and value >= 0
@@ -168,7 +207,8 @@ def summarize(records: Iterable[dict]) -> dict[str, Any]:
     ``{"value", "intersection", "union", "n"}`` (value None when Σ union is 0), latency_s ``{"median", "p90"}``
     (numpy's linear interpolation), peak_rss_mb ``{"max"}``; ``by_category`` (same block per category, records
     without one left out); ``by_round``: ``{feed: {round: {"dice", "giou", "ciou", "n"}}}`` with string keys
-    (feed "none" where a round has no feed); ``by_mode`` (same block per mode) only when several modes ran.
+    (feed "none" where a round has no feed); ``by_mode`` (same block per mode) only when several modes ran;
+    ``interactive`` only when interactive records are present (``_interactive_summary``).
     """
     cleaned = [_clean(r, i) for i, r in enumerate(records)]
     overall = _block(cleaned)
@@ -196,7 +236,48 @@ def summarize(records: Iterable[dict]) -> dict[str, Any]:
     modes = _groups(cleaned, "mode")
     if len(modes) > 1:
         summary["by_mode"] = {mode: _block(group) for mode, group in modes.items()}
+    interactive = [r for r in cleaned if r["mode"] == "interactive"]
+    if interactive:
+        summary["interactive"] = _interactive_summary(interactive)
     return summary
+
+
+_INTERACTIVE_MEANS = (
+    "key_slice_dice",
+    "initial_dice",
+    "final_dice",
+    "dsc_auc",
+    "nsd_auc",
+    "encoder_calls",
+    "latency_s",
+)
+
+
+def _interactive_means(records: Sequence[dict]) -> dict[str, Any]:
+    """Means of the interactive numbers over ``records`` (a failed structure counts with its zeros)."""
+    out: dict[str, Any] = {key: _mean(records, key)["mean"] for key in _INTERACTIVE_MEANS}
+    out["n"] = len(records)
+    return out
+
+
+def lowered_by_a_correction(record: Mapping[str, Any]) -> bool:
+    """Whether any correction made the structure's Dice worse than the interaction before it: a correction the user
+    placed where the error was largest should never cost Dice, so each one is a finding worth a look."""
+    curve = record.get("dice_curve") or []
+    return any(after < before - 1e-9 for before, after in zip(curve, curve[1:], strict=False))
+
+
+def _interactive_summary(records: Sequence[dict]) -> dict[str, Any]:
+    """The simulated user's numbers: means overall and per category, and one row per structure."""
+    return {
+        "overall": _interactive_means(records),
+        "by_category": {name: _interactive_means(group) for name, group in _groups(records, "category").items()},
+        "lowered_by_a_correction": [r["sample"] for r in records if lowered_by_a_correction(r)],
+        "structures": [
+            {key: r.get(key) for key in ("sample", "category", "corrections_made", *_INTERACTIVE_MEANS, "error")}
+            for r in records
+        ],
+    }
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -265,11 +346,42 @@ def render_markdown(summary: Mapping[str, Any], title: str) -> str:
         lines += ["## By mode", "", header[0].format("Mode"), header[1]]
         lines += [_metric_row(name, block) for name, block in summary["by_mode"].items()]
         lines.append("")
+    if "interactive" in summary:
+        lines += _interactive_markdown(summary["interactive"])
     if summary.get("plots"):
         lines += ["## Plots", ""] + [f"![{name}]({path})" for name, path in summary["plots"].items()] + [""]
     elif summary.get("plots_skipped"):
         lines += ["## Plots", "", summary["plots_skipped"], ""]
     return "\n".join(lines)
+
+
+_INTERACTIVE_HEADER = (
+    "| {0} | n | key-slice Dice | initial Dice | final Dice | DSC_AUC | NSD_AUC | encoder calls | wall time (s) |",
+    "|---|---|---|---|---|---|---|---|---|",
+)
+
+
+def _interactive_row(name: str, row: Mapping[str, Any], n: int | str) -> str:
+    return (
+        f"| {_cell(name)} | {n} | {_fmt(row['key_slice_dice'])} | {_fmt(row['initial_dice'])} "
+        f"| {_fmt(row['final_dice'])} | {_fmt(row['dsc_auc'], 3)} | {_fmt(row['nsd_auc'], 3)} "
+        f"| {_fmt(row['encoder_calls'], 1)} | {_fmt(row['latency_s'], 1)} |"
+    )
+
+
+def _interactive_markdown(block: Mapping[str, Any]) -> list[str]:
+    """Means (overall, per category), then one row per structure; corrections that lowered Dice are named."""
+    lines = ["## Interactive (simulated user: a box, then corrections)", ""]
+    lines += [_INTERACTIVE_HEADER[0].format("Group"), _INTERACTIVE_HEADER[1]]
+    lines.append(_interactive_row("all (mean)", block["overall"], block["overall"]["n"]))
+    lines += [_interactive_row(name, row, row["n"]) for name, row in block["by_category"].items()]
+    lines += ["", _INTERACTIVE_HEADER[0].format("Structure"), _INTERACTIVE_HEADER[1]]
+    for row in block["structures"]:
+        name = row["sample"] + (" (failed)" if row["error"] else "")
+        lines.append(_interactive_row(name, row, 1))
+    lowered = block["lowered_by_a_correction"]
+    lines += ["", f"Lowered by a correction: {', '.join(lowered) if lowered else 'none'}.", ""]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- plots

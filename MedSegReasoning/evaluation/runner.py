@@ -12,6 +12,10 @@ Modes (``docs/evaluation.md``, "Datasets and modes"):
 - ``reasoner``: the reasoner's answer only, scored as a box (IoU with the truth's box) and as a point pair
   (MedReasoner's pDice, where the dataset has one); nothing is segmented. Dialogue rounds see the true earlier
   masks.
+- ``interactive``: the simulated user of the CVPR 2025 interactive 3D challenge (``interactive.run_interactive``):
+  the truth's box on its largest slice, then up to ``corrections`` add/erase boxes where the 3D error is largest,
+  through the same segment, propagate and ``correction.correct_mask`` steps every front end uses; scored after each
+  interaction (initial and final Dice, DSC_AUC, NSD_AUC, encoder calls). No reasoner.
 
 A 2D image is a one-slice volume; the reasoner is shown it directly (no key-slice montage: one call per question).
 Resuming: finished units (a question, or a dialogue run for one feed) are found in ``samples.jsonl`` and skipped;
@@ -32,9 +36,12 @@ import numpy as np
 
 from ..errors import InputError, ServiceError
 from ..jsonlines import read_json_objects
+from .interactive import DEFAULT_CORRECTIONS
 from .layouts import Case, Dataset, Turn, Unit
 
-MODES = ("full", "oracle", "reasoner")
+MODES = ("full", "oracle", "reasoner", "interactive")
+REASONER_MODES = ("full", "reasoner")
+"""The modes that ask a reasoner; ``oracle`` and ``interactive`` take their prompts from the truth."""
 SAMPLES_FILE = "samples.jsonl"
 RUN_FILE = "run.json"
 DEFAULT_NSD_TOLERANCE_MM = 2.0
@@ -42,7 +49,12 @@ DEFAULT_NSD_TOLERANCE_MM = 2.0
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What ``eval`` does; ``reasoner`` is a ``conversation.ReasonerOptions`` (full and reasoner modes)."""
+    """What ``eval`` does; ``reasoner`` is a ``conversation.ReasonerOptions`` (full and reasoner modes).
+
+    ``corrections`` is the interactive mode's budget after the first box; ``propagation`` a
+    ``propagation.PropagationConfig`` for the oracle and interactive modes (None: the defaults every front end uses;
+    the benchmarks pass variants of it).
+    """
 
     out: Path
     mode: str = "full"
@@ -55,6 +67,8 @@ class EvalOptions:
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
     progress: bool = True
     title: str | None = None
+    corrections: int = DEFAULT_CORRECTIONS
+    propagation: Any = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,8 +77,19 @@ class EvalOptions:
             raise InputError(f"--limit must be at least 1, got {self.limit}.")
         if self.nsd_tolerance_mm < 0:
             raise InputError(f"the NSD tolerance must be >= 0 mm, got {self.nsd_tolerance_mm}.")
-        if self.mode != "oracle" and self.reasoner is None:
+        if self.mode in REASONER_MODES and self.reasoner is None:
             raise InputError(f"mode '{self.mode}' needs a reasoner (--reasoner SPEC).")
+        if self.corrections < 0:
+            raise InputError(f"--corrections must be 0 or more, got {self.corrections}.")
+        if self.mode == "interactive" and not self.propagate:
+            raise InputError("--mode interactive scores 3D masks, each correction re-propagated: drop --no-propagate.")
+
+    @property
+    def propagation_config(self):
+        """The ``PropagationConfig`` the oracle and interactive modes segment with."""
+        from ..propagation import DEFAULT_PROPAGATION
+
+        return DEFAULT_PROPAGATION if self.propagation is None else self.propagation
 
 
 @dataclass
@@ -174,19 +199,31 @@ def _feeds(unit: Unit, mode: str) -> list[str | None]:
     reasoner-only mode has no predicted masks, so those run once (oracle: no feed; reasoner: the truth)."""
     if not unit.dialogue:
         return [None]
-    return {"full": ["true", "predicted"], "oracle": [None], "reasoner": ["true"]}[mode]
+    return {"full": ["true", "predicted"], "oracle": [None], "reasoner": ["true"], "interactive": [None]}[mode]
 
 
 def _run_identity(dataset: Dataset, options: EvalOptions) -> dict:
-    return {
+    import dataclasses
+
+    identity = {
         "dataset": str(dataset.path.resolve()),
         "layout": dataset.layout,
         "mode": options.mode,
         "segmenter": options.segmenter if options.mode != "reasoner" else None,
-        "reasoner": options.reasoner.spec if options.reasoner is not None and options.mode != "oracle" else None,
+        "reasoner": options.reasoner.spec if options.reasoner is not None and options.mode in REASONER_MODES else None,
         "propagate": options.propagate,
         "nsd_tolerance_mm": options.nsd_tolerance_mm,
     }
+    if options.mode == "interactive":
+        identity["corrections"] = options.corrections
+    if options.propagation is not None:
+        identity["propagation"] = dataclasses.asdict(options.propagation)
+    return identity
+
+
+_SAME_RUN_KEYS = ("dataset", "layout", "mode", "segmenter", "reasoner")
+_SAME_RUN_KEYS_IF_RECORDED = ("corrections", "propagation")
+"""Compared only where the earlier run.json has them (files written before they existed resume as before)."""
 
 
 def _check_run_file(out: Path, dataset: Dataset, options: EvalOptions) -> None:
@@ -199,9 +236,10 @@ def _check_run_file(out: Path, dataset: Dataset, options: EvalOptions) -> None:
     except (OSError, json.JSONDecodeError):
         return
     now = _run_identity(dataset, options)
-    changed = [k for k in ("dataset", "layout", "mode", "segmenter", "reasoner") if before.get(k) != now[k]]
+    keys = [*_SAME_RUN_KEYS, *(k for k in _SAME_RUN_KEYS_IF_RECORDED if k in before or k in now)]
+    changed = [k for k in keys if before.get(k) != now.get(k)]
     if changed:
-        what = ", ".join(f"{k} {before.get(k)!r} -> {now[k]!r}" for k in changed)
+        what = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise InputError(f"--resume in {out} continues another evaluation ({what}): use a new --out for this one.")
 
 
@@ -244,7 +282,7 @@ def _run_unit(unit: Unit, feed: str | None, options: EvalOptions, models: _Model
     """
     if options.mode != "reasoner":
         models.get_segmenter()
-    if options.mode != "oracle":
+    if options.mode in REASONER_MODES:
         models.get_reasoner()
     meter = _Meter()
     try:
@@ -253,7 +291,12 @@ def _run_unit(unit: Unit, feed: str | None, options: EvalOptions, models: _Model
         raise
     except Exception as exc:  # one unreadable sample must not end the run; its record says why
         return [_failed_load(unit, feed, options, _message(exc), meter.stop())]
-    runner = {"oracle": _run_oracle, "full": _run_full, "reasoner": _run_reasoner}[options.mode]
+    runner = {
+        "oracle": _run_oracle,
+        "full": _run_full,
+        "reasoner": _run_reasoner,
+        "interactive": _run_interactive,
+    }[options.mode]
     try:
         return runner(unit, case, feed, options, models)
     except ServiceError:
@@ -340,6 +383,8 @@ def _fail(record: dict, truth: np.ndarray, message: str, options: EvalOptions) -
             record["nsd"] = 0.0
     else:
         record.update(box_iou=0.0)
+    if options.mode == "interactive":  # a failed structure lowers the interactive means too
+        record.update(dict.fromkeys(("key_slice_dice", "initial_dice", "final_dice", "dsc_auc", "nsd_auc"), 0.0))
     record["error"] = message
 
 
@@ -375,7 +420,8 @@ def _run_oracle(unit: Unit, case: Case, feed, options: EvalOptions, models: _Mod
             _require_truth(turn)
             prompt = truth_prompt(turn.truth)
             propagate_3d = options.propagate and case.dimension == 3
-            candidate = segment_candidate(case.volume, segmenter, window, prompt, propagate_3d, "oracle")
+            config = options.propagation_config
+            candidate = segment_candidate(case.volume, segmenter, window, prompt, propagate_3d, "oracle", config)
             record["latency_s"], record["peak_rss_mb"] = meter.stop()
             _score_mask(record, candidate.mask.to_dense(case.volume.shape), turn.truth, case.volume, options)
         except ServiceError:
@@ -385,6 +431,51 @@ def _run_oracle(unit: Unit, case: Case, feed, options: EvalOptions, models: _Mod
             _fail(record, turn.truth, _message(exc), options)
         records.append(record)
     return records
+
+
+def _run_interactive(unit: Unit, case: Case, feed, options: EvalOptions, models: _Models) -> list[dict]:
+    """The simulated user on each question's truth, one structure at a time: a record scores the final mask like the
+    oracle's (dice, iou, counts, nsd) and carries the interaction curve (``interactive_fields``). Dialogue rounds
+    run as independent structures: the protocol corrects one mask, it does not refer to earlier ones."""
+    from .interactive import run_interactive
+
+    window = _window(case, options)
+    segmenter = models.get_segmenter()
+    records = []
+    for turn in case.turns:
+        record = _base(unit, case, turn, feed, options)
+        meter = _Meter()
+        try:
+            _require_truth(turn)
+            result = run_interactive(
+                case.volume,
+                segmenter,
+                window,
+                turn.truth,
+                corrections=options.corrections,
+                config=options.propagation_config,
+                tolerance_mm=options.nsd_tolerance_mm,
+            )
+            record["latency_s"], record["peak_rss_mb"] = meter.stop()
+            _score_mask(record, result.mask, turn.truth, case.volume, options)
+            record.update(interactive_fields(result, options.corrections))
+        except ServiceError:
+            raise
+        except Exception as exc:  # this structure fails; the others go on
+            if record["latency_s"] is None:
+                record["latency_s"], record["peak_rss_mb"] = meter.stop()
+            _fail(record, turn.truth, _message(exc), options)
+        records.append(record)
+    return records
+
+
+def interactive_fields(result, corrections: int) -> dict:
+    """The record's interactive keys (``report.INTERACTIVE_FIELDS``) from an ``interactive.InteractiveResult``; the
+    wall time is the record's ``latency_s``, so the protocol's own sum of seconds is left out."""
+    fields = result.to_dict(corrections)
+    fields.pop("seconds", None)
+    fields["corrections_made"] = len(result.interactions) - 1
+    return fields
 
 
 def _require_truth(turn: Turn) -> None:

@@ -14,6 +14,19 @@ series that are oblique and flipped, and be tuned on all of them together, never
 - ``mni-4mm``: every 4th axial slice of the template (1 x 1 x 4 mm).
 - ``mni-3mm``: the template at 3 mm isotropic (66 x 78 pixels a slice): low resolution.
 
+Two small crops of the same data check that everything runs in seconds rather than minutes (the tests and the
+benchmark's ``--quick``), one structure each, never for figures to quote:
+
+- ``ct-spleen-crop``: 6 slices of the real CT through the spleen's middle, cut in-plane to the spleen plus 24 pixels;
+- ``mni-caudate-crop``: the MNI152 template at 1 x 1 x 4 mm around the left caudate nucleus (one slice above and
+  below it, 20 mm in-plane margin).
+
+and ``ct-spleen-slab``, 8 whole 512 x 512 slices of the real CT through the spleen, for the speed check of
+skip-and-interpolate: in-plane it is what a user's series looks like. On the tight crop LiteMedSAM's propagated
+spleen masks come out about 45 % larger than the key slice's (about 10,400 pixels against 7,057; the truth has about
+7,000), so no far slice agrees with the key slice and skip-and-interpolate encodes every slice there; on the whole
+slices they agree.
+
 Each case is ``<name>/volume/`` (a DICOM series, written with ``dicom_writer``), one NRRD label map per
 structure on exactly the series' grid, and ``questions.jsonl``; ``build_cases`` writes them all into one folder
 with a top-level ``questions.jsonl`` that names them, so ``eval DIR --mode interactive`` runs every case.
@@ -45,6 +58,12 @@ CT_GOAL_STRUCTURES = (
 CT_TRACKED_MIN_VOXELS = 1000
 BRAIN_STRUCTURES = ("whole brain", "white matter", "grey matter", "left caudate nucleus")
 CASE_NAMES = ("ct", "ct-3mm", "mni-2mm-oblique", "mni-4mm", "mni-3mm")
+SMALL_CASE_NAMES = ("ct-spleen-crop", "mni-caudate-crop")
+"""Small crops for checking that the protocol runs (tests, ``benchmarks/volumes.py --quick``), not for figures."""
+SLAB_CASE_NAME = "ct-spleen-slab"
+CROP_SLICES = 6
+CROP_MARGIN_PX = 24
+SLAB_SLICES = 8
 LOW_RESOLUTION_PAIRS = {"ct-3mm": "ct", "mni-3mm": "mni-4mm"}
 """Low-resolution case -> the same structures at full in-plane resolution (the small-target goal compares them)."""
 
@@ -113,6 +132,48 @@ def _ct_3mm(case_dir: Path, shared_ct: str | Path | None) -> list[CaseStructure]
     return _write_ct_case(case_dir, low, _resample(labels, volume.geometry, target, size, linear=False), names)
 
 
+def _ct_spleen_crop(case_dir: Path, shared_ct: str | Path | None) -> list[CaseStructure]:
+    """``CROP_SLICES`` slices through the middle of the spleen, cut in-plane to it plus ``CROP_MARGIN_PX``."""
+    volume, labels, names = _read_ct(Path(shared_ct))  # type: ignore[arg-type]
+    value = next(v for v, name in names.items() if name == "spleen")
+    crop = _crop_around(labels == value, CROP_SLICES, CROP_MARGIN_PX)
+    small = _cropped_volume(volume, crop)
+    return _write_ct_case(case_dir, small, np.where(labels[crop] == value, value, 0), {value: "spleen"})
+
+
+def _ct_spleen_slab(case_dir: Path, shared_ct: str | Path | None) -> list[CaseStructure]:
+    """``SLAB_SLICES`` whole slices through the middle of the spleen."""
+    volume, labels, names = _read_ct(Path(shared_ct))  # type: ignore[arg-type]
+    value = next(v for v, name in names.items() if name == "spleen")
+    crop = _crop_around(labels == value, SLAB_SLICES, None)
+    small = _cropped_volume(volume, crop)
+    return _write_ct_case(case_dir, small, np.where(labels[crop] == value, value, 0), {value: "spleen"})
+
+
+def _crop_around(mask: np.ndarray, slices: int, margin_px: int | None) -> tuple[slice, slice, slice]:
+    """``[k, j, i]`` slices: ``slices`` axial slices centred on the mask's largest one (inside the volume), and its
+    in-plane bounding box on them grown by ``margin_px`` (``None``: the whole slices)."""
+    areas = mask.sum(axis=(1, 2))
+    k0 = min(max(int(np.argmax(areas)) - slices // 2, 0), max(mask.shape[0] - slices, 0))
+    ks = slice(k0, min(k0 + slices, mask.shape[0]))
+    nj, ni = mask.shape[1:]
+    if margin_px is None:
+        return ks, slice(0, nj), slice(0, ni)
+    jj, ii = np.nonzero(mask[ks].any(axis=0))
+    js = slice(max(int(jj.min()) - margin_px, 0), min(int(jj.max()) + margin_px + 1, nj))
+    is_ = slice(max(int(ii.min()) - margin_px, 0), min(int(ii.max()) + margin_px + 1, ni))
+    return ks, js, is_
+
+
+def _cropped_volume(volume: Volume, crop: tuple[slice, slice, slice]) -> Volume:
+    """The voxels in ``crop`` with the geometry that keeps each voxel where it was in the patient."""
+    ks, js, is_ = crop
+    corner = np.array([[float(is_.start), float(js.start), float(ks.start)]])
+    origin = volume.geometry.index_to_physical(corner)[0]
+    geometry = Geometry.from_arrays(origin, volume.geometry.spacing, volume.geometry.direction_matrix)
+    return Volume(np.ascontiguousarray(volume.array[crop]), geometry, modality=volume.modality)
+
+
 def _read_ct(shared_ct: Path) -> tuple[Volume, np.ndarray, dict[int, str]]:
     import SimpleITK as sitk
 
@@ -176,6 +237,31 @@ def _mni_3mm(case_dir: Path, _shared: object) -> list[CaseStructure]:
     return _write_mni_case(case_dir, (3.0, 3.0, 3.0), np.eye(3))
 
 
+def _mni_caudate_crop(case_dir: Path, _shared: object) -> list[CaseStructure]:
+    """The left caudate nucleus at 1 x 1 x 4 mm: one 4 mm slice beyond each end, 20 mm in-plane margin."""
+    from ..sample import INTENSITY_SCALE
+    from ..volume.dicom_writer import SeriesDescriptors, write_dicom_series
+
+    t1, structures = mni_structures()
+    caudate = structures["left caudate nucleus"]
+    target, size = _grid_around(caudate, t1.geometry, (1.0, 1.0, 4.0), np.eye(3), margin_mm=(20.0, 20.0, 4.0))
+    image = _resample(t1.array.astype(np.float32), t1.geometry, target, size, linear=True, fill=0.0)
+    write_dicom_series(
+        (np.rint(image) * INTENSITY_SCALE).astype(np.int16),
+        target,
+        case_dir / "volume",
+        modality="MR",
+        descriptors=SeriesDescriptors(
+            patient_name="MNI152^Template",
+            patient_id="MNI152-2009A",
+            study_description="MedSegReasoning interactive benchmark",
+            series_description=f"MNI152 2009a T1 {case_dir.name}",
+        ),
+        rng=np.random.default_rng(152 + len(case_dir.name)),
+    )
+    return [_write_label(case_dir, "left caudate nucleus", "goal", caudate, t1.geometry)]
+
+
 def mni_structures() -> tuple[Volume, dict[str, np.ndarray]]:
     """The template T1 (LPS, 1 mm) and its four structures as bool masks on the template grid."""
     from ..sample import _TISSUE_THRESHOLD, _brain_and_left_caudate, _load_template
@@ -215,16 +301,22 @@ def _write_mni_case(case_dir: Path, spacing: tuple[float, float, float], directi
 
 
 def _grid_around(
-    mask: np.ndarray, geometry: Geometry, spacing: tuple[float, float, float], direction: np.ndarray, margin_mm: float
+    mask: np.ndarray,
+    geometry: Geometry,
+    spacing: tuple[float, float, float],
+    direction: np.ndarray,
+    margin_mm: float | tuple[float, float, float],
 ) -> tuple[Geometry, tuple[int, int, int]]:
-    """A grid with ``spacing`` and ``direction`` (columns i, j, k) covering ``mask`` plus ``margin_mm`` all round."""
+    """A grid with ``spacing`` and ``direction`` (columns i, j, k) covering ``mask`` plus ``margin_mm`` all round
+    (one value, or one per new axis i, j, k)."""
     kk, jj, ii = np.nonzero(mask)
     corners = np.array(
         [[i, j, k] for i in (ii.min(), ii.max()) for j in (jj.min(), jj.max()) for k in (kk.min(), kk.max())], float
     )
     points = geometry.index_to_physical(corners)
     local = points @ direction  # coordinates along the new axes (direction is orthonormal)
-    low, high = local.min(axis=0) - margin_mm, local.max(axis=0) + margin_mm
+    margin = np.broadcast_to(np.asarray(margin_mm, dtype=float), (3,))
+    low, high = local.min(axis=0) - margin, local.max(axis=0) + margin
     size = tuple(int(math.ceil((h - lo) / s)) + 1 for lo, h, s in zip(low, high, spacing, strict=True))
     origin = direction @ low
     return Geometry.from_arrays(origin, spacing, direction), size  # type: ignore[return-value]
@@ -283,4 +375,7 @@ _BUILDERS = {
     "mni-2mm-oblique": _mni_2mm_oblique,
     "mni-4mm": _mni_4mm,
     "mni-3mm": _mni_3mm,
+    "ct-spleen-crop": _ct_spleen_crop,
+    "mni-caudate-crop": _mni_caudate_crop,
+    "ct-spleen-slab": _ct_spleen_slab,
 }

@@ -7,7 +7,9 @@ streams its text through ``on_text`` (steps separated by a blank line) and is ke
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 from ..volume.core import Volume
@@ -18,11 +20,15 @@ from .views import (
     DEFAULT_STRATEGY,
     CurrentView,
     ReasoningStrategy,
+    ViewSet,
     draw_entities,
     key_slice_views,
     refine_views,
     wants_current_view,
 )
+
+log = logging.getLogger(__name__)
+ViewsCallback = Callable[[ViewSet], None]
 
 
 def run_reasoning(
@@ -36,15 +42,18 @@ def run_reasoning(
     window: Window | None = None,
     current_view: CurrentView | None = None,
     cancel: threading.Event | None = None,
+    on_views: ViewsCallback | None = None,
 ) -> Answer:
     """Ask ``reasoner`` about ``volume``; the answer's targets convert with ``Target.to_voxel_prompt()``.
 
     ``window`` should be the one the segmenter will use (default: ``default_window(volume)``), so the reasoner
     and the segmenter see the same grey levels. Returns a clarification answer (no targets) when the model asks
     one; raises ``ReasonerOutputError`` when an answer cannot be used, ``ReasoningCancelled`` on ``cancel``.
+    ``on_views`` is told each view set before the reasoner sees it (``segmentation.encode_ahead`` encodes its slices
+    while the reasoner thinks); an error in it is logged, never raised.
     """
     window = window or default_window(volume)
-    run = _Run(reasoner, question, context, on_text, cancel)
+    run = _Run(reasoner, question, context, on_text, cancel, on_views)
     if current_view is not None and wants_current_view(strategy, question, current_view):
         views = refine_views(volume, window, strategy, current_view.orientation, current_view.slice)
         answer = run.ask("locate", views)
@@ -78,12 +87,13 @@ def run_reasoning(
 class _Run:
     """The reasoner calls of one question: streaming separators, step records, and summed statistics."""
 
-    def __init__(self, reasoner, question, context, on_text, cancel) -> None:
+    def __init__(self, reasoner, question, context, on_text, cancel, on_views=None) -> None:
         self.reasoner = reasoner
         self.question = question
         self.context = context
         self.on_text = on_text
         self.cancel = cancel
+        self.on_views = on_views
         self.steps: list[StepRecord] = []
         self.notes: list[str] = []
 
@@ -91,6 +101,11 @@ class _Run:
         if self.steps and self.on_text is not None:
             self.on_text("\n\n")
         views = draw_entities(views, self.context.entities)  # the entities so far, outlined and tagged with their ids
+        if self.on_views is not None:
+            try:
+                self.on_views(views)
+            except Exception:  # a helper (encoding ahead) must never cost the answer
+                log.warning("the on_views callback failed; the reasoner is asked anyway", exc_info=True)
         answer = self.reasoner.reason(views, self.question, self.context, self.on_text, self.cancel)
         self.steps.append(StepRecord(step, answer.raw, answer.reasoning, answer.stats))
         return answer

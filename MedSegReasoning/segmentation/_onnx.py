@@ -5,6 +5,9 @@ one. A file is named by the weights' SHA-256 and a digest of everything that cha
 new weights or new export settings never reuse a stale file; it is written to a temp file in the same folder
 and moved into place with ``os.replace``, so a crash or two processes exporting at once never leave a
 half-written model behind.
+
+Torch is imported only to export: opening and running a cached file needs ONNX Runtime (or OpenVINO) alone, which is
+what keeps ``ask``'s start-up free of torch once the exports exist.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelError
-from ._sam_core import cache_root
+from ._embedding import cache_root
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,8 @@ def export_onnx(
     dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> None:
     """Export with the TorchScript-based exporter (no onnxscript needed), atomically into ``path``."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
     os.close(handle)
@@ -135,7 +142,12 @@ def quantize_int8(source: Path, path: Path) -> None:
         os.replace(quantized, path)
 
 
-def make_session(path: Path, device: torch.device):
+def device_type(device: Any) -> str:
+    """``"cpu"`` or ``"cuda"`` from a ``torch.device``, ``_embedding.CpuDevice`` or a plain string."""
+    return str(getattr(device, "type", device)).split(":")[0]
+
+
+def make_session(path: Path, device: Any):
     """An ONNX Runtime session: full graph optimisation, one intra-op thread per physical core."""
     import onnxruntime as ort
 
@@ -148,7 +160,7 @@ def make_session(path: Path, device: torch.device):
     options.enable_mem_pattern = False
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
+    if device_type(device) == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise InputError(
                 "The ONNX backend on CUDA needs onnxruntime-gpu, which is not installed: use backend 'torch' "
@@ -159,7 +171,7 @@ def make_session(path: Path, device: torch.device):
 
 
 def open_cached(
-    path: Path, export: Callable[[Path], None], device: torch.device, opener: Callable[[Path], object] | None = None
+    path: Path, export: Callable[[Path], None], device: Any, opener: Callable[[Path], object] | None = None
 ):
     """Open ``path`` (in ONNX Runtime, or with ``opener``), exporting it first where absent, and again where damaged."""
     open_model = opener if opener is not None else (lambda p: make_session(p, device))

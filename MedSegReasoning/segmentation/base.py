@@ -56,6 +56,56 @@ class SegmenterStats:
 
 
 @dataclass(frozen=True)
+class TargetWork:
+    """What one target cost the segmenter, counted (never timed), as ``result.json`` reports it per target.
+
+    Counts say what a run did whatever the machine's load: ``encoder_calls`` embeddings computed for this target,
+    ``embedding_cache_hits`` embeddings read back instead (memory or the disk store), ``segmented_slices`` slices the
+    segmenter was run on for the target's mask (its key slice and every slice propagation or a correction visited,
+    including the one that stopped a direction), ``interpolated_slices`` slices filled by skip-and-interpolate without
+    the segmenter. Every segmented slice needs an embedding, so ``encoder_calls + embedding_cache_hits >=
+    segmented_slices``.
+    """
+
+    encoder_calls: int = 0
+    embedding_cache_hits: int = 0
+    segmented_slices: int = 0
+    interpolated_slices: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "encoder_calls": self.encoder_calls,
+            "embedding_cache_hits": self.embedding_cache_hits,
+            "segmented_slices": self.segmented_slices,
+            "interpolated_slices": self.interpolated_slices,
+        }
+
+    @staticmethod
+    def from_dict(data: dict | None) -> TargetWork | None:
+        """The counts a session or result file recorded, or ``None`` where they were not recorded (older files)."""
+        if not data:
+            return None
+        return TargetWork(**{k: int(data.get(k, 0)) for k in TargetWork.__dataclass_fields__})
+
+
+def embedding_mark(segmenter: object) -> tuple[int, int]:
+    """``(encoder calls, embedding cache hits)`` so far: a target's counts are the difference of two marks, so a
+    segmenter shared by many targets (a server, an evaluation run) still reports each target's own work."""
+    stats = getattr(segmenter, "stats", None)
+    if stats is None:
+        return 0, 0
+    return int(stats.encoder_calls), int(stats.cache_hits)
+
+
+def work_since(
+    segmenter: object, mark: tuple[int, int], segmented_slices: int, interpolated_slices: int = 0
+) -> TargetWork:
+    """The ``TargetWork`` of what ``segmenter`` did since ``mark`` (``embedding_mark``), with the target's slices."""
+    encoder, hits = embedding_mark(segmenter)
+    return TargetWork(encoder - mark[0], hits - mark[1], int(segmented_slices), int(interpolated_slices))
+
+
+@dataclass(frozen=True)
 class ModelIdentity:
     """What went into ``result.json``: enough to know which weights produced a mask."""
 

@@ -71,6 +71,13 @@ class EmbeddingCache:
             self.hits += 1
             return entry[0]
 
+    def peek(self, key: Hashable) -> Any | None:
+        """The value stored under ``key`` without counting a hit or a miss or refreshing it (encoding ahead asks
+        whether a slice is there; only a use by a round is a hit)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return None if entry is None else entry[0]
+
     def put(self, key: Hashable, value: Any, nbytes: int | None = None) -> bool:
         """Store ``value``; returns ``False`` (and stores nothing) when it alone exceeds the bound."""
         size = nbytes_of(value) if nbytes is None else int(nbytes)

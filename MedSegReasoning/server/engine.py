@@ -42,6 +42,9 @@ class Engine:
     device: str = "cpu"
     reasoner_spec: str | None = None
     segmenter_spec: str | None = None
+    encode_ahead: Any = None
+    """A ``segmentation.encode_ahead.EncodeAhead`` on ``segmenter`` (set by ``from_specs``): rounds encode the slices
+    the reasoner is shown while it thinks. ``None``: off (stand-in engines of tests, a reasoner on this CPU)."""
     _reasoner_identity: dict | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -71,13 +74,15 @@ class Engine:
                     return shared
 
         segmenter = create_segmenter(segmenter_spec, device=device, embedding_store=default_store_root())
-        return cls(
+        engine = cls(
             segmenter=segmenter,
             reasoner_factory=reasoner_factory,
             device=device,
             reasoner_spec=reasoner_spec,
             segmenter_spec=segmenter_spec,
         )
+        engine.encode_ahead = engine_encode_ahead(engine)
+        return engine
 
     @property
     def has_reasoner(self) -> bool:
@@ -93,6 +98,19 @@ class Engine:
     def segmenter_identity(self) -> dict:
         ident = self.segmenter.identity
         return {"name": ident.name, "weights": ident.weights, "sha256": ident.sha256, **dict(ident.extra)}
+
+
+def engine_encode_ahead(engine: Engine):
+    """An ``EncodeAhead`` on the engine's segmenter where it helps: a reasoner that does not compute on this CPU."""
+    from ..segmentation.encode_ahead import EncodeAhead, worth_encoding_ahead
+
+    if engine.reasoner_factory is None:
+        return None
+    identity = engine.reasoner_identity() or {}
+    if not worth_encoding_ahead(str(identity.get("backend", "")), dict(identity.get("decoding") or {}).get("device")):
+        return None
+    ahead = EncodeAhead(engine.segmenter)
+    return ahead if ahead.supported else None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ cheap and must not hold a model's queue, while the model calls are the only thin
 
 A round that fails or is cancelled is undone by ``run_round`` itself (``Session.abort_round``), so the session and
 its saved folder are exactly as before the question.
+
+A correction of an existing entity (``refine.py``: ``POST …/entities/{id}/refine``) is a round of the same kind: the
+same thread, events, queues and undo; only its request checks and its work (``dialogue.refine.refine_entity``) differ.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..dialogue.rounds import RoundPlan, TargetSpec, plan_from_answer, run_round
+from ..dialogue.session import Round
 from ..errors import InputError
 from ..pipeline import VoxelPrompt, check_prompt
 from ..reasoning.answer import ReasoningCancelled
 from ..reasoning.base import ReasoningContext
 from ..reasoning.run import run_reasoning
 from ..reasoning.views import CurrentView
+from ..segmentation.encode_ahead import encoding_ahead
+from ..volume.core import Volume
 from ..volume.windowing import Window, default_window, window_by_name
 from .audit import AuditLog
 from .engine import Engine, QueuedReasoner, QueuedSegmenter, set_current_round
@@ -98,13 +104,23 @@ def parse_round_request(body: Any, *, max_chars: int, max_prompts: int) -> Round
     return RoundRequest(question, tuple(targets), view, body.window, body.propagate)
 
 
+def named_window(name: str | None, volume: Volume) -> Window | None:
+    """A preset or ``LEVEL,WIDTH`` window, now: instant, and a bad name answers 400 before the stream starts. None
+    for the percentile (default) window, which reads the voxels and so is computed on the round's thread."""
+    key = (name or "").strip().lower()
+    if key and key not in ("percentile", "default"):
+        return window_by_name(key, volume)
+    return None
+
+
 class RoundRun:
-    """One round: its thread, its event queue, its cancel flag."""
+    """One round: its thread, its event queue, its cancel flag. ``prepare``/``check_request`` (before the stream)
+    and ``execute`` (on the round's thread) are what another kind of round (``refine.RefineRun``) replaces."""
 
     def __init__(
         self,
         session: ServerSession,
-        request: RoundRequest,
+        request: Any,  # a RoundRequest, or another kind's request with a ``window`` (refine.RefineRequest)
         engine: Engine,
         workers: dict[str, ModelWorker],
         audit: AuditLog,
@@ -149,6 +165,14 @@ class RoundRun:
                 "round_running",
                 f"round {s.active.index} of this session is still running: wait for it, or cancel it first.",
             )
+        self.check_request()
+        self.index = len(s.dialogue.rounds) + 1
+        s.active = ActiveRound(self.id, self.index, self.ctx.cancel)
+
+    def check_request(self) -> None:
+        """The request's own checks against the session (``prepare`` has checked its state): a reasoner for a bare
+        question, the window's name, the prompts' bounds. A subclass for another kind of round replaces this."""
+        s = self.session
         if not self.request.prompts and not self.engine.has_reasoner:
             raise ApiError(
                 503,
@@ -157,15 +181,11 @@ class RoundRun:
                 "with the question, or start the server with --reasoner.",
             )
         try:
-            name = (self.request.window or "").strip().lower()
-            if name and name not in ("percentile", "default"):  # presets and LEVEL,WIDTH: instant; a bad name: 400
-                self.window = window_by_name(name, s.volume)
+            self.window = named_window(self.request.window, s.volume)
             for target in self.request.prompts:
                 check_prompt(s.volume, target.prompt)
         except InputError as exc:
             raise from_engine_error(exc) from None
-        self.index = len(s.dialogue.rounds) + 1
-        s.active = ActiveRound(self.id, self.index, self.ctx.cancel)
 
     def start(self) -> None:
         self.emit("progress", {"stage": "started", "fraction": 0.0, "round": self.index, "round_id": self.id})
@@ -234,25 +254,7 @@ class RoundRun:
             if self.window is None:  # percentile windows read the volume: here, not on the event loop
                 name = self.request.window
                 self.window = window_by_name(name, s.volume) if name else default_window(s.volume)
-            reasoner = None
-            if not self.request.prompts:
-                if s.reasoner is None:
-                    s.reasoner = self.engine.reasoner_factory()  # type: ignore[misc]
-                reasoner = s.reasoner
-                models["reasoner"] = reasoner.identity.name  # type: ignore[attr-defined]
-            self.audit.record("round.start", self.token, session=s.id, round=self.index, round_id=self.id, **models)
-            with s.lock:
-                rnd = run_round(
-                    s.dialogue,
-                    s.volume,
-                    QueuedSegmenter(self.workers["segmenter"], self.engine.segmenter, self.ctx, self._on_segment_call),
-                    self.window,
-                    self.request.question or "Segment the given prompts.",
-                    RoundPlan(targets=self.request.prompts) if self.request.prompts else self._planner(reasoner),
-                    config=self.engine.round_config,
-                    progress=self._on_target_progress,
-                    reasoner_identity=None if self.request.prompts else self.engine.reasoner_identity(),
-                )
+            rnd = self.execute(models)
             for record in rnd.targets:
                 if record.entity_id and record.entity_id in s.dialogue.entities:
                     entity = s.dialogue.entities[record.entity_id]
@@ -291,6 +293,34 @@ class RoundRun:
             self.emit("done", done if done is not None else self._done_data("failed", t0))
             self.emit_end()
 
+    def execute(self, models: dict[str, str]) -> Round:
+        """The round's work on its thread: the reasoner where the request has no prompts, then ``run_round``.
+        ``models`` collects the names of the models used (for the audit log). A subclass replaces this."""
+        s = self.session
+        reasoner = None
+        if not self.request.prompts:
+            if s.reasoner is None:
+                s.reasoner = self.engine.reasoner_factory()  # type: ignore[misc]
+            reasoner = s.reasoner
+            models["reasoner"] = reasoner.identity.name  # type: ignore[attr-defined]
+        self.audit.record("round.start", self.token, session=s.id, round=self.index, round_id=self.id, **models)
+        with s.lock:
+            return run_round(
+                s.dialogue,
+                s.volume,
+                self.queued_segmenter(),
+                self.window,
+                self.request.question or "Segment the given prompts.",
+                RoundPlan(targets=self.request.prompts) if self.request.prompts else self._planner(reasoner),
+                config=self.engine.round_config,
+                progress=self._on_target_progress,
+                reasoner_identity=None if self.request.prompts else self.engine.reasoner_identity(),
+            )
+
+    def queued_segmenter(self) -> QueuedSegmenter:
+        """The engine's segmenter behind its worker queue, with this round's cancel flag and progress counter."""
+        return QueuedSegmenter(self.workers["segmenter"], self.engine.segmenter, self.ctx, self._on_segment_call)
+
     def emit_end(self) -> None:
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, None)
@@ -303,19 +333,21 @@ class RoundRun:
 
         def plan(question: str, context: dict) -> RoundPlan:
             self._progress("reasoning", 0.02)
-            answer = run_reasoning(
-                s.volume,  # type: ignore[arg-type]
-                QueuedReasoner(self.workers["reasoner"], reasoner, self.ctx),
-                question,
-                self.engine.strategy,
-                ReasoningContext.from_dialogue(
-                    context, round_number=self.index, slice_mask=s.dialogue.entity_slice_mask
-                ),
-                on_text=self._on_text,
-                window=self.window,
-                current_view=self.request.current_view,
-                cancel=self.ctx.cancel,
-            )
+            with encoding_ahead(self.engine.encode_ahead, s.volume, self.window, owner=self.id) as on_views:  # type: ignore[arg-type]
+                answer = run_reasoning(
+                    s.volume,  # type: ignore[arg-type]
+                    QueuedReasoner(self.workers["reasoner"], reasoner, self.ctx),
+                    question,
+                    self.engine.strategy,
+                    ReasoningContext.from_dialogue(
+                        context, round_number=self.index, slice_mask=s.dialogue.entity_slice_mask
+                    ),
+                    on_text=self._on_text,
+                    window=self.window,
+                    current_view=self.request.current_view,
+                    cancel=self.ctx.cancel,
+                    on_views=on_views,
+                )
             self._progress("segmenting", _REASONING_END)
             result = plan_from_answer(answer, question)
             if not self.request.propagate:

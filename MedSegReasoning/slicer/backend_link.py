@@ -23,6 +23,11 @@ Everything is in voxel indices of the uploaded ``[k, j, i]`` array (the Slicer m
 What the server does with prompts (docs/wire-format.md): they are segmented as given and the reasoner is not
 asked; the question becomes the structure's label. The server has no "hint" form that sends clicks *to the
 reasoner*; this link does not pretend otherwise.
+
+``refine(entity_id, context, erase)`` is the same kind of round for a correction of an existing entity: the context's
+one box (and the clicks on its slice) become ``MedSegClient.refine``'s request (``refine_request``), the server runs
+the engine's ``refine_entity``, and the ``target`` event carries the entity under its own id, so the scene writer
+replaces that segment's voxels in place.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
@@ -41,6 +47,15 @@ ORIENTATIONS = PLANE_ORIENTATIONS
 _END = object()  # the end of one round's event stream on the hand-over queue
 
 BeforeRound = Callable[[], Mapping[str, CompactMask]]
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What one round asks the server: a question, or (``entity_id`` set) a correction of that entity."""
+
+    question: str = ""
+    entity_id: str | None = None
+    erase: bool = False
 
 
 class BackendLink:
@@ -172,12 +187,21 @@ class BackendLink:
     def ask(self, question: str, context: dict) -> Iterator[RoundEvent]:
         """One round, started now; the iterator yields reasoning/progress/target events, then exactly one ``done``
         (after an ``error`` when it failed). Closing the iterator early cancels *this* round (not a later one)."""
+        return self._start(_Work(question=question), context)
+
+    def refine(self, entity_id: str, context: dict, erase: bool = False) -> Iterator[RoundEvent]:
+        """Correct entity ``entity_id`` from the box (and clicks) in ``context["prompts"]``, as a round on the server
+        (``MedSegClient.refine``): the same events as ``ask``, its ``target`` the refined entity (same id), so the
+        scene writer updates that segment in place. ``erase``: remove what lies in the box instead of adding."""
+        return self._start(_Work(entity_id=entity_id, erase=erase), context)
+
+    def _start(self, work: _Work, context: dict) -> Iterator[RoundEvent]:
         cancel = threading.Event()
         with self._lock:
             self._cancel = cancel
         events: queue.Queue[Any] = queue.Queue()
         threading.Thread(
-            target=self._round, args=(question, dict(context), cancel, events), name="medseg-link-round", daemon=True
+            target=self._round, args=(work, dict(context), cancel, events), name="medseg-link-round", daemon=True
         ).start()
         return _drain(events, cancel)
 
@@ -192,14 +216,17 @@ class BackendLink:
         self.client.update_entity(self._session_id, entity_id, review=review)
 
     # -- the round (link thread) ------------------------------------------------------------------------------------------
-    def _round(self, question: str, context: dict, cancel: threading.Event, events: queue.Queue) -> None:
+    def _round(self, work: _Work, context: dict, cancel: threading.Event, events: queue.Queue) -> None:
         from ..client import ClientError, Conflict, NotFound, RoundCancelled
 
         def done(data: dict) -> None:
             events.put(RoundEvent("done", {"session_id": self._session_id, **data}))
 
         try:
-            request = round_request(context, propagate=self.propagate, window=self.window)
+            if work.entity_id is None:
+                request = round_request(context, propagate=self.propagate, window=self.window)
+            else:
+                request = refine_request(context, erase=work.erase, window=self.window)
             edits = context["edits"] if "edits" in context else (self.before_round() if self.before_round else {})
             if self._volume is None and self._session_id is None:
                 raise InputError("no volume to ask about: choose the input volume first.")
@@ -214,9 +241,7 @@ class BackendLink:
                         self.client.replace_mask(sid, entity_id, mask)
                     if cancel.is_set():
                         raise RoundCancelled("the round was cancelled before it started.", code="cancelled")
-                    result = self.client.ask(
-                        sid, question, on_event=lambda e: self._forward(e, events), cancel=cancel, **request
-                    )
+                    result = self._call(sid, work, request, lambda e: self._forward(e, events), cancel)
                     break
                 except (Conflict, NotFound) as exc:
                     lost = isinstance(exc, NotFound) and exc.code == "session_not_found"
@@ -236,7 +261,9 @@ class BackendLink:
                     "clarification": result.clarification,
                     "reasoning": result.reasoning,
                     "timings": result.timings,
-                    "answer": answer_text(result.targets, result.clarification, names),
+                    "answer": refine_answer(result.refine, names)
+                    if work.entity_id is not None
+                    else answer_text(result.targets, result.clarification, names),
                 }
             )
         except RoundCancelled as exc:
@@ -249,6 +276,12 @@ class BackendLink:
             done({"status": "failed", "answer": ""})
         finally:
             events.put(_END)
+
+    def _call(self, sid: str, work: _Work, request: dict, on_event: Callable, cancel: threading.Event) -> Any:
+        """The client call for ``work``: a question (``ask``) or a refine of an entity (``refine``)."""
+        if work.entity_id is None:
+            return self.client.ask(sid, work.question, on_event=on_event, cancel=cancel, **request)
+        return self.client.refine(sid, work.entity_id, on_event=on_event, cancel=cancel, **request)
 
     def _forward(self, event: Any, events: queue.Queue) -> None:
         """Client SSE event -> panel event. ``error`` and ``done`` are not forwarded: the client turns them into
@@ -301,6 +334,60 @@ def round_request(context: Mapping[str, Any], *, propagate: bool = True, window:
         request["current_view"] = {"orientation": orientation, "slice": index}
     request["prompts"] = _prompts(context.get("prompts") or {}, orientation)
     return request
+
+
+def refine_request(context: Mapping[str, Any], *, erase: bool = False, window: str | None = None) -> dict:
+    """The keyword arguments of ``MedSegClient.refine`` for a panel context: its one box, on the current view's plane
+    (else the plane the box is thinnest across), at the box's centre slice, with the clicks on that slice.
+
+    Refused (``InputError``, shown in the chat) when there is no box or several, or a click lies on another slice:
+    a correction is one box on one slice, and a click elsewhere would be silently lost otherwise."""
+    prompts = context.get("prompts") or {}
+    boxes = prompts.get("boxes") or []
+    if len(boxes) != 1:
+        raise InputError(
+            f"a correction takes one box on the slice to correct, and {len(boxes)} are placed: "
+            + ("place a box with the Box button first." if not boxes else "remove all but one.")
+        )
+    view = context.get("view")
+    orientation = None
+    if view:
+        orientation = str(view.get("orientation", "")).lower()
+        if orientation not in ORIENTATIONS:
+            raise InputError(f"the current view's orientation {orientation!r} is not one of {', '.join(ORIENTATIONS)}.")
+    planes = _prompts(prompts, orientation)
+    (plane,) = [p for p in planes if "box" in p]
+    stray = [p for p in planes if "box" not in p]
+    if stray:
+        raise InputError(
+            f"the box is on {plane['orientation']} slice {plane['slice']} but clicks are on {stray[0]['orientation']} "
+            f"slice {stray[0]['slice']}: a correction takes clicks on the box's slice only."
+        )
+    k = plane["slice"]
+    labels = plane.get("point_labels", [])
+    request: dict[str, Any] = {
+        ("erase" if erase else "box"): [*plane["box"], k],
+        "points": [[u, v, k, label] for (u, v), label in zip(plane.get("points", []), labels, strict=True)],
+        "view": {"orientation": plane["orientation"], "slice": k},
+    }
+    win = context.get("window", window)
+    if win:
+        request["window"] = str(win)
+    return request
+
+
+def refine_answer(summary: Mapping[str, Any] | None, names: Mapping[str, str]) -> str:
+    """The chat's answer line for a refine, from ``done``'s ``refine`` part: what was done to which entity, where,
+    and how many slices changed (the reviewer's cue to scroll through them)."""
+    if not summary:
+        return "Refined."
+    eid = str(summary.get("entity_id") or "?")
+    what = f"{eid} ({names[eid]})" if names.get(eid) else eid
+    verb = "Erased from" if summary.get("kind") == "erase" else "Added to"
+    changed = list(summary.get("changed_slices") or [])
+    where = f"{summary.get('orientation', 'axial')} slice {summary.get('slice')}"
+    slices = ", ".join(str(n) for n in changed) or "none"
+    return f"{verb} {what} from the box on {where}: {len(changed)} slice(s) changed ({slices})."
 
 
 def _box_plane(corners: tuple[int, ...], view_orientation: str | None) -> str:
@@ -375,4 +462,4 @@ def _index(value: Any, what: str) -> int:
     return index
 
 
-__all__ = ["BackendLink", "round_request"]
+__all__ = ["BackendLink", "refine_answer", "refine_request", "round_request"]

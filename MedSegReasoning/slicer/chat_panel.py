@@ -21,6 +21,10 @@ What the Slicer module plugs in (all called on the GUI thread):
 - ``on_entity(data)`` per target and ``on_event(event)`` per applied event: where the module writes the scene;
 - ``restore(session)``: the chat rebuilt from a saved session (docs/session-format.md), without the backend.
 A line above the input box shows what goes with the next question ("with 2 points, axial slice 57").
+
+Corrections: clicking an entity chip selects it, and the "Refine E1" button (``refine_controls``) sends the box placed
+in the views as a correction of that entity (``backend.refine``, when the backend has it): a round like a question's,
+whose ``target`` carries the same entity id, so ``on_entity`` rewrites that segment in place.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Protocol
+
+from .refine_controls import ButtonState, RefineControls, refine_button_state
 
 QT_NAMES = (
     "QWidget",
@@ -187,6 +193,9 @@ class ChatBackend(Protocol):
 
     def set_review(self, entity_id: str, review: str) -> None: ...
 
+    # Optional: ``refine(entity_id, context, erase=False) -> Iterator[RoundEvent]``, a correction of an entity from
+    # the box in ``context["prompts"]`` (``BackendLink.refine``); without it the Refine button stays disabled.
+
 
 def connect_backend(url: str, token: str, **kw: Any) -> ChatBackend:
     """A ``BackendLink`` over a new HTTP client for ``url`` (``kw``: see ``client.chat_backend``); imported here, as
@@ -226,6 +235,7 @@ class ChatPanel:
         self._ticks = 0
         self._widgets: list[Any] = []  # the message widgets, so that restore() can clear them
         self._on_select: Callable[[str], None] | None = None
+        self.selected_entity: str | None = None  # the chip last clicked: what the Refine button corrects
         self._events: queue.Queue[tuple[int, RoundEvent]] = queue.Queue()
         self._round_ids = itertools.count(1)
         self._active_round = 0
@@ -258,6 +268,8 @@ class ChatPanel:
         self.input.setMaximumHeight(70)
         outer.addWidget(self.input)
         row = Q.QHBoxLayout()
+        self.refine_controls = RefineControls(Q, self.widget, row, self.refine)
+        self.refine_controls.on_toggle = self.refresh_context
         self.send_button = Q.QPushButton("Send", self.widget)
         self.cancel_button = Q.QPushButton("Cancel", self.widget)
         self.cancel_button.setEnabled(False)
@@ -309,9 +321,22 @@ class ChatPanel:
 
     def refresh_context(self) -> None:
         """Update the line above the input box (the timer does it every ``CONTEXT_EVERY`` ticks)."""
-        text = describe_context(self.pending_context()) if not self.busy else ""
+        context = self.pending_context()
+        text = describe_context(context) if not self.busy else ""
         self.context_line.setText(text)
         self.context_line.setVisible(bool(text))
+        self.refine_controls.show(self._refine_state(context, self.refine_controls.erase))
+
+    def _refine_state(self, context: dict, erase: bool) -> ButtonState:
+        """The Refine button's state now (``refine_controls.refine_button_state``)."""
+        return refine_button_state(
+            self.selected_entity,
+            context,
+            busy=self.busy,
+            connected=self.backend is not None,
+            can_refine=callable(getattr(self.backend, "refine", None)),
+            erase=erase,
+        )
 
     def set_entity_selected_callback(self, callback: Callable[[str], None]) -> None:
         """Called with an entity id when its chip is clicked (the module centres the views on it)."""
@@ -327,9 +352,28 @@ class ChatPanel:
         question = self.input.toPlainText().strip()
         if not question or self.busy:
             return
+        backend = self.backend
+        if self._begin_round(question, lambda context: backend.ask(question, context)):  # type: ignore[union-attr]
+            self.input.setPlainText("")
+
+    def refine(self, erase: bool = False) -> None:
+        """Correct the selected entity from the box (and clicks) placed in the views, as a round: its events show in
+        the chat like a question's, and its ``target`` (the same entity id) goes to ``on_entity``, which rewrites the
+        entity's segment. Ignored unless the Refine button could be pressed (the status line then says why)."""
+        state = self._refine_state(self.pending_context(), erase)
+        if not state.enabled:
+            self.status.setText(state.tooltip)
+            return
+        entity_id, backend = self.selected_entity, self.backend
+        self._begin_round(state.text, lambda context: backend.refine(entity_id, context, erase=erase))  # type: ignore[union-attr]
+
+    def _begin_round(self, shown: str, start: Callable[[dict], Iterator[RoundEvent]]) -> bool:
+        """Show ``shown`` as the user's message and run ``start(context)`` (a backend call that streams a round) on
+        a worker thread, with the pending context and the user's edits; the placed markups are consumed. False when
+        it could not start (not connected, or the edited segments could not be read)."""
         if self.backend is None:
             self.status.setText("Not connected: connect to a reasoning server first.")
-            return
+            return False
         context = self.pending_context()
         before_round = getattr(self.backend, "before_round", None)
         if callable(before_round):  # the user's edited masks, read from the scene here on the GUI thread
@@ -337,19 +381,18 @@ class ChatPanel:
                 context["edits"] = dict(before_round() or {})
             except Exception as exc:
                 self.status.setText(f"Could not read the edited segments: {exc}")
-                return
-        self.input.setPlainText("")
-        self._add_message("You", question, describe_context(context))
+                return False
+        self._add_message("You", shown, describe_context(context))
         self._round_view = self._add_round_view()
         round_id = next(self._round_ids)
         self._active_round = round_id
         self._set_running(True)
         self.status.setText("Thinking...")
-        backend = self.backend
-        threading.Thread(target=self._run_round, args=(backend, round_id, question, context), daemon=True).start()
+        threading.Thread(target=self._run_round, args=(round_id, lambda: start(context)), daemon=True).start()
         if context.get("prompts") and self._prompts_clear is not None:
             _quietly(self._prompts_clear)  # sent: the markups are consumed
         self.refresh_context()
+        return True
 
     def cancel(self) -> None:
         """Stop the round: tell the backend, and drop whatever of this round still arrives."""
@@ -382,11 +425,11 @@ class ChatPanel:
         self.timer.stop()
 
     # -- the worker (no Qt here) -----------------------------------------------------------------------------------------
-    def _run_round(self, backend: ChatBackend, round_id: int, question: str, context: dict) -> None:
+    def _run_round(self, round_id: int, start: Callable[[], Iterator[RoundEvent]]) -> None:
         try:
             if round_id in self._cancelled:
                 return  # cancelled before it started
-            stream = backend.ask(question, context)
+            stream = start()
             for event in stream:
                 if round_id in self._cancelled:
                     # stop consuming; closing the stream lets a backend cancel this very round, should the
@@ -461,6 +504,9 @@ class ChatPanel:
         bar.setValue(bar.maximum())
 
     def _select(self, entity_id: str) -> None:
+        """A chip was clicked: it is now the entity the Refine button corrects (and the module centres on it)."""
+        self.selected_entity = entity_id
+        self.refresh_context()
         if self._on_select is not None:
             self._on_select(entity_id)
 
@@ -497,6 +543,7 @@ class ChatPanel:
             widget.setParent(None)
             widget.deleteLater()
         self._widgets, self.chips, self.transcript, self._round_view = [], {}, [], None
+        self.selected_entity = None
         entities = {str(e["id"]): e for e in data.get("entities", []) if isinstance(e, dict) and "id" in e}
         last_round = {}
         for n, rnd in enumerate(data.get("rounds", [])):
