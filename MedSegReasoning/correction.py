@@ -6,8 +6,12 @@ where the mask is wrong and draws one box there:
 - **add** (a box on the structure): the slice is segmented again from that box, and the new mask is propagated
   outwards from it, slice by slice with the propagation's own step and stopping rules, until it *rejoins* the
   existing mask (the re-propagated slice agrees with what the mask already holds there, Dice >= ``rejoin_dice``)
-  or a stopping rule ends it. Only the slices visited are replaced: a correction near one end of a structure
-  leaves the rest as it was.
+  or a stopping rule ends it. It also ends on a slice whose existing mask the segmenter scores higher than the
+  re-propagated one (its box, judged by the model's own quality estimate; the encoder's output is cached,
+  so this costs a decoder pass): measured on the 28 goal structures of ``benchmarks/volumes.py``, without this
+  rule a correction at the end of the stomach let a shrinking re-propagation replace ten good slices, and 5
+  structures lost Dice to a correction; with it 2 do, and the mean final Dice rose 0.642 -> 0.656.
+  Only the slices visited are replaced: a correction near one end of a structure leaves the rest as it was.
 - **erase** (a box around wrong voxels): what lies inside the box on that slice is removed, and with it what
   propagation grew from it: on the slices beyond (away from the structure's key slice) the parts inside the box
   that continue the erased region, until nothing continues.
@@ -148,6 +152,11 @@ def _add(
             if existing.any() and _dice(new, existing) >= rejoin_dice:
                 result.stop_reasons[direction] = f"slice {k}: rejoined the mask"
                 break
+            if existing.any():
+                kept, _ = next_slice(view, segmenter, window, k, existing, config, None)
+                if kept.score > outcome.score:  # a tie goes to the user's correction
+                    result.stop_reasons[direction] = f"slice {k}: the model scores the mask there higher"
+                    break
             mask[k] = new
             result.changed_slices.append(k)
             previous, k = new, k + step

@@ -67,6 +67,28 @@ def test_add_rejoins_the_mask_and_replaces_only_the_corrected_slices(truth):
     assert result.segmented_slices == [9, 10, 11, 12, 13] and sorted(set(seg.encoded)) == [9, 10, 11, 12, 13]
 
 
+class _SelfAwareOracle(OracleSegmenter):
+    """The oracle, scoring each mask by how well it matches the truth: a model whose quality estimate is right."""
+
+    def predict(self, prompt):
+        prediction = super().predict(prompt)
+        seen = self.truth[self._k]
+        overlap = 2.0 * (prediction.mask & seen).sum() / max(int(prediction.mask.sum() + seen.sum()), 1)
+        return type(prediction)(mask=prediction.mask, score=0.95 * float(overlap))
+
+
+def test_add_keeps_neighbours_the_model_scores_higher(truth):
+    """A box over half the structure re-segments its slice, but the half mask it would grow on the neighbours scores
+    lower than the good mask already there, so the correction changes its own slice only."""
+    correction = Correction(VoxelPrompt(k=11, box=(22, 20, 30, 44)))
+    result = correct_mask(_volume(truth), _SelfAwareOracle(truth), WINDOW, truth.copy(), correction, key_slice=KEY)
+    assert result.changed_slices == [11]
+    assert "scores the mask there higher" in result.stop_reasons["up"]
+    assert "scores the mask there higher" in result.stop_reasons["down"]
+    untouched = [k for k in range(NK) if k != 11]
+    np.testing.assert_array_equal(result.mask[untouched], truth[untouched])
+
+
 def test_add_never_overwrites_a_locked_slice(truth):
     mask = _shrunk(truth, range(10, 13))
     correction = Correction(VoxelPrompt(k=11, box=_box(truth[11])))
