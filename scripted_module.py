@@ -1,24 +1,24 @@
 """Slicer module "Reasoning Segmentation": a chat beside the slice views that writes coded segments into the scene.
 
-Why the file is called ``scripted_module.py``: Slicer names a scripted module, and the classes it looks for, after
-the file (``<name>``, ``<name>Widget``, ``<name>Logic``, ``<name>Test``), and a ``MedSegReasoning.py`` would shadow
-the ``MedSegReasoning`` package that this module imports.
+Why the file is ``scripted_module.py`` and the module ``MedSegReasoningChat``: Slicer names a scripted module, and the
+classes it looks for (``<name>``, ``<name>Widget``, ``<name>Logic``, ``<name>Test``), after its file. A
+``MedSegReasoning.py`` would shadow the package this file imports, and ``scripted_module`` is a name any extension
+built from Slicer's template could collide with; so the build installs this file as ``MedSegReasoningChat.py``
+(CMakeLists.txt). Loaded from the repository folder, Slicer names it after this file: the aliases at the end let it
+load that way too (``MedSegReasoning.slicer.module_name`` says what moved with the name).
 
-Why it is thin and torch-free: the engine (reasoner, segmenter) runs in its own process, reached through an HTTP
-client; this file only wires the GUI. Everything testable without a Slicer application lives in
-``MedSegReasoning.slicer``: ``scene`` (writing), ``scene_sync`` (scene <-> backend), ``backend_setup`` (install,
-device, start), ``export_check`` (checks and saving exports), ``chat_panel`` and ``backend_link``. They are
-imported lazily, so importing this file costs nothing and pulls in no numpy-heavy engine module.
+Why it is thin and torch-free: the engine runs in its own process, reached through an HTTP client; this file only
+wires the GUI to ``MedSegReasoning.slicer``, where everything testable without a Slicer application lives (scene
+writing, the backend session and set-up, consent, prompt markups, views, the saved conversation, exports, the chat).
+Those modules are imported lazily (``_lib``): importing this file costs nothing and pulls in no engine module.
 """
 
 from __future__ import annotations
 
-import base64
-import json
+import importlib
 import os
 import queue
 import sys
-import tempfile
 import threading
 
 import qt
@@ -40,17 +40,20 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-ROLE_ATTRIBUTE = "MedSegReasoning.Role"  # as MedSegReasoning.slicer.scene.ATTR_ROLE (not imported: import stays light)
 SETTINGS_SERVER_URL = "MedSegReasoning/ServerURL"
 SETTINGS_SERVER_TOKEN = "MedSegReasoning/ServerToken"
-SETTINGS_CONSENT_PREFIX = "MedSegReasoning/ConsentedServers/"
 SETTINGS_PACS_URL = "MedSegReasoning/PacsURL"
 SETTINGS_BACKEND_VENV = "MedSegReasoning/BackendVenv"
 SETTINGS_VERIFIER = "MedSegReasoning/VerifierName"  # Last^First: confirmed findings are exported as VERIFIED in the SR
 EXPORT_CHOICES = (("seg", "sr"), ("seg",), ("seg-nrrd",), ("nifti",))  # the .ui's exportFormatCombo, in order
 
 
-class scripted_module(ScriptedLoadableModule):
+def _lib(name: str):
+    """``MedSegReasoning.slicer.<name>``, imported when first needed, so that importing this file stays light."""
+    return importlib.import_module(f"MedSegReasoning.slicer.{name}")
+
+
+class MedSegReasoningChat(ScriptedLoadableModule):
     """Module metadata shown in Slicer's module list."""
 
     def __init__(self, parent) -> None:
@@ -67,14 +70,14 @@ class scripted_module(ScriptedLoadableModule):
 
 
 @parameterNodeWrapper
-class scripted_moduleParameterNode:
+class MedSegReasoningChatParameterNode:
     """What survives a scene save/load: the input volume and the session it belongs to (never the server token)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     sessionId: str = ""
 
 
-class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedSegReasoningChatWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: input volume, server (install / start / connect), status line, chat, undo, export."""
 
     def __init__(self, parent=None) -> None:
@@ -88,18 +91,17 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        ui_widget = slicer.util.loadUI(self.resourcePath("UI/scripted_module.ui"))
+        ui_widget = slicer.util.loadUI(self.resourcePath("UI/MedSegReasoningChat.ui"))
         self.layout.addWidget(ui_widget)
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
-        self.logic = scripted_moduleLogic()
+        self.logic = MedSegReasoningChatLogic()
 
-        from MedSegReasoning.slicer.chat_panel import ChatPanel
-
-        self.chat = ChatPanel(
+        self.chat = _lib("chat_panel").ChatPanel(
             backend=None, parent=self.ui.chatContainer, on_entity=self.logic.onTarget, on_event=self.onRoundEvent
         )
-        self.ui.chatContainer.layout().addWidget(self._promptPlacementRow())
+        placement, self._placeWidgets = _lib("prompt_markups").placement_row()  # Inside / Outside / Box buttons
+        self.ui.chatContainer.layout().addWidget(placement)
         self.ui.chatContainer.layout().addWidget(self.chat.widget)
         self.chat.set_entity_selected_callback(self.logic.centreOnEntity)
         # what goes with each question: the view the user last pointed at, and the clicks/boxes placed in the views
@@ -132,28 +134,9 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.showStatus(self.logic.backendSetup().status)
 
-    def _promptPlacementRow(self):
-        """Place buttons for clicks inside / outside the structure and a box (Slicer's markups place widget)."""
-        row = qt.QWidget()
-        layout = qt.QHBoxLayout(row)
-        layout.setContentsMargins(0, 0, 0, 0)
-        self._placeWidgets = {}
-        for role, text in (
-            (self.logic.PROMPT_INCLUDE, "Inside"),
-            (self.logic.PROMPT_EXCLUDE, "Outside"),
-            (self.logic.PROMPT_BOX, "Box"),
-        ):
-            layout.addWidget(qt.QLabel(text))
-            place = slicer.qSlicerMarkupsPlaceWidget()
-            place.setMRMLScene(slicer.mrmlScene)
-            place.setCurrentNode(self.logic.promptNode(role))
-            place.buttonsVisible = False
-            place.placeButton().show()
-            place.placeModePersistency = role != self.logic.PROMPT_BOX
-            layout.addWidget(place)
-            self._placeWidgets[role] = place
-        layout.addStretch(1)
-        return row
+    def resourcePath(self, filename: str) -> str:
+        """``Resources`` beside this file, whatever Slicer named the module (installed, or from the repository)."""
+        return os.path.join(_HERE, "Resources", filename)
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -312,8 +295,12 @@ class scripted_moduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Sent {len(files)} object(s) to {url}."
 
 
-class scripted_moduleLogic(ScriptedLoadableModuleLogic):
-    """GUI-free actions; each delegates to a ``MedSegReasoning.slicer`` submodule."""
+class MedSegReasoningChatLogic(ScriptedLoadableModuleLogic):
+    """GUI-free actions; each delegates to a ``MedSegReasoning.slicer`` submodule. It holds the module's state: the
+    client, the chat's backend link (and the volume it was made for), the scene side of the session, the set-up."""
+
+    # as prompt_markups.PROMPT_* (not imported: importing this file stays light; a test checks that they agree)
+    PROMPT_INCLUDE, PROMPT_EXCLUDE, PROMPT_BOX = "prompt-include", "prompt-exclude", "prompt-box"
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -322,45 +309,21 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         self.linkedVolumeId = None
         self.sync = None
         self._setup = None
-        self._childProcessesStartLikeSlicerDid()
-
-    @staticmethod
-    def _childProcessesStartLikeSlicerDid() -> None:
-        """The backend's own Python (pip, server, export) must not inherit Slicer's launcher settings (its Python
-        home and site-packages): children start from the environment Slicer itself was started with."""
-        from MedSegReasoning.childenv import set_startup_environment
-
-        if getattr(slicer, "app", None) is not None:
-            set_startup_environment(slicer.util.startupEnvironment())
+        _lib("child_process").start_children_like_slicer()  # not with Slicer's launcher settings
 
     def getParameterNode(self):
-        return scripted_moduleParameterNode(super().getParameterNode())
+        _lib("module_name").adopt_old_parameter_node(slicer.mrmlScene)  # saved when the module was "scripted_module"
+        return MedSegReasoningChatParameterNode(super().getParameterNode())
 
     # -- backend: install, start, connect ---------------------------------------------------------------------------------
     def backendSetup(self):
-        if self._setup is None:
-            from MedSegReasoning.slicer.backend_setup import BackendSetup, default_venv_dir
-
-            venv = qt.QSettings().value(SETTINGS_BACKEND_VENV, "") or str(default_venv_dir())
-            self._setup = BackendSetup(venv_dir=venv)
+        if self._setup is None:  # in the folder the settings name, else the per-user default
+            self._setup = _lib("backend_setup").BackendSetup.in_folder(qt.QSettings().value(SETTINGS_BACKEND_VENV, ""))
         return self._setup
 
     def runInBackground(self, work, on_status, on_result=None) -> threading.Thread:
         """Run a set-up step off the GUI thread; its status updates go to ``on_status`` (a thread-safe queue's put)."""
-
-        def run() -> None:
-            setup = self.backendSetup()
-            setup.on_status = on_status
-            try:
-                result = work()
-            except Exception:  # the step already put an ERROR status saying what to do
-                return
-            if on_result is not None:
-                on_result(result)
-
-        thread = threading.Thread(target=run, name="medseg-backend-setup", daemon=True)
-        thread.start()
-        return thread
+        return _lib("backend_setup").run_in_background(self.backendSetup, work, on_status, on_result)
 
     def installBackend(self):
         return self.backendSetup().install()
@@ -374,24 +337,14 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def isLocalServer(url: str) -> bool:
-        """Loopback by the same rule the client and the server use (``MedSegReasoning.network``)."""
-        from urllib.parse import urlsplit
-
-        from MedSegReasoning.network import is_loopback_host
-
-        try:
-            host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
-        except ValueError:
-            return False
-        return is_loopback_host(host)
+        return _lib("consent").is_local_server(url)
 
     def hasConsent(self, url: str) -> bool:
         """Images leave this computer only after the user agreed once for that server (kept in Slicer's settings)."""
-        return self.isLocalServer(url) or qt.QSettings().value(SETTINGS_CONSENT_PREFIX + url, "") == "yes"
+        return _lib("consent").has_consent(qt.QSettings(), url)
 
     def recordConsent(self, url: str) -> None:
-        if not self.isLocalServer(url):
-            qt.QSettings().setValue(SETTINGS_CONSENT_PREFIX + url, "yes")
+        _lib("consent").record_consent(qt.QSettings(), url)
 
     def connect(self, url: str, token: str):
         """A checked client for a configured server (the HTTP client is imported here so module import stays free)."""
@@ -403,25 +356,16 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
     def makeLink(self, client, parameterNode):
         """The chat's backend over ``client``: the input volume (sent with the first round), the session kept in the
         parameter node, and the user's segment edits pushed before each round."""
-        from MedSegReasoning.slicer.backend_link import BackendLink
-        from MedSegReasoning.slicer.scene import volume_geometry_lps
+        from MedSegReasoning.slicer.session_link import link_for, scene_sync_for
 
         self.client = client
         volume = parameterNode.inputVolume if parameterNode is not None else None
         session_id = (parameterNode.sessionId if parameterNode is not None else "") or None
-        self.link = BackendLink(client, session_id=session_id, before_round=self.pendingEdits)
-        self.linkedVolumeId = volume.GetID() if volume is not None else None
         saved = self.savedConversation(parameterNode)
-        if saved and saved.get("archive"):
-            self.link.set_archive(base64.b64decode(saved["archive"]))  # continues the chat if the server forgot it
+        self.link = link_for(client, volume, session_id, saved, before_round=self.pendingEdits)
+        self.linkedVolumeId = volume.GetID() if volume is not None else None
         if volume is not None:
-            from MedSegReasoning.slicer.local_export import series_uids
-
-            g = volume_geometry_lps(volume)
-            # recorded by the session, so a DICOM-SEG export is checked against them (no database: not from DICOM)
-            uids = series_uids(volume, getattr(slicer, "dicomDatabase", None))
-            self.link.set_volume(slicer.util.arrayFromVolume(volume), g.origin, g.spacing, g.direction, dicom=uids)
-            self.sync = self._sceneSync(volume, session_id) if session_id else None
+            self.sync = scene_sync_for(volume, session_id) if session_id else None
         return self.link
 
     def switchVolume(self, parameterNode) -> bool:
@@ -440,90 +384,21 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         return True
 
     def _currentSync(self):
-        """The scene side of the link's session. When the link continued an expired session in a restored one (same
-        entity ids), the session's nodes are re-bound to the new id rather than duplicated."""
-        sid = self.link.session_id
-        if self.sync is not None and self.sync.session_id != sid and self.sync.session_id == self.link.restored_from:
-            self.sync.scene.rebind(sid)
-        if self.sync is None or self.sync.session_id != sid:
-            self.sync = self._sceneSync(self.getParameterNode().inputVolume, sid)
+        self.sync = _lib("session_link").current_sync(self.link, self.sync, self.getParameterNode().inputVolume)
         return self.sync
 
-    def _sceneSync(self, volume, session_id):
-        from MedSegReasoning.slicer.scene import SessionScene
-        from MedSegReasoning.slicer.scene_sync import SceneSync
-
-        scene = SessionScene.find(slicer.mrmlScene, session_id) or SessionScene.create(
-            slicer.mrmlScene, volume, session_id
-        )
-        return SceneSync(scene)
-
     # -- rounds and the scene ---------------------------------------------------------------------------------------------
-    PROMPT_INCLUDE, PROMPT_EXCLUDE, PROMPT_BOX = "prompt-include", "prompt-exclude", "prompt-box"
-    _PROMPT_NODES = {
-        PROMPT_INCLUDE: ("vtkMRMLMarkupsFiducialNode", "MedSeg inside", (0.2, 0.8, 0.2)),
-        PROMPT_EXCLUDE: ("vtkMRMLMarkupsFiducialNode", "MedSeg outside", (0.9, 0.2, 0.2)),
-        PROMPT_BOX: ("vtkMRMLMarkupsROINode", "MedSeg box", (0.9, 0.8, 0.2)),
-    }
-
     def promptNode(self, role: str):
-        """The markups node the user places clicks (inside/outside) or a box in; found again after a scene load."""
-        for node in slicer.util.getNodesByClass(self._PROMPT_NODES[role][0]):
-            if node.GetAttribute(ROLE_ATTRIBUTE) == role:
-                return node
-        class_name, name, color = self._PROMPT_NODES[role]
-        node = slicer.mrmlScene.AddNewNodeByClass(class_name, name)
-        node.SetAttribute(ROLE_ATTRIBUTE, role)
-        node.CreateDefaultDisplayNodes()
-        node.GetDisplayNode().SetSelectedColor(*color)
-        return node
+        return _lib("prompt_markups").prompt_node(role)
 
     def pendingPrompts(self) -> dict:
-        """Clicks and the box placed in the slice views, as voxel indices of the input volume."""
-        from MedSegReasoning.slicer.prompts import (
-            control_points_ras,
-            prompts_from_markups,
-            ras_to_ijk_of_volume,
-            roi_corners_of_node,
-        )
-        from MedSegReasoning.slicer.scene import volume_shape_kji
-
-        volume = self.getParameterNode().inputVolume
-        if volume is None:
-            return {}
-        box = self.promptNode(self.PROMPT_BOX)
-        boxes = [roi_corners_of_node(box)] if min(box.GetSize()) > 0 else []  # placed (or drawn) with a size
-        return prompts_from_markups(
-            control_points_ras(self.promptNode(self.PROMPT_INCLUDE)),
-            control_points_ras(self.promptNode(self.PROMPT_EXCLUDE)),
-            boxes,
-            ras_to_ijk_of_volume(volume),
-            volume_shape_kji(volume),
-        )
+        return _lib("prompt_markups").pending_prompts(self.getParameterNode().inputVolume)
 
     def clearPrompts(self) -> None:
-        """Sent with a question: the clicks and the box are removed so the next question starts clean."""
-        for role in self._PROMPT_NODES:
-            self.promptNode(role).RemoveAllControlPoints()
-        self.promptNode(self.PROMPT_BOX).SetSize(0.0, 0.0, 0.0)
+        _lib("prompt_markups").clear_prompts()
 
     def currentView(self):
-        """The slice view the user last pointed at (the crosshair's), else the red one: its plane and slice."""
-        from MedSegReasoning.slicer.prompts import view_context_of_slice_node
-        from MedSegReasoning.slicer.scene import volume_shape_kji
-
-        volume = self.getParameterNode().inputVolume
-        if volume is None:
-            return None
-        slice_node = None
-        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
-        if crosshair is not None:
-            slice_node = crosshair.GetCursorPositionXYZ([0.0, 0.0, 0.0])
-        if slice_node is None:
-            slice_node = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
-        if slice_node is None:
-            return None
-        return view_context_of_slice_node(slice_node, volume, volume_shape_kji(volume))
+        return _lib("views").current_view(self.getParameterNode().inputVolume)
 
     def pendingEdits(self):
         """Segment Editor edits since the last sync (the chat sends them before the round)."""
@@ -545,30 +420,13 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         return self.link.session_id
 
     def saveConversation(self) -> None:
-        """Keep the conversation with the scene: the chat's record (rounds, reasoning, entities, review) for showing
-        it again, and the server's archive of it, so a reloaded scene continues even after the session expired."""
-        from MedSegReasoning.session_archive import session_json
-
-        if self.link is None or self.sync is None or self.link.session_id is None:
-            return
-        archive = self.link.fetch_archive()  # one request: the archive's session.json is the chat's record too
-        doc = session_json(archive)
-        doc["archive"] = base64.b64encode(archive).decode("ascii")
-        self.sync.scene.store_conversation(json.dumps(doc))
+        _lib("saved_conversation").save_conversation(self.link, self.sync)
 
     def savedConversation(self, parameterNode):
         """The conversation saved with the scene for the parameter node's session (a dict), or None."""
-        from MedSegReasoning.slicer.scene import SessionScene
-
-        session_id = (parameterNode.sessionId if parameterNode is not None else "") or ""
-        scene = SessionScene.find(slicer.mrmlScene, session_id) if session_id else None
-        text = scene.load_conversation() if scene is not None else None
-        if not text:
-            return None
-        try:
-            return json.loads(text)
-        except ValueError:
-            return None
+        return _lib("saved_conversation").saved_conversation(
+            (parameterNode.sessionId if parameterNode is not None else "") or ""
+        )
 
     def onReviewed(self, entity_id: str, review: str) -> None:
         """The chat confirmed or rejected an entity on the backend: the segment shows it (rejected = hidden)."""
@@ -586,72 +444,34 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
         return self.sync.segment_volumes_ml() if self.sync is not None else {}
 
     def centreOnEntity(self, entity_id: str) -> None:
-        """Jump the slice views to the entity's markup (its key-slice centroid)."""
-        for node in slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode"):
-            if node.GetAttribute("MedSegReasoning.EntityId") == entity_id and node.GetNumberOfControlPoints():
-                position = [0.0, 0.0, 0.0]
-                node.GetNthControlPointPositionWorld(0, position)
-                slicer.modules.markups.logic().JumpSlicesToLocation(*position, True)
-                return
+        _lib("views").centre_on_entity(entity_id)
 
     # -- export -------------------------------------------------------------------------------------------------------
     def exportProblems(self, formats) -> list:
-        from MedSegReasoning.slicer.export_check import ExportProblem, check_scene
-
-        if self.sync is None or self.client is None:
-            return [ExportProblem("no_session", "There is no session to export: connect and ask a question first.")]
-        self.sync.push_edits(self.client)  # export what the user sees
-        return check_scene(self.sync.scene, formats)
+        return _lib("export_actions").export_problems(self.client, self.sync, formats)
 
     def exportToFolder(self, formats, folder: str) -> list:
-        """DICOM-SEG and SR are written here, against the loaded series (``local_export``: the server has only the
-        voxels); .seg.nrrd and NIfTI come from the backend's export endpoint. All saved into ``folder``."""
-        from MedSegReasoning.slicer.export_check import save_export
-        from MedSegReasoning.slicer.local_export import DICOM_FORMATS, export_session_locally, series_files
-
-        dicom = [f for f in formats if f in DICOM_FORMATS]
-        files = []
-        if dicom:
-            volume = self.sync.scene.volume_node
-            files += export_session_locally(
-                self.client,
-                self.sync.session_id,
-                series_files(volume, getattr(slicer, "dicomDatabase", None)),
-                self.backendSetup().python,
-                out_dir=folder,
-                formats=dicom,
-                verifier=qt.QSettings().value(SETTINGS_VERIFIER, "") or None,
-                scene_sync=self.sync,
-            ).files
-        for fmt in formats:
-            if fmt not in dicom:
-                files += save_export(self.client.export(self.sync.session_id, fmt), fmt, folder)
-        return files
+        return _lib("export_actions").export_to_folder(
+            self.client,
+            self.sync,
+            formats,
+            folder,
+            backend_python=lambda: self.backendSetup().python,
+            verifier=lambda: qt.QSettings().value(SETTINGS_VERIFIER, "") or None,
+        )
 
     def exportToDicomDatabase(self, formats) -> list:
-        """Export into a temporary folder and import it into Slicer's DICOM database (as the DICOM module would)."""
-        import DICOMLib
-
-        folder = tempfile.mkdtemp(prefix="medseg-export-")
-        files = [f for f in self.exportToFolder(formats, folder) if f.suffix == ".dcm"]
-        DICOMLib.DICOMUtils.importDicom(folder, slicer.dicomDatabase, copyFiles=True)
-        return files
+        return _lib("export_actions").export_to_dicom_database(lambda folder: self.exportToFolder(formats, folder))
 
     def exportToPacs(self, formats, url: str) -> list:
-        """Export, then store on the PACS with Slicer's own sender (DICOMweb STOW-RS)."""
-        import DICOMLib
-
-        folder = tempfile.mkdtemp(prefix="medseg-export-")
-        files = [str(f) for f in self.exportToFolder(formats, folder) if f.suffix == ".dcm"]
-        DICOMLib.DICOMSender(files, url, protocol="DICOMweb")
-        return files
+        return _lib("export_actions").export_to_pacs(lambda folder: self.exportToFolder(formats, folder), url)
 
     def shutdown(self) -> None:
         if self._setup is not None and self._setup.server is not None:
             self._setup.server.stop()
 
 
-class scripted_moduleTest(ScriptedLoadableModuleTest):
+class MedSegReasoningChatTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer (Reload and Test) on Slicer's own sample data: scene writing always; a full round with
     the replay reasoner when the local backend can start (skipped, with the reason, when it cannot)."""
 
@@ -665,76 +485,15 @@ class scripted_moduleTest(ScriptedLoadableModuleTest):
         self.test_round_with_replay_reasoner_on_sample_data()
 
     def test_scene_writing_on_sample_data(self) -> None:
-        import numpy as np
-        import SampleData
-
-        from MedSegReasoning.masks import CompactMask
-        from MedSegReasoning.slicer.scene import SceneEntity, SessionScene
-
-        self.delayDisplay("Loading MRHead")
-        volume = SampleData.downloadSample("MRHead")
-        session = SessionScene.create(slicer.mrmlScene, volume, "self-test")
-        mask = np.zeros(slicer.util.arrayFromVolume(volume).shape, dtype=bool)
-        mask[60:70, 100:140, 100:140] = True
-        session.write_entity(SceneEntity("E1", "Brain", CompactMask.from_dense(mask), (220, 120, 60), 65, "test"))
-        written = slicer.util.arrayFromSegmentBinaryLabelmap(session.segmentation_node, "E1", volume)
-        self.assertTrue(np.array_equal(written.astype(bool), mask))
-        self.assertEqual(session.changes(), [])
-        self.delayDisplay("Scene writing test passed")
+        _lib("self_test").scene_writing_on_sample_data(self)
 
     def test_round_with_replay_reasoner_on_sample_data(self) -> None:
-        import json
+        venv = MedSegReasoningChatLogic().backendSetup().venv_dir  # the one the panel's Install button fills
+        _lib("self_test").round_with_replay_reasoner_on_sample_data(self, str(venv))
 
-        import SampleData
 
-        from MedSegReasoning.slicer.backend_setup import BackendSetup, default_venv_dir, is_installed
-        from MedSegReasoning.slicer.scene import SessionScene, volume_geometry_lps
-        from MedSegReasoning.slicer.scene_sync import SceneSync
-
-        venv = qt.QSettings().value(SETTINGS_BACKEND_VENV, "") or str(default_venv_dir())
-        if not is_installed(venv):
-            self.delayDisplay(f"Skipped the round test: no backend installed in {venv} (press Install first).")
-            self.skipTest(f"no backend installed in {venv}")
-        volume = SampleData.downloadSample("MRHead")
-        k = slicer.util.arrayFromVolume(volume).shape[0] // 2
-        ni = slicer.util.arrayFromVolume(volume).shape[2]
-        box = [ni // 2 - 30, ni // 2 - 30, ni // 2 + 30, ni // 2 + 30]
-        answers = [
-            {
-                "round": 1,
-                "step": "pick_slice",
-                "raw": json.dumps({"reasoning": "mid", "targets": [{"slice": k, "label": "brain"}]}),
-            },
-            {
-                "round": 1,
-                "step": "locate",
-                "raw": json.dumps(
-                    {"reasoning": "centre", "targets": [{"slice": k, "bbox": box, "points": [], "label": "brain"}]}
-                ),
-            },
-        ]
-        replay = os.path.join(tempfile.mkdtemp(prefix="medseg-selftest-"), "answers.jsonl")
-        with open(replay, "w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(a) + "\n" for a in answers))
-        setup = BackendSetup(venv_dir=venv, server_args=["--reasoner", f"replay:{replay}"])
-        self.delayDisplay("Starting the local backend with the replay reasoner")
-        try:
-            client = setup.start()
-        except Exception as exc:
-            self.delayDisplay(f"Skipped the round test: the backend did not start ({exc}).")
-            self.skipTest(f"the backend did not start: {exc}")
-        try:
-            g = volume_geometry_lps(volume)
-            sid = client.create_session()
-            client.upload_volume(sid, slicer.util.arrayFromVolume(volume), g.origin, g.spacing, g.direction, "MR")
-            result = client.ask(sid, "Segment the brain.", propagate=False)
-            self.assertEqual([e.id for e in result.entities], ["E1"])
-            sync = SceneSync(SessionScene.create(slicer.mrmlScene, volume, sid))
-            self.assertEqual(sync.reconcile(client), ["E1"])
-            engine_ml = client.entity(sid, "E1").data["measurements"]["volume_ml"]
-            self.assertAlmostEqual(sync.segment_volumes_ml()["E1"], engine_ml, places=6)
-            self.assertEqual(sync.undo_round(client).removed, ["E1"])
-            self.assertEqual(sync.scene.entity_ids(), [])
-        finally:
-            setup.server.stop()
-        self.delayDisplay("Round test passed")
+# Loaded from the repository folder ("Additional module paths"), Slicer looks for these names (see the docstring).
+scripted_module = MedSegReasoningChat
+scripted_moduleWidget = MedSegReasoningChatWidget
+scripted_moduleLogic = MedSegReasoningChatLogic
+scripted_moduleTest = MedSegReasoningChatTest

@@ -304,7 +304,7 @@ def test_session_archive_members_are_checked(tmp_path):
 def test_series_uids_travel_with_the_volume_and_old_servers_still_take_it(ct, client, monkeypatch):
     """The optional ``dicom`` object of X-MedSeg-Volume: recorded by the session; a malformed UID is refused with
     a sentence; a server that predates the field (it refuses unknown fields) gets the volume without it."""
-    import MedSegReasoning.server.app as app_module
+    import MedSegReasoning.server.routes.sessions as app_module
     from MedSegReasoning.client import RequestRejected
     from MedSegReasoning.server.errors import bad_request
 

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "scripted_module.py"
-UI = ROOT / "Resources" / "UI" / "scripted_module.ui"
+UI = ROOT / "Resources" / "UI" / "MedSegReasoningChat.ui"
 API_NAMES = ROOT / "MedSegReasoning" / "slicer" / "slicer_api_names.json"
 SCANNED = [MODULE, *sorted((ROOT / "MedSegReasoning" / "slicer").glob("*.py"))]
 API_ROOTS = {"slicer", "qt", "ctk", "vtk", "DICOMLib", "SampleData"}  # the last two: Slicer's scripted modules
@@ -56,9 +56,9 @@ def test_module_imports_nothing_heavy_and_has_slicers_class_names(tmp_path: Path
         sys.path[:0] = [{str(tmp_path)!r}, {str(ROOT)!r}]
         import scripted_module as m
         for suffix in ("", "Widget", "Logic", "Test", "ParameterNode"):
-            assert hasattr(m, "scripted_module" + suffix), suffix
+            assert hasattr(m, "MedSegReasoningChat" + suffix), suffix
         parent = types.SimpleNamespace()
-        m.scripted_module(parent)
+        m.MedSegReasoningChat(parent)
         assert parent.title == "Reasoning Segmentation", parent.title
         assert parent.categories == ["Segmentation"]
         loaded = sorted(n for n in sys.modules if n.split(".")[0] in {HEAVY!r} or n == "numpy"
@@ -123,7 +123,7 @@ def test_ui_file_has_the_widgets_the_module_uses() -> None:
     fields = {
         t.target.id
         for cls in tree.body
-        if isinstance(cls, ast.ClassDef) and cls.name == "scripted_moduleParameterNode"
+        if isinstance(cls, ast.ClassDef) and cls.name == "MedSegReasoningChatParameterNode"
         for t in cls.body
         if isinstance(t, ast.AnnAssign)
     }
@@ -134,7 +134,7 @@ def test_cmake_builds_the_module_with_its_resources() -> None:
     cmake = (ROOT / "CMakeLists.txt").read_text()
     assert "slicerMacroBuildScriptedModule" in cmake and "WITH_GENERIC_TESTS" in cmake
     assert "Resources/UI/${MODULE_NAME}.ui" in cmake and "Resources/Icons/${MODULE_NAME}.png" in cmake
-    assert (ROOT / "Resources" / "Icons" / "scripted_module.png").is_file()
+    assert (ROOT / "Resources" / "Icons" / "MedSegReasoningChat.png").is_file()
     assert "MedSegReasoning/*.py" in cmake  # the package ships beside the module file
 
 
@@ -216,7 +216,7 @@ def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path
     volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", small_volume().array, oblique_geometry()))
     module, ns = _logic_module(monkeypatch, scene)
     params = ns(inputVolume=volume, sessionId="")
-    logic = module.scripted_moduleLogic()
+    logic = module.MedSegReasoningChatLogic()
     logic.getParameterNode = lambda: params
     shape = small_volume().shape
 
@@ -244,7 +244,7 @@ def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path
         )
 
         # a restarted module (new Logic) finds the session again from the parameter node and the scene
-        again = module.scripted_moduleLogic()
+        again = module.MedSegReasoningChatLogic()
         again.getParameterNode = lambda: params
         again.makeLink(client, params)
         assert again.link.session_id == sid and again.sync.scene.segmentation_node is logic.sync.scene.segmentation_node
@@ -294,19 +294,19 @@ def test_a_reloaded_scene_shows_the_chat_and_continues_it_after_the_server_forgo
         (tmp_path / name).mkdir()
 
     with live_server(tmp_path / "first", scripted_engine(replay)) as (server, tokens):
-        logic = module.scripted_moduleLogic()
+        logic = module.MedSegReasoningChatLogic()
         logic.getParameterNode = lambda: params
         logic.makeLink(MedSegClient(server.url, tokens["alice"]), params)
         _chat_round(logic, params, "Segment the bright mass.")
         first_sid = params.sessionId
         segmentation = logic.sync.scene.segmentation_node
 
-    saved = module.scripted_moduleLogic().savedConversation(params)
+    saved = module.MedSegReasoningChatLogic().savedConversation(params)
     assert saved is not None and [r["question"] for r in saved["rounds"]] == ["Segment the bright mass."]
     assert [e["id"] for e in saved["entities"]] == ["E1"] and saved.get("archive")
 
     with live_server(tmp_path / "second", scripted_engine(replay), tokens=tokens) as (server, _):
-        again = module.scripted_moduleLogic()
+        again = module.MedSegReasoningChatLogic()
         again.getParameterNode = lambda: params
         again.makeLink(MedSegClient(server.url, tokens["alice"]), params)
         _chat_round(again, params, "Now the cyst next to E1.")
@@ -349,7 +349,7 @@ def test_clicks_boxes_and_the_view_go_with_the_question(tmp_path: Path, monkeypa
         raising=False,
     )
     params = ns(inputVolume=volume, sessionId="")
-    logic = module.scripted_moduleLogic()
+    logic = module.MedSegReasoningChatLogic()
     logic.getParameterNode = lambda: params
     m = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(m)
@@ -401,7 +401,7 @@ def test_choosing_another_input_volume_starts_a_new_conversation_on_it(tmp_path:
     )
     module, ns = _logic_module(monkeypatch, scene)
     params = ns(inputVolume=first, sessionId="")
-    logic = module.scripted_moduleLogic()
+    logic = module.MedSegReasoningChatLogic()
     logic.getParameterNode = lambda: params
 
     with live_server(tmp_path, scripted_engine(write_replay(tmp_path / "answers.jsonl"))) as (server, tokens):
@@ -420,3 +420,80 @@ def test_choosing_another_input_volume_starts_a_new_conversation_on_it(tmp_path:
         )
         assert logic.sync.scene.volume_node is second and first_sync.scene.volume_node is first
         assert first_sync.scene.entity_ids() == ["E1"] and logic.sync.scene.entity_ids() == ["E1"]
+
+
+# -- the module's name in Slicer: MedSegReasoningChat when installed, scripted_module.py in the repository -----------
+
+
+def test_the_build_installs_the_module_file_as_medsegreasoningchat() -> None:
+    """Slicer names a module after its file: CMake copies scripted_module.py to MedSegReasoningChat.py and builds that."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert "set(MODULE_NAME MedSegReasoningChat)" in cmake
+    assert "configure_file(scripted_module.py ${CMAKE_CURRENT_BINARY_DIR}/${MODULE_NAME}.py COPYONLY)" in cmake
+    assert "${CMAKE_CURRENT_BINARY_DIR}/${MODULE_NAME}.py" in cmake.split("set(MODULE_PYTHON_SCRIPTS", 1)[1]
+    assert "Resources/Icons/MedSegReasoningChat.png" in cmake  # the extension's icon URL
+    assert (ROOT / "Resources" / "UI" / "MedSegReasoningChat.ui").is_file()
+    assert ET.parse(UI).getroot().find("widget").get("name") == "MedSegReasoningChat"
+
+
+def test_the_module_loads_under_both_names_and_its_prompt_roles_are_the_librarys(monkeypatch) -> None:
+    from slicer_fixtures import new_scene, require_slicer_core
+
+    require_slicer_core()
+    from MedSegReasoning.slicer import prompt_markups
+
+    module, _ = _logic_module(monkeypatch, new_scene())
+    for suffix in ("", "Widget", "Logic", "Test"):  # loaded from the repository folder, Slicer looks for these
+        assert getattr(module, "scripted_module" + suffix) is getattr(module, "MedSegReasoningChat" + suffix)
+    logic = module.MedSegReasoningChatLogic
+    assert (logic.PROMPT_INCLUDE, logic.PROMPT_EXCLUDE, logic.PROMPT_BOX) == (
+        prompt_markups.PROMPT_INCLUDE,
+        prompt_markups.PROMPT_EXCLUDE,
+        prompt_markups.PROMPT_BOX,
+    )
+
+
+def test_a_scene_saved_under_the_old_module_name_keeps_its_session() -> None:
+    """The parameter node (input volume, session id) of a scene saved when the module was scripted_module is taken
+    over: re-tagged when the module has none, moved into a blank one (as after a scene close), never over one in use."""
+    from slicer_fixtures import new_scene, require_slicer_core
+
+    require_slicer_core()
+    from MedSegReasoning.slicer.module_name import MODULE_NAME, OLD_MODULE_NAME, adopt_old_parameter_node
+
+    def parameter_node(scene, tag, session_id, volume=None):
+        node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.SetSingletonTag(tag)
+        node.SetAttribute("ModuleName", tag)
+        node.SetName(tag)
+        node.SetParameter("sessionId", session_id)
+        scene.AddNode(node)
+        if volume is not None:
+            node.SetNodeReferenceID("inputVolume", volume.GetID())
+        return node
+
+    def current(scene):
+        return scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+
+    scene = new_scene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    parameter_node(scene, OLD_MODULE_NAME, "s-1", volume)
+    assert adopt_old_parameter_node(scene)
+    assert current(scene).GetParameter("sessionId") == "s-1"
+    assert current(scene).GetAttribute("ModuleName") == MODULE_NAME
+    assert current(scene).GetNodeReferenceID("inputVolume") == volume.GetID()
+    assert scene.GetSingletonNode(OLD_MODULE_NAME, "vtkMRMLScriptedModuleNode") is None
+    assert not adopt_old_parameter_node(scene)  # nothing left to adopt
+
+    scene = new_scene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    blank = parameter_node(scene, MODULE_NAME, "")
+    parameter_node(scene, OLD_MODULE_NAME, "s-2", volume)
+    assert adopt_old_parameter_node(scene) and current(scene) is blank
+    assert blank.GetParameter("sessionId") == "s-2" and blank.GetNodeReferenceID("inputVolume") == volume.GetID()
+    assert scene.GetSingletonNode(OLD_MODULE_NAME, "vtkMRMLScriptedModuleNode") is None
+
+    scene = new_scene()
+    in_use = parameter_node(scene, MODULE_NAME, "s-3")
+    parameter_node(scene, OLD_MODULE_NAME, "s-old")
+    assert not adopt_old_parameter_node(scene) and in_use.GetParameter("sessionId") == "s-3"

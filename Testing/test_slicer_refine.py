@@ -175,7 +175,7 @@ def test_refine_in_the_panel_rewrites_the_segment_in_place_with_the_engines_voxe
         raising=False,
     )
     params = ns(inputVolume=volume, sessionId="")
-    logic = module.scripted_moduleLogic()
+    logic = module.MedSegReasoningChatLogic()
     logic.getParameterNode = lambda: params
     m = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(m)

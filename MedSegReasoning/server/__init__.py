@@ -1,7 +1,9 @@
 """The backend server: the engine over HTTP for Slicer seats on the workstation or a department GPU server.
 
 - ``cli``: ``add_serve_parser`` / ``run_serve`` (the ``medseg-reasoning serve`` command) and ``serve``;
-- ``app``: ``create_app(config, engine)``, the FastAPI application and its routes;
+- ``app``: ``create_app(config, engine)``, the FastAPI application (assembly only); ``routes/``: its routes, one
+  module per resource; ``schemas``: the request/response bodies; ``runtime``: what the routes share;
+  ``streaming``: starting a round and streaming its events; ``error_handlers``: one error body for every failure;
 - ``config`` / ``auth`` / ``guard`` / ``audit``: what is allowed, who may call, limits before the body, the log;
 - ``sessions`` / ``rounds`` / ``workers`` / ``engine``: sessions, a round's thread and events, one queue per model;
 - ``wire``: the wire format on the server's side (docs/wire-format.md);

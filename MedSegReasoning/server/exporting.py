@@ -15,9 +15,13 @@ Neither available: 501, with a sentence saying so.
 from __future__ import annotations
 
 import importlib
+import io
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from fastapi.responses import Response
 
 from .errors import ApiError, bad_request
 
@@ -86,3 +90,30 @@ def unavailable() -> ApiError:
         "this server has no session exporter installed (MedSegReasoning.export): export from Slicer instead, which "
         "writes DICOM-SEG and NIfTI from the entities it received.",
     )
+
+
+def files_response(files: list[Path], root: Path) -> Response:
+    """The exported files under ``root`` as the answer: one file as itself, several as one zip."""
+    files = [f for f in files if f.is_file() and root in f.resolve().parents]
+    if not files:
+        raise ApiError(500, "export_failed", "the exporter wrote no file.")
+    if len(files) == 1:
+        name = files[0].name
+        return Response(
+            files[0].read_bytes(),
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{_safe_name(name)}"'},
+        )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in files:
+            z.write(f, f.relative_to(root).as_posix())
+    return Response(
+        buf.getvalue(),
+        media_type="application/zip",
+        headers={"Content-Disposition": 'attachment; filename="export.zip"'},
+    )
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "export"

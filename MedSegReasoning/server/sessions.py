@@ -29,6 +29,7 @@ from ..errors import MedSegError
 from ..terminology import Terminology
 from ..volume.core import Volume
 from .errors import ApiError, bad_request, conflict, not_found
+from .wire import entity_json
 
 SIDECAR = "server.json"  # owner and creation time; beside session.json, ignored by the dialogue's loader
 _TOUCH_EVERY_S = 10.0
@@ -313,3 +314,45 @@ def _recently_touched_elsewhere(folder: Path, idle_s: float) -> bool:
         return time.time() - (folder / SIDECAR).stat().st_mtime < idle_s
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what the routes do with a session: wait for its lock, refuse while a round runs, undo its last round
+
+
+def idle_dialogue(session: ServerSession):
+    if session.dialogue is None:
+        raise conflict("volume_missing", "this session has no volume yet: send it with PUT /v1/sessions/{id}/volume.")
+    if session.busy:
+        raise conflict("round_running", "a round is running in this session: try again when it has finished.")
+    return session.dialogue
+
+
+def locked(session: ServerSession, fn):
+    """Run ``fn`` holding the session's lock (a thread-pool thread waits, never the event loop).
+
+    A running round holds the lock for its whole length, so a busy session is refused at once instead of waiting.
+    """
+    if session.busy:
+        raise conflict("round_running", "a round is running in this session: try again when it has finished.")
+    if not session.lock.acquire(timeout=30):
+        raise conflict("session_busy", "the session is busy with another request: try again in a moment.")
+    try:
+        return fn()
+    finally:
+        session.lock.release()
+
+
+def undo_last_round(session: ServerSession) -> dict:
+    """Undo the session's last round (call it holding the lock): entities it made go, entities it redid get their
+    previous version back. The answer of ``POST /v1/sessions/{id}/undo``."""
+    dialogue = idle_dialogue(session)
+    if not dialogue.rounds:
+        raise conflict("nothing_to_undo", "there is no round to undo in this session.")
+    rnd = dialogue.undo_last_round()
+    return {
+        "undone_round": rnd.index,
+        "removed": list(rnd.created),
+        "restored": [e.id for e in rnd.superseded],
+        "entities": [entity_json(e, with_mask=False) for e in dialogue.entities.values()],
+    }

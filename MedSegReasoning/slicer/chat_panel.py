@@ -25,6 +25,9 @@ A line above the input box shows what goes with the next question ("with 2 point
 Corrections: clicking an entity chip selects it, and the "Refine E1" button (``refine_controls``) sends the box placed
 in the views as a correction of that entity (``backend.refine``, when the backend has it): a round like a question's,
 whose ``target`` carries the same entity id, so ``on_entity`` rewrites that segment in place.
+
+Beside this file: ``chat_events`` (the events, chips' data, texts and the ``ChatBackend`` interface, Qt-free; their
+names are re-exported here) and ``chat_views`` (a round's view, a chip, the input box).
 """
 
 from __future__ import annotations
@@ -35,10 +38,21 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any
 
+from .chat_events import (
+    EVENT_KINDS,
+    ChatBackend,
+    EntityChip,
+    RoundEvent,
+    answer_text,
+    connect_backend,
+    describe_context,
+    describe_progress,
+    entity_name,
+)
+from .chat_views import RoundView, make_input_box
 from .refine_controls import ButtonState, RefineControls, refine_button_state
 
 QT_NAMES = (
@@ -58,8 +72,6 @@ QT_NAMES = (
 
 POLL_MS = 40
 CONTEXT_EVERY = 10  # refresh the "goes with the question" line every this many timer ticks (0.4 s)
-EVENT_KINDS = ("reasoning", "progress", "target", "error", "done")
-"""Server-Sent Event names of a round (DESIGN.md §2), plus the panel's own ``cancelled``/``review``."""
 
 
 def qt_namespace(prefer: str | None = None) -> SimpleNamespace:
@@ -83,133 +95,6 @@ def qt_namespace(prefer: str | None = None) -> SimpleNamespace:
         found = {n: getattr(widgets, n, None) or getattr(core, n) for n in QT_NAMES}
         return SimpleNamespace(**found, binding=name)
     raise ImportError("no Qt binding: run inside Slicer, or pip install PySide2==5.13.2 (Qt 5) or PySide6-Essentials")
-
-
-@dataclass(frozen=True)
-class RoundEvent:
-    """One streamed event of a round: ``kind`` is an SSE event name, ``data`` its JSON payload."""
-
-    kind: str
-    data: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EntityChip:
-    """What a chip shows of an entity (from a ``target`` event or a review update)."""
-
-    id: str
-    label: str
-    color: tuple[int, int, int]
-    review: str = "proposed"
-
-    @staticmethod
-    def from_event(data: dict) -> EntityChip:
-        entity = data.get("entity", data)
-        return EntityChip(
-            id=str(entity["id"]),
-            label=str(entity.get("name") or entity.get("label") or entity["id"]),
-            color=tuple(int(c) for c in entity.get("color", (128, 128, 128))),  # type: ignore[arg-type]
-            review=str(entity.get("review", "proposed")),
-        )
-
-
-def answer_text(targets: list[dict], clarification: Any = None, names: dict[str, str] | None = None) -> str:
-    """The answer line of a round, from its per-target outcome (what ``done`` and a saved round both carry).
-
-    The server sends no prose answer: what the round found, what is uncertain and what failed is the answer.
-    """
-    if clarification:
-        if isinstance(clarification, dict):
-            return str(clarification.get("question") or clarification.get("text") or "Please say which one you mean.")
-        return str(clarification)
-    names = names or {}
-    found, uncertain, failed = [], [], []
-    for target in targets:
-        eid, label = target.get("entity_id"), str(target.get("label") or "target")
-        if eid:
-            what = f"{eid} ({names.get(eid) or label})"
-            (uncertain if target.get("status") == "uncertain" else found).append(what)
-        else:
-            failed.append(f"{label}: {target.get('error') or target.get('status') or 'failed'}")
-    parts = []
-    if found:
-        parts.append("Found " + ", ".join(found) + ".")
-    if uncertain:
-        parts.append("Uncertain, please check: " + ", ".join(uncertain) + ".")
-    if failed:
-        parts.append("Not segmented: " + "; ".join(failed) + ".")
-    return " ".join(parts) or "Nothing was found."
-
-
-def describe_context(context: dict) -> str:
-    """ "with 2 points, 1 box, axial slice 57": what goes with the question, for the line above the input."""
-    prompts = context.get("prompts")
-    prompts = prompts if isinstance(prompts, dict) else {}
-    parts = []
-    for key, word in (("points", "point"), ("boxes", "box")):
-        n = len(prompts.get(key) or [])
-        if n:
-            parts.append(f"{n} {word}" + ("" if n == 1 else ("es" if word == "box" else "s")))
-    view = context.get("view")
-    if isinstance(view, dict):
-        parts.append(f"{view.get('orientation', '?')} slice {view.get('slice', '?')}")
-    return ("with " + ", ".join(parts)) if parts else ""
-
-
-def describe_progress(data: dict) -> str:
-    """A progress event as a status line ("segmenting 45%", "waiting for the segmenter: 1 ahead")."""
-    stage = str(data.get("stage", "working"))
-    if stage == "queued":
-        return f"waiting for the {data.get('model', 'model')}: {data.get('queue_position', '?')} ahead"
-    fraction = data.get("fraction")
-    return stage + (f" {round(100 * float(fraction))}%" if fraction is not None else "")
-
-
-def _entity_name(entity: dict) -> str:
-    """The name a chip shows: the server's ``name``; for a saved entity the coded display name, else its label."""
-    if entity.get("name"):
-        return str(entity["name"])
-    terminology = entity.get("terminology")
-    if isinstance(terminology, dict) and terminology.get("type"):
-        try:
-            from ..terminology import CodedTerminology
-
-            return CodedTerminology.from_dict(terminology).display_name
-        except Exception:
-            pass
-    return str(entity.get("label") or entity.get("id", "?"))
-
-
-class ChatBackend(Protocol):
-    """What the panel needs of a backend; every method may block, so the panel calls them off the GUI thread."""
-
-    def ask(self, question: str, context: dict) -> Iterator[RoundEvent]:
-        """Run one round, yielding its events as they stream in."""
-        ...
-
-    def cancel(self) -> None:
-        """Stop the running round (thread-safe; called from the GUI thread while ``ask`` iterates elsewhere)."""
-        ...
-
-    def set_review(self, entity_id: str, review: str) -> None: ...
-
-    # Optional: ``refine(entity_id, context, erase=False) -> Iterator[RoundEvent]``, a correction of an entity from
-    # the box in ``context["prompts"]`` (``BackendLink.refine``); without it the Refine button stays disabled.
-
-
-def connect_backend(url: str, token: str, **kw: Any) -> ChatBackend:
-    """A ``BackendLink`` over a new HTTP client for ``url`` (``kw``: see ``client.chat_backend``); imported here, as
-    building the GUI does not need it."""
-    try:
-        from .. import client  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise RuntimeError(
-            "MedSegReasoning.client is not available in this installation, so the panel cannot reach a server yet."
-        ) from exc
-    adapter = getattr(client, "chat_backend", None)
-    if adapter is None:
-        raise RuntimeError("MedSegReasoning.client has no chat_backend(url, token) adapter for the chat panel yet.")
-    return adapter(url, token, **kw)
 
 
 class ChatPanel:
@@ -240,7 +125,7 @@ class ChatPanel:
         self._round_ids = itertools.count(1)
         self._active_round = 0
         self._cancelled: set[int] = set()
-        self._round_view: _RoundView | None = None
+        self._round_view: RoundView | None = None
         self.chips: dict[str, Any] = {}
         self.transcript: list[tuple[str, str]] = []  # (role, text), for saving with the scene and for tests
 
@@ -263,7 +148,7 @@ class ChatPanel:
         self.context_line.setStyleSheet("color: #2a5d8f; font-size: 11px;")
         self.context_line.setVisible(False)
         outer.addWidget(self.context_line)
-        self.input = _make_input_box(Q, self.widget, self.send)
+        self.input = make_input_box(Q, self.widget, self.send)
         self.input.setPlaceholderText("Ask about the scan (Enter sends, Shift+Enter new line)")
         self.input.setMaximumHeight(70)
         outer.addWidget(self.input)
@@ -521,8 +406,8 @@ class ChatPanel:
         self._widgets.append(label)
         self.transcript.append((who.lower(), text))
 
-    def _add_round_view(self) -> _RoundView:
-        view = _RoundView(self.qt, self.messages)
+    def _add_round_view(self) -> RoundView:
+        view = RoundView(self.qt, self.messages)
         self.messages_layout.insertWidget(self.messages_layout.count() - 1, view.frame)
         self._widgets.append(view.frame)
         return view
@@ -550,7 +435,7 @@ class ChatPanel:
             for target in rnd.get("targets") or []:
                 if target.get("entity_id") in entities:
                     last_round[target["entity_id"]] = n
-        names = {eid: _entity_name(e) for eid, e in entities.items()}
+        names = {eid: entity_name(e) for eid, e in entities.items()}
         for n, rnd in enumerate(data.get("rounds", [])):
             self._add_message("You", str(rnd.get("question", "")))
             view = self._add_round_view()
@@ -572,112 +457,6 @@ class ChatPanel:
         self.cancel_button.setEnabled(running)
 
 
-class _RoundView:
-    """One round in the chat: a collapsible reasoning section, the answer, and a row of entity chips."""
-
-    def __init__(self, Q: SimpleNamespace, parent: Any) -> None:
-        self.Q = Q
-        self.frame = Q.QFrame(parent)
-        self.frame.setFrameShape(Q.QFrame.StyledPanel)
-        layout = Q.QVBoxLayout(self.frame)
-        self.toggle = Q.QToolButton(self.frame)
-        self.toggle.setText("\u25be Reasoning")
-        self.toggle.setCheckable(True)
-        self.toggle.setChecked(True)
-        self.toggle.toggled.connect(self._show_reasoning)
-        layout.addWidget(self.toggle)
-        self.reasoning = Q.QLabel("", self.frame)
-        self.reasoning.setWordWrap(True)
-        self.reasoning.setTextFormat(Q.Qt.PlainText)  # model text may contain <think> tags: never render it as HTML
-        self.reasoning.setStyleSheet("color: #555; font-style: italic;")
-        layout.addWidget(self.reasoning)
-        self.answer = Q.QLabel("", self.frame)
-        self.answer.setWordWrap(True)
-        layout.addWidget(self.answer)
-        self.chip_row = Q.QVBoxLayout()  # one chip per line: a row of chips would force the panel wider than Slicer's
-        layout.addLayout(self.chip_row)
-        self.reasoning_text = ""
-
-    def _show_reasoning(self, shown: bool) -> None:
-        self.reasoning.setVisible(shown)
-        self.toggle.setText(("\u25be" if shown else "\u25b8") + " Reasoning")
-
-    def append_reasoning(self, text: str) -> None:
-        self.reasoning_text += text
-        self.reasoning.setText(self.reasoning_text)
-
-    def set_reasoning(self, text: str) -> None:
-        self.reasoning_text = text
-        self.reasoning.setText(text)
-
-    def set_answer(self, text: str) -> None:
-        self.answer.setText(text)
-        if self.reasoning_text:
-            self.toggle.setChecked(False)  # collapse once the answer is in; one click shows it again
-
-    def add_chip(self, chip: EntityChip, on_select: Callable[[str], None], on_review: Callable[[str, str], None]):
-        holder = _Chip(self.Q, self.frame, chip, on_select, on_review)
-        self.chip_row.addWidget(holder.widget)
-        return holder
-
-
-class _Chip:
-    """An entity chip: coloured button (select and centre), confirm and reject buttons, review status in the text."""
-
-    def __init__(self, Q: SimpleNamespace, parent: Any, chip: EntityChip, on_select, on_review) -> None:
-        self.chip = chip
-        self.widget = Q.QWidget(parent)
-        row = Q.QHBoxLayout(self.widget)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.setSpacing(2)
-        self.button = Q.QPushButton(self.widget)
-        r, g, b = chip.color
-        text_color = "#000" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "#fff"
-        self._style = f"background-color: rgb({r},{g},{b}); color: {text_color}; border-radius: 8px; padding: 2px 8px;"
-        self.button.clicked.connect(lambda *_: on_select(chip.id))
-        self.confirm = Q.QToolButton(self.widget)
-        self.confirm.setText("\u2713")
-        self.confirm.setToolTip(f"Confirm {chip.id}")
-        self.confirm.clicked.connect(lambda *_: on_review(chip.id, "confirmed"))
-        self.reject = Q.QToolButton(self.widget)
-        self.reject.setText("\u2717")
-        self.reject.setToolTip(f"Reject {chip.id}")
-        self.reject.clicked.connect(lambda *_: on_review(chip.id, "rejected"))
-        for w in (self.button, self.confirm, self.reject):
-            row.addWidget(w)
-        row.addStretch(1)
-        self.set_review(chip.review)
-
-    def set_review(self, review: str) -> None:
-        self.review = review
-        self.button.setText(f"{self.chip.id} {self.chip.label} \u00b7 {review}")
-        # the status is also seen at a glance: a rejected entity struck through, a confirmed one outlined
-        extra = {"rejected": " text-decoration: line-through;", "confirmed": " border: 2px solid #1a7f37;"}
-        self.button.setStyleSheet(self._style + extra.get(review, ""))
-
-
-def _make_input_box(Q: SimpleNamespace, parent: Any, on_send: Callable[[], None]) -> Any:
-    """A plain-text box where Enter sends and Shift+Enter inserts a new line (subclassing works in both bindings)."""
-
-    class InputBox(Q.QPlainTextEdit):
-        def keyPressEvent(self, event) -> None:
-            enter = _as_int(event.key()) in (_as_int(Q.Qt.Key_Return), _as_int(Q.Qt.Key_Enter))
-            if enter and not _as_int(event.modifiers()) & _as_int(Q.Qt.ShiftModifier):
-                on_send()
-                return
-            Q.QPlainTextEdit.keyPressEvent(self, event)
-
-    return InputBox(parent)
-
-
-def _as_int(value: Any) -> int:
-    """Keys and modifier flags as plain ints: PythonQt gives ints, PySide2 flag objects (always truthy), PySide6 enums."""
-    try:
-        return int(value)
-    except TypeError:
-        return int(value.value)
-
-
 def _quietly(fn: Callable[[], None]) -> None:
     try:
         fn()
@@ -687,3 +466,20 @@ def _quietly(fn: Callable[[], None]) -> None:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "<br>")
+
+
+__all__ = [  # the panel, and the names it re-exports from chat_events (what backends and tests import from here)
+    "CONTEXT_EVERY",
+    "EVENT_KINDS",
+    "POLL_MS",
+    "QT_NAMES",
+    "ChatBackend",
+    "ChatPanel",
+    "EntityChip",
+    "RoundEvent",
+    "answer_text",
+    "connect_backend",
+    "describe_context",
+    "describe_progress",
+    "qt_namespace",
+]
