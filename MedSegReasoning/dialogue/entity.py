@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..masks import CompactMask
-from ..terminology import CodedTerminology
+from ..terminology.codes import CodedTerminology
 from .findings import Measurements
 
 REVIEW_STATES = ("proposed", "confirmed", "rejected")

@@ -32,7 +32,7 @@ from scipy import ndimage
 from ..errors import InputError
 from ..masks import CompactMask
 from ..pipeline import VoxelPrompt
-from ..terminology import TermType
+from ..terminology.codes import TermType
 from ..volume.core import Geometry, plane_array_axes, plane_shape
 from .findings import max_inplane_diameter_mm, voxel_volume_ml
 from .spatial import DEFAULT_RELATION, RelationThresholds, spatial_relation

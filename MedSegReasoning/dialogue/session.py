@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..masks import CompactMask
-from ..terminology import CodedTerminology, Terminology, default_terminology
+from ..terminology.codes import CodedTerminology
+from ..terminology.matcher import Terminology, default_terminology
 from ..volume.core import Geometry, Volume
 from .entity import Color, Entity, check_color, check_review
 from .findings import Measurements, RelatedEntity, findings_text, measure

@@ -22,7 +22,7 @@ from ..atomic import atomic_output, write_text_atomic
 from ..errors import InputError
 from ..masks import CompactMask
 from ..session_archive import MASK_DIR, SESSION_FILE
-from ..terminology import Terminology
+from ..terminology.matcher import Terminology
 from ..volume.core import Volume
 from .entity import Entity
 from .session import EditRecord, Round, Session, TargetRecord, VolumeRecord, now_iso

@@ -44,7 +44,8 @@ import numpy as np
 from ..errors import InputError
 from ..filelinks import link_files
 from ..masks import CompactMask
-from ..terminology import CodedTerminology, default_terminology
+from ..terminology.codes import CodedTerminology
+from ..terminology.matcher import default_terminology
 from ..volume.core import Geometry, Volume
 from .model import ExportSegment, ExportSet, ModelNames, RoundText, default_color
 
