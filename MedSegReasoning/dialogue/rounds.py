@@ -33,8 +33,9 @@ from .judgment import (
     judge,
     judge_and_correct,
 )
+from .records import Round, TargetRecord
 from .references import Clarification, Resolution, infer_relation
-from .session import Round, Session, TargetRecord
+from .session import Session
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_output
-from ..dialogue.session import PALETTE
+from ..dialogue.records import PALETTE
 from ..errors import InputError
 from ..terminology.codes import Code
 from ..volume.core import Volume

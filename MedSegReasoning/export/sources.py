@@ -101,7 +101,7 @@ def _merge_models(recorded: ModelNames, given: ModelNames) -> ModelNames:
 
 def _from_session(folder: Path) -> ExportSet:
     from ..dialogue.findings import measure
-    from ..dialogue.store import load_session
+    from ..dialogue.restore import load_session
 
     session = load_session(folder)
     doc = _read_json(folder / SESSION_FILE)
