@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import InputError, MedSegError, ModelError
+from ..volume.core import Orientation
 
 if TYPE_CHECKING:  # pipeline is numpy-only, but the reasoning package stays importable on its own
     from ..pipeline import VoxelPrompt
 
-Orientation = Literal["axial", "coronal", "sagittal"]
-ORIENTATIONS: tuple[str, ...] = ("axial", "coronal", "sagittal")
 
 _QUOTE_CHARS = 240
 EXPECTED_FORMS = (

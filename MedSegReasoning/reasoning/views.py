@@ -32,9 +32,8 @@ from typing import Literal, Protocol
 import numpy as np
 
 from ..errors import InputError
-from ..volume.core import Volume
+from ..volume.core import PLANE_ORIENTATIONS, Orientation, Volume
 from ..volume.windowing import Window, render_slice
-from .answer import ORIENTATIONS, Orientation
 
 Task = Literal["pick_slice", "locate"]
 
@@ -97,7 +96,7 @@ class CurrentView:
     slice: int
 
     def __post_init__(self) -> None:
-        if self.orientation not in ORIENTATIONS:
+        if self.orientation not in PLANE_ORIENTATIONS:
             raise InputError(f"unknown orientation '{self.orientation}': use axial, coronal or sagittal.")
 
 
