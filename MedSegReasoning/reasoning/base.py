@@ -1,7 +1,7 @@
 """The reasoner contract, its identity and the context it is given.
 
 ``Reasoner.reason(views, question, context, on_text=None, cancel=None) -> Answer`` is the whole contract: the
-views say what the model sees (``views.py``), ``context`` what the dialogue knows so far, ``on_text`` receives
+views say what the model sees (``views``), ``context`` what the dialogue knows so far, ``on_text`` receives
 the generated text chunk by chunk (for the chat panel), and setting ``cancel`` (a ``threading.Event``) stops
 the work with ``ReasoningCancelled``. The answer comes back in voxel indices. The shared chat-style
 implementation is ``chat.py``.
