@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .answer import Answer, GenerationStats, ReasonerOutputError, ReasoningCancelled, parse_answer
+from .answer import Answer, GenerationStats, ReasonerOutputError, ReasoningCancelled
 from .base import EMPTY_CONTEXT, ReasonerIdentity, ReasoningContext, TextCallback
 from .convert import to_answer
 from .coords import Convention, resize_for_model
+from .parser import parse_answer
 from .prompts import PromptSet, render_prompt
 from .views import ViewSet
 
