@@ -120,7 +120,7 @@ def _no_images_message(folder: Path, files: Sequence[Path], skipped: Sequence[Pa
             f"folder {folder} holds DICOM files but no images (e.g. {skipped[0].name} is not an image): "
             "give the folder of the image series."
         )
-    from .itk_io import image_kind
+    from ..itk_io import image_kind
 
     others = [f for f in files if image_kind(f) is not None]
     hint = f" ({others[0].name} is NIfTI/NRRD: give that file instead)" if others else ""
