@@ -24,7 +24,8 @@ from MedSegReasoning.export.dicom_seg import (
     write_dicom_seg,
 )
 from MedSegReasoning.export.model import ModelNames
-from MedSegReasoning.export.sources import load_checked_source, load_export_set
+from MedSegReasoning.export.source_check import load_checked_source
+from MedSegReasoning.export.sources import load_export_set
 from MedSegReasoning.terminology.codes import Code as CodedTerm
 
 MODELS = ModelNames("Qwen2.5-VL-7B-Instruct", "LiteMedSAM", "rev-abc123", "sha256:79d8aa7f1c2e")

@@ -11,7 +11,6 @@ from typing import Any
 from ...errors import InputError
 from .units import Case, Turn, Unit, _read_beside, decode_image, decode_mask, image_volume
 
-
 _BRACKET = re.compile(r"\[(IMAGE256|MASK-ENCODE|BOX-ENCODE|MASK-DECODE|REF-DECODE):([^\]]+)\]")
 
 

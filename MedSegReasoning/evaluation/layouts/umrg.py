@@ -12,7 +12,6 @@ from ...errors import InputError
 from .units import UMRG_COLUMNS, Case, Turn, Unit, _read_beside, decode_image, decode_mask, image_volume
 
 
-
 def _parquet_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.parquet") if p.is_file())
 
