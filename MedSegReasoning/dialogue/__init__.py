@@ -6,9 +6,10 @@ Pure numpy/scipy (no torch): the server and the Slicer side can import it. The r
 
 from __future__ import annotations
 
+from .correction_loop import Outcome, judge_and_correct
 from .entity import REVIEW_STATES, Entity
 from .findings import Measurements, findings_text, measure
-from .judgment import Candidate, Check, Expectation, Judgment, JudgmentConfig, Outcome, judge, judge_and_correct
+from .judgment import Candidate, Check, Expectation, Judgment, JudgmentConfig, judge
 from .records import EditRecord, Round, TargetRecord, VolumeRecord
 from .references import Clarification, Resolution, find_references, infer_relation, resolve_reference
 from .restore import load_session, open_session
