@@ -147,7 +147,7 @@ def slice_cache_key(volume: Volume, k: int, window: Window) -> tuple:
 
 ANISOTROPY_RESAMPLE_RATIO = 1.5
 """Pixels whose sides differ by at least this factor are resampled square before the segmenter (see
-``segmenter_input``); the reasoner's views stretch reformats from the same ratio (``views.render._row_repeat`` rounds it)."""
+``segmenter_input``); the reasoner's views stretch reformats from the same ratio (``views._row_repeat`` rounds it)."""
 MAX_SEGMENTER_SIDE = 2048
 """Never upsample a slice beyond this many pixels a side: the segmenters resize to 256-1024 px anyway."""
 
