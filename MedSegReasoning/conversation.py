@@ -296,6 +296,7 @@ def write_round_outputs(volume, session, rnd, options, window, segmenter, reason
 def _coded(code):
     """A terminology code as the SEG writer's term; a structure without a standard code is written as Tissue
     (its free-text label stays the segment label)."""
-    from .export.dicom_seg import TISSUE, CodedTerm
+    from .export.dicom_seg import TISSUE
+    from .terminology.codes import Code as CodedTerm
 
     return CodedTerm(code.value, code.scheme, code.meaning) if code is not None else TISSUE

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .dialogue.session import PALETTE
+from .dialogue.records import PALETTE
 from .volume.core import PLANE_ORIENTATIONS, Volume, flips_to_superior_up, plane_array_axes, plane_volume
 from .volume.windowing import Window, render_slice
 

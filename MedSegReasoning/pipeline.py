@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from .propagation import (
 from .segmentation.base import Prompt2D, Segmenter, TargetWork, embedding_mark, work_since
 from .volume.core import (
     PLANE_ORIENTATIONS,
+    Orientation,
     Volume,
     flips_to_superior_up,
     from_plane_array,
@@ -35,8 +35,6 @@ from .volume.core import (
     plane_volume,
 )
 from .volume.windowing import Window, render_slice
-
-Orientation = Literal["axial", "coronal", "sagittal"]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ edits, the next entity number) without a second format to keep in step with ``do
 
 An archive crosses the network, so whoever unpacks it treats it as untrusted: only the two kinds of member names
 are accepted (no folders, no ``..``, no links), sizes are capped before anything is inflated, and the folder is
-then read by ``dialogue.store.load_session``, which checks format, version and every mask's content hash (masks
+then read by ``dialogue.restore.load_session``, which checks format, version and every mask's content hash (masks
 are read with ``allow_pickle=False``). Standard library only: the server and the Slicer side both use it.
 """
 

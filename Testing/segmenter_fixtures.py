@@ -16,7 +16,7 @@ import numpy as np
 
 SOFT_TISSUE = (40.0, 400.0)  # level, width (HU)
 # Organs checked against DESIGN.md's LiteMedSAM figures: label name -> Dice floor asserted by the tests
-# (a bit below what was measured; the numbers are in litemedsam.py's docstring).
+# (a bit below what was measured; the numbers are in the segmentation.litemedsam package docstring).
 ORGAN_DICE_FLOORS = {  # measured: 0.977, 0.973, 0.925, 0.932, 0.886 (both backends)
     "liver": 0.95,
     "spleen": 0.94,

@@ -32,7 +32,7 @@ from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2
 from MedSegReasoning.server.auth import TokenStore
 from MedSegReasoning.server.config import Limits, ServerConfig
 from MedSegReasoning.server.engine import Engine
-from MedSegReasoning.terminology import Terminology
+from MedSegReasoning.terminology.matcher import Terminology
 from MedSegReasoning.volume.core import Geometry, Volume
 
 SHAPE = (3, 64, 64)  # k, j, i: three slices keep a real-model propagation to three encoder runs
@@ -117,7 +117,7 @@ def _no_embedding(texts):
 
 def offline_terminology() -> Terminology:
     """The shipped list without the embedding model: labels not in the list stay uncoded (no 10 s model load)."""
-    from MedSegReasoning.terminology import _shipped_data
+    from MedSegReasoning.terminology.matcher import _shipped_data
 
     return Terminology(_shipped_data(), embedder=_no_embedding)
 

@@ -8,7 +8,8 @@ from dialogue_fixtures import DUODENUM, KIDNEY, WINDOW, LabelOracle, abdomen_lab
 from fakes import OracleSegmenter
 
 from MedSegReasoning.dialogue import RoundPlan, Session, TargetSpec, run_round
-from MedSegReasoning.dialogue.judgment import Candidate, Expectation, judge, judge_and_correct
+from MedSegReasoning.dialogue.correction_loop import judge_and_correct
+from MedSegReasoning.dialogue.judgment import Candidate, Expectation, judge
 from MedSegReasoning.dialogue.rounds import segment_candidate
 from MedSegReasoning.masks import CompactMask
 from MedSegReasoning.pipeline import VoxelPrompt

@@ -18,14 +18,15 @@ from external_tools import dciodvfy_errors, dcmqi_meta, dcmqi_segment_points
 from MedSegReasoning.errors import InputError
 from MedSegReasoning.export.dicom_seg import (
     AlgorithmInfo,
-    CodedTerm,
     SegmentSpec,
     build_dicom_seg,
     resolve_seg_type,
     write_dicom_seg,
 )
 from MedSegReasoning.export.model import ModelNames
-from MedSegReasoning.export.sources import load_checked_source, load_export_set
+from MedSegReasoning.export.source_check import load_checked_source
+from MedSegReasoning.export.sources import load_export_set
+from MedSegReasoning.terminology.codes import Code as CodedTerm
 
 MODELS = ModelNames("Qwen2.5-VL-7B-Instruct", "LiteMedSAM", "rev-abc123", "sha256:79d8aa7f1c2e")
 

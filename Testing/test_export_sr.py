@@ -11,7 +11,8 @@ from external_tools import dciodvfy_errors
 
 from MedSegReasoning.export.dicom_seg import build_dicom_seg, read_source_headers
 from MedSegReasoning.export.model import ModelNames
-from MedSegReasoning.export.sources import load_checked_source, load_export_set
+from MedSegReasoning.export.source_check import load_checked_source
+from MedSegReasoning.export.sources import load_export_set
 from MedSegReasoning.export.sr import build_measurement_report, read_measurement_report
 
 MODELS = ModelNames("Qwen2.5-VL-7B-Instruct", "LiteMedSAM")

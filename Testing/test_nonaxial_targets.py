@@ -380,7 +380,8 @@ def test_cli_ask_with_a_replayed_sagittal_answer(real_ct, shared_ct, litemedsam,
 
 
 def test_judgment_and_correction_work_in_the_prompts_plane():
-    from MedSegReasoning.dialogue.judgment import Candidate, correction_prompts, judge
+    from MedSegReasoning.dialogue.correction_loop import correction_prompts
+    from MedSegReasoning.dialogue.judgment import Candidate, judge
     from MedSegReasoning.masks import CompactMask
 
     volume, truth = slanted_volume()

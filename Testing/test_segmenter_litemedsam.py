@@ -135,7 +135,7 @@ def test_openvino_onnx_and_torch_backends_agree(litemedsam, ct_case, monkeypatch
     def no_second_export(*_args, **_kwargs):
         raise AssertionError("the cached ONNX export should have been reused")
 
-    monkeypatch.setattr(module._onnx, "export_onnx", no_second_export)
+    monkeypatch.setattr("MedSegReasoning.segmentation._onnx.export_onnx", no_second_export)
     for backend in ("onnx", "openvino"):
         again = module.LiteMedSAMSegmenter(backend=backend)
         assert all(path.is_file() for path in again._onnx.paths.values())

@@ -95,7 +95,7 @@ def test_cpu_runtimes_refuse_cuda(monkeypatch, backend):
     from MedSegReasoning.errors import InputError
     from MedSegReasoning.segmentation import litemedsam
 
-    monkeypatch.setattr(litemedsam, "resolve_device", lambda _device: torch.device("cuda"))  # no GPU needed
+    monkeypatch.setattr(litemedsam.predictor, "resolve_device", lambda _device: torch.device("cuda"))  # no GPU needed
     with pytest.raises(InputError, match=f"{backend}' runs on the CPU only: use backend 'torch'"):
         litemedsam.LiteMedSAMSegmenter(backend=backend, device="cuda")
 

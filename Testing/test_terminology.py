@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 
 from MedSegReasoning.errors import InputError
-from MedSegReasoning.terminology import (
-    EMBEDDING_THRESHOLD,
-    NO_STANDARD_CODE,
-    Terminology,
-    _shipped_data,
-    map_label,
-    split_laterality,
-)
+from MedSegReasoning.terminology.codes import NO_STANDARD_CODE
+from MedSegReasoning.terminology.matcher import EMBEDDING_THRESHOLD, Terminology, _shipped_data, map_label
+from MedSegReasoning.terminology.text import split_laterality
 
 LEFT, RIGHT, BILATERAL = "7771000", "24028007", "51440002"
 KIDNEY, LIVER = "64033007", "10200004"
@@ -99,7 +94,7 @@ def test_slicer_terminology_string():
 
 
 def test_slicer_string_parses_back():
-    from MedSegReasoning.terminology import from_slicer_string
+    from MedSegReasoning.terminology.matcher import from_slicer_string
 
     for text in ("left kidney", "cyst in the right kidney", "portal vein"):
         coded = map_label(text, use_embedding=False)
@@ -120,7 +115,7 @@ def test_without_the_embedding_model_labels_keep_their_text():
 
 
 def test_coded_terminology_round_trips_through_json():
-    from MedSegReasoning.terminology import CodedTerminology
+    from MedSegReasoning.terminology.codes import CodedTerminology
 
     for text in ("left kidney", "cyst in the right kidney", "flux capacitor"):
         coded = map_label(text, use_embedding=False)

@@ -31,7 +31,7 @@ from timing import median_seconds  # noqa: E402
 
 from MedSegReasoning.dialogue import Session, load_session  # noqa: E402
 from MedSegReasoning.dialogue.judgment import Candidate, Expectation, judge  # noqa: E402
-from MedSegReasoning.dialogue.session import VolumeRecord  # noqa: E402
+from MedSegReasoning.dialogue.records import VolumeRecord  # noqa: E402
 from MedSegReasoning.masks import CompactMask  # noqa: E402
 from MedSegReasoning.pipeline import VoxelPrompt  # noqa: E402
 from MedSegReasoning.terminology import default_terminology  # noqa: E402

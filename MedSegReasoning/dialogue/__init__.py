@@ -6,14 +6,17 @@ Pure numpy/scipy (no torch): the server and the Slicer side can import it. The r
 
 from __future__ import annotations
 
+from .correction_loop import Outcome, judge_and_correct
 from .entity import REVIEW_STATES, Entity
 from .findings import Measurements, findings_text, measure
-from .judgment import Candidate, Check, Expectation, Judgment, JudgmentConfig, Outcome, judge, judge_and_correct
+from .judgment import Candidate, Check, Expectation, Judgment, JudgmentConfig, judge
+from .records import EditRecord, Round, TargetRecord, VolumeRecord
 from .references import Clarification, Resolution, find_references, infer_relation, resolve_reference
+from .restore import load_session, open_session
 from .rounds import RoundConfig, RoundPlan, TargetSpec, plan_from_answer, run_round, segment_candidate
-from .session import EditRecord, Round, Session, TargetRecord, VolumeRecord
+from .session import Session
 from .spatial import SpatialRelation, spatial_relation
-from .store import load_session, open_session, save_session
+from .store import save_session
 
 __all__ = [
     "REVIEW_STATES",

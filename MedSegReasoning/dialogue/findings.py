@@ -16,7 +16,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from ..masks import CompactMask
-from ..terminology import CodedTerminology
+from ..terminology.codes import CodedTerminology
 from ..volume.core import Geometry
 from .spatial import SpatialRelation, index_matrix
 

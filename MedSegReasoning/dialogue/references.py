@@ -24,7 +24,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..terminology import Terminology, normalise, split_laterality
+from ..terminology.matcher import Terminology
+from ..terminology.text import normalise, split_laterality
 from .entity import Entity, is_entity_id
 
 ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "1st": 1, "2nd": 2, "3rd": 3}

@@ -16,8 +16,9 @@ from ..propagation import DEFAULT_PROPAGATION, PropagationConfig
 from ..segmentation.base import Segmenter, embedding_mark, work_since
 from ..volume.core import Volume
 from ..volume.windowing import Window
+from .records import Round, TargetRecord
 from .rounds import round_models
-from .session import Round, Session, TargetRecord
+from .session import Session
 
 REFINE_KINDS = ("add", "erase")
 

@@ -23,18 +23,11 @@ from ..propagation import DEFAULT_PROPAGATION, PropagationConfig, segment_slice
 from ..segmentation.base import Segmenter, embedding_mark, work_since
 from ..volume.core import Volume
 from ..volume.windowing import Window
-from .judgment import (
-    DEFAULT_JUDGMENT,
-    RELATIONS,
-    AskAgainFn,
-    Candidate,
-    Expectation,
-    JudgmentConfig,
-    judge,
-    judge_and_correct,
-)
+from .correction_loop import AskAgainFn, judge_and_correct
+from .judgment import DEFAULT_JUDGMENT, RELATIONS, Candidate, Expectation, JudgmentConfig, judge
+from .records import Round, TargetRecord
 from .references import Clarification, Resolution, infer_relation
-from .session import Round, Session, TargetRecord
+from .session import Session
 
 
 @dataclass(frozen=True)

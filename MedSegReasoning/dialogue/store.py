@@ -1,4 +1,4 @@
-"""Saving and loading a session folder: versioned ``session.json`` plus content-addressed ``masks/*.npz``.
+"""Saving a session folder: versioned ``session.json`` plus content-addressed ``masks/*.npz`` (``restore.py`` loads it).
 
 Crash safety without a journal: mask files are named by the SHA-256 of their content and written (atomically)
 before ``session.json`` is replaced in one rename, and a mask file is deleted only after the ``session.json`` that
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,10 +23,11 @@ from ..atomic import atomic_output, write_text_atomic
 from ..errors import InputError
 from ..masks import CompactMask
 from ..session_archive import MASK_DIR, SESSION_FILE
-from ..terminology import Terminology
-from ..volume.core import Volume
 from .entity import Entity
-from .session import EditRecord, Round, Session, TargetRecord, VolumeRecord, now_iso
+from .records import Round, TargetRecord, now_iso
+
+if TYPE_CHECKING:  # annotation only: the session imports this module to save itself
+    from .session import Session
 
 FORMAT = "medseg-reasoning/session"
 FORMAT_VERSION = 1
@@ -71,62 +73,6 @@ def save_session(session: Session, folder: str | Path) -> None:
     for stale in (folder / MASK_DIR).glob("*.npz"):
         if f"{MASK_DIR}/{stale.name}" not in referenced:
             stale.unlink(missing_ok=True)
-
-
-def load_session(folder: str | Path, *, terminology: Terminology | None = None) -> Session:
-    """The session saved in ``folder``, identical to the one that was saved (``==`` holds)."""
-    folder = Path(folder)
-    path = folder / SESSION_FILE
-    if not path.is_file():
-        raise InputError(f"{folder} holds no {SESSION_FILE}: it is not a MedSegReasoning session folder.")
-    try:
-        doc = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}): the session folder is damaged.") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise InputError(f"{path} is not a {FORMAT} file.")
-    if doc.get("version") != FORMAT_VERSION:
-        raise InputError(
-            f"{path} uses session format version {doc.get('version')}, but this MedSegReasoning reads version "
-            f"{FORMAT_VERSION}: open it with the MedSegReasoning that wrote it, or upgrade."
-        )
-    masks: dict[str, CompactMask] = {}
-
-    def mask_of(d: dict) -> CompactMask:
-        name = d["mask"]["file"]
-        if name not in masks:
-            masks[name] = _read_mask(folder, name)
-        return masks[name]
-
-    session = Session(
-        VolumeRecord.from_dict(doc["volume"]), folder=folder, terminology=terminology, created=doc["created"]
-    )
-    session.next_number = int(doc["next_entity_number"])
-    session.models = {str(role): dict(identity) for role, identity in (doc.get("models") or {}).items()}
-    for d in doc["entities"]:
-        entity = Entity.from_dict(d, mask_of(d))
-        session.entities[entity.id] = entity
-    session.rounds = [_round_from_dict(r, mask_of) for r in doc["rounds"]]
-    session.edits = [EditRecord.from_dict(e) for e in doc["edits"]]
-    return session
-
-
-def open_session(
-    folder: str | Path, volume: Volume, *, path: str | Path | None = None, terminology: Terminology | None = None
-) -> Session:
-    """``--session DIR``: continue the session in ``folder``, or start one there if it does not exist yet.
-
-    Refuses (InputError, exit 2) a volume whose content differs from the session's, and a non-empty folder that is
-    not a session.
-    """
-    folder = Path(folder)
-    if (folder / SESSION_FILE).is_file():
-        session = load_session(folder, terminology=terminology)
-        session.check_volume(volume)
-        return session
-    if folder.exists() and any(folder.iterdir()):
-        raise InputError(f"{folder} is not empty and holds no {SESSION_FILE}: give a new or a session folder.")
-    return Session.for_volume(volume, path=path, folder=folder, terminology=terminology)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def _build_dicom(export_set, formats: list[str], args: argparse.Namespace, notes
             notes.append("--series is only read for seg and sr: left unused.")
         return {}
     from .dicom_seg import build_dicom_seg, read_source_headers
-    from .sources import load_checked_source
+    from .source_check import load_checked_source
     from .sr import build_measurement_report
 
     seg_type = _seg_type(args.seg_type, formats)

@@ -29,8 +29,9 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_output
-from ..dialogue.session import PALETTE
+from ..dialogue.records import PALETTE
 from ..errors import InputError
+from ..terminology.codes import Code
 from ..volume.core import Volume
 
 SERIES_DESCRIPTION = "MedSegReasoning SEG - research use only"
@@ -45,21 +46,7 @@ class SourceNotReferenceableError(InputError):
     """The source series lacks the identity a SEG must reference (e.g. anonymised with its UIDs blanked)."""
 
 
-@dataclass(frozen=True)
-class CodedTerm:
-    """A code triple as DICOM writes it (value, scheme, meaning)."""
-
-    value: str
-    scheme: str
-    meaning: str
-
-    @staticmethod
-    def of(code: Any) -> CodedTerm | None:
-        """From anything with ``value``/``scheme``/``meaning`` (``terminology.Code``); None stays None."""
-        return None if code is None else CodedTerm(str(code.value), str(code.scheme), str(code.meaning))
-
-
-TISSUE = CodedTerm("85756007", "SCT", "Tissue")
+TISSUE = Code("85756007", "SCT", "Tissue")
 
 
 @dataclass(frozen=True)
@@ -74,15 +61,15 @@ class SegmentSpec:
     number: int
     label: str
     mask: np.ndarray  # bool [k, j, i], the volume's grid
-    category: CodedTerm = TISSUE
-    type: CodedTerm = TISSUE
+    category: Code = TISSUE
+    type: Code = TISSUE
     semiautomatic: bool = (
         True  # the user placed the prompt or edited the mask (SEMIAUTOMATIC) or a reasoner did (AUTOMATIC)
     )
     color: tuple[int, int, int] | None = None
-    modifier: CodedTerm | None = None
-    region: CodedTerm | None = None
-    region_modifier: CodedTerm | None = None
+    modifier: Code | None = None
+    region: Code | None = None
+    region_modifier: Code | None = None
     tracking_id: str | None = None
     tracking_uid: str | None = None
 
@@ -340,7 +327,7 @@ def segment_description(spec: SegmentSpec, index: int, algo):
     return description
 
 
-def _code(term: CodedTerm):
+def _code(term: Code):
     import highdicom as hd
 
     return hd.sr.CodedConcept(value=term.value, scheme_designator=term.scheme, meaning=term.meaning)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from ..terminology import CodedTerminology
+from ..terminology.codes import Code, CodedTerminology
 from ..volume.core import Geometry, Volume
-from .dicom_seg import DEFAULT_COLORS, TISSUE, AlgorithmInfo, CodedTerm, SegmentSpec
+from .dicom_seg import DEFAULT_COLORS, TISSUE, AlgorithmInfo, SegmentSpec
 
 Color = tuple[int, int, int]
 
@@ -103,13 +103,13 @@ class ExportSegment:
             number=self.number,
             label=self.name,
             mask=self.mask,
-            category=CodedTerm.of(t.category) or TISSUE,
-            type=CodedTerm.of(t.type) or TISSUE,
+            category=Code.of(t.category) or TISSUE,
+            type=Code.of(t.type) or TISSUE,
             semiautomatic=not self.automatic,
             color=self.color,
-            modifier=CodedTerm.of(t.modifier),
-            region=CodedTerm.of(t.region),
-            region_modifier=CodedTerm.of(t.region_modifier) if t.region is not None else None,
+            modifier=Code.of(t.modifier),
+            region=Code.of(t.region),
+            region_modifier=Code.of(t.region_modifier) if t.region is not None else None,
             tracking_id=self.entity_id,
             tracking_uid=self.tracking_uid,
         )

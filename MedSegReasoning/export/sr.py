@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dicom_seg import MANUFACTURER, CodedTerm
+from ..terminology.codes import Code
+from .dicom_seg import MANUFACTURER
 from .model import ExportSegment, ExportSet
 
 SERIES_DESCRIPTION = "MedSegReasoning SR - research use only"
@@ -40,7 +41,6 @@ _STATUS = re.compile(r"^([A-Za-z][\w.-]*) status: review (\w+); (.*)$", re.DOTAL
 def _codes():
     """The concept names this module uses, built once (pydicom's code dictionary is slow to search)."""
     from pydicom.sr.codedict import codes
-    from pydicom.sr.coding import Code
 
     return {
         "ml": Code("ml", "UCUM", "milliliter"),
@@ -241,10 +241,10 @@ class SRFinding:
 
     tracking_id: str
     tracking_uid: str
-    finding: CodedTerm | None
-    category: CodedTerm | None
-    site: CodedTerm | None
-    laterality: CodedTerm | None
+    finding: Code | None
+    category: Code | None
+    site: Code | None
+    laterality: Code | None
     volume_ml: float | None
     diameter_mm: float | None
     segment_number: int | None
@@ -301,8 +301,8 @@ def read_measurement_report(path_or_dataset: str | Path | Any) -> SRContent:
 def _read_group(group, c: dict, by_entity: dict[str, dict[str, str]]) -> SRFinding:
     from highdicom.sr.utils import find_content_items
 
-    def code(concept) -> CodedTerm | None:
-        return None if concept is None else CodedTerm(concept.value, concept.scheme_designator, concept.meaning)
+    def code(concept) -> Code | None:
+        return None if concept is None else Code(concept.value, concept.scheme_designator, concept.meaning)
 
     def value(name) -> float | None:
         found = group.get_measurements(name=name)

@@ -2,7 +2,7 @@
 
 The pieces (each module's docstring says why it is shaped as it is):
 
-- ``answer``: ``Answer``/``Target`` (voxel indices) and ``parse_answer`` (every accepted answer format);
+- ``answer``: ``Answer``/``Target`` (voxel indices); ``parser``: ``parse_answer`` (every accepted answer format);
 - ``coords``: the coordinate conventions of the model families;
 - ``views``: what the model sees (montage, full-resolution slice, current view) and ``ReasoningStrategy``;
 - ``base``: the ``Reasoner`` protocol, ``ReasonerIdentity``, ``ReasoningContext``;
@@ -25,10 +25,10 @@ from .answer import (
     ReasoningCancelled,
     StepRecord,
     Target,
-    parse_answer,
 )
 from .base import EMPTY_CONTEXT, EntityRef, Reasoner, ReasonerIdentity, ReasoningContext
 from .coords import CONVENTION_NAMES, Convention, get_convention
+from .parser import parse_answer
 from .run import run_reasoning
 from .spec import DEFAULT_REASONER_SPEC, SPEC_FORMS, create_reasoner
 from .views import DEFAULT_STRATEGY, CurrentView, ReasoningStrategy, View, ViewSet

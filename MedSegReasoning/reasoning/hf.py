@@ -14,7 +14,6 @@ conversion assumes: a mismatch would shift every box, so it stops with an error 
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import threading
@@ -25,50 +24,15 @@ from typing import Any
 
 from ..errors import InputError, ModelError
 from .answer import GenerationStats
-from .base import ChatReasoner, ChatRequest, ReasonerIdentity, TextCallback
+from .base import ReasonerIdentity, TextCallback
+from .chat import ChatReasoner, ChatRequest
 from .coords import CONVENTION_BY_MODEL_TYPE, ResizeRule, get_convention
+from .models import MODEL_CLASSES, read_model_type, weights_revision
 from .prompts import PromptSet
 
-MODEL_CLASSES: dict[str, str] = {
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "qwen3_vl": "Qwen3VLForConditionalGeneration",
-    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
-}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MAX_NEW_TOKENS = 1024
 _SNAPSHOT = re.compile(r"[\\/]snapshots[\\/]([0-9a-f]{40})(?:[\\/]|$)")
-
-
-def read_model_type(folder: Path, pull_hint: str = "NAME") -> str:
-    """``config.json``'s ``model_type``, after checking the folder is a loadable safetensors checkpoint."""
-    if not folder.is_dir():
-        raise ModelError(
-            f"the reasoner model folder {folder} does not exist: download the model with "
-            f"`medseg-reasoning models pull {pull_hint}` (see `medseg-reasoning models list`), or pass the folder "
-            "that holds it."
-        )
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ModelError(
-            f"{folder} is not a Hugging Face model folder (it has no config.json): pass the folder of a "
-            "downloaded checkpoint."
-        )
-    try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type", "")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{config_path} cannot be read ({exc}): download the model again.") from None
-    if model_type not in MODEL_CLASSES:
-        raise ModelError(
-            f"{folder} holds a '{model_type}' model; the in-process reasoner runs {', '.join(MODEL_CLASSES)} "
-            "checkpoints: choose one of those, or serve this model behind an OpenAI-compatible server."
-        )
-    if not any(folder.glob("*.safetensors")):
-        raise ModelError(
-            f"{folder} has no .safetensors weights (pickled .bin weights are never loaded): download the "
-            "safetensors version of the model."
-        )
-    return model_type
 
 
 def hub_revision(folder: Path) -> str | None:
@@ -117,8 +81,6 @@ class HFReasoner(ChatReasoner):
         rule = processor_resize_rule(self.processor)
         conv = get_convention(convention or CONVENTION_BY_MODEL_TYPE[self.model_type], rule)
         prompts = PromptSet(prompt_style)  # type: ignore[arg-type]
-        from .models import weights_revision
-
         identity = ReasonerIdentity(
             name=name or self.folder.name,
             backend="hf",

@@ -247,8 +247,6 @@ def resolve_hf_spec(
         return folder, known
     known = find_known(text)
     if known is None and not _HF_ID.match(text):
-        from .hf import read_model_type
-
         read_model_type(folder)  # raises the missing-folder error
     repo_id = known.hf_id if known else text
     cached = _cached_snapshot(repo_id, cache_dir)
@@ -326,3 +324,43 @@ def _silent_tqdm() -> type:
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+# The in-process reasoner's model families: config.json's ``model_type`` -> the transformers class that loads it.
+MODEL_CLASSES: dict[str, str] = {
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+}
+
+
+def read_model_type(folder: Path, pull_hint: str = "NAME") -> str:
+    """``config.json``'s ``model_type``, after checking the folder is a loadable safetensors checkpoint."""
+    if not folder.is_dir():
+        raise ModelError(
+            f"the reasoner model folder {folder} does not exist: download the model with "
+            f"`medseg-reasoning models pull {pull_hint}` (see `medseg-reasoning models list`), or pass the folder "
+            "that holds it."
+        )
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelError(
+            f"{folder} is not a Hugging Face model folder (it has no config.json): pass the folder of a "
+            "downloaded checkpoint."
+        )
+    try:
+        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{config_path} cannot be read ({exc}): download the model again.") from None
+    if model_type not in MODEL_CLASSES:
+        raise ModelError(
+            f"{folder} holds a '{model_type}' model; the in-process reasoner runs {', '.join(MODEL_CLASSES)} "
+            "checkpoints: choose one of those, or serve this model behind an OpenAI-compatible server."
+        )
+    if not any(folder.glob("*.safetensors")):
+        raise ModelError(
+            f"{folder} has no .safetensors weights (pickled .bin weights are never loaded): download the "
+            "safetensors version of the model."
+        )
+    return model_type

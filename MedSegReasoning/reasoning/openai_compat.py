@@ -36,7 +36,8 @@ import numpy as np
 from ..errors import InputError, ServiceError
 from ..network import is_loopback_host
 from .answer import GenerationStats, ReasonerOutputError, ReasoningCancelled, quote
-from .base import ChatReasoner, ChatRequest, ReasonerIdentity, TextCallback
+from .base import ReasonerIdentity, TextCallback
+from .chat import ChatReasoner, ChatRequest
 from .coords import SERVER_SAFE_RULE, get_convention, guess_convention, is_grey, resize_for_model
 from .prompts import PromptSet
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from ..errors import InputError
 from ..jsonlines import read_json_objects
 from .answer import GenerationStats
-from .base import ChatReasoner, ChatRequest, ReasonerIdentity, TextCallback
+from .base import ReasonerIdentity, TextCallback
+from .chat import ChatReasoner, ChatRequest
 from .coords import get_convention
 from .prompts import PromptSet
 

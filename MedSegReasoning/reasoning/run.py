@@ -1,6 +1,6 @@
 """``run_reasoning``: one question about a volume -> targets in voxel indices, ready for the segmenter.
 
-The glue of the two-look strategy described in ``views.py``: montage -> key slice(s) -> each key slice at full
+The glue of the two-look strategy described in ``views`` (the package docstring): montage -> key slice(s) -> each key slice at full
 resolution -> targets; or straight to the caller's current view for "this slice" questions. Every reasoner call
 streams its text through ``on_text`` (steps separated by a blank line) and is kept in ``Answer.steps``.
 """

@@ -81,10 +81,10 @@ class CpuDevice:
 
 
 def resolve_device(device: str):
-    """``cpu`` without torch; ``cuda``/``cuda:N`` through ``_sam_core.resolve_device`` (torch decides what it sees)."""
+    """``cpu`` without torch; ``cuda``/``cuda:N`` through ``_torch_device.resolve_device`` (torch decides what it sees)."""
     if str(device).strip().lower() == "cpu":
         return CpuDevice()
-    from ._sam_core import resolve_device as resolve_torch_device
+    from ._torch_device import resolve_device as resolve_torch_device
 
     return resolve_torch_device(device)
 

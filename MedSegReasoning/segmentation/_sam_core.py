@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError
 from ._embedding import (  # noqa: F401  (re-exported: the adapters' shared names)
     EmbeddingSegmenter,
     EncodedImage,
@@ -33,24 +33,9 @@ from ._embedding import (  # noqa: F401  (re-exported: the adapters' shared name
     clip_box,
     file_sha256,
 )
+from ._torch_device import resolve_device  # noqa: F401  (re-exported for the adapters)
 from .base import ModelIdentity
 from .cache import EmbeddingCache
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; CUDA only where torch sees a GPU (else an actionable InputError)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"Unknown device {device!r}: use 'cpu' or 'cuda' (or 'cuda:N').") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            f"Device {device!r} was requested but this torch build sees no CUDA GPU: use device 'cpu' "
-            "(CLI: --device cpu) or install a CUDA build of torch."
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"Device {device!r} is not supported: use 'cpu' or 'cuda'.")
-    return dev
 
 
 def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:

@@ -188,7 +188,8 @@ def set_current_round(ctx: RoundContext | None) -> None:
 def queued_terminology(worker: ModelWorker) -> Terminology:
     """The shipped terminology whose sentence-embedding model (used for labels no list name matches) runs on
     ``worker``, like every other model of the server."""
-    from ..terminology import _shipped_data, minilm_embedder  # the shipped list, with our own embedder
+    from ..terminology.embedder import minilm_embedder  # the shipped list, with our own embedder
+    from ..terminology.matcher import _shipped_data
 
     def embed(texts: Sequence[str]) -> Any:
         return worker.call(lambda: minilm_embedder()(list(texts)), current_round())

@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..correction import Correction
+from ..dialogue.records import Round
 from ..dialogue.refine import refine_entity
-from ..dialogue.session import Round
 from ..errors import InputError
 from ..pipeline import VoxelPrompt, check_prompt
 from .errors import bad_request, from_engine_error, not_found

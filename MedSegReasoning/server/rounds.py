@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..dialogue.records import Round
 from ..dialogue.rounds import RoundPlan, TargetSpec, plan_from_answer, run_round
-from ..dialogue.session import Round
 from ..errors import InputError
 from ..pipeline import VoxelPrompt, check_prompt
 from ..reasoning.answer import ReasoningCancelled

@@ -23,8 +23,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..dialogue.session import Session, now_iso
-from ..dialogue.store import SESSION_FILE, load_session
+from ..dialogue.records import now_iso
+from ..dialogue.restore import load_session
+from ..dialogue.session import Session
+from ..dialogue.store import SESSION_FILE
 from ..errors import MedSegError
 from ..terminology import Terminology
 from ..volume.core import Volume

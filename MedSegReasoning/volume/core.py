@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -156,7 +157,9 @@ class Volume:
 # Re-sliced views: a coronal or sagittal plane as "slice k" of a volume whose axes are permuted
 
 
-PLANE_ORIENTATIONS: tuple[str, ...] = ("axial", "coronal", "sagittal")
+Orientation = Literal["axial", "coronal", "sagittal"]
+"""A plane of the volume: the one orientation type of the engine (targets, views, prompts, corrections)."""
+PLANE_ORIENTATIONS: tuple[Orientation, ...] = get_args(Orientation)
 # The volume's array axes ([k, j, i] = 0, 1, 2) that become the view's [k', j', i']: axis 0 is the plane's normal,
 # the rows are the plane's second axis (v) and the columns its first (u), as in ``reasoning.answer.Target``:
 # axial (u, v) = (i, j), coronal (i, k), sagittal (j, k).
