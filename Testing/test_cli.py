@@ -18,8 +18,8 @@ CLI = [sys.executable, "-m", "MedSegReasoning.cli"]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONIOENCODING": "utf-8"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, encoding="utf-8", cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
