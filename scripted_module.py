@@ -328,7 +328,7 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
     def _childProcessesStartLikeSlicerDid() -> None:
         """The backend's own Python (pip, server, export) must not inherit Slicer's launcher settings (its Python
         home and site-packages): children start from the environment Slicer itself was started with."""
-        from MedSegReasoning.childenv import set_startup_environment
+        from MedSegReasoning.wire.childenv import set_startup_environment
 
         if getattr(slicer, "app", None) is not None:
             set_startup_environment(slicer.util.startupEnvironment())
@@ -374,10 +374,10 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def isLocalServer(url: str) -> bool:
-        """Loopback by the same rule the client and the server use (``MedSegReasoning.network``)."""
+        """Loopback by the same rule the client and the server use (``MedSegReasoning.wire.network``)."""
         from urllib.parse import urlsplit
 
-        from MedSegReasoning.network import is_loopback_host
+        from MedSegReasoning.wire.network import is_loopback_host
 
         try:
             host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
@@ -395,7 +395,7 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
 
     def connect(self, url: str, token: str):
         """A checked client for a configured server (the HTTP client is imported here so module import stays free)."""
-        from MedSegReasoning.client import connect_or_start
+        from MedSegReasoning.wire.process import connect_or_start
 
         self.client, _ = connect_or_start(url, token)
         return self.client
@@ -547,7 +547,7 @@ class scripted_moduleLogic(ScriptedLoadableModuleLogic):
     def saveConversation(self) -> None:
         """Keep the conversation with the scene: the chat's record (rounds, reasoning, entities, review) for showing
         it again, and the server's archive of it, so a reloaded scene continues even after the session expired."""
-        from MedSegReasoning.session_archive import session_json
+        from MedSegReasoning.wire.session_archive import session_json
 
         if self.link is None or self.sync is None or self.link.session_id is None:
             return
@@ -668,8 +668,8 @@ class scripted_moduleTest(ScriptedLoadableModuleTest):
         import numpy as np
         import SampleData
 
-        from MedSegReasoning.masks import CompactMask
         from MedSegReasoning.slicer.scene import SceneEntity, SessionScene
+        from MedSegReasoning.wire.masks import CompactMask
 
         self.delayDisplay("Loading MRHead")
         volume = SampleData.downloadSample("MRHead")

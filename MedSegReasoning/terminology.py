@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from .wire.errors import InputError, ModelError
 
 NO_STANDARD_CODE = "no standard code"
 EMBEDDING_THRESHOLD = 0.70

@@ -9,7 +9,6 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.terminology import (
     EMBEDDING_THRESHOLD,
     NO_STANDARD_CODE,
@@ -18,6 +17,7 @@ from MedSegReasoning.terminology import (
     map_label,
     split_laterality,
 )
+from MedSegReasoning.wire.errors import InputError
 
 LEFT, RIGHT, BILATERAL = "7771000", "24028007", "51440002"
 KIDNEY, LIVER = "64033007", "10200004"
@@ -110,7 +110,7 @@ def test_slicer_string_parses_back():
 
 
 def test_without_the_embedding_model_labels_keep_their_text():
-    from MedSegReasoning.errors import ModelError
+    from MedSegReasoning.wire.errors import ModelError
 
     def missing(texts):
         raise ModelError("the sentence-embedding model is not installed")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InputError
-from ..masks import CompactMask
 from ..terminology import CodedTerminology
+from ..wire.errors import InputError
+from ..wire.geometry import PLANE_ORIENTATIONS
+from ..wire.masks import CompactMask
 from .findings import Measurements
 
 REVIEW_STATES = ("proposed", "confirmed", "rejected")
@@ -117,7 +118,7 @@ def key_plane_json(plane: tuple[str, int] | None) -> dict | None:
 def key_plane_from_json(d: object) -> tuple[str, int] | None:
     if d is None:
         return None
-    if not isinstance(d, dict) or d.get("orientation") not in ("axial", "coronal", "sagittal"):
+    if not isinstance(d, dict) or d.get("orientation") not in PLANE_ORIENTATIONS:
         raise InputError(f"key_plane must be {{'orientation': axial|coronal|sagittal, 'slice': n}}, got {d!r}.")
     return (str(d["orientation"]), int(d["slice"]))
 

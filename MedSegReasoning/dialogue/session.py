@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..masks import CompactMask
 from ..terminology import CodedTerminology, Terminology, default_terminology
 from ..volume.core import Geometry, Volume
+from ..wire.errors import InputError
+from ..wire.masks import CompactMask
 from .entity import Color, Entity, check_color, check_review
 from .findings import Measurements, RelatedEntity, findings_text, measure
 from .judgment import Judgment

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
 from ..jsonlines import read_json_objects
 from ..volume.core import Geometry, Volume, VolumeSource
+from ..wire.errors import InputError
 
 LAYOUTS = ("umrg", "mrmedseg", "folder")
 QUESTIONS_FILE = "questions.jsonl"

@@ -30,8 +30,8 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_output
 from ..dialogue.session import PALETTE
-from ..errors import InputError
 from ..volume.core import Volume
+from ..wire.errors import InputError
 
 SERIES_DESCRIPTION = "MedSegReasoning SEG - research use only"
 MANUFACTURER = "MedSegReasoning"

@@ -32,13 +32,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import InputError, MedSegError, ModelError
+from ..wire.errors import InputError, MedSegError, ModelError
+from ..wire.geometry import PLANE_ORIENTATIONS, Orientation
 
 if TYPE_CHECKING:  # pipeline is numpy-only, but the reasoning package stays importable on its own
     from ..pipeline import VoxelPrompt
 
-Orientation = Literal["axial", "coronal", "sagittal"]
-ORIENTATIONS: tuple[str, ...] = ("axial", "coronal", "sagittal")
+ORIENTATIONS = PLANE_ORIENTATIONS  # the wire's one list; ``Orientation`` is its type
 
 _QUOTE_CHARS = 240
 EXPECTED_FORMS = (

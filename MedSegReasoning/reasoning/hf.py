@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, ModelError
+from ..wire.errors import InputError, ModelError
 from .answer import GenerationStats
 from .base import ChatReasoner, ChatRequest, ReasonerIdentity, TextCallback
 from .coords import CONVENTION_BY_MODEL_TYPE, ResizeRule, get_convention

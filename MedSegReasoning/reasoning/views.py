@@ -31,9 +31,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from ..errors import InputError
 from ..volume.core import Volume
 from ..volume.windowing import Window, render_slice
+from ..wire.errors import InputError
 from .answer import ORIENTATIONS, Orientation
 
 Task = Literal["pick_slice", "locate"]

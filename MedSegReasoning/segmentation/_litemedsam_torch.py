@@ -18,7 +18,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from ..errors import ModelError
+from ..wire.errors import ModelError
 from . import _onnx
 from ._embedding import Interrupt
 from ._sam_core import load_state_dict

@@ -85,7 +85,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..wire.errors import InputError, ModelError
 from . import _onnx, _openvino
 from ._embedding import (
     EmbeddingSegmenter,

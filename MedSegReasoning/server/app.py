@@ -29,10 +29,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..dialogue.entity import REVIEW_STATES
-from ..errors import InputError
-from ..masks import CompactMask
-from ..session_archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
-from ..session_archive import pack_session
+from ..wire.errors import InputError
+from ..wire.geometry import Orientation
+from ..wire.headers import ROUND_ID_HEADER, VOLUME_HEADER
+from ..wire.masks import CompactMask
+from ..wire.session_archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
+from ..wire.session_archive import pack_session
 from .audit import AuditLog
 from .auth import TokenStore
 from .config import WIRE_VERSION, ServerConfig
@@ -46,8 +48,6 @@ from .rounds import RoundRun, parse_round_request
 from .sessions import ServerSession, SessionStore
 from .wire import (
     HEARTBEAT,
-    ROUND_ID_HEADER,
-    VOLUME_HEADER,
     build_volume,
     check_body_size,
     entity_json,
@@ -80,7 +80,7 @@ class PromptIn(BaseModel):
     """A user's own prompt (clicks/box in Slicer), in voxel indices of the volume: i column, j row, k slice."""
 
     model_config = ConfigDict(extra="forbid")
-    orientation: Literal["axial", "coronal", "sagittal"] = Field(
+    orientation: Orientation = Field(
         "axial", description="the plane the prompt lies on: axial (fixed k), coronal (fixed j), sagittal (fixed i)"
     )
     slice: int = Field(ge=0, description="the plane's index along its normal: k axial, j coronal, i sagittal")
@@ -98,7 +98,7 @@ class PromptIn(BaseModel):
 
 class ViewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    orientation: Literal["axial", "coronal", "sagittal"]
+    orientation: Orientation
     slice: int = Field(ge=0)
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from ..dialogue.session import Session, now_iso
 from ..dialogue.store import SESSION_FILE, load_session
-from ..errors import MedSegError
 from ..terminology import Terminology
 from ..volume.core import Volume
+from ..wire.errors import MedSegError
 from .errors import ApiError, bad_request, conflict, not_found
 
 SIDECAR = "server.json"  # owner and creation time; beside session.json, ignored by the dialogue's loader
@@ -170,9 +170,9 @@ class SessionStore:
             return session
 
     def restore(self, owner: str, archive: bytes, max_bytes: int) -> ServerSession:
-        """A new session (new id) holding the conversation in ``archive`` (``session_archive.py``); its volume must be sent
+        """A new session (new id) holding the conversation in ``archive`` (``wire/session_archive.py``); its volume must be sent
         again, and only the volume the conversation was held on is accepted. Nothing is kept when it is refused."""
-        from ..session_archive import ArchiveRefused, unpack_session
+        from ..wire.session_archive import ArchiveRefused, unpack_session
 
         session = self.create(owner)
         try:

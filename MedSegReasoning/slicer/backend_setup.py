@@ -4,11 +4,12 @@ Why a separate environment: the engine needs torch (gigabytes, CUDA-specific bui
 Slicer's own Python, where it would clash with Slicer's packages and be lost on a Slicer update. So the module creates
 a venv in the user's data folder, installs the engine there with pip (a child process, its output parsed line by line
 into progress and copied whole into a log file), asks that venv's Python which device torch sees, and starts the
-server from it through the client's ``LocalServer``.
+server from it through the wire's ``LocalServer``.
 
-Standard library only (plus the client, for starting): it runs in Slicer's Python and in tests. Everything that
-differs between Windows, macOS and Linux (data folder, venv layout, killing a process tree) is decided here from an
-injectable platform name and environment, so each rule is tested on every OS's terms on any machine.
+Standard library only (plus the wire, for starting and for ``kill_tree``): it runs in Slicer's Python and in tests.
+Everything that differs between Windows, macOS and Linux (data folder, venv layout) is decided here from an
+injectable platform name and environment, so each rule is tested on every OS's terms on any machine; killing a
+process tree is the wire's one ``kill_tree``, shared with the local server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import enum
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ..childenv import child_environment
+from ..wire.childenv import child_environment
+from ..wire.errors import ClientError
+from ..wire.process import LocalServer, kill_tree, new_process_group
 
 APP_DIR_NAME = "MedSegReasoning"
 VENV_DIR_NAME = "backend-venv"
@@ -125,30 +127,6 @@ class SetupFailed(Exception):
         self.log = log
 
 
-def _new_group_kwargs() -> dict[str, Any]:
-    """Start the child as the leader of its own process group, so that cancelling reaches its children too."""
-    if os.name == "posix":
-        return {"start_new_session": True}
-    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
-
-
-def kill_tree(process: subprocess.Popen) -> None:
-    """Kill the process and every process it started: SIGKILL to its group on POSIX, ``taskkill /T /F`` on Windows."""
-    if process.poll() is not None and os.name != "posix":
-        return
-    if os.name == "posix":
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    else:
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 def run_logged(
     argv: Sequence[str],
     log_path: Path,
@@ -173,7 +151,7 @@ def run_logged(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=child_environment({**(env or {}), "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}),
-                **_new_group_kwargs(),
+                **new_process_group(),
             )
         except OSError as exc:
             log.write(f"could not start: {exc}\n")
@@ -501,8 +479,6 @@ class BackendSetup:
 
         The status goes starting -> loading-model (the server announced it is loading models) -> ready.
         """
-        from ..client import ClientError, LocalServer
-
         self._cancel.clear()
         if server_factory is None and not is_installed(self.venv_dir):
             self._set(self.initial_status())
@@ -556,7 +532,6 @@ __all__ = [
     "data_dir",
     "default_venv_dir",
     "detect_device",
-    "kill_tree",
     "pip_install",
     "run_logged",
     "server_command",

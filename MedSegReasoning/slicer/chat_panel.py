@@ -10,7 +10,8 @@ through ``on_entity``, the MRML scene). No Qt object is touched off the GUI thre
 binding-specific cross-thread signal is needed.
 
 The backend is any object with the ``ChatBackend`` methods: ``backend_link.BackendLink`` over the HTTP client
-(``connect_backend``, or ``MedSegReasoning.client.chat_backend``), or a scripted fake in tests.
+(``backend_link.chat_backend(url, token)`` makes one), or a scripted fake in tests. The panel imports no backend:
+the link depends on the panel's events, never the other way round.
 
 What the Slicer module plugs in (all called on the GUI thread):
 - ``set_view_provider(fn)``: ``fn() -> {"orientation": "axial"|"coronal"|"sagittal", "slice": k}`` or None, the
@@ -195,21 +196,6 @@ class ChatBackend(Protocol):
 
     # Optional: ``refine(entity_id, context, erase=False) -> Iterator[RoundEvent]``, a correction of an entity from
     # the box in ``context["prompts"]`` (``BackendLink.refine``); without it the Refine button stays disabled.
-
-
-def connect_backend(url: str, token: str, **kw: Any) -> ChatBackend:
-    """A ``BackendLink`` over a new HTTP client for ``url`` (``kw``: see ``client.chat_backend``); imported here, as
-    building the GUI does not need it."""
-    try:
-        from .. import client  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise RuntimeError(
-            "MedSegReasoning.client is not available in this installation, so the panel cannot reach a server yet."
-        ) from exc
-    adapter = getattr(client, "chat_backend", None)
-    if adapter is None:
-        raise RuntimeError("MedSegReasoning.client has no chat_backend(url, token) adapter for the chat panel yet.")
-    return adapter(url, token, **kw)
 
 
 class ChatPanel:

@@ -25,15 +25,14 @@ This module imports ``slicer`` and ``vtk`` only: it runs inside Slicer and again
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..masks import CompactMask
-from ..volume.core import LPS_TO_RAS, Geometry
+from ..wire.geometry import LPS_TO_RAS, Geometry
+from ..wire.masks import CompactMask, mask_voxel_digest
 
 TAG_ENTITY_ID = "MedSegReasoning.EntityId"
 TAG_MASK_SHA256 = "MedSegReasoning.MaskSHA256"
@@ -263,15 +262,6 @@ def segment_mask(segmentation_node: Any, segment_id: str, volume_node: Any) -> C
     return CompactMask.from_dense(dense)
 
 
-def mask_digest(mask: CompactMask) -> str:
-    """SHA-256 of the mask's voxels (tight box + bits): equal voxels, equal digest, whatever box they came in."""
-    tight = mask.tight()
-    h = hashlib.sha256()
-    h.update(repr(tight.box).encode())
-    h.update(tight.bits)
-    return h.hexdigest()
-
-
 def key_slice_centroid_ijk(mask: CompactMask, key_slice: int, shape_kji: Sequence[int]) -> np.ndarray | None:
     """Continuous ``(i, j, k)`` of the mask's centroid on its key slice (3D centroid if that slice is empty)."""
     if mask.is_empty:
@@ -411,7 +401,7 @@ class SessionScene:
         if entity.terminology:
             segment.SetTerminology(entity.terminology)
         segment.SetTag(TAG_ENTITY_ID, entity.id)
-        segment.SetTag(TAG_MASK_SHA256, mask_digest(entity.mask))
+        segment.SetTag(TAG_MASK_SHA256, mask_voxel_digest(entity.mask))
         self.set_review(entity.id, entity.review)
         self._write_markup(entity)
 
@@ -497,7 +487,7 @@ class SessionScene:
             if not segment_tag(segment, TAG_ENTITY_ID):
                 continue  # a segment the user added by hand: not an entity
             mask = self.current_mask(entity_id)
-            edited = mask if mask_digest(mask) != segment_tag(segment, TAG_MASK_SHA256) else None
+            edited = mask if mask_voxel_digest(mask) != segment_tag(segment, TAG_MASK_SHA256) else None
             name = segment.GetName()
             color = _rgb255(segment.GetColor())
             change = SegmentChange(
@@ -514,7 +504,7 @@ class SessionScene:
 
     def acknowledge(self, entity_id: str, mask: CompactMask) -> None:
         """Record that the backend now holds ``mask`` for the entity, so the edit is not reported twice."""
-        self._segment(entity_id).SetTag(TAG_MASK_SHA256, mask_digest(mask))
+        self._segment(entity_id).SetTag(TAG_MASK_SHA256, mask_voxel_digest(mask))
 
     # the conversation, saved with the scene ----------------------------------------------------------------------------
     def store_conversation(self, session_json: str) -> Any:

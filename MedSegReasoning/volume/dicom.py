@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..wire.errors import InputError
 from .core import DicomSeriesInfo, Geometry, Volume, VolumeSource
 
 logger = logging.getLogger(__name__)
