@@ -348,7 +348,7 @@ class MedSegReasoningChatLogic(ScriptedLoadableModuleLogic):
 
     def connect(self, url: str, token: str):
         """A checked client for a configured server (the HTTP client is imported here so module import stays free)."""
-        from MedSegReasoning.client import connect_or_start
+        from MedSegReasoning.wire.process import connect_or_start
 
         self.client, _ = connect_or_start(url, token)
         return self.client

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .wire.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError
 from .pipeline import PlaneView, VoxelPrompt
 from .propagation import (
     DEFAULT_PROPAGATION,
@@ -38,6 +37,7 @@ from .propagation import (
 from .segmentation.base import Segmenter
 from .volume.core import Volume
 from .volume.windowing import Window
+from .wire.errors import InputError
 
 REJOIN_DICE = 0.8
 """A re-propagated slice that agrees this well with the existing mask there ends the correction in that direction."""

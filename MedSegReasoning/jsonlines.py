@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import InputError
+from .wire.errors import InputError
 
 
 def read_json_objects(

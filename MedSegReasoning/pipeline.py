@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import InputError
 from .propagation import (
     DEFAULT_PROPAGATION,
     ProgressCallback,
@@ -35,6 +34,7 @@ from .volume.core import (
     plane_volume,
 )
 from .volume.windowing import Window, render_slice
+from .wire.errors import InputError
 
 
 @dataclass(frozen=True)

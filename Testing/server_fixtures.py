@@ -27,13 +27,13 @@ if __package__ in (None, ""):  # run as a script by the client tests
 
 from fakes import SliceLookup
 
-from MedSegReasoning.errors import ModelError
 from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
 from MedSegReasoning.server.auth import TokenStore
 from MedSegReasoning.server.config import Limits, ServerConfig
 from MedSegReasoning.server.engine import Engine
 from MedSegReasoning.terminology.matcher import Terminology
 from MedSegReasoning.volume.core import Geometry, Volume
+from MedSegReasoning.wire.errors import ModelError
 
 SHAPE = (3, 64, 64)  # k, j, i: three slices keep a real-model propagation to three encoder runs
 SPACING = (1.5, 1.5, 3.0)  # si, sj, sk

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MedSegReasoning.volume.core import Geometry
+from MedSegReasoning.wire.geometry import Geometry
 
 
 def require_slicer_core() -> None:

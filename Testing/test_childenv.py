@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from MedSegReasoning.childenv import child_environment, set_startup_environment
 from MedSegReasoning.slicer.backend_setup import detect_device
+from MedSegReasoning.wire.childenv import child_environment, set_startup_environment
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from MedSegReasoning.cli import main, parse_prompt
-from MedSegReasoning.errors import InputError
+from MedSegReasoning.wire.errors import InputError
 
 CLI = [sys.executable, "-m", "MedSegReasoning.cli"]
 

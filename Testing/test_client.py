@@ -15,12 +15,15 @@ import numpy as np
 import pytest
 from server_fixtures import BOX_A, live_server, scripted_engine, small_volume, write_replay, write_tokens
 
-from MedSegReasoning.client import (
+from MedSegReasoning.server.auth import TokenStore, ensure_default_token_file
+from MedSegReasoning.server.cli import main as serve_main
+from MedSegReasoning.server.config import ServerConfig, is_loopback
+from MedSegReasoning.volume.core import Geometry, Volume
+from MedSegReasoning.wire.client import MedSegClient
+from MedSegReasoning.wire.errors import (
     AuthenticationFailed,
     ClientError,
     Conflict,
-    LocalServer,
-    MedSegClient,
     ModelUnavailable,
     NotFound,
     RequestRejected,
@@ -29,13 +32,9 @@ from MedSegReasoning.client import (
     ServerGone,
     ServerStartFailed,
     ServerUnreachable,
-    connect_or_start,
-    volume_content_sha256,
 )
-from MedSegReasoning.server.auth import TokenStore, ensure_default_token_file
-from MedSegReasoning.server.cli import main as serve_main
-from MedSegReasoning.server.config import ServerConfig, is_loopback
-from MedSegReasoning.volume.core import Geometry, Volume
+from MedSegReasoning.wire.hashing import volume_content_sha256
+from MedSegReasoning.wire.process import LocalServer, connect_or_start
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -49,7 +48,7 @@ def _upload(client: MedSegClient, sid: str, volume: Volume, **kw) -> dict:
 
 def test_client_imports_neither_torch_nor_the_server():
     code = (
-        "import sys, MedSegReasoning.client; "
+        "import sys, MedSegReasoning.wire.client, MedSegReasoning.wire.process; "
         "bad = [m for m in ('torch', 'fastapi', 'uvicorn', 'scipy', 'MedSegReasoning.server') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -9,10 +9,10 @@ import pytest
 from fakes import OracleSegmenter
 
 from MedSegReasoning.correction import Correction, correct_mask
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.pipeline import VoxelPrompt
 from MedSegReasoning.volume.core import Geometry, Volume
 from MedSegReasoning.volume.windowing import Window
+from MedSegReasoning.wire.errors import InputError
 
 WINDOW = Window(name="test", level=50.0, width=100.0)
 NK, SIZE, FIRST, LAST = 20, 64, 4, 15

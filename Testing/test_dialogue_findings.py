@@ -14,9 +14,9 @@ from MedSegReasoning.dialogue.findings import (
     voxel_volume_ml,
 )
 from MedSegReasoning.dialogue.spatial import spatial_relation, surface_distance_mm
-from MedSegReasoning.masks import CompactMask
 from MedSegReasoning.terminology import map_label
 from MedSegReasoning.volume.core import Geometry
+from MedSegReasoning.wire.masks import CompactMask
 
 SHAPE = (10, 40, 30)
 ANISO = Geometry.from_arrays((0, 0, 0), (0.5, 2.0, 3.0), np.eye(3))  # si, sj, sk

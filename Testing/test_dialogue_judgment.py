@@ -11,11 +11,11 @@ from MedSegReasoning.dialogue import RoundPlan, Session, TargetSpec, run_round
 from MedSegReasoning.dialogue.correction_loop import judge_and_correct
 from MedSegReasoning.dialogue.judgment import Candidate, Expectation, judge
 from MedSegReasoning.dialogue.rounds import segment_candidate
-from MedSegReasoning.masks import CompactMask
 from MedSegReasoning.pipeline import VoxelPrompt
 from MedSegReasoning.propagation import PropagationConfig
 from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, SegmenterStats
 from MedSegReasoning.terminology import default_terminology
+from MedSegReasoning.wire.masks import CompactMask
 
 TERM = default_terminology()
 

@@ -18,7 +18,7 @@ from dialogue_fixtures import (
 )
 
 from MedSegReasoning.dialogue import Clarification, RoundPlan, Session, TargetSpec, load_session, run_round
-from MedSegReasoning.errors import InputError
+from MedSegReasoning.wire.errors import InputError
 
 
 @pytest.fixture(scope="module")

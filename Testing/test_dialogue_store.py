@@ -13,7 +13,7 @@ from dialogue_fixtures import run_script
 
 import MedSegReasoning.dialogue.store as store
 from MedSegReasoning.dialogue import load_session
-from MedSegReasoning.errors import InputError
+from MedSegReasoning.wire.errors import InputError
 
 FIXTURES = Path(__file__).with_name("dialogue_fixtures.py")
 

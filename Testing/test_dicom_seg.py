@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from external_tools import dciodvfy_errors, dcmqi_read_segments
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.export.dicom_seg import AlgorithmInfo, SegmentSpec, write_dicom_seg
 from MedSegReasoning.volume import load_volume, write_dicom_series
 from MedSegReasoning.volume.core import Geometry, Volume
+from MedSegReasoning.wire.errors import InputError
 
 
 def _rotation(axis: int, degrees: float) -> np.ndarray:

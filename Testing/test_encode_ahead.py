@@ -283,8 +283,8 @@ def test_a_server_round_encodes_the_shown_slices_while_the_reasoner_thinks(tmp_p
     finds every embedding cached and the encoder never runs after the answer."""
     from server_fixtures import live_server, offline_terminology, small_volume, write_replay
 
-    from MedSegReasoning.client import MedSegClient
     from MedSegReasoning.server.engine import Engine
+    from MedSegReasoning.wire.client import MedSegClient
 
     replay = write_replay(tmp_path / "answers.jsonl")
     litemedsam.cache.clear()

@@ -17,8 +17,8 @@ from eval_fixtures import (
     write_umrg,
 )
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.evaluation.layouts import detect_layout, open_dataset
+from MedSegReasoning.wire.errors import InputError
 
 
 def test_layouts_are_detected_from_what_the_path_holds(tmp_path):

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MedSegReasoning.errors import EXIT_BAD_INPUT, InputError
 from MedSegReasoning.evaluation.metrics import (
     box_iou,
     ciou,
@@ -22,6 +21,7 @@ from MedSegReasoning.evaluation.metrics import (
     overlap_counts,
     point_pair_dice,
 )
+from MedSegReasoning.wire.errors import EXIT_BAD_INPUT, InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 

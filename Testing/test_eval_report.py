@@ -8,8 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.evaluation.report import PLOT_FILES, RECORD_FIELDS, read_records, summarize, write_report
+from MedSegReasoning.wire.errors import InputError
 
 
 def _record(sample, **fields):

@@ -14,10 +14,10 @@ from dialogue_fixtures import KIDNEY, abdomen_labels, abdomen_volume, prompt_on
 from export_fixtures import export, export_parser, folder_digest, run_session, write_ct
 from external_tools import dciodvfy_errors, dcmqi_segment_points
 
-from MedSegReasoning.errors import EXIT_BAD_INPUT, InputError
 from MedSegReasoning.export.command import parse_formats
 from MedSegReasoning.export.sr import read_measurement_report
 from MedSegReasoning.volume.core import Geometry
+from MedSegReasoning.wire.errors import EXIT_BAD_INPUT, InputError
 
 ALL = "seg,sr,seg-nrrd,nifti"
 
@@ -159,9 +159,9 @@ def test_empty_target_mask_is_refused(result_case, tmp_path):
 
 def test_nifti_source_gets_label_files_but_no_dicom(tmp_path):
     from MedSegReasoning.dialogue import Session
-    from MedSegReasoning.masks import CompactMask
     from MedSegReasoning.volume import load_volume
     from MedSegReasoning.volume.itk_io import write_label_image
+    from MedSegReasoning.wire.masks import CompactMask
 
     source = tmp_path / "ct.nii.gz"
     volume = abdomen_volume()

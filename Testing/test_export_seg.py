@@ -15,7 +15,6 @@ from dialogue_fixtures import DUODENUM, KIDNEY, LESION, VEIN, abdomen_labels
 from export_fixtures import index_set, mask_points, run_session, write_ct
 from external_tools import dciodvfy_errors, dcmqi_meta, dcmqi_segment_points
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.export.dicom_seg import (
     AlgorithmInfo,
     SegmentSpec,
@@ -27,6 +26,7 @@ from MedSegReasoning.export.model import ModelNames
 from MedSegReasoning.export.source_check import load_checked_source
 from MedSegReasoning.export.sources import load_export_set
 from MedSegReasoning.terminology.codes import Code as CodedTerm
+from MedSegReasoning.wire.errors import InputError
 
 MODELS = ModelNames("Qwen2.5-VL-7B-Instruct", "LiteMedSAM", "rev-abc123", "sha256:79d8aa7f1c2e")
 

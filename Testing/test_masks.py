@@ -7,8 +7,8 @@ import base64
 import numpy as np
 import pytest
 
-from MedSegReasoning.errors import InputError
-from MedSegReasoning.masks import CompactMask, bounding_box
+from MedSegReasoning.wire.errors import InputError
+from MedSegReasoning.wire.masks import CompactMask, bounding_box
 
 SHAPE = (7, 11, 13)
 

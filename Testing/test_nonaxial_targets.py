@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from MedSegReasoning.dialogue import RoundPlan, Session, TargetSpec, load_session, run_round
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.pipeline import VoxelPrompt, check_prompt, segment_target
 from MedSegReasoning.propagation import PropagationConfig, segmenter_input, slice_cache_key
 from MedSegReasoning.result import target_record
@@ -28,6 +27,7 @@ from MedSegReasoning.volume.core import (
     plane_volume,
 )
 from MedSegReasoning.volume.windowing import Window
+from MedSegReasoning.wire.errors import InputError
 
 WINDOW = Window("test", 40.0, 400.0)
 SHAPE = (12, 40, 48)  # k, j, i
@@ -382,7 +382,7 @@ def test_cli_ask_with_a_replayed_sagittal_answer(real_ct, shared_ct, litemedsam,
 def test_judgment_and_correction_work_in_the_prompts_plane():
     from MedSegReasoning.dialogue.correction_loop import correction_prompts
     from MedSegReasoning.dialogue.judgment import Candidate, judge
-    from MedSegReasoning.masks import CompactMask
+    from MedSegReasoning.wire.masks import CompactMask
 
     volume, truth = slanted_volume()
     nk, nj, ni = SHAPE
@@ -430,8 +430,8 @@ def test_a_coronal_prompt_sent_to_the_server_lands_on_its_plane(tmp_path):
     on that plane, on the bright structure inside the box, across the slices the box spans."""
     from server_fixtures import ThresholdSegmenter, live_server, scripted_engine, small_volume, truth_masks
 
-    from MedSegReasoning.client import MedSegClient
     from MedSegReasoning.slicer.backend_link import round_request
+    from MedSegReasoning.wire.client import MedSegClient
 
     volume = small_volume()
     truth_a, _ = truth_masks()

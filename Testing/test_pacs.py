@@ -27,11 +27,11 @@ from export_fixtures import (
 )
 from external_tools import dciodvfy_errors, dcmqi_segment_points
 
-from MedSegReasoning.errors import EXIT_SERVICE, InputError, ServiceError
 from MedSegReasoning.export.pacs import find_instances, retrieve_instance
 from MedSegReasoning.export.sr import read_measurement_report
 from MedSegReasoning.volume import load_volume
 from MedSegReasoning.volume.dicomweb import load_dicomweb_series
+from MedSegReasoning.wire.errors import EXIT_SERVICE, InputError, ServiceError
 
 
 @pytest.fixture(scope="module")

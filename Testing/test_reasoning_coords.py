@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from reasoning_fixtures import tiny_models  # noqa: F401  (session fixture)
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.reasoning.coords import (
     QWEN2_5_VL_RULE,
     QWEN3_VL_RULE,
@@ -15,6 +14,7 @@ from MedSegReasoning.reasoning.coords import (
     get_convention,
     guess_convention,
 )
+from MedSegReasoning.wire.errors import InputError
 
 ODD_SIZES = [(300, 217), (511, 97), (97, 511), (1000, 37), (33, 29), (1999, 1001)]
 

@@ -15,7 +15,6 @@ import threading
 import pytest
 from reasoning_fixtures import blob_volume, force, tiny_models  # noqa: F401  (session fixture)
 
-from MedSegReasoning.errors import InputError, ModelError
 from MedSegReasoning.reasoning import (
     EMPTY_CONTEXT,
     ReasonerOutputError,
@@ -27,6 +26,7 @@ from MedSegReasoning.reasoning import (
 from MedSegReasoning.reasoning.hf import MODEL_CLASSES
 from MedSegReasoning.reasoning.views import refine_views
 from MedSegReasoning.volume.windowing import default_window
+from MedSegReasoning.wire.errors import InputError, ModelError
 
 # The same target in each convention, on axial slice 7 of the 300x217 blob volume: voxels i 75..150, j 54..108.
 EXPECTED_BOX = (75, 54, 150, 108)

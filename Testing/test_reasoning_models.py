@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from reasoning_fixtures import FakeHub, blob_volume, fake_hub, force, tiny_models  # noqa: F401  (fixtures)
 
-from MedSegReasoning.errors import InputError, ModelError, ServiceError
 from MedSegReasoning.reasoning import CONVENTION_NAMES, ReasoningStrategy, create_reasoner
 from MedSegReasoning.reasoning import models as models_module
 from MedSegReasoning.reasoning.models import (
@@ -19,6 +18,7 @@ from MedSegReasoning.reasoning.models import (
 from MedSegReasoning.reasoning.prompts import PROMPT_STYLES
 from MedSegReasoning.reasoning.views import refine_views
 from MedSegReasoning.volume.windowing import default_window
+from MedSegReasoning.wire.errors import InputError, ModelError, ServiceError
 
 REPO = "Qwen/Qwen2-VL-2B-Instruct"  # a known model, served by the fake hub from the tiny Qwen2-VL folder
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from reasoning_fixtures import Behaviour, blob_volume, chat_server, closed_port  # noqa: F401  (module fixture)
 
-from MedSegReasoning.errors import InputError, ServiceError
 from MedSegReasoning.reasoning import (
     ReasonerOutputError,
     ReasoningCancelled,
@@ -22,6 +21,7 @@ from MedSegReasoning.reasoning import (
 from MedSegReasoning.reasoning.openai_compat import API_KEY_ENV, is_loopback_url
 from MedSegReasoning.reasoning.views import refine_views
 from MedSegReasoning.volume.windowing import default_window
+from MedSegReasoning.wire.errors import InputError, ServiceError
 
 # Qwen2.5-VL convention on a 300x217 slice: the adapter sends it resized to 308x224 and boxes come in those pixels
 ANSWER = (

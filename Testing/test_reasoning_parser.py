@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from MedSegReasoning.errors import ModelError
 from MedSegReasoning.reasoning import ReasonerOutputError, parse_answer
+from MedSegReasoning.wire.errors import ModelError
 
 MEDREASONER = (
     "<think>The patient is jaundiced, so the biliary tree or pancreatic head is implied. A hypodense mass sits in "

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from reasoning_fixtures import blob_volume
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.pipeline import VoxelPrompt
 from MedSegReasoning.reasoning import (
     CurrentView,
@@ -22,6 +21,7 @@ from MedSegReasoning.reasoning import (
     create_reasoner,
     run_reasoning,
 )
+from MedSegReasoning.wire.errors import InputError
 
 PICK = '{"reasoning": "The blob is largest on slice 7.", "targets": [{"slice": 7, "label": "blob", "ref": null}], "clarification": null}'
 LOCATE = (

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from reasoning_fixtures import blob_volume
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.reasoning import (
     DEFAULT_STRATEGY,
     EMPTY_CONTEXT,
@@ -32,6 +31,7 @@ from MedSegReasoning.reasoning.views import (
 )
 from MedSegReasoning.volume.core import DicomSeriesInfo, Geometry, Volume, VolumeSource
 from MedSegReasoning.volume.windowing import Window, default_window
+from MedSegReasoning.wire.errors import InputError
 
 PIXELS = get_convention("pixels")
 WINDOW = Window("test", 0.0, 2000.0)

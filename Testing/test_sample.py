@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from MedSegReasoning import sample
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.volume import default_window, load_volume, render_slice
+from MedSegReasoning.wire.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from MedSegReasoning.errors import ModelError
 from MedSegReasoning.segmentation import _onnx
+from MedSegReasoning.wire.errors import ModelError
 
 
 class Doubler(torch.nn.Module):
@@ -92,8 +92,8 @@ def test_int8_encoder_masks_agree_with_fp32_on_a_real_ct_slice(litemedsam, int8_
 
 @pytest.mark.parametrize("backend", ["onnx-int8", "openvino"])
 def test_cpu_runtimes_refuse_cuda(monkeypatch, backend):
-    from MedSegReasoning.errors import InputError
     from MedSegReasoning.segmentation import litemedsam
+    from MedSegReasoning.wire.errors import InputError
 
     monkeypatch.setattr(litemedsam.predictor, "resolve_device", lambda _device: torch.device("cuda"))  # no GPU needed
     with pytest.raises(InputError, match=f"{backend}' runs on the CPU only: use backend 'torch'"):

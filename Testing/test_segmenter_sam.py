@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from segmenter_fixtures import TINY_SAM, save_tiny_sam
 
-from MedSegReasoning.errors import InputError, ModelError
 from MedSegReasoning.segmentation.base import Prompt2D
 from MedSegReasoning.segmentation.factory import create_segmenter
+from MedSegReasoning.wire.errors import InputError, ModelError
 
 EMBEDDING_BYTES = 4 * TINY_SAM["prompt_dim"] * (TINY_SAM["img_size"] // TINY_SAM["patch_size"]) ** 2
 

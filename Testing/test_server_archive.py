@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from server_fixtures import live_server, scripted_engine, small_volume, write_replay, zip_bytes
 
-from MedSegReasoning.client import ClientError, MedSegClient
+from MedSegReasoning.wire.client import MedSegClient
+from MedSegReasoning.wire.errors import ClientError
 
 
 def _upload(client: MedSegClient, sid: str, volume) -> dict:

@@ -17,7 +17,8 @@ import pytest
 from external_tools import require_tool
 from server_fixtures import BOX_A, live_server, scripted_engine, small_volume, write_replay, write_tokens
 
-from MedSegReasoning.client import Conflict, MedSegClient, ServerUnreachable
+from MedSegReasoning.wire.client import MedSegClient
+from MedSegReasoning.wire.errors import Conflict, ServerUnreachable
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,12 +21,13 @@ from server_fixtures import (
     truth_masks,
 )
 
-from MedSegReasoning.client import MedSegClient, NotFound, RequestRejected, RoundFailed
 from MedSegReasoning.correction import Correction
 from MedSegReasoning.dialogue import load_session
 from MedSegReasoning.dialogue.refine import refine_entity
 from MedSegReasoning.pipeline import VoxelPrompt
 from MedSegReasoning.volume.windowing import default_window
+from MedSegReasoning.wire.client import MedSegClient
+from MedSegReasoning.wire.errors import NotFound, RequestRejected, RoundFailed
 
 HALF_A = [12, 12, 22, 32]  # the left half of structure A: round 1 makes E1 from it, on slice 1 only
 

@@ -22,11 +22,11 @@ from server_fixtures import (
     write_replay,
 )
 
-from MedSegReasoning.client import MedSegClient
 from MedSegReasoning.dialogue import load_session
-from MedSegReasoning.masks import CompactMask
 from MedSegReasoning.reasoning import create_reasoner
 from MedSegReasoning.server.engine import Engine
+from MedSegReasoning.wire.client import MedSegClient
+from MedSegReasoning.wire.masks import CompactMask
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

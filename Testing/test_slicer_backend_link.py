@@ -23,12 +23,12 @@ import pytest
 from ct_reference import reference_labels_on_ct_grid
 from server_fixtures import live_server, offline_terminology
 
-from MedSegReasoning.client import MedSegClient, NotFound, chat_backend
-from MedSegReasoning.errors import InputError
-from MedSegReasoning.masks import CompactMask
-from MedSegReasoning.session_archive import session_json
-from MedSegReasoning.slicer.backend_link import BackendLink, round_request
-from MedSegReasoning.slicer.chat_panel import connect_backend
+from MedSegReasoning.slicer.backend_link import BackendLink, chat_backend, round_request
+from MedSegReasoning.slicer.backend_link import chat_backend as connect_backend  # was chat_panel.connect_backend
+from MedSegReasoning.wire.client import MedSegClient
+from MedSegReasoning.wire.errors import InputError, NotFound
+from MedSegReasoning.wire.masks import CompactMask
+from MedSegReasoning.wire.session_archive import session_json
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST = 17  # the crop: slices 17, 18, 19 of the series
@@ -134,7 +134,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_client_and_slicer_side_import_neither_torch_nor_qt_nor_the_server():
     code = (
-        "import sys, MedSegReasoning.client, MedSegReasoning.slicer.backend_link, MedSegReasoning.slicer.chat_panel; "
+        "import sys, MedSegReasoning.wire.client, MedSegReasoning.wire.process, MedSegReasoning.slicer.backend_link, MedSegReasoning.slicer.chat_panel; "
         "bad = [m for m in ('torch', 'fastapi', 'uvicorn', 'scipy', 'MedSegReasoning.server', 'PySide2', 'PySide6')"
         " if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )

@@ -254,7 +254,7 @@ def test_cancel_kills_a_long_install_and_its_children(tmp_path: Path) -> None:
 def test_start_goes_to_ready_through_local_server(tmp_path: Path) -> None:
     from server_fixtures import write_tokens
 
-    from MedSegReasoning.client import LocalServer
+    from MedSegReasoning.wire.process import LocalServer
 
     write_tokens(tmp_path / "tokens")
     statuses: list[Status] = []
@@ -285,7 +285,8 @@ def test_start_goes_to_ready_through_local_server(tmp_path: Path) -> None:
 
 
 def test_start_failure_is_an_error_status_with_an_action(tmp_path: Path) -> None:
-    from MedSegReasoning.client import ClientError, LocalServer
+    from MedSegReasoning.wire.errors import ClientError
+    from MedSegReasoning.wire.process import LocalServer
 
     def factory(command, args):
         return LocalServer(

@@ -28,9 +28,9 @@ from test_slicer_backend_link import (  # the real-CT volume, replay answers and
     write_answers,
 )
 
-from MedSegReasoning.client import chat_backend
-from MedSegReasoning.session_archive import session_json
+from MedSegReasoning.slicer.backend_link import chat_backend
 from MedSegReasoning.slicer.chat_panel import ChatPanel, RoundEvent, qt_namespace
+from MedSegReasoning.wire.session_archive import session_json
 
 OUTPUT = Path(__file__).parent / "_output"
 

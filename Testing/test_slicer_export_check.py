@@ -15,9 +15,9 @@ from slicer_fixtures import (
     write_nrrd_lps,
 )
 
-from MedSegReasoning.masks import CompactMask
 from MedSegReasoning.slicer.export_check import SegmentInfo, check_export, terminology_codes
 from MedSegReasoning.terminology import map_label
+from MedSegReasoning.wire.masks import CompactMask
 
 KIDNEY = map_label("left kidney", use_embedding=False).to_slicer_string()
 SLICER_DEFAULT = (

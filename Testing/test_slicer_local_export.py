@@ -28,8 +28,6 @@ from fakes import OracleSegmenter
 from server_fixtures import live_server, offline_terminology, zip_bytes
 from slicer_fixtures import new_scene, paint_segment, require_slicer_core
 
-from MedSegReasoning.client import MedSegClient
-from MedSegReasoning.errors import InputError, ServiceError
 from MedSegReasoning.slicer.local_export import (
     LocalExportFailed,
     export_session_locally,
@@ -38,7 +36,9 @@ from MedSegReasoning.slicer.local_export import (
     unpack_session_archive,
 )
 from MedSegReasoning.volume import load_volume, write_dicom_series
-from MedSegReasoning.volume.core import Geometry
+from MedSegReasoning.wire.client import MedSegClient
+from MedSegReasoning.wire.errors import InputError, ServiceError
+from MedSegReasoning.wire.geometry import Geometry
 
 require_slicer_core()
 
@@ -305,8 +305,8 @@ def test_series_uids_travel_with_the_volume_and_old_servers_still_take_it(ct, cl
     """The optional ``dicom`` object of X-MedSeg-Volume: recorded by the session; a malformed UID is refused with
     a sentence; a server that predates the field (it refuses unknown fields) gets the volume without it."""
     import MedSegReasoning.server.routes.sessions as app_module
-    from MedSegReasoning.client import RequestRejected
     from MedSegReasoning.server.errors import bad_request
+    from MedSegReasoning.wire.errors import RequestRejected
 
     node, db = ct["node"], ct["db"]
     g = volume_geometry_lps(node)

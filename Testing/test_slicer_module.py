@@ -210,7 +210,7 @@ def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path
     import numpy as np
     from server_fixtures import live_server, scripted_engine, small_volume, truth_masks, write_replay
 
-    from MedSegReasoning.client import MedSegClient
+    from MedSegReasoning.wire.client import MedSegClient
 
     scene = new_scene()
     volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", small_volume().array, oblique_geometry()))
@@ -283,7 +283,7 @@ def test_a_reloaded_scene_shows_the_chat_and_continues_it_after_the_server_forgo
     require_slicer_core()
     from server_fixtures import live_server, scripted_engine, small_volume, write_replay
 
-    from MedSegReasoning.client import MedSegClient
+    from MedSegReasoning.wire.client import MedSegClient
 
     scene = new_scene()
     volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", small_volume().array, oblique_geometry()))
@@ -392,7 +392,7 @@ def test_choosing_another_input_volume_starts_a_new_conversation_on_it(tmp_path:
     require_slicer_core()
     from server_fixtures import live_server, scripted_engine, small_volume, write_replay
 
-    from MedSegReasoning.client import MedSegClient
+    from MedSegReasoning.wire.client import MedSegClient
 
     scene = new_scene()
     first = load_volume_node(scene, write_nrrd_lps(tmp_path / "a.nrrd", small_volume().array, oblique_geometry()))

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from test_slicer_chat_panel import APP, LIVER, FakeBackend, Q, _wait
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.slicer.backend_link import refine_answer, refine_request
 from MedSegReasoning.slicer.chat_panel import ChatPanel, RoundEvent
 from MedSegReasoning.slicer.refine_controls import refine_button_state
+from MedSegReasoning.wire.errors import InputError
 
 BOX_CONTEXT = {"prompts": {"points": [], "boxes": [[12, 12, 0, 32, 32, 0]]}}
 
@@ -160,9 +160,9 @@ def test_refine_in_the_panel_rewrites_the_segment_in_place_with_the_engines_voxe
     from test_server_refine import HALF_A, engine_refine
     from test_slicer_module import _logic_module
 
-    from MedSegReasoning.client import MedSegClient
     from MedSegReasoning.correction import Correction
     from MedSegReasoning.pipeline import VoxelPrompt
+    from MedSegReasoning.wire.client import MedSegClient
 
     scene = new_scene()
     engine_volume = small_volume()

@@ -18,9 +18,9 @@ from slicer_fixtures import (
     write_nrrd_lps,
 )
 
-from MedSegReasoning.masks import CompactMask
 from MedSegReasoning.terminology import map_label
-from MedSegReasoning.volume.core import LPS_TO_RAS, Geometry
+from MedSegReasoning.wire.geometry import LPS_TO_RAS, Geometry
+from MedSegReasoning.wire.masks import CompactMask
 
 require_slicer_core()
 

@@ -22,9 +22,10 @@ from slicer_fixtures import (
     write_nrrd_lps,
 )
 
-from MedSegReasoning.client import MedSegClient, NotFound
-from MedSegReasoning.masks import CompactMask
-from MedSegReasoning.volume.core import LPS_TO_RAS
+from MedSegReasoning.wire.client import MedSegClient
+from MedSegReasoning.wire.errors import NotFound
+from MedSegReasoning.wire.geometry import LPS_TO_RAS
+from MedSegReasoning.wire.masks import CompactMask
 
 require_slicer_core()
 

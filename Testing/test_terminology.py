@@ -9,10 +9,10 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.terminology.codes import NO_STANDARD_CODE
 from MedSegReasoning.terminology.matcher import EMBEDDING_THRESHOLD, Terminology, _shipped_data, map_label
 from MedSegReasoning.terminology.text import split_laterality
+from MedSegReasoning.wire.errors import InputError
 
 LEFT, RIGHT, BILATERAL = "7771000", "24028007", "51440002"
 KIDNEY, LIVER = "64033007", "10200004"
@@ -105,7 +105,7 @@ def test_slicer_string_parses_back():
 
 
 def test_without_the_embedding_model_labels_keep_their_text():
-    from MedSegReasoning.errors import ModelError
+    from MedSegReasoning.wire.errors import ModelError
 
     def missing(texts):
         raise ModelError("the sentence-embedding model is not installed")

@@ -21,9 +21,9 @@ from volume_fixtures import (
     write_series,
 )
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.volume import load_volume
 from MedSegReasoning.volume.core import Geometry, Volume
+from MedSegReasoning.wire.errors import InputError
 
 sitk = pytest.importorskip("SimpleITK")
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from volume_fixtures import distinct_array, oblique_flipped_geometry
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.volume import load_volume
 from MedSegReasoning.volume.core import Geometry, Volume
 from MedSegReasoning.volume.itk_io import reorient_to_lps, write_label_image
+from MedSegReasoning.wire.errors import InputError
 
 sitk = pytest.importorskip("SimpleITK")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from volume_fixtures import distinct_array, write_series
 
-from MedSegReasoning.errors import EXIT_BAD_INPUT, InputError
 from MedSegReasoning.volume import load_volume
+from MedSegReasoning.wire.errors import EXIT_BAD_INPUT, InputError
 
 
 def test_nonexistent_path(tmp_path):

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.volume import WINDOW_PRESETS, Window, default_window, render_slice
 from MedSegReasoning.volume.core import Geometry, Volume
 from MedSegReasoning.volume.windowing import percentile_window, window_by_name
+from MedSegReasoning.wire.errors import InputError
 
 GRID = Geometry.from_arrays((0, 0, 0), (1, 1, 1), np.eye(3))
 

@@ -32,10 +32,10 @@ from timing import median_seconds  # noqa: E402
 from MedSegReasoning.dialogue import Session, load_session  # noqa: E402
 from MedSegReasoning.dialogue.judgment import Candidate, Expectation, judge  # noqa: E402
 from MedSegReasoning.dialogue.records import VolumeRecord  # noqa: E402
-from MedSegReasoning.masks import CompactMask  # noqa: E402
 from MedSegReasoning.pipeline import VoxelPrompt  # noqa: E402
 from MedSegReasoning.terminology import default_terminology  # noqa: E402
 from MedSegReasoning.volume.core import Geometry  # noqa: E402
+from MedSegReasoning.wire.masks import CompactMask  # noqa: E402
 
 SHAPE = (300, 512, 512)  # k, j, i
 SPACING = (0.8, 0.8, 1.5)  # si, sj, sk

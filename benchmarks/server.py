@@ -43,12 +43,13 @@ from server_fixtures import (  # noqa: E402
     write_tokens,
 )
 
-from MedSegReasoning.client import LocalServer, MedSegClient  # noqa: E402
 from MedSegReasoning.dialogue import Session, plan_from_answer, run_round  # noqa: E402
-from MedSegReasoning.masks import CompactMask  # noqa: E402
 from MedSegReasoning.reasoning import ReasoningContext, create_reasoner, run_reasoning  # noqa: E402
 from MedSegReasoning.volume.core import Geometry, Volume  # noqa: E402
 from MedSegReasoning.volume.windowing import default_window  # noqa: E402
+from MedSegReasoning.wire.client import MedSegClient  # noqa: E402
+from MedSegReasoning.wire.masks import CompactMask  # noqa: E402
+from MedSegReasoning.wire.process import LocalServer  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "_output" / "server.json"
 FIXTURES = ROOT / "Testing" / "server_fixtures.py"

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import InputError
 from ..pipeline import VoxelPrompt
 from ..volume.core import plane_shape
+from ..wire.errors import InputError
 from .judgment import Candidate, Judgment
 
 SegmentFn = Callable[[VoxelPrompt, bool, str], Candidate]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InputError
-from ..masks import CompactMask
 from ..terminology.codes import CodedTerminology
 from ..volume.core import PLANE_ORIENTATIONS
+from ..wire.errors import InputError
+from ..wire.masks import CompactMask
 from .findings import Measurements
 
 REVIEW_STATES = ("proposed", "confirmed", "rejected")

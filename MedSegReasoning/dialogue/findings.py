@@ -15,9 +15,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from ..masks import CompactMask
 from ..terminology.codes import CodedTerminology
 from ..volume.core import Geometry
+from ..wire.masks import CompactMask
 from .spatial import SpatialRelation, index_matrix
 
 # the four corners of a pixel, as (dj, di) offsets from its centre

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
-from ..masks import CompactMask
 from ..pipeline import VoxelPrompt
 from ..terminology.codes import TermType
 from ..volume.core import Geometry, plane_array_axes, plane_shape
+from ..wire.errors import InputError
+from ..wire.masks import CompactMask
 from .findings import max_inplane_diameter_mm, voxel_volume_ml
 from .spatial import DEFAULT_RELATION, RelationThresholds, spatial_relation
 

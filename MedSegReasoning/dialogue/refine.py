@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 
 from ..correction import Correction, correct_mask
-from ..masks import CompactMask
 from ..propagation import DEFAULT_PROPAGATION, PropagationConfig
 from ..segmentation.base import Segmenter, embedding_mark, work_since
 from ..volume.core import Volume
 from ..volume.windowing import Window
+from ..wire.masks import CompactMask
 from .records import Round, TargetRecord
 from .rounds import round_models
 from .session import Session

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import InputError
-from ..masks import CompactMask
-from ..session_archive import SESSION_FILE
 from ..terminology.matcher import Terminology
 from ..volume.core import Volume
+from ..wire.errors import InputError
+from ..wire.masks import CompactMask
+from ..wire.session_archive import SESSION_FILE
 from .entity import Entity
 from .records import EditRecord, VolumeRecord
 from .session import Session

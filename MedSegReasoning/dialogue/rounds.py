@@ -16,13 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InputError
-from ..masks import CompactMask
 from ..pipeline import VoxelPrompt, check_prompt, segment_prompt
 from ..propagation import DEFAULT_PROPAGATION, PropagationConfig, segment_slice
 from ..segmentation.base import Segmenter, embedding_mark, work_since
 from ..volume.core import Volume
 from ..volume.windowing import Window
+from ..wire.errors import InputError
+from ..wire.masks import CompactMask
 from .correction_loop import AskAgainFn, judge_and_correct
 from .judgment import DEFAULT_JUDGMENT, RELATIONS, Candidate, Expectation, JudgmentConfig, judge
 from .records import Round, TargetRecord

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..masks import CompactMask
 from ..terminology.codes import CodedTerminology
 from ..terminology.matcher import Terminology, default_terminology
 from ..volume.core import Geometry, Volume
+from ..wire.errors import InputError
+from ..wire.masks import CompactMask
 from .entity import Color, Entity, check_color, check_review
 from .findings import Measurements, RelatedEntity, findings_text, measure
 from .records import PALETTE, EditRecord, Round, VolumeRecord, now_iso

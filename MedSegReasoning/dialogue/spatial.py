@@ -19,8 +19,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ..masks import CompactMask
 from ..volume.core import Geometry
+from ..wire.masks import CompactMask
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
 

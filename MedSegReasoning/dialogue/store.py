@@ -11,7 +11,6 @@ The format is documented in ``docs/session-format.md``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,9 +19,9 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_output, write_text_atomic
-from ..errors import InputError
-from ..masks import CompactMask
-from ..session_archive import MASK_DIR, SESSION_FILE
+from ..wire.errors import InputError
+from ..wire.masks import CompactMask, mask_file_digest
+from ..wire.session_archive import MASK_DIR, SESSION_FILE
 from .entity import Entity
 from .records import Round, TargetRecord, now_iso
 
@@ -33,14 +32,6 @@ FORMAT = "medseg-reasoning/session"
 FORMAT_VERSION = 1
 
 
-def mask_digest(mask: CompactMask) -> str:
-    """Content address of a mask: the same box and bits always give the same file name."""
-    h = hashlib.sha256()
-    h.update(np.asarray(mask.box if mask.box is not None else (), dtype=np.int64).tobytes())
-    h.update(mask.bits)
-    return h.hexdigest()[:32]
-
-
 def save_session(session: Session, folder: str | Path) -> None:
     """Write the session's complete state to ``folder`` (see the module docstring for why it is crash-safe)."""
     folder = Path(folder)
@@ -48,7 +39,7 @@ def save_session(session: Session, folder: str | Path) -> None:
     referenced: set[str] = set()
 
     def mask_file(mask: CompactMask) -> str:
-        name = f"{MASK_DIR}/{mask_digest(mask)}.npz"
+        name = f"{MASK_DIR}/{mask_file_digest(mask)}.npz"
         if name not in referenced:
             referenced.add(name)
             path = folder / name
@@ -90,7 +81,7 @@ def _read_mask(folder: Path, name: str) -> CompactMask:
         box = z["box"]
         bits = z["bits"].tobytes()
     mask = CompactMask(tuple(int(v) for v in box) if box.size else None, bits)  # type: ignore[arg-type]
-    if mask_digest(mask) != path.stem:
+    if mask_file_digest(mask) != path.stem:
         raise InputError(f"{path} does not hold the mask its name promises: the session folder is damaged.")
     return mask
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..correction import Correction, correct_mask
-from ..errors import InputError
 from ..pipeline import VoxelPrompt
 from ..propagation import DEFAULT_PROPAGATION, PropagationConfig
 from ..segmentation.base import Segmenter
 from ..volume.core import Volume
 from ..volume.windowing import Window
+from ..wire.errors import InputError
 from .metrics import dice, normalized_surface_dice
 
 DEFAULT_CORRECTIONS = 5

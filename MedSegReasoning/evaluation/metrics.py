@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from MedSegReasoning.errors import InputError
+from MedSegReasoning.wire.errors import InputError
 
 __all__ = [
     "box_iou",

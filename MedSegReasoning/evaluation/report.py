@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from MedSegReasoning.atomic import atomic_output, write_text_atomic
-from MedSegReasoning.errors import InputError
 from MedSegReasoning.jsonlines import read_json_objects
+from MedSegReasoning.wire.errors import InputError
 
 __all__ = [
     "INTERACTIVE_FIELDS",

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ServiceError
 from ..jsonlines import read_json_objects
+from ..wire.errors import InputError, ServiceError
 from .interactive import DEFAULT_CORRECTIONS
 from .layouts import Case, Dataset, Turn, Unit
 
@@ -307,7 +307,7 @@ def _run_unit(unit: Unit, feed: str | None, options: EvalOptions, models: _Model
 
 def _message(exc: Exception) -> str:
     """A user-facing error's own sentence; anything else with its type, so a bug is visible in the record."""
-    from ..errors import MedSegError
+    from ..wire.errors import MedSegError
 
     return str(exc) if isinstance(exc, MedSegError) else f"{type(exc).__name__}: {exc}"
 
@@ -619,7 +619,7 @@ def _round_failure(rnd) -> str:
 def _add_truth_entity(session, turn: Turn, entity_id: str | None) -> None:
     """Feed the truth: the round's entity takes the true mask (as a user's edit would), or, when the round made
     none, a new entity carries it, so later questions can refer to it either way."""
-    from ..masks import CompactMask
+    from ..wire.masks import CompactMask
 
     if entity_id is not None:
         session.replace_mask(entity_id, turn.truth)

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
 from ..volume.core import Geometry, Volume
+from ..wire.errors import InputError
 
 CT_GOAL_STRUCTURES = (
     "liver",

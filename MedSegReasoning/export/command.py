@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EXIT_OK, InputError
+from ..wire.errors import EXIT_OK, InputError
 
 FORMATS = ("seg", "sr", "seg-nrrd", "nifti")
 PACS_FORMATS = ("seg", "sr")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_output
-from ..errors import InputError
+from ..wire.errors import InputError
 
 MAP_FORMAT = "medseg-reasoning/deid-map"
 MAP_VERSION = 1

@@ -30,9 +30,9 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_output
 from ..dialogue.records import PALETTE
-from ..errors import InputError
 from ..terminology.codes import Code
 from ..volume.core import Volume
+from ..wire.errors import InputError
 
 SERIES_DESCRIPTION = "MedSegReasoning SEG - research use only"
 MANUFACTURER = "MedSegReasoning"

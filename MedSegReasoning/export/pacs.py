@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ServiceError
 from ..volume.dicomweb import connect, http_failure
+from ..wire.errors import ServiceError
 
 
 @dataclass(frozen=True)

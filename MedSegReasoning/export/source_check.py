@@ -20,7 +20,6 @@ read itself (it records a path) still needs the exact hash.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -28,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..filelinks import link_files
 from ..volume.core import Geometry, Volume
+from ..wire.errors import InputError
+from ..wire.filelinks import link_files
+from ..wire.hashing import content_hasher
 from .model import ExportSet
 from .sources import _UID_NAMES
 
@@ -247,7 +247,7 @@ def _uploaded_dtype(volume: Volume, export_set: ExportSet) -> str | None:
             limits = np.iinfo(dtype)
             if not integral or low < limits.min or high > limits.max:
                 continue
-        h = _content_hasher(name, export_set)
+        h = content_hasher(name, export_set.shape, export_set.geometry.affine)
         exact = True
         for plane in array:
             cast = plane.astype(dtype)
@@ -269,7 +269,7 @@ def _float64_match(volume: Volume, export_set: ExportSet) -> bool:
     info = volume.source.dicom
     if info is None or info.is_multiframe or len(info.files) != volume.shape[0]:
         return False
-    h = _content_hasher("float64", export_set)
+    h = content_hasher("float64", export_set.shape, export_set.geometry.affine)  # the session's recorded grid
     for path in info.files:  # files[k] is slice k
         ds = pydicom.dcmread(path)
         values = np.ascontiguousarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64)
@@ -277,13 +277,3 @@ def _float64_match(volume: Volume, export_set: ExportSet) -> bool:
             return False
         h.update(values.tobytes())
     return h.hexdigest() == export_set.content_hash
-
-
-def _content_hasher(dtype_name: str, export_set: ExportSet):
-    """SHA-256 primed as ``Volume.content_hash`` primes it (dtype name, shape, rounded affine) for the session's
-    recorded grid; the voxel bytes follow."""
-    h = hashlib.sha256()
-    h.update(dtype_name.encode())
-    h.update(np.asarray(export_set.shape, dtype=np.int64).tobytes())
-    h.update(np.asarray(export_set.geometry.affine, dtype=np.float64).round(6).tobytes())
-    return h

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..masks import CompactMask
 from ..terminology.codes import CodedTerminology
 from ..terminology.matcher import default_terminology
 from ..volume.core import Geometry
+from ..wire.errors import InputError
+from ..wire.masks import CompactMask
 from .model import ExportSegment, ExportSet, ModelNames, RoundText, default_color
 
 SESSION_FILE = "session.json"

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import InputError, MedSegError, ModelError
 from ..volume.core import Orientation
+from ..wire.errors import InputError, MedSegError, ModelError
 
 if TYPE_CHECKING:  # pipeline is numpy-only, but the reasoning package stays importable on its own
     from ..pipeline import VoxelPrompt

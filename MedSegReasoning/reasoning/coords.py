@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import InputError
+from ..wire.errors import InputError
 
 ConventionKind = Literal["grid", "resized", "fixed", "pixels"]
 GRID_EXTENT = 1000

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, ModelError
+from ..wire.errors import InputError, ModelError
 from .answer import GenerationStats
 from .base import ReasonerIdentity, TextCallback
 from .chat import ChatReasoner, ChatRequest

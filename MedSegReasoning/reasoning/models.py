@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, ModelError, ServiceError
+from ..wire.errors import InputError, ModelError, ServiceError
 
 MODELS_DIR_ENV = "MEDSEG_MODELS_DIR"
 ALLOW_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json", "*.txt", "*.jinja", "tokenizer*")

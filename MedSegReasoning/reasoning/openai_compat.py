@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ..errors import InputError, ServiceError
-from ..network import is_loopback_host
+from ..wire.errors import InputError, ServiceError
+from ..wire.network import is_loopback_host
 from .answer import GenerationStats, ReasonerOutputError, ReasoningCancelled, quote
 from .base import ReasonerIdentity, TextCallback
 from .chat import ChatReasoner, ChatRequest

@@ -22,7 +22,7 @@ from importlib import resources
 from string import Template
 from typing import TYPE_CHECKING, Literal
 
-from ..errors import InputError
+from ..wire.errors import InputError
 
 if TYPE_CHECKING:
     from .base import ReasoningContext

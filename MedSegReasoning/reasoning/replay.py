@@ -20,8 +20,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from ..errors import InputError
 from ..jsonlines import read_json_objects
+from ..wire.errors import InputError
 from .answer import GenerationStats
 from .base import ReasonerIdentity, TextCallback
 from .chat import ChatReasoner, ChatRequest

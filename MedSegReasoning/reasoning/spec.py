@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..wire.errors import InputError
 from .base import Reasoner
 
 SPEC_FORMS = (

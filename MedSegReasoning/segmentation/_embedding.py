@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..wire.errors import InputError
 from .base import ModelIdentity, Prediction, Prompt2D, SegmenterStats, points_array
 from .cache import EmbeddingCache
 

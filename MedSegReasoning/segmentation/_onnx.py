@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, ModelError
+from ..wire.errors import InputError, ModelError
 from ._embedding import cache_root
 
 if TYPE_CHECKING:

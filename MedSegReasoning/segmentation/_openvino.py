@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ..wire.errors import ModelError
 from ._embedding import EncodeInterrupted, Interrupt
 from ._onnx import physical_cores
 

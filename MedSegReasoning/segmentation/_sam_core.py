@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelError
+from ..wire.errors import ModelError
 from ._embedding import (  # noqa: F401  (re-exported: the adapters' shared names)
     EmbeddingSegmenter,
     EncodedImage,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
+from ..wire.errors import InputError
 
 
 def resolve_device(device: str) -> torch.device:

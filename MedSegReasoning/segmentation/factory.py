@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 
-from ..errors import InputError, ModelError
+from ..wire.errors import InputError, ModelError
 from .base import Segmenter
 from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError, ModelError
+from ..wire.errors import InputError, ModelError
 from ._embedding import Interrupt
 from ._sam_core import EncodedImage, InputFrame, PromptableSegmenter, load_state_dict, resolve_device
 from .base import ModelIdentity

@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI
 from fastapi.security import HTTPBearer
 
 from .. import __version__
-from ..errors import InputError
+from ..wire.errors import InputError
 from .auth import TokenStore
 from .config import ServerConfig
 from .engine import Engine

@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..wire.errors import InputError
 from .config import user_config_dir
 
 MIN_TOKEN_CHARS = 16

@@ -9,7 +9,7 @@ a missing model stops here with its own message), the listening socket, then one
 
     MEDSEG-SERVER-READY {"url": "http://127.0.0.1:41213", "port": 41213, "token_file": "...", "pid": 1234}
 
-which is what ``MedSegReasoning.client.LocalServer`` waits for (``--port 0`` picks a free port, so the line is the
+which is what ``MedSegReasoning.wire.process.LocalServer`` waits for (``--port 0`` picks a free port, so the line is the
 only way to learn it).
 """
 
@@ -23,9 +23,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..wire.headers import READY_PREFIX
 from .config import Limits, MiB, ServerConfig
-
-READY_PREFIX = "MEDSEG-SERVER-READY "
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -103,7 +102,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def run_serve(args: argparse.Namespace) -> int:
     """The ``serve`` command. Raises ``MedSegError`` subclasses (the CLI prints their sentence and exit code)."""
-    from ..errors import InputError
+    from ..wire.errors import InputError
     from .auth import TokenStore, ensure_default_token_file
     from .engine import Engine
 
@@ -161,7 +160,7 @@ def serve(
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind before uvicorn starts, so ``--port 0`` has its number before the ready line is printed."""
-    from ..errors import InputError
+    from ..wire.errors import InputError
 
     name = host.strip("[]")
     try:
@@ -203,7 +202,7 @@ class _AnnouncingServer:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m MedSegReasoning.server``: the ``serve`` command on its own (same options)."""
-    from ..errors import MedSegError
+    from ..wire.errors import MedSegError
 
     parser = argparse.ArgumentParser(prog="python -m MedSegReasoning.server", description="The MedSegReasoning server.")
     configure_serve_parser(parser)

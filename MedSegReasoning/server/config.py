@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
-from ..network import is_loopback_host as is_loopback
+from ..wire.errors import InputError
+from ..wire.network import is_loopback_host as is_loopback
 
 APP_DIR_NAME = "medseg-reasoning"
 WIRE_VERSION = 1

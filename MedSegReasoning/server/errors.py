@@ -4,7 +4,7 @@ The JSON body is always ``{"error": {"status": 413, "code": "body_too_large", "m
 request and, inside a round's event stream, for a round that failed after the stream had started (the ``error``
 event carries the status the request would have had). Clients branch on ``code``; users read ``message``.
 
-The engine's own errors (``MedSegReasoning.errors``) map by class: the user's input is wrong (400), a model is
+The engine's own errors (``MedSegReasoning.wire.errors``) map by class: the user's input is wrong (400), a model is
 missing or failed (500; 503 when it is missing), an upstream service such as a remote reasoner refused (502).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import InputError, MedSegError, ModelError, ServiceError
+from ..wire.errors import InputError, MedSegError, ModelError, ServiceError
 
 
 class ApiError(Exception):

@@ -19,15 +19,16 @@ The body mirrors the CLI's options (docs/wire-format.md), in voxel indices of th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..correction import Correction
 from ..dialogue.records import Round
 from ..dialogue.refine import refine_entity
-from ..errors import InputError
 from ..pipeline import VoxelPrompt, check_prompt
+from ..wire.errors import InputError
+from ..wire.geometry import Orientation
 from .errors import bad_request, from_engine_error, not_found
 from .rounds import RoundRun, named_window
 
@@ -41,7 +42,7 @@ class PlaneIn(BaseModel):
     """The plane the box was drawn on (as a round's ``current_view``)."""
 
     model_config = ConfigDict(extra="forbid")
-    orientation: Literal["axial", "coronal", "sagittal"]
+    orientation: Orientation
     slice: int = Field(ge=0, description="the plane's index along its normal: k axial, j coronal, i sagittal")
 
 

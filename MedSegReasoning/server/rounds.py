@@ -29,7 +29,6 @@ from typing import Any
 
 from ..dialogue.records import Round
 from ..dialogue.rounds import RoundPlan, TargetSpec, plan_from_answer, run_round
-from ..errors import InputError
 from ..pipeline import VoxelPrompt, check_prompt
 from ..reasoning.answer import ReasoningCancelled
 from ..reasoning.base import ReasoningContext
@@ -38,6 +37,7 @@ from ..reasoning.views import CurrentView
 from ..segmentation.encode_ahead import encoding_ahead
 from ..volume.core import Volume
 from ..volume.windowing import Window, default_window, window_by_name
+from ..wire.errors import InputError
 from .audit import AuditLog
 from .engine import Engine, QueuedReasoner, QueuedSegmenter, set_current_round
 from .errors import ApiError, RoundCancelled, bad_request, conflict, from_engine_error

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..dialogue.entity import REVIEW_STATES
+from ..wire.geometry import Orientation
 
 API = "/v1"  # the prefix of every route
 
@@ -29,7 +30,7 @@ class PromptIn(BaseModel):
     """A user's own prompt (clicks/box in Slicer), in voxel indices of the volume: i column, j row, k slice."""
 
     model_config = ConfigDict(extra="forbid")
-    orientation: Literal["axial", "coronal", "sagittal"] = Field(
+    orientation: Orientation = Field(
         "axial", description="the plane the prompt lies on: axial (fixed k), coronal (fixed j), sagittal (fixed i)"
     )
     slice: int = Field(ge=0, description="the plane's index along its normal: k axial, j coronal, i sagittal")
@@ -47,7 +48,7 @@ class PromptIn(BaseModel):
 
 class ViewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    orientation: Literal["axial", "coronal", "sagittal"]
+    orientation: Orientation
     slice: int = Field(ge=0)
 
 

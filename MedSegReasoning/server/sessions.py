@@ -27,9 +27,9 @@ from ..dialogue.records import now_iso
 from ..dialogue.restore import load_session
 from ..dialogue.session import Session
 from ..dialogue.store import SESSION_FILE
-from ..errors import MedSegError
 from ..terminology import Terminology
 from ..volume.core import Volume
+from ..wire.errors import MedSegError
 from .errors import ApiError, bad_request, conflict, not_found
 from .wire import entity_json
 
@@ -175,7 +175,7 @@ class SessionStore:
     def restore(self, owner: str, archive: bytes, max_bytes: int) -> ServerSession:
         """A new session (new id) holding the conversation in ``archive`` (``session_archive.py``); its volume must be sent
         again, and only the volume the conversation was held on is accepted. Nothing is kept when it is refused."""
-        from ..session_archive import ArchiveRefused, unpack_session
+        from ..wire.session_archive import ArchiveRefused, unpack_session
 
         session = self.create(owner)
         try:

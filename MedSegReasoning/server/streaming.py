@@ -10,11 +10,12 @@ from typing import Any
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..wire.headers import ROUND_ID_HEADER
 from .errors import conflict
 from .rounds import RoundRun
 from .runtime import Runtime
 from .sessions import ServerSession, locked
-from .wire import HEARTBEAT, ROUND_ID_HEADER, sse
+from .wire import HEARTBEAT, sse
 
 
 async def launch(rt: Runtime, session: ServerSession, kind: type[RoundRun], request: Any, token: str) -> Response:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ..errors import MedSegError, ModelError
+from ..wire.errors import MedSegError, ModelError
 from .errors import RoundCancelled
 
 T = TypeVar("T")

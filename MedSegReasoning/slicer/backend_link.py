@@ -38,9 +38,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InputError
-from ..masks import CompactMask
-from ..volume.core import PLANE_ORIENTATIONS, plane_ijk_axes
+from ..wire.client import MedSegClient
+from ..wire.errors import ClientError, Conflict, InputError, NotFound, RoundCancelled
+from ..wire.events import Entity
+from ..wire.geometry import PLANE_ORIENTATIONS, plane_ijk_axes
+from ..wire.masks import CompactMask
 from .chat_panel import RoundEvent, answer_text
 
 ORIENTATIONS = PLANE_ORIENTATIONS
@@ -120,8 +122,6 @@ class BackendLink:
     def ensure_session(self) -> str:
         """The session to ask in: the known one while the server still has it, else a new one; volume attached."""
         client = self.client
-        from ..client import NotFound
-
         sid = self._session_id
         if sid is not None:
             try:
@@ -170,8 +170,6 @@ class BackendLink:
     def _restored_session(self) -> str | None:
         """A new server session continuing the saved conversation, or None when there is none or it is refused
         (then the conversation starts over; the scene keeps the old segments)."""
-        from ..client import ClientError
-
         with self._lock:
             archive, expired = self._archive, self._expired_id
         if archive is None:
@@ -217,8 +215,6 @@ class BackendLink:
 
     # -- the round (link thread) ------------------------------------------------------------------------------------------
     def _round(self, work: _Work, context: dict, cancel: threading.Event, events: queue.Queue) -> None:
-        from ..client import ClientError, Conflict, NotFound, RoundCancelled
-
         def done(data: dict) -> None:
             events.put(RoundEvent("done", {"session_id": self._session_id, **data}))
 
@@ -291,8 +287,6 @@ class BackendLink:
         elif event.name == "progress":
             events.put(RoundEvent("progress", dict(event.data)))
         elif event.name == "target":
-            from ..client import Entity
-
             entity = Entity.from_json(event.data["entity"])
             data = {**event.data, "entity_object": entity}
             if self.on_target is not None:
@@ -462,4 +456,14 @@ def _index(value: Any, what: str) -> int:
     return index
 
 
-__all__ = ["BackendLink", "refine_answer", "refine_request", "round_request"]
+def chat_backend(url: str, token: str, **kw: Any) -> BackendLink:
+    """The chat panel's backend for the server at ``url``: a ``BackendLink`` over a new ``MedSegClient``.
+
+    ``ca_file``, ``timeout`` and ``affinity`` go to ``MedSegClient``; the rest (``session_id``, ``before_round``,
+    ``on_target``, ``propagate``, ``window``) to the link. It lives here, not in the wire, because the wire knows
+    nothing of the Slicer side; the panel knows only the ``ChatBackend`` protocol this link fulfils."""
+    client_kw = {key: kw.pop(key) for key in ("ca_file", "timeout", "affinity") if key in kw}
+    return BackendLink(MedSegClient(url, token, **client_kw), **kw)
+
+
+__all__ = ["BackendLink", "chat_backend", "refine_answer", "refine_request", "round_request"]

@@ -4,11 +4,12 @@ Why a separate environment: the engine needs torch (gigabytes, CUDA-specific bui
 Slicer's own Python, where it would clash with Slicer's packages and be lost on a Slicer update. So the module creates
 a venv in the user's data folder, installs the engine there with pip (a child process, its output parsed line by line
 into progress and copied whole into a log file), asks that venv's Python which device torch sees, and starts the
-server from it through the client's ``LocalServer``.
+server from it through the wire's ``LocalServer``.
 
-Standard library only (plus the client, for starting): it runs in Slicer's Python and in tests. Everything that
-differs between Windows, macOS and Linux (data folder, venv layout, killing a process tree) is decided from an
-injectable platform name and environment, so each rule is tested on every OS's terms on any machine.
+Standard library only (plus the wire, for starting and for ``kill_tree``): it runs in Slicer's Python and in tests.
+Everything that differs between Windows, macOS and Linux (data folder, venv layout) is decided from an injectable
+platform name and environment, so each rule is tested on every OS's terms on any machine; killing a process tree is
+the wire's one ``kill_tree``, shared with the local server.
 
 The steps live beside this file, one job each: ``backend_paths`` (where), ``setup_status`` (the status line),
 ``child_process`` (cancellable logged children), ``pip_install`` (venv and pip) and ``device`` (CUDA / MPS / CPU);
@@ -25,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..wire.errors import ClientError
+from ..wire.process import LocalServer
 from .backend_paths import APP_DIR_NAME, VENV_DIR_NAME, data_dir, default_venv_dir, is_installed, venv_python
-from .child_process import kill_tree, run_logged
+from .child_process import run_logged
 from .device import DEVICE_PROBE, DeviceInfo, detect_device
 from .pip_install import PipProgress, create_venv, pip_install
 from .setup_status import Cancelled, SetupFailed, State, Status, StatusCallback
@@ -117,12 +120,10 @@ class BackendSetup:
         return self.device
 
     def start(self, *, server_factory: Callable[..., Any] | None = None) -> Any:
-        """Start the server from the venv through the client's ``LocalServer``; returns its ``MedSegClient``.
+        """Start the server from the venv through the wire's ``LocalServer``; returns its ``MedSegClient``.
 
         The status goes starting -> loading-model (the server announced it is loading models) -> ready.
         """
-        from ..client import ClientError, LocalServer
-
         self._cancel.clear()
         if server_factory is None and not is_installed(self.venv_dir):
             self._set(self.initial_status())
@@ -209,7 +210,6 @@ __all__ = [
     "default_venv_dir",
     "detect_device",
     "is_installed",
-    "kill_tree",
     "pip_install",
     "run_in_background",
     "run_logged",

@@ -1,6 +1,7 @@
 """What the chat panel exchanges with its backend, independent of Qt: a round's events (``RoundEvent``), the chips
 they make (``EntityChip``), the texts shown for them (``answer_text``, ``describe_context``, ``describe_progress``),
-and the ``ChatBackend`` interface with ``connect_backend``, which makes the usual one over the HTTP client.
+and the ``ChatBackend`` interface (``backend_link.chat_backend(url, token)`` makes the usual one over the HTTP
+client).
 
 Imported by ``chat_panel`` (which re-exports these names) and by ``backend_link``; needs no Qt binding.
 """
@@ -102,7 +103,7 @@ def entity_name(entity: dict) -> str:
     terminology = entity.get("terminology")
     if isinstance(terminology, dict) and terminology.get("type"):
         try:
-            from ..terminology import CodedTerminology
+            from ..terminology.codes import CodedTerminology
 
             return CodedTerminology.from_dict(terminology).display_name
         except Exception:
@@ -125,18 +126,3 @@ class ChatBackend(Protocol):
 
     # Optional: ``refine(entity_id, context, erase=False) -> Iterator[RoundEvent]``, a correction of an entity from
     # the box in ``context["prompts"]`` (``BackendLink.refine``); without it the Refine button stays disabled.
-
-
-def connect_backend(url: str, token: str, **kw: Any) -> ChatBackend:
-    """A ``BackendLink`` over a new HTTP client for ``url`` (``kw``: see ``client.chat_backend``); imported here, as
-    building the GUI does not need it."""
-    try:
-        from .. import client  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise RuntimeError(
-            "MedSegReasoning.client is not available in this installation, so the panel cannot reach a server yet."
-        ) from exc
-    adapter = getattr(client, "chat_backend", None)
-    if adapter is None:
-        raise RuntimeError("MedSegReasoning.client has no chat_backend(url, token) adapter for the chat panel yet.")
-    return adapter(url, token, **kw)

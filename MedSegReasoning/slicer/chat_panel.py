@@ -10,7 +10,8 @@ through ``on_entity``, the MRML scene). No Qt object is touched off the GUI thre
 binding-specific cross-thread signal is needed.
 
 The backend is any object with the ``ChatBackend`` methods: ``backend_link.BackendLink`` over the HTTP client
-(``connect_backend``, or ``MedSegReasoning.client.chat_backend``), or a scripted fake in tests.
+(``backend_link.chat_backend(url, token)`` makes one), or a scripted fake in tests. The panel imports no backend:
+the link depends on the panel's events, never the other way round.
 
 What the Slicer module plugs in (all called on the GUI thread):
 - ``set_view_provider(fn)``: ``fn() -> {"orientation": "axial"|"coronal"|"sagittal", "slice": k}`` or None, the
@@ -47,7 +48,6 @@ from .chat_events import (
     EntityChip,
     RoundEvent,
     answer_text,
-    connect_backend,
     describe_context,
     describe_progress,
     entity_name,
@@ -478,7 +478,6 @@ __all__ = [  # the panel, and the names it re-exports from chat_events (what bac
     "EntityChip",
     "RoundEvent",
     "answer_text",
-    "connect_backend",
     "describe_context",
     "describe_progress",
     "qt_namespace",

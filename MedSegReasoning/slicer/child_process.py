@@ -1,44 +1,18 @@
 """Child processes that can be cancelled: ``run_logged`` runs one with its output logged line by line, and
-``kill_tree`` kills it with everything it started (its own process group on POSIX, ``taskkill /T`` on Windows), so
-that Cancel really stops the work."""
+the wire's one ``kill_tree`` (``wire.process``, shared with the local server) kills it with everything it started (its
+own process group on POSIX, ``taskkill /T`` on Windows), so that Cancel really stops the work."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from ..childenv import child_environment, set_startup_environment
+from ..wire.childenv import child_environment, set_startup_environment
+from ..wire.process import kill_tree, new_process_group
 from .setup_status import Cancelled, SetupFailed
-
-
-def _new_group_kwargs() -> dict[str, Any]:
-    """Start the child as the leader of its own process group, so that cancelling reaches its children too."""
-    if os.name == "posix":
-        return {"start_new_session": True}
-    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
-
-
-def kill_tree(process: subprocess.Popen) -> None:
-    """Kill the process and every process it started: SIGKILL to its group on POSIX, ``taskkill /T /F`` on Windows."""
-    if process.poll() is not None and os.name != "posix":
-        return
-    if os.name == "posix":
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    else:
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def run_logged(
@@ -65,7 +39,7 @@ def run_logged(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=child_environment({**(env or {}), "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}),
-                **_new_group_kwargs(),
+                **new_process_group(),
             )
         except OSError as exc:
             log.write(f"could not start: {exc}\n")

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..network import is_loopback_host
+from ..wire.network import is_loopback_host
 
 SETTINGS_CONSENT_PREFIX = "MedSegReasoning/ConsentedServers/"
 
 
 def is_local_server(url: str) -> bool:
-    """Loopback by the same rule the client and the server use (``MedSegReasoning.network``)."""
+    """Loopback by the same rule the client and the server use (``MedSegReasoning.wire.network``)."""
     try:
         host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
     except ValueError:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..childenv import child_environment
+from ..wire.childenv import child_environment
 from .setup_status import SetupFailed
 
 DEVICE_PROBE = r"""

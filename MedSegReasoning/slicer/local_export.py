@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..childenv import child_environment
-from ..errors import EXIT_BAD_INPUT, EXIT_SERVICE, InputError, MedSegError, ServiceError
-from ..filelinks import link_files
-from ..session_archive import ArchiveRefused, unpack_session
+from ..wire.childenv import child_environment
+from ..wire.errors import EXIT_BAD_INPUT, EXIT_SERVICE, InputError, MedSegError, ServiceError
+from ..wire.filelinks import link_files
+from ..wire.session_archive import ArchiveRefused, unpack_session
 
 DICOM_FORMATS = ("seg", "sr")
 FILE_NAMES = {"seg": "seg.dcm", "sr": "sr.dcm"}  # as ``export.command`` names them

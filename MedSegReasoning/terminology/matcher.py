@@ -12,7 +12,7 @@ from importlib import resources
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..wire.errors import InputError, ModelError
 from .codes import Code, CodedTerminology, TermType
 from .embedder import Embedder, minilm_embedder
 from .text import _ARTICLES, _PART_WORDS, _REGION_CONNECTORS, _singular, normalise, split_laterality

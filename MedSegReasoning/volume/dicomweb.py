@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, MedSegError, ServiceError
+from ..wire.errors import InputError, MedSegError, ServiceError
 from .core import Volume, VolumeSource
 
 ENV_TOKEN = "MEDSEG_DICOMWEB_TOKEN"

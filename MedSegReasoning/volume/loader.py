@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError
+from ..wire.errors import InputError
 from .core import Volume
 
 _NOT_AN_IMAGE = "give a DICOM folder or file, NIfTI (.nii, .nii.gz) or NRRD (.nrrd, .nhdr)"

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..errors import InputError
+from ..wire.errors import InputError
 from .core import Volume
 
 PERCENTILE_RANGE = (0.5, 99.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import InputError
+from ...wire.errors import InputError
 from .folder import read_folder
 from .mrmedseg import _json_files, read_mrmedseg
 from .umrg import _parquet_files, read_umrg

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError
 from ...jsonlines import read_json_objects
 from ...volume.core import Volume
+from ...wire.errors import InputError
 from .units import QUESTIONS_FILE, Case, Turn, Unit
 
 # --- folder: volumes + label maps + questions.jsonl --------------------------------------------------------------------

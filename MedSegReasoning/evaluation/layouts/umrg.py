@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import InputError
+from ...wire.errors import InputError
 from .units import UMRG_COLUMNS, Case, Turn, Unit, _read_beside, decode_image, decode_mask, image_volume
 
 

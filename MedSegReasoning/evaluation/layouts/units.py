@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError
 from ...volume.core import Geometry, Volume, VolumeSource
+from ...wire.errors import InputError
 
 QUESTIONS_FILE = "questions.jsonl"
 UMRG_COLUMNS = ("images", "masks", "prompt", "reward_model")

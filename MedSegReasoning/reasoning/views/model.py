@@ -10,8 +10,8 @@ from typing import Literal
 
 import numpy as np
 
-from ...errors import InputError
 from ...volume.core import PLANE_ORIENTATIONS, Orientation
+from ...wire.errors import InputError
 
 Task = Literal["pick_slice", "locate"]
 _MIN_TILE = 64

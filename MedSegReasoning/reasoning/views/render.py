@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 
-from ...errors import InputError
 from ...volume.core import Orientation, Volume
 from ...volume.windowing import Window, render_slice
+from ...wire.errors import InputError
 from .model import Tile, View
 
 _GUTTER = 4  # pixels between montage tiles: the model must see where one slice ends

@@ -16,7 +16,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from ...errors import ModelError
+from ...wire.errors import ModelError
 from .._embedding import Interrupt
 from .._sam_core import load_state_dict
 from .checkpoint import reinstall_hint

@@ -9,7 +9,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelError
+from ...wire.errors import ModelError
 from ..weights_digest import cached_sha256
 
 INPUT_SIZE = 256

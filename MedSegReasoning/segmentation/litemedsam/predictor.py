@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError
+from ...wire.errors import InputError
 from .. import _openvino
 from .._embedding import (
     EmbeddingSegmenter,

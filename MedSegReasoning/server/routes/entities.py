@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from ...masks import CompactMask
+from ...wire.masks import CompactMask
 from ..errors import ApiError, not_found
 from ..refine import RefineIn, RefineRun, parse_refine_request
 from ..runtime import Runtime, session_of, token_of

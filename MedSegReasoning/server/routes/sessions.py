@@ -6,13 +6,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from ...session_archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
-from ...session_archive import pack_session
+from ...wire.headers import VOLUME_HEADER
+from ...wire.session_archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
+from ...wire.session_archive import pack_session
 from ..errors import ApiError, conflict
 from ..runtime import Runtime, session_of, token_of
 from ..schemas import API, ERRORS, VOLUME_BODY, SessionOut
 from ..sessions import idle_dialogue, locked, undo_last_round
-from ..wire import VOLUME_HEADER, build_volume, check_body_size, parse_volume_meta, read_volume_body
+from ..wire import build_volume, check_body_size, parse_volume_meta, read_volume_body
 
 
 def add_routes(app: FastAPI, rt: Runtime) -> None:

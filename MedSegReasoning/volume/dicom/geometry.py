@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...errors import InputError
+from ...wire.errors import InputError
 from ..core import DicomSeriesInfo, Geometry, VolumeSource
 from .header import _fmt, _has_value, _Header, _sop_class_uid, _sop_instance_uid
 

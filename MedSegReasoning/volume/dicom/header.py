@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError
+from ...wire.errors import InputError
 
 # Modalities that are never a volume, for files whose SOP Class pydicom does not name.
 _NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "PR", "KO", "REG", "DOC", "RWV", "PLAN"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError
+from ...wire.errors import InputError
 from ..core import DicomSeriesInfo, Geometry, Volume, VolumeSource
 from .header import _damaged_message, _Header, _sop_class_uid, _sop_instance_uid
 from .pixels import _check_decodable, _compact

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...errors import InputError
+from ...wire.errors import InputError
 from .header import _damaged_message, _Header
 
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ...errors import InputError
+from ...wire.errors import InputError
 from ..core import Volume, VolumeSource
 from .geometry import (
     _check_consistent,

@@ -9,12 +9,18 @@ codec on the Slicer side. The empty mask has no box (``None``) and no bits.
 The server receives these from clients, so everything coming from outside goes through ``CompactMask.from_json``
 (or the constructor), which checks the box, the byte count and the padding bits and raises ``InputError`` with
 what was expected.
+
+Two digests of a mask, deliberately different (both are written into files that outlive a release, so neither
+can change): ``mask_file_digest`` names a saved session's mask file (box as stored + bits, 32 hex digits) and
+``mask_voxel_digest`` tags a Slicer segment with the voxels it was written with (tight box + bits, full SHA-256),
+so an edit is recognised whatever box the segment's voxels come back in. Numpy only: the Slicer side imports it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -235,3 +241,30 @@ def _checked_box(box: object) -> Box3D:
 
 def _box_voxels(box: Box3D) -> int:
     return (box[3] - box[0] + 1) * (box[4] - box[1] + 1) * (box[5] - box[2] + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Digests
+
+
+def mask_file_digest(mask: CompactMask) -> str:
+    """Content address of a mask as stored: the same box and bits always give the same file name (32 hex digits,
+    ``masks/<digest>.npz`` in a session folder; ``dialogue.store`` checks it on load)."""
+    h = hashlib.sha256()
+    h.update(np.asarray(mask.box if mask.box is not None else (), dtype=np.int64).tobytes())
+    h.update(mask.bits)
+    return h.hexdigest()[:32]
+
+
+def mask_voxel_digest(mask: CompactMask) -> str:
+    """SHA-256 of the mask's voxels (tight box + bits): equal voxels, equal digest, whatever box they came in."""
+    tight = mask.tight()
+    h = hashlib.sha256()
+    h.update(repr(tight.box).encode())
+    h.update(tight.bits)
+    return h.hexdigest()
+
+
+def decode_mask_bits(box: Sequence[int], bits_b64: str) -> np.ndarray:
+    """The box's voxels as a bool array from the wire's base64 bits (for callers that do not want ``CompactMask``)."""
+    return CompactMask.from_json({"box": list(box), "bits": bits_b64}).crop()

@@ -1,0 +1,23 @@
+"""The package's layers hold: ``lint-imports`` checks the import-linter contracts of pyproject.toml.
+
+The contracts: the wire (``MedSegReasoning/wire``) imports nothing else of the package and no torch, web framework
+or image library; the Slicer glue imports only the wire (and the terminology codes); the engine never imports the
+Slicer side; no import cycles inside the wire or the Slicer glue; the engine's layers from the front ends down to
+the core types. Running them here puts them in the README's test command.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def test_import_contracts_are_kept():
+    assert LINT_IMPORTS.exists(), "import-linter is part of the test extra: pip install -e '.[test]'"
+    result = subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
