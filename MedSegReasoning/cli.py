@@ -26,7 +26,8 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_SERVICE}  an external service is unreachable or refusing
 """
 
-ASK_EPILOG = """indices:
+ASK_EPILOG = (
+    """indices:
   I is the column, J the row and K the slice, 0-based voxel indices of the input; K counts slices after
   sorting along the slice normal (row direction x column direction), as ITK and SimpleITK order them.
   Box corners are inclusive. --box and --point combine into one prompt on one slice.
@@ -36,7 +37,9 @@ outputs (in --out, default ./medseg-out):
   seg.dcm       DICOM-SEG referencing the source series (DICOM input only)
   result.json   what was done and found (schema: docs/result-schema.md)
 
-""" + EXIT_CODES_HELP
+"""
+    + EXIT_CODES_HELP
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -199,7 +202,9 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
     ask.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use when the folder holds several")
     ask.add_argument("--label", default=None, help="name of the segmented structure (default: Segment 1)")
     ask.add_argument("--no-propagate", action="store_true", help="segment the key slice only")
-    ask.add_argument("--window", default=None, help="intensity window: ct-soft-tissue, ct-lung, ct-bone, ct-brain, auto")
+    ask.add_argument(
+        "--window", default=None, help="intensity window: ct-soft-tissue, ct-lung, ct-bone, ct-brain, auto"
+    )
     ask.add_argument("--segmenter", default="litemedsam", help="litemedsam (default) or sam:PATH / medsam:PATH")
     ask.add_argument("--out", type=Path, default=Path("medseg-out"), help="output folder (default: ./medseg-out)")
     ask.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
@@ -317,7 +322,9 @@ def prepare_out_dir(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: give a folder.")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise InputError(f"the output folder {out} is not empty: choose another --out, or add --force to write into it.")
+        raise InputError(
+            f"the output folder {out} is not empty: choose another --out, or add --force to write into it."
+        )
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -674,12 +681,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; outputs already written are complete, nothing half-written was kept.", file=sys.stderr)
+        print(
+            f"{PROG}: interrupted; outputs already written are complete, nothing half-written was kept.",
+            file=sys.stderr,
+        )
         return 130
     except OSError as exc:
         if args.debug:
             raise
-        print(f"{PROG}: error: a file could not be read or written ({exc}): check the path, free space and permissions.", file=sys.stderr)
+        print(
+            f"{PROG}: error: a file could not be read or written ({exc}): check the path, free space and permissions.",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except MemoryError:
         if args.debug:

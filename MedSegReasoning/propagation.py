@@ -242,7 +242,9 @@ class ZoomPolicy:
     snap_px: int = 8
     model_input_px: int = 256
 
-    def crop(self, box: tuple[float, float, float, float] | None, height: int, width: int) -> tuple[int, int, int, int] | None:
+    def crop(
+        self, box: tuple[float, float, float, float] | None, height: int, width: int
+    ) -> tuple[int, int, int, int] | None:
         """``(x0, y0, x1, y1)`` (exclusive ends) of the crop for ``box`` on a ``height`` x ``width`` image, or None."""
         if box is None or self.below_px <= 0:
             return None

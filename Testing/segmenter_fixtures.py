@@ -87,8 +87,18 @@ def innermost_point(mask: np.ndarray) -> tuple[float, float]:
 
 
 # -- a tiny randomly initialised SAM, saved as a real checkpoint ----------------------------------------------
-TINY_SAM = {"img_size": 64, "patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2, "window_size": 2,
-            "global_attn_indexes": (1,), "prompt_dim": 32, "decoder_mlp_dim": 64, "iou_hidden": 32}
+TINY_SAM = {
+    "img_size": 64,
+    "patch_size": 16,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "window_size": 2,
+    "global_attn_indexes": (1,),
+    "prompt_dim": 32,
+    "decoder_mlp_dim": 64,
+    "iou_hidden": 32,
+}
 
 
 def build_tiny_sam():
@@ -108,20 +118,33 @@ def build_tiny_sam():
     grid = c["img_size"] // c["patch_size"]
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
-            num_heads=c["num_heads"], mlp_ratio=4, out_chans=c["prompt_dim"], qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-            window_size=c["window_size"], global_attn_indexes=c["global_attn_indexes"],
+            img_size=c["img_size"],
+            patch_size=c["patch_size"],
+            embed_dim=c["embed_dim"],
+            depth=c["depth"],
+            num_heads=c["num_heads"],
+            mlp_ratio=4,
+            out_chans=c["prompt_dim"],
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=c["window_size"],
+            global_attn_indexes=c["global_attn_indexes"],
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=c["prompt_dim"], image_embedding_size=(grid, grid),
-            input_image_size=(c["img_size"], c["img_size"]), mask_in_chans=16,
+            embed_dim=c["prompt_dim"],
+            image_embedding_size=(grid, grid),
+            input_image_size=(c["img_size"], c["img_size"]),
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=c["prompt_dim"], mlp_dim=c["decoder_mlp_dim"],
-                                          num_heads=8),
-            transformer_dim=c["prompt_dim"], iou_head_depth=3, iou_head_hidden_dim=c["iou_hidden"],
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=c["prompt_dim"], mlp_dim=c["decoder_mlp_dim"], num_heads=8
+            ),
+            transformer_dim=c["prompt_dim"],
+            iou_head_depth=3,
+            iou_head_hidden_dim=c["iou_hidden"],
         ),
     )
     # Random (non-zero) relative position tables, so a loader that ignored them would change the output.

@@ -21,3 +21,15 @@ def test_import_contracts_are_kept():
     result = subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
+
+
+RUFF = Path(sys.executable).with_name("ruff")
+
+
+def test_code_is_linted_and_formatted_with_the_pinned_ruff():
+    """``ruff check`` and ``ruff format --check`` over the whole tree, with the ruff the test extra pins, so style
+    and the lint rules of pyproject.toml are part of the README's test command rather than a habit."""
+    assert RUFF.exists(), "ruff is part of the test extra: pip install -e '.[test]'"
+    for command in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run([str(RUFF), *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"ruff {' '.join(command)}:\n" + result.stdout[-6000:] + result.stderr[-2000:]

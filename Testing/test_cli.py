@@ -19,7 +19,9 @@ CLI = [sys.executable, "-m", "MedSegReasoning.cli"]
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, encoding="utf-8", cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, encoding="utf-8", cwd=cwd, env=env, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +158,10 @@ def test_ask_on_real_ct_writes_mask_seg_and_result(shared_ct, litemedsam, tmp_pa
     rows, cols = np.nonzero(liver[k])
     box = f"{cols.min()},{rows.min()},{cols.max()},{rows.max()},{k}"
     out = tmp_path / "out"
-    assert main(["ask", str(shared_ct / "dicom"), "--box", box, "--no-propagate", "--label", "liver", "--out", str(out)]) == 0
+    assert (
+        main(["ask", str(shared_ct / "dicom"), "--box", box, "--no-propagate", "--label", "liver", "--out", str(out)])
+        == 0
+    )
     assert "liver:" in capsys.readouterr().out
 
     image = sitk.ReadImage(str(out / "mask.nii.gz"))

@@ -108,7 +108,9 @@ def test_seg_is_valid_for_dciodvfy_and_dcmqi(oblique_series, tmp_path):
     image = sitk.ReadImage(str(nrrd))
     arr = sitk.GetArrayFromImage(image) > 0
     k, j, i = np.nonzero(arr)
-    points = np.array([image.TransformIndexToPhysicalPoint((int(a), int(b), int(c))) for a, b, c in zip(i, j, k, strict=True)])
+    points = np.array(
+        [image.TransformIndexToPhysicalPoint((int(a), int(b), int(c))) for a, b, c in zip(i, j, k, strict=True)]
+    )
     assert _as_index_set(points, geometry) == _as_index_set(_physical_points(mask, volume.geometry), geometry)
 
 
@@ -138,5 +140,7 @@ def test_two_segments_keep_their_own_voxels(oblique_series, tmp_path):
 def test_seg_refuses_non_dicom_input(tmp_path):
     volume = Volume(np.zeros((2, 4, 4), np.int16), Geometry.from_arrays((0, 0, 0), (1, 1, 1), np.eye(3)))
     with pytest.raises(InputError, match="DICOM-SEG needs a DICOM input"):
-        write_dicom_seg(volume, [SegmentSpec(1, "x", np.ones((2, 4, 4), bool))], tmp_path / "s.dcm", AlgorithmInfo("t", "1"))
+        write_dicom_seg(
+            volume, [SegmentSpec(1, "x", np.ones((2, 4, 4), bool))], tmp_path / "s.dcm", AlgorithmInfo("t", "1")
+        )
     assert not list(tmp_path.iterdir()), "nothing may be left behind"

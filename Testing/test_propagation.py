@@ -54,7 +54,9 @@ def test_stops_when_the_mask_leaks():
     leaked = truth.copy()
     leaked[17, 5:60, 5:60] = True  # slice 17 suddenly covers most of the field
     seg = OracleSegmenter(leaked)
-    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0, tissue_quantile=None))
+    result = propagate(
+        _volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0, tissue_quantile=None)
+    )
     assert result.slice_range == (8, 16)
     assert "leak" in result.stop_reasons["up"]
 
@@ -65,7 +67,9 @@ def test_stops_when_the_box_slides_onto_another_structure():
     moved[17] = False
     moved[17, 40:50, 12:22] = True  # inside the grown box, but not where the structure was
     seg = OracleSegmenter(moved)
-    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=1.0, tissue_quantile=None))
+    result = propagate(
+        _volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=1.0, tissue_quantile=None)
+    )
     assert result.slice_range == (8, 16)
     assert "moved away" in result.stop_reasons["up"]
 

@@ -61,7 +61,9 @@ def test_matches_segment_anything_predictor(tiny_sam_path, image):
     ours = seg.predict(Prompt2D(box=box, points=((20.0, 12.0),), labels=(1,)))
     with torch.inference_mode():
         masks, scores, _ = reference.predict(
-            point_coords=np.array([[20.0, 12.0]]), point_labels=np.array([1]), box=np.array(box),
+            point_coords=np.array([[20.0, 12.0]]),
+            point_labels=np.array([1]),
+            box=np.array(box),
             multimask_output=False,
         )
     assert ours.score == pytest.approx(float(scores[0]), abs=1e-5)
