@@ -33,3 +33,14 @@ def test_code_is_linted_and_formatted_with_the_pinned_ruff():
     for command in (["check", "."], ["format", "--check", "."]):
         result = subprocess.run([str(RUFF), *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, f"ruff {' '.join(command)}:\n" + result.stdout[-6000:] + result.stderr[-2000:]
+
+
+MYPY = Path(sys.executable).with_name("mypy")
+
+
+def test_the_wire_type_checks_strictly():
+    """mypy over what pyproject.toml's ``[tool.mypy]`` names (the wire, strict): the types both processes rely on
+    are checked, not only documented."""
+    assert MYPY.exists(), "mypy is part of the test extra: pip install -e '.[test]'"
+    result = subprocess.run([str(MYPY)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

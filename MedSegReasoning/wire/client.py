@@ -41,6 +41,9 @@ from .masks import CompactMask
 from .network import is_loopback_host
 from .transport import HttpTransport, json_bytes, url_segment
 
+ProgressCallback = Callable[[str, float, dict[str, Any]], None]
+"""``(stage, fraction, detail)`` of a round's progress events."""
+
 
 class MedSegClient(HttpTransport):
     """All endpoints of one server. Thread-safe: each call uses its own connection (kept alive per thread)."""
@@ -58,19 +61,19 @@ class MedSegClient(HttpTransport):
         ``affinity``: sent as ``X-MedSeg-Affinity`` so that a proxy in front of several replicas sends all of this
         client's requests to one of them (docs/deployment.md); default: random per client."""
         super().__init__(url, token, timeout=timeout, ca_file=ca_file, affinity=affinity)
-        self._capabilities: dict | None = None
+        self._capabilities: dict[str, Any] | None = None
         self._hashes: dict[tuple[str, int], str] = {}  # volumes sent: (description, CRC-32) -> content hash
 
     # -- service --------------------------------------------------------------------------------------------------
-    def health(self, timeout: float | None = None) -> dict:
+    def health(self, timeout: float | None = None) -> dict[str, Any]:
         return self._json("GET", f"{API}/health", timeout=timeout)
 
-    def capabilities(self, refresh: bool = False) -> dict:
+    def capabilities(self, refresh: bool = False) -> dict[str, Any]:
         if self._capabilities is None or refresh:
             self._capabilities = self._json("GET", f"{API}/capabilities")
         return self._capabilities
 
-    def wait_for_health(self, timeout: float = 30.0, cancel: threading.Event | None = None) -> dict:
+    def wait_for_health(self, timeout: float = 30.0, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Poll ``/v1/health`` until the server answers (a token error is raised at once: waiting cannot fix it)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -85,10 +88,10 @@ class MedSegClient(HttpTransport):
     def create_session(self) -> str:
         return self._json("POST", f"{API}/sessions")["id"]
 
-    def session(self, session_id: str) -> dict:
+    def session(self, session_id: str) -> dict[str, Any]:
         return self._json("GET", f"{API}/sessions/{url_segment(session_id)}")
 
-    def sessions(self) -> list[dict]:
+    def sessions(self) -> list[dict[str, Any]]:
         return self._json("GET", f"{API}/sessions")["sessions"]
 
     def delete_session(self, session_id: str) -> None:
@@ -105,7 +108,7 @@ class MedSegClient(HttpTransport):
         *,
         compress: bool | None = None,
         dicom: Mapping[str, str] | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Send the session's volume: ``array`` is ``[k, j, i]``, geometry in LPS (direction columns = i, j, k axes).
 
         ``dicom``: the source series' ``study_instance_uid``, ``series_instance_uid``, ``frame_of_reference_uid``
@@ -143,7 +146,7 @@ class MedSegClient(HttpTransport):
         uids = {k: str(v) for k, v in (dicom or {}).items() if v}
         if uids:
             meta["dicom"] = uids
-        data = memoryview(array).cast("B")
+        data = memoryview(array).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack Buffer
         key = (json.dumps(meta, sort_keys=True), zlib.crc32(data))
         path = f"{API}/sessions/{url_segment(session_id)}/volume"
         known = self._hashes.get(key)
@@ -192,12 +195,12 @@ class MedSegClient(HttpTransport):
         session_id: str,
         question: str = "",
         *,
-        prompts: Sequence[dict] = (),
-        current_view: dict | None = None,
+        prompts: Sequence[dict[str, Any]] = (),
+        current_view: dict[str, Any] | None = None,
         window: str | None = None,
         propagate: bool = True,
         on_reasoning: Callable[[str], None] | None = None,
-        on_progress: Callable[[str, float, dict], None] | None = None,
+        on_progress: ProgressCallback | None = None,
         on_target: Callable[[Entity], None] | None = None,
         on_event: Callable[[RoundEvent], None] | None = None,
         cancel: threading.Event | None = None,
@@ -224,9 +227,9 @@ class MedSegClient(HttpTransport):
         box: Sequence[int] | None = None,
         erase: Sequence[int] | None = None,
         points: Sequence[Sequence[int]] = (),
-        view: dict | None = None,
+        view: dict[str, Any] | None = None,
         window: str | None = None,
-        on_progress: Callable[[str, float, dict], None] | None = None,
+        on_progress: ProgressCallback | None = None,
         on_target: Callable[[Entity], None] | None = None,
         on_event: Callable[[RoundEvent], None] | None = None,
         cancel: threading.Event | None = None,
@@ -250,7 +253,17 @@ class MedSegClient(HttpTransport):
         path = f"{API}/sessions/{url_segment(session_id)}/entities/{url_segment(entity_id)}/refine"
         return self._round(session_id, path, body, None, on_progress, on_target, on_event, cancel)
 
-    def _round(self, session_id, path, body, on_reasoning, on_progress, on_target, on_event, cancel) -> RoundResult:
+    def _round(
+        self,
+        session_id: str,
+        path: str,
+        body: dict[str, Any],
+        on_reasoning: Callable[[str], None] | None,
+        on_progress: ProgressCallback | None,
+        on_target: Callable[[Entity], None] | None,
+        on_event: Callable[[RoundEvent], None] | None,
+        cancel: threading.Event | None,
+    ) -> RoundResult:
         """POST a round-like request and read its event stream (``ask`` and ``refine`` alike)."""
         conn = self._connection(fresh=True, timeout=STREAM_IDLE_TIMEOUT_S)
         response = self._send(conn, "POST", path, json_bytes(body), {})
@@ -272,7 +285,7 @@ class MedSegClient(HttpTransport):
             finished.set()
             conn.close()
 
-    def cancel_round(self, session_id: str, round_id: str = "current") -> dict:
+    def cancel_round(self, session_id: str, round_id: str = "current") -> dict[str, Any]:
         return self._json("POST", f"{API}/sessions/{url_segment(session_id)}/rounds/{url_segment(round_id)}/cancel")
 
     def session_archive(self, session_id: str) -> bytes:
@@ -292,10 +305,10 @@ class MedSegClient(HttpTransport):
         headers = {"Content-Type": "application/zip"}
         return self._json("POST", f"{API}/sessions/restore", body=archive, headers=headers)["id"]
 
-    def rounds(self, session_id: str) -> list[dict]:
+    def rounds(self, session_id: str) -> list[dict[str, Any]]:
         return self._json("GET", f"{API}/sessions/{url_segment(session_id)}/rounds")["rounds"]
 
-    def undo(self, session_id: str) -> dict:
+    def undo(self, session_id: str) -> dict[str, Any]:
         return self._json("POST", f"{API}/sessions/{url_segment(session_id)}/undo")
 
     # -- entities -----------------------------------------------------------------------------------------------------
@@ -354,11 +367,20 @@ class MedSegClient(HttpTransport):
             conn.close()
 
     # -- streaming ----------------------------------------------------------------------------------------------------
-    def _read_round(self, response, round_id, on_reasoning, on_progress, on_target, on_event, cancel) -> RoundResult:
+    def _read_round(
+        self,
+        response: Any,
+        round_id: str,
+        on_reasoning: Callable[[str], None] | None,
+        on_progress: ProgressCallback | None,
+        on_target: Callable[[Entity], None] | None,
+        on_event: Callable[[RoundEvent], None] | None,
+        cancel: threading.Event | None,
+    ) -> RoundResult:
         entities: list[Entity] = []
-        events: list[tuple[str, dict]] = []
-        error: dict | None = None
-        done: dict | None = None
+        events: list[tuple[str, dict[str, Any]]] = []
+        error: dict[str, Any] | None = None
+        done: dict[str, Any] | None = None
         for event in sse_events(response, self.url):
             events.append((event.name, event.data))
             if on_event is not None:
@@ -405,7 +427,9 @@ class MedSegClient(HttpTransport):
             refine=done.get("refine"),
         )
 
-    def _watch_cancel(self, session_id, round_id, cancel: threading.Event, finished: threading.Event, conn) -> None:
+    def _watch_cancel(
+        self, session_id: str, round_id: str, cancel: threading.Event, finished: threading.Event, conn: Any
+    ) -> None:
         while not finished.is_set():
             if cancel.wait(0.1):
                 try:

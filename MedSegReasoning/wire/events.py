@@ -34,17 +34,17 @@ class Entity:
     bbox: tuple[int, ...] | None
     voxels: int
     uncertain: bool
-    data: dict
+    data: dict[str, Any]
     mask: CompactMask | None = None
 
     @staticmethod
-    def from_json(data: dict) -> Entity:
+    def from_json(data: dict[str, Any]) -> Entity:
         mask = CompactMask.from_json(data["mask"]) if data.get("mask") is not None else None
         return Entity(
             id=data["id"],
             label=data["label"],
             name=data.get("name", data["label"]),
-            color=tuple(data["color"]),  # type: ignore[arg-type]
+            color=tuple(data["color"]),
             findings=data.get("findings", ""),
             review=data.get("review", "proposed"),
             key_slice=int(data["key_slice"]),
@@ -64,12 +64,14 @@ class RoundResult:
     round_id: str
     status: str  # ok | clarification
     reasoning: str
-    clarification: dict | None
+    clarification: dict[str, Any] | None
     entities: list[Entity]
-    targets: list[dict]
-    timings: dict
-    events: list[tuple[str, dict]] = field(default_factory=list)
-    refine: dict | None = None  # a refine's done.refine: entity_id, kind, orientation, slice, changed_slices, stopped
+    targets: list[dict[str, Any]]
+    timings: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    refine: dict[str, Any] | None = (
+        None  # a refine's done.refine: entity_id, kind, orientation, slice, changed_slices, stopped
+    )
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class RoundEvent:
     """One Server-Sent Event of a round."""
 
     name: str
-    data: dict
+    data: dict[str, Any]
     id: int | None = None
 
 
@@ -85,7 +87,8 @@ def sse_events(response: Any, url: str) -> Iterator[RoundEvent]:
     """Parse a ``text/event-stream`` body line by line (comments are heartbeats); ``url`` names the server in errors.
 
     Ends quietly when the connection is lost: the caller reports that no ``done`` came."""
-    name, data_lines, event_id = "message", [], None
+    data_lines: list[str] = []
+    name, event_id = "message", None
     while True:
         try:
             raw = response.readline()

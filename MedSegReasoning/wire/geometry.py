@@ -17,11 +17,16 @@ side's boxes and clicks alike. Numpy only: the Slicer side imports it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in np.asarray(values, dtype=float).reshape(3))
+    return x, y, z
 
 
 @dataclass(frozen=True)
@@ -33,13 +38,9 @@ class Geometry:
     direction: tuple[tuple[float, float, float], ...]  # row-major 3x3, columns = i, j, k axes
 
     @staticmethod
-    def from_arrays(origin, spacing, direction) -> Geometry:
+    def from_arrays(origin: Any, spacing: Any, direction: Any) -> Geometry:
         d = np.asarray(direction, dtype=float).reshape(3, 3)
-        return Geometry(
-            origin=tuple(float(x) for x in np.asarray(origin, dtype=float).reshape(3)),
-            spacing=tuple(float(x) for x in np.asarray(spacing, dtype=float).reshape(3)),
-            direction=tuple(tuple(float(x) for x in row) for row in d),
-        )
+        return Geometry(origin=_triple(origin), spacing=_triple(spacing), direction=tuple(_triple(row) for row in d))
 
     @property
     def direction_matrix(self) -> np.ndarray:

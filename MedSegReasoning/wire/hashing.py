@@ -31,7 +31,7 @@ def content_sha256(array: np.ndarray, affine: np.ndarray) -> str:
     """The content hash of a ``[k, j, i]`` array on the grid of ``affine`` (4x4, ``(i, j, k, 1)`` to LPS)."""
     array = np.ascontiguousarray(array)
     h = content_hasher(array.dtype, array.shape, affine)
-    h.update(memoryview(array).cast("B"))
+    h.update(memoryview(array).cast("B"))  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack Buffer
     return h.hexdigest()
 
 

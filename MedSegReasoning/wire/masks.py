@@ -24,6 +24,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -174,7 +175,7 @@ class CompactMask:
         return CompactMask.from_crop(box, c)
 
     # -- JSON (the wire) --------------------------------------------------------------------------------------------
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "box": list(self.box) if self.box is not None else None,
             "bits": base64.b64encode(self.bits).decode("ascii"),

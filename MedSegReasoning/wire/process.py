@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .childenv import child_environment
 from .errors import (
@@ -45,7 +45,7 @@ def new_process_group() -> dict[str, Any]:
     return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
 
 
-def kill_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:
+def kill_tree(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """Kill the process and every process it started: SIGKILL to its group on POSIX, ``taskkill /T /F`` on Windows;
     then wait up to ``timeout`` seconds for it to be reaped. A process started without ``new_process_group()`` on
     POSIX shares this one's group: never pass one."""
@@ -90,8 +90,8 @@ class LocalServer:
         self.env = env
         self.cwd = cwd
         self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen | None = None
-        self.ready: dict | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready: dict[str, Any] | None = None
         self.client: MedSegClient | None = None
         self._stdout: deque[str] = deque(maxlen=200)
         self._stderr: deque[str] = deque(maxlen=200)
@@ -197,7 +197,7 @@ class LocalServer:
     def _forget(self) -> None:
         atexit.unregister(self.stop)
 
-    def _drain(self, stream, sink: deque[str], watch_ready: bool) -> None:
+    def _drain(self, stream: IO[bytes], sink: deque[str], watch_ready: bool) -> None:
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             sink.append(line)

@@ -18,6 +18,7 @@ import json
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 SESSION_FILE = "session.json"
 MASK_DIR = "masks"
@@ -82,7 +83,7 @@ def unpack_session(data: bytes, folder: Path, max_bytes: int) -> Path:
     return folder
 
 
-def session_json(archive: bytes) -> dict:
+def session_json(archive: bytes) -> dict[str, Any]:
     """The ``session.json`` inside an archive: the conversation's record (what ``ChatPanel.restore`` reads)."""
     with zipfile.ZipFile(io.BytesIO(archive)) as z:
         return json.loads(z.read(SESSION_FILE))
