@@ -7,5 +7,6 @@ pull in torch. Heavy modules (models, readers) are imported where they are used.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+PROG = "medseg-reasoning"  # the command's name, in its messages
 
-__all__ = ["__version__"]
+__all__ = ["PROG", "__version__"]

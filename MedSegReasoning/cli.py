@@ -14,10 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
+from . import PROG, __version__
 from .wire.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SERVICE, InputError, MedSegError
-
-PROG = "medseg-reasoning"
 
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}  success
@@ -465,7 +463,7 @@ def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> d
         )
     timings.update(target.timings)
     from .export.dicom_seg import SegmentSpec
-    from .output import write_ask_outputs
+    from .output import print_summary, write_ask_outputs
     from .result import target_record
 
     segments = [SegmentSpec(number=target.value, label=target.label, mask=target.mask, semiautomatic=True)]
@@ -474,27 +472,6 @@ def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> d
     )
     print_summary(result, options.out)
     return result
-
-
-def print_summary(result: dict, out: Path) -> None:
-    """What a user reads after ``ask``: per target its size and extent, why propagation stopped, findings."""
-    for t in result["targets"]:
-        rng = t["slice_range"] or ["-", "-"]
-        name = f"{t['entity_id']} {t['label']}" if t.get("entity_id") else t["label"]
-        score = f", score {t['score']:.2f}" if t.get("score") is not None else ""
-        print(
-            f"{name}: {t['voxels']} voxels, {t['volume_ml']:.1f} mL, slices {rng[0]}-{rng[1]}, "
-            f"key slice {t['key_slice']}{score}"
-        )
-        if t.get("findings"):
-            print(f"  {t['findings']}")
-        if t["propagation"]:
-            for direction, why in t["propagation"]["stopped"].items():
-                print(f"  propagation {direction}: stopped at {why}")
-    written = [name for name in result["outputs"].values() if name]
-    print(f"wrote {', '.join(written)} to {out}")
-    for warning in result["warnings"]:
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 class _progress_bar:

@@ -1,14 +1,14 @@
 """``ask`` as one dialogue round: the reasoner (or an explicit prompt) plans, the dialogue segments and judges.
 
 This is the path for questions answered by a reasoner and for ``--session DIR`` (several ``ask`` calls that refer
-to each other's entities). It goes through ``dialogue.run_round``, so every target gets judgment, correction,
-terminology and findings, and a session folder is saved after the round. The explicit-prompt, session-less
-``ask`` keeps the shorter path in ``cli.run_ask`` (one target, no judgment: the user's box is taken as given).
+to each other's entities). It goes through ``dialogue.ask.ask_round``, the one round of every front end, so every
+target gets judgment, correction (the reasoner asked again), terminology and findings, and a session folder is
+saved after the round. The explicit-prompt, session-less ``ask`` keeps the shorter path in ``cli.run_ask`` (one
+target, no judgment: the user's box is taken as given), segmenting with the same ``pipeline.segment_prompt``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -34,8 +34,11 @@ class ReasonerOptions:
 def run_round_ask(
     volume, prompt, options, reasoner_options: ReasonerOptions, session_dir: Path | None, timings
 ) -> dict:
-    """One round on ``volume``: plan (reasoner or ``prompt``), segment, judge; write outputs; return result.json."""
-    from .dialogue import RoundPlan, Session, TargetSpec, open_session, run_round
+    """One round on ``volume`` (``dialogue.ask.ask_round``): plan (reasoner or ``prompt``), segment, judge, correct;
+    write outputs; return result.json. This function only supplies the CLI's I/O: the reasoner's text streamed to
+    stdout, stages and warnings on stderr, the output files."""
+    from .dialogue import Session, TargetSpec, open_session
+    from .dialogue.ask import ask_round
     from .pipeline import check_prompt
     from .segmentation.factory import create_segmenter, default_store_root
     from .volume import default_window, window_by_name
@@ -49,7 +52,6 @@ def run_round_ask(
         if session_dir is not None
         else Session.for_volume(volume, path=source_path)
     )
-    answers: list[Any] = []
     reasoner = None
     if prompt is None:
         reasoner = _create_reasoner(reasoner_options, timings)
@@ -58,33 +60,42 @@ def run_round_ask(
     timings["model_load_s"] = timings.get("model_load_s", 0.0) + time.perf_counter() - t0
 
     ahead = _encode_ahead(segmenter, reasoner)
-    if prompt is not None:
-        plan: Any = RoundPlan(targets=(TargetSpec(options.label, prompt, propagate=options.propagate),))
-    else:
-        plan = _reasoner_planner(volume, window, reasoner, session, options, reasoner_options, answers, ahead)
-    question = options.question or ""
-    ask_again = None
-    if reasoner is not None:
-        on_text = _stream_to_stdout if reasoner_options.stream else None
-        ask_again = ask_reasoner_again(
-            volume,
-            window,
-            reasoner,
-            session,
-            question,
-            on_text=on_text,
-            answers=answers,
-            current_view=reasoner_options.current_view,
-        )
     try:
-        rnd = run_round(
-            session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=_stage_printer()
+        asked = ask_round(
+            session,
+            volume,
+            segmenter,
+            window,
+            options.question or "",
+            reasoner=reasoner,
+            prompts=(TargetSpec(options.label, prompt),) if prompt is not None else (),
+            propagate=options.propagate,
+            current_view=reasoner_options.current_view,
+            encode_ahead=ahead,
+            io=_cli_io(reasoner_options.stream),
         )
     finally:
         if ahead is not None:
             ahead.close()
+    rnd = asked.round
     timings.update(rnd.timings)
-    return write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
+    return write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, asked.answers, timings)
+
+
+def _cli_io(stream: bool):
+    """The CLI's side of a round: the reasoner's text to stdout as it comes (a line break after each answer),
+    target stages and warnings to stderr."""
+    from .dialogue.ask import RoundIO
+
+    def end_answer(_answer) -> None:
+        sys.stdout.write("\n")
+
+    return RoundIO(
+        on_text=_stream_to_stdout if stream else None,
+        on_answer=end_answer if stream else None,
+        progress=_stage_printer(),
+        on_warning=lambda message: print(message, file=sys.stderr),
+    )
 
 
 def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float]):
@@ -116,124 +127,6 @@ def _encode_ahead(segmenter, reasoner):
     return ahead if ahead.supported else None
 
 
-def _reasoner_planner(
-    volume, window, reasoner, session, options, reasoner_options: ReasonerOptions, answers: list, ahead=None
-):
-    """The dialogue's planner hook for ``ask``: stream the reasoner's text to stdout, honour ``--no-propagate``."""
-    return reasoner_planner(
-        volume,
-        window,
-        reasoner,
-        session,
-        propagate=options.propagate,
-        on_text=_stream_to_stdout if reasoner_options.stream else None,
-        answers=answers,
-        current_view=reasoner_options.current_view,
-        encode_ahead=ahead,
-    )
-
-
-def reasoner_planner(
-    volume,
-    window,
-    reasoner,
-    session,
-    *,
-    propagate: bool = True,
-    on_text=None,
-    answers=None,
-    current_view=None,
-    encode_ahead=None,
-):
-    """``run_round``'s planner: ask the reasoner with the session's entities as context (ids and labels in the
-    prompt, outlines tagged with their ids on the views), and turn its answer into the round's plan. With
-    ``encode_ahead`` (a ``segmentation.encode_ahead.EncodeAhead``) the slices the reasoner is shown are encoded while
-    it thinks; what is still pending when it answers is dropped."""
-    from .dialogue import plan_from_answer
-    from .reasoning import ReasoningContext, run_reasoning
-    from .segmentation.encode_ahead import encoding_ahead
-
-    def plan(question: str, context: dict):
-        with encoding_ahead(encode_ahead, volume, window) as on_views:
-            answer = run_reasoning(
-                volume,
-                reasoner,
-                question,
-                context=ReasoningContext.from_dialogue(
-                    context, len(session.rounds) + 1, slice_mask=session.entity_slice_mask
-                ),
-                on_text=on_text,
-                window=window,
-                current_view=current_view,
-                on_views=on_views,
-            )
-        if on_text:
-            sys.stdout.write("\n")
-        if answers is not None:
-            answers.append(answer)
-        result = plan_from_answer(answer, question)
-        if not propagate:
-            result = dataclasses.replace(
-                result, targets=tuple(dataclasses.replace(t, propagate=False) for t in result.targets)
-            )
-        return result
-
-    return plan
-
-
-def correction_question(question: str, label: str, reasons: list[str]) -> str:
-    """The question asked again, with why the previous answer's mask was refused: the reasoner can only do better
-    than the segmenter's own re-prompts (tighter box, negative points) if it is told what went wrong."""
-    why = "; ".join(reasons) if reasons else "it did not pass the checks"
-    return f"{question}\nYour previous box for '{label}' was rejected: {why}. Give a corrected box."
-
-
-def ask_reasoner_again(
-    volume, window, reasoner, session, question: str, *, on_text=None, answers: list | None = None, current_view=None
-):
-    """``run_round``'s ``ask_again(target, reasons)``: re-ask the reasoner with the reasons; a new prompt or None.
-
-    The reasoner sees the session as it stands (entities outlined on the views) and the same round number, so a
-    replay file serves the re-ask from that round's next lines. An answer that cannot be used (a question back, no
-    target, a malformed answer, or a replay file without another answer) gives None: the round keeps its best
-    attempt and marks it uncertain instead of losing it. Cancelling still stops the round.
-    """
-    from .reasoning import ReasonerOutputError, ReasoningContext, run_reasoning
-
-    def ask_again(target, reasons: list[str]):
-        context = ReasoningContext.from_dialogue(
-            session.context_for_reasoner(), len(session.rounds) + 1, slice_mask=session.entity_slice_mask
-        )
-        try:
-            answer = run_reasoning(
-                volume,
-                reasoner,
-                correction_question(question, target.label, reasons),
-                context=context,
-                on_text=on_text,
-                window=window,
-                current_view=current_view,
-            )
-        except (ReasonerOutputError, InputError) as exc:
-            print(f"asking the reasoner again for '{target.label}' gave nothing usable: {exc}", file=sys.stderr)
-            return None
-        if on_text:
-            sys.stdout.write("\n")
-        if answers is not None:
-            answers.append(answer)
-        return _matching_prompt(answer, target.label)
-
-    return ask_again
-
-
-def _matching_prompt(answer, label: str):
-    """The re-asked answer's prompt for ``label``: the target of that label, else the only one (None if unclear)."""
-    usable = [t for t in answer.targets if t.has_prompt and (t.box is not None or t.points)]  # any orientation
-    same = [t for t in usable if (t.label or "").strip().lower() == label.strip().lower()]
-    chosen = same[0] if same else (usable[0] if len(usable) == 1 else None)
-    return chosen.to_voxel_prompt() if chosen is not None else None
-
-
 def _stream_to_stdout(chunk: str) -> None:
     sys.stdout.write(chunk)
     sys.stdout.flush()
@@ -248,9 +141,8 @@ def _stage_printer():
 
 
 def write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings) -> dict:
-    from .cli import print_summary
     from .export.dicom_seg import SegmentSpec
-    from .output import write_ask_outputs
+    from .output import print_summary, write_ask_outputs
     from .result import entity_target_record
 
     entities = [session.entities[t.entity_id] for t in rnd.targets if t.entity_id in session.entities]

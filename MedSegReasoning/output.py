@@ -9,13 +9,15 @@ The overview picture is a convenience: if drawing it fails, the run logs and rec
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import PROG, __version__
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +89,24 @@ def _write_overview(path, volume, segments: Sequence, records: Sequence[dict[str
         log.debug("overview.png failed", exc_info=True)
         warnings.append(f"no overview.png: {exc}")
         return False
+
+
+def print_summary(result: dict, out: Path) -> None:
+    """What a user reads after ``ask``: per target its size and extent, why propagation stopped, findings."""
+    for t in result["targets"]:
+        rng = t["slice_range"] or ["-", "-"]
+        name = f"{t['entity_id']} {t['label']}" if t.get("entity_id") else t["label"]
+        score = f", score {t['score']:.2f}" if t.get("score") is not None else ""
+        print(
+            f"{name}: {t['voxels']} voxels, {t['volume_ml']:.1f} mL, slices {rng[0]}-{rng[1]}, "
+            f"key slice {t['key_slice']}{score}"
+        )
+        if t.get("findings"):
+            print(f"  {t['findings']}")
+        if t["propagation"]:
+            for direction, why in t["propagation"]["stopped"].items():
+                print(f"  propagation {direction}: stopped at {why}")
+    written = [name for name in result["outputs"].values() if name]
+    print(f"wrote {', '.join(written)} to {out}")
+    for warning in result["warnings"]:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)

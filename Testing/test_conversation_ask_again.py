@@ -13,8 +13,8 @@ import numpy as np
 from fakes import SliceLookup
 from reasoning_fixtures import blob_volume
 
-from MedSegReasoning.conversation import ask_reasoner_again, correction_question, reasoner_planner
 from MedSegReasoning.dialogue import Session, run_round
+from MedSegReasoning.dialogue.ask import ask_reasoner_again, correction_question, reasoner_planner
 from MedSegReasoning.reasoning import create_reasoner
 from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
 from MedSegReasoning.volume.windowing import default_window

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from ct_reference import reference_labels_on_ct_grid
 
-from MedSegReasoning.conversation import ask_reasoner_again, reasoner_planner
 from MedSegReasoning.dialogue import Session, load_session, run_round
+from MedSegReasoning.dialogue.ask import ask_reasoner_again, reasoner_planner
 from MedSegReasoning.reasoning import create_reasoner
 from MedSegReasoning.volume import default_window, load_volume
 

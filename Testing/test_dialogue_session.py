@@ -79,7 +79,7 @@ def test_saved_session_loads_identical(dialogue):
 
 def test_context_for_the_reasoner_lists_ids_labels_and_boxes(dialogue):
     session, _, _, _ = dialogue
-    ctx = session.context_for_reasoner()
+    ctx = session.reasoning_context().to_dict()
     assert [e["id"] for e in ctx["entities"]] == ["E1", "E2", "E3"]
     e1 = ctx["entities"][0]
     assert e1["key_slice"] == 12 and e1["box"] == [17, 36, 25, 44] and e1["code"] == "SCT 52988006"
@@ -136,7 +136,7 @@ def test_user_actions(tmp_path):
     session.recolor("E3", (10, 20, 30))
     session.set_review("E1", "confirmed")
     session.set_review("E3", "rejected")
-    assert [e["id"] for e in session.context_for_reasoner()["entities"]] == ["E1", "E2"]
+    assert [e["id"] for e in session.reasoning_context().to_dict()["entities"]] == ["E1", "E2"]
     assert isinstance(session.resolve_reference("that vessel"), Clarification)  # the only vessel was rejected
     session.delete("E2")
     assert [e.kind for e in session.edits] == ["rename", "recolor", "review", "review", "delete"]

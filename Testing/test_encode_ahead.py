@@ -17,8 +17,8 @@ import pytest
 from fakes import OracleSegmenter
 from reasoning_fixtures import blob_volume
 
-from MedSegReasoning.conversation import reasoner_planner
 from MedSegReasoning.dialogue import Session, run_round
+from MedSegReasoning.dialogue.ask import reasoner_planner
 from MedSegReasoning.pipeline import VoxelPrompt, segment_prompt
 from MedSegReasoning.reasoning import create_reasoner
 from MedSegReasoning.segmentation._embedding import (

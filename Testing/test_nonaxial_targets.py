@@ -239,16 +239,15 @@ def test_a_coronal_born_entity_is_an_ordinary_entity_in_later_rounds(tmp_path):
     np.testing.assert_array_equal(e1.mask.to_dense(volume.shape), truth)
     assert e1.key_plane == ("coronal", 20)
     assert truth[e1.key_slice].any() and e1.box is not None, "key_slice and box are axial, on the mask"
-    context = session.context_for_reasoner()["entities"][0]
+    context = session.reasoning_context().to_dict()["entities"][0]
     assert (context["key_slice"], context["box"]) == (e1.key_slice, list(e1.box))
 
     # the next question's coronal view shows E1's outline, cut from its 3D mask (superior up, rows stretched)
     from scipy import ndimage
 
-    from MedSegReasoning.reasoning import ReasoningContext
     from MedSegReasoning.reasoning.views import DEFAULT_STRATEGY, draw_entities, refine_views
 
-    ctx = ReasoningContext.from_dialogue(session.context_for_reasoner(), 2, slice_mask=session.entity_slice_mask)
+    ctx = session.reasoning_context(2)
     for orientation, index, plane in (("coronal", 15, truth[:, 15, :]), ("sagittal", 25, truth[:, :, 25])):
         view = draw_entities(refine_views(volume, WINDOW, DEFAULT_STRATEGY, orientation, index), ctx.entities)
         (tile,) = view.views[0].tiles

@@ -74,7 +74,7 @@ def test_series_pulled_over_dicomweb_is_the_series_on_disk(pacs, tmp_path):
 
 def test_replay_round_on_a_pacs_series_then_seg_and_sr_back_to_the_pacs(pacs, tmp_path):
     from MedSegReasoning.dialogue import Session, plan_from_answer, run_round
-    from MedSegReasoning.reasoning import ReasoningContext, create_reasoner, run_reasoning
+    from MedSegReasoning.reasoning import create_reasoner, run_reasoning
 
     orthanc, _, url, _ = pacs
     volume = load_dicomweb_series(url)
@@ -85,7 +85,7 @@ def test_replay_round_on_a_pacs_series_then_seg_and_sr_back_to_the_pacs(pacs, tm
 
     def planner(question, context):
         answer = run_reasoning(
-            volume, reasoner, question, window=WINDOW, context=ReasoningContext.from_dialogue(context)
+            volume, reasoner, question, window=WINDOW, context=context
         )
         return plan_from_answer(answer, question)
 

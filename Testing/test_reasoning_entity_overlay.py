@@ -113,7 +113,7 @@ def test_montage_tiles_show_the_entity_only_on_the_slices_it_spans():
 
 
 def test_dialogue_context_carries_colour_span_and_outline_to_the_reasoner():
-    context = ReasoningContext.from_dialogue(
+    context = ReasoningContext.from_dict(
         {
             "entities": [
                 {
@@ -121,7 +121,7 @@ def test_dialogue_context_carries_colour_span_and_outline_to_the_reasoner():
                     "label": "lesion",
                     "key_slice": 7,
                     "box": [I0, J0, I1, J1],
-                    "bbox": [5, J0, I0, 9, J1, I1],
+                    "slices": [5, 9],
                     "color": list(RED),
                 }
             ]

@@ -273,7 +273,7 @@ def test_dialogue_entities_are_shown_in_model_coordinates_and_read_back_exactly(
         ],
         "text": "E1: ...",
     }
-    context = ReasoningContext.from_dialogue(dialogue_context, round_number=2)
+    context = ReasoningContext.from_dict(dialogue_context, round_number=2)
     assert context.round == 2 and [e.label for e in context.entities] == ["Kidney lesion", "liver"]
     volume = blob_volume()
     views = refine_views(volume, default_window(volume), DEFAULT_STRATEGY, "axial", 7)

@@ -1,7 +1,7 @@
 """Benchmark: what the HTTP server adds on top of the engine, measured on loopback with a real server process.
 
 1. **HTTP overhead per round** (goal <= 30 ms): the same rounds (replayed reasoner answers, a scripted segmenter)
-   run in-process (``run_reasoning`` + ``dialogue.run_round``) and through ``MedSegClient.ask`` against
+   run in-process (``dialogue.ask.ask_round``, the round the server runs) and through ``MedSegClient.ask`` against
    ``serve`` in a child process, in the same run. Model time is measured on both sides and subtracted, so the
    difference is HTTP, JSON, the SSE stream, the queues and the client's mask decoding.
 2. **Upload of a 512x512x300 int16 volume** (goal <= 2 s): raw, then deflate level 1 (to show when compressing
@@ -43,8 +43,9 @@ from server_fixtures import (  # noqa: E402
     write_tokens,
 )
 
-from MedSegReasoning.dialogue import Session, plan_from_answer, run_round  # noqa: E402
-from MedSegReasoning.reasoning import ReasoningContext, create_reasoner, run_reasoning  # noqa: E402
+from MedSegReasoning.dialogue import Session  # noqa: E402
+from MedSegReasoning.dialogue.ask import ask_round  # noqa: E402
+from MedSegReasoning.reasoning import create_reasoner  # noqa: E402
 from MedSegReasoning.volume.core import Geometry, Volume  # noqa: E402
 from MedSegReasoning.volume.windowing import default_window  # noqa: E402
 from MedSegReasoning.wire.client import MedSegClient  # noqa: E402
@@ -122,21 +123,11 @@ class InProcess:
     def round(self) -> float:
         """Wall time minus model time of one round."""
         self.segmenter.seconds = self.reasoner.seconds = 0.0
-        n = len(self.session.rounds) + 1
-
-        def planner(question, context):
-            answer = run_reasoning(
-                self.volume,
-                self.reasoner,
-                question,
-                # as the server does: earlier entities outlined on the reasoner's views
-                context=ReasoningContext.from_dialogue(context, n, slice_mask=self.session.entity_slice_mask),
-                window=self.window,
-            )
-            return plan_from_answer(answer, question)
-
         t0 = time.perf_counter()
-        run_round(self.session, self.volume, self.segmenter, self.window, "Segment the bright mass.", planner)
+        # the round every front end runs (the server's included): earlier entities outlined on the reasoner's views
+        ask_round(
+            self.session, self.volume, self.segmenter, self.window, "Segment the bright mass.", reasoner=self.reasoner
+        )
         return time.perf_counter() - t0 - self.segmenter.seconds - self.reasoner.seconds
 
 

@@ -1,10 +1,13 @@
 """One round of the dialogue: question -> references -> plan (the reasoner's targets) -> segment, judge, correct ->
 entities -> save.
 
-The reasoner is a hook: ``run_round`` takes either a ready ``RoundPlan`` (tests, replayed answers, a user's own
-prompts) or a ``Planner`` callable that receives the question and ``Session.context_for_reasoner()`` and returns
-one. A reasoner adapter's job is to turn its ``Answer`` into a ``RoundPlan``: targets with prompts already in the
-volume's voxel indices, a label, and the ``ref`` it gave (an entity id, or a phrase such as "that lesion").
+Front ends do not call ``run_round`` directly: they call ``ask.ask_round``, which plans with the reasoner (or the
+user's prompts) and re-asks it during correction; the stages of a round, with their files, are listed there.
+
+The reasoner is a hook: ``run_round`` takes either a ready ``RoundPlan`` (tests, a user's own prompts) or a
+``Planner`` callable that receives the question and ``Session.reasoning_context()`` and returns one
+(``ask.ReasonerPlanning.plan``): targets with prompts already in the volume's voxel indices, a label, and the
+``ref`` it gave (an entity id, or a phrase such as "that lesion").
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from ..pipeline import VoxelPrompt, check_prompt, segment_prompt
 from ..propagation import DEFAULT_PROPAGATION, PropagationConfig, segment_slice
+from ..reasoning.base import ReasoningContext
 from ..segmentation.base import Segmenter, embedding_mark, work_since
 from ..volume.core import Volume
 from ..volume.windowing import Window
@@ -73,9 +77,9 @@ def plan_from_answer(answer: Any, question: str = "") -> RoundPlan:
     return RoundPlan(reasoning=answer.reasoning or "", targets=targets, clarification=answer.clarification)
 
 
-Planner = Callable[[str, dict], RoundPlan]
-"""``(question, context) -> RoundPlan``: the reasoner hook. ``context`` is ``context_for_reasoner()`` plus the
-references found in the question (``context["references"]``)."""
+Planner = Callable[[str, ReasoningContext], RoundPlan]
+"""``(question, context) -> RoundPlan``: the reasoner hook. ``context`` is ``Session.reasoning_context()`` for the
+round being asked (the references found in the question are in the round's ``references``)."""
 ProgressFn = Callable[[str, float], None]
 """``(stage, fraction of the round done)``: what the server streams as ``progress`` events."""
 
@@ -166,8 +170,7 @@ def run_round(
             return _finish(session, rnd, t_round)
         if not isinstance(plan, RoundPlan):
             t0 = time.perf_counter()
-            context = {**session.context_for_reasoner(), "references": rnd.references}
-            plan = plan(question, context)
+            plan = plan(question, session.reasoning_context(rnd.index))
             rnd.timings["reason_s"] = time.perf_counter() - t0
         rnd.reasoning = plan.reasoning
         if plan.clarification:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..reasoning.base import EntityRef, ReasoningContext, bind_slice_mask
 from ..terminology.codes import CodedTerminology
 from ..terminology.matcher import Terminology, default_terminology
 from ..volume.core import Geometry, Volume
@@ -297,54 +298,44 @@ class Session:
     def find_references(self, question: str) -> list[Reference]:
         return find_references(question, list(self.entities.values()), self.terminology)
 
-    def context_for_reasoner(self) -> dict:
-        """What the reasoner is told about earlier entities: ids, names, codes, key slices and boxes (voxel indices).
+    def reasoning_context(self, round_number: int | None = None) -> ReasoningContext:
+        """What the reasoner is told about earlier entities: ids, names, codes, key slices, boxes (voxel indices),
+        colours and spans, with their outlines on demand (``entity_slice_mask``), for round ``round_number``
+        (default: the round being asked, ``len(rounds) + 1``).
 
         Rejected entities are left out. Boxes are in the volume's voxel indices; each reasoner adapter converts
         them to its own image coordinates, as it converts its answers back.
         """
-        items = []
-        lines = []
+        refs = []
         for e in self.entities.values():
             if e.review == "rejected":
                 continue
-            items.append(
-                {
-                    "id": e.id,
-                    "label": e.label,
-                    "name": e.name,
-                    "code": None
+            bbox = e.bbox
+            refs.append(
+                EntityRef(
+                    id=e.id,
+                    label=e.name,
+                    slice=e.key_slice,
+                    box=tuple(int(v) for v in e.box) if e.box else None,  # type: ignore[arg-type]
+                    color=tuple(int(c) for c in e.color),  # type: ignore[arg-type]
+                    slices=(bbox[0], bbox[3]) if bbox else None,
+                    slice_mask=bind_slice_mask(self.entity_slice_mask, e.id),
+                    given_label=e.label if e.label != e.name else None,
+                    code=None
                     if e.terminology.type is None
                     else f"{e.terminology.type.scheme} {e.terminology.type.value}",
-                    "key_slice": e.key_slice,
-                    "box": list(e.box) if e.box else None,
-                    "bbox": list(e.bbox) if e.bbox else None,
-                    "color": list(e.color),
-                    "volume_ml": round(e.measurements.volume_ml, 1),
-                    "round": e.round,
-                    "review": e.review,
-                    "edited": e.edited,
-                    "uncertain": e.uncertain,
-                }
+                    volume_ml=round(e.measurements.volume_ml, 1),
+                    edited=e.edited,
+                    uncertain=e.uncertain,
+                )
             )
-            k0, _, _, k1, _, _ = e.bbox or (0, 0, 0, 0, 0, 0)
-            lines.append(
-                f"{e.id}: {e.name} (label '{e.label}'), slices {k0}-{k1}, key slice {e.key_slice}, "
-                f"box {list(e.box) if e.box else None} (i0, j0, i1, j1) on it, {e.measurements.volume_ml:.1f} mL"
-                + (", edited by the user" if e.edited else "")
-                + (", UNCERTAIN" if e.uncertain else "")
-            )
-        return {
-            "entities": items,
-            "text": "\n".join(lines) if lines else "No entities yet.",
-            "shape_kji": list(self.shape),
-            "spacing_mm": list(self.geometry.spacing),
-        }
+        number = round_number if round_number is not None else len(self.rounds) + 1
+        return ReasoningContext(entities=tuple(refs), round=number)
 
     def entity_slice_mask(self, entity_id: str, k: int) -> np.ndarray | None:
         """Entity ``entity_id`` on axial slice ``k`` as a (nj, ni) bool mask, None where it does not reach.
 
-        Passed to ``ReasoningContext.from_dialogue`` so the views can outline entities on the slices they show,
+        Bound into ``reasoning_context``'s entities so the views can outline entities on the slices they show,
         decoding only the slices actually drawn.
         """
         e = self.entities.get(entity_id)

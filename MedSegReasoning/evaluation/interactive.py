@@ -1,7 +1,7 @@
 """The simulated user of interactive 3D segmentation, as the CVPR 2025 challenge "Foundation models for interactive
 3D biomedical image segmentation" defines it, run through the engine's own steps.
 
-1. One box on the structure: the reference's bounding box on its largest axial slice (``runner.truth_prompt``),
+1. One box on the structure: the reference's bounding box on its largest axial slice (``truth.truth_prompt``),
    segmented and propagated by the dialogue's ``segment_candidate``, the step every round uses.
 2. Up to ``corrections`` corrections, each on the axial slice where the current 3D error is largest (the most
    wrong voxels): where the reference has voxels there, its box on that slice (an *add*); where it has none (a
@@ -118,7 +118,7 @@ def run_interactive(
 ) -> InteractiveResult:
     """The box, then up to ``corrections`` corrections, scored against ``truth`` (bool ``[k, j, i]``) after each."""
     from ..dialogue import segment_candidate
-    from .runner import truth_prompt
+    from .truth import truth_prompt
 
     prompt = truth_prompt(truth)
     spacing = tuple(reversed(volume.geometry.spacing))

@@ -35,58 +35,114 @@ class EntityRef:
     reads an outline tagged "E1" on the image far more reliably than a box in the prompt text): its colour, the
     axial slices it spans, and ``slice_mask`` to get its outline on a slice. Without ``slice_mask`` its box is
     drawn on its key slice; ``slice_mask`` is a callable (not the mask) so this package stays free of the
-    dialogue's mask type and no mask is decoded for slices that are never shown.
+    dialogue's mask type and no mask is decoded for slices that are never shown. The last fields are what the
+    dialogue says of it besides (``ReasoningContext.text``).
     """
 
     id: str
-    label: str
+    label: str  # what the reasoner is shown: the coded name where there is one, else the label as given
     orientation: Orientation = "axial"
     slice: int | None = None
     box: tuple[int, int, int, int] | None = None  # plane voxel indices, as in Target.box
     color: tuple[int, int, int] | None = None
     slices: tuple[int, int] | None = None  # first and last axial slice the entity spans (inclusive)
     slice_mask: SliceMaskFn | None = field(default=None, compare=False, repr=False)
+    given_label: str | None = None  # the label as given, where ``label`` is its coded name
+    code: str | None = None  # "SCT 52988006"
+    volume_ml: float | None = None
+    edited: bool = False
+    uncertain: bool = False
 
 
 @dataclass(frozen=True)
 class ReasoningContext:
-    """What the dialogue knows when a question is asked: the entities so far and the round number (1-based)."""
+    """What the dialogue knows when a question is asked: the entities so far and the round number (1-based).
+
+    ``dialogue.Session.reasoning_context`` builds it. ``to_dict``/``from_dict`` are its one plain-JSON form, for
+    what is written to a file or sent (the outline callables stay behind: pass ``slice_mask`` to ``from_dict``).
+    """
 
     entities: tuple[EntityRef, ...] = ()
     round: int = 1
 
+    @property
+    def text(self) -> str:
+        """One line per entity (id, name, label, span, key slice, box, volume, flags), or "No entities yet."."""
+        lines = []
+        for e in self.entities:
+            k0, k1 = e.slices or (0, 0)
+            volume = f", {e.volume_ml:.1f} mL" if e.volume_ml is not None else ""
+            lines.append(
+                f"{e.id}: {e.label} (label '{e.given_label or e.label}'), slices {k0}-{k1}, key slice {e.slice}, "
+                f"box {list(e.box) if e.box else None} (i0, j0, i1, j1) on it{volume}"
+                + (", edited by the user" if e.edited else "")
+                + (", UNCERTAIN" if e.uncertain else "")
+            )
+        return "\n".join(lines) if lines else "No entities yet."
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: ``name`` is what the reasoner is shown, ``label`` the label as given."""
+        return {
+            "round": self.round,
+            "entities": [
+                {
+                    "id": e.id,
+                    "label": e.given_label or e.label,
+                    "name": e.label,
+                    "code": e.code,
+                    "orientation": e.orientation,
+                    "key_slice": e.slice,
+                    "box": list(e.box) if e.box else None,
+                    "slices": list(e.slices) if e.slices else None,
+                    "color": list(e.color) if e.color else None,
+                    "volume_ml": e.volume_ml,
+                    "edited": e.edited,
+                    "uncertain": e.uncertain,
+                }
+                for e in self.entities
+            ],
+            "text": self.text,
+        }
+
     @staticmethod
-    def from_dialogue(
-        context: Mapping[str, Any],
-        round_number: int = 1,
+    def from_dict(
+        data: Mapping[str, Any],
+        round_number: int | None = None,
         slice_mask: Callable[[str, int], np.ndarray | None] | None = None,
     ) -> ReasoningContext:
-        """From ``dialogue.Session.context_for_reasoner()``: ids, names, key slices, boxes and colours.
+        """From ``to_dict``'s form (only ``id`` is required of an entity; ``round_number`` overrides ``round``).
 
-        ``slice_mask(entity_id, k)`` (e.g. ``Session.entity_slice_mask``) lets the views draw each entity's real
-        outline; it is passed beside the context because the context itself stays plain JSON (the server sends it).
+        ``slice_mask(entity_id, k)`` lets the views draw each entity's real outline; a dict cannot carry it.
         """
         entities = []
-        for item in context.get("entities", ()):
-            box = item.get("box")
-            bbox = item.get("bbox")
-            color = item.get("color")
+        for item in data.get("entities", ()):
+            box, slices, color = item.get("box"), item.get("slices"), item.get("color")
             entity_id = str(item["id"])
+            label = item.get("label")
+            name = str(item.get("name") or label or entity_id)
             entities.append(
                 EntityRef(
                     id=entity_id,
-                    label=str(item.get("name") or item.get("label") or item["id"]),
+                    label=name,
+                    orientation=item.get("orientation") or "axial",
                     slice=item.get("key_slice"),
                     box=tuple(int(v) for v in box) if box else None,  # type: ignore[arg-type]
                     color=tuple(int(c) for c in color) if color else None,  # type: ignore[arg-type]
-                    slices=(int(bbox[0]), int(bbox[3])) if bbox else None,
-                    slice_mask=_bind_slice_mask(slice_mask, entity_id),
+                    slices=(int(slices[0]), int(slices[1])) if slices else None,
+                    slice_mask=bind_slice_mask(slice_mask, entity_id),
+                    given_label=str(label) if label and label != name else None,
+                    code=item.get("code"),
+                    volume_ml=item.get("volume_ml"),
+                    edited=bool(item.get("edited", False)),
+                    uncertain=bool(item.get("uncertain", False)),
                 )
             )
-        return ReasoningContext(entities=tuple(entities), round=round_number)
+        rnd = round_number if round_number is not None else int(data.get("round", 1))
+        return ReasoningContext(entities=tuple(entities), round=rnd)
 
 
-def _bind_slice_mask(slice_mask: Callable[[str, int], np.ndarray | None] | None, entity_id: str) -> SliceMaskFn | None:
+def bind_slice_mask(slice_mask: Callable[[str, int], np.ndarray | None] | None, entity_id: str) -> SliceMaskFn | None:
+    """``slice_mask(entity_id, k)`` as the entity's own ``k -> mask``."""
     if slice_mask is None:
         return None
     return lambda k: slice_mask(entity_id, k)

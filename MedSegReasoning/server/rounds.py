@@ -1,7 +1,8 @@
 """A round over HTTP: validated request -> round thread -> events on the client's stream.
 
-The round runs on its own thread, exactly as in-process (``run_reasoning`` then ``dialogue.run_round``), with the
-models behind their queues (``engine.py``). Everything it has to say goes through ``RoundRun.emit`` onto an asyncio
+The round runs on its own thread, exactly as in-process (``dialogue.ask.ask_round``, the one round of every front
+end: reasoner, segmentation, judgment and correction with the reasoner asked again, entities, save), with the models
+behind their queues (``engine.py``). Everything it has to say goes through ``RoundRun.emit`` onto an asyncio
 queue that the streaming response drains, in this order (docs/wire-format.md):
 
     progress (stage "started", the round id) -> reasoning* / progress* -> target* -> done
@@ -20,21 +21,20 @@ same thread, events, queues and undo; only its request checks and its work (``di
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+from ..dialogue.ask import RoundIO, ask_round
 from ..dialogue.records import Round
-from ..dialogue.rounds import RoundPlan, TargetSpec, plan_from_answer, run_round
+from ..dialogue.rounds import TargetSpec
 from ..pipeline import VoxelPrompt, check_prompt
 from ..reasoning.answer import ReasoningCancelled
-from ..reasoning.base import ReasoningContext
-from ..reasoning.run import run_reasoning
 from ..reasoning.views import CurrentView
-from ..segmentation.encode_ahead import encoding_ahead
 from ..volume.core import Volume
 from ..volume.windowing import Window, default_window, window_by_name
 from ..wire.errors import InputError
@@ -44,6 +44,8 @@ from .errors import ApiError, RoundCancelled, bad_request, conflict, from_engine
 from .sessions import ActiveRound, ServerSession
 from .wire import entity_json
 from .workers import ModelWorker, RoundContext
+
+log = logging.getLogger(__name__)
 
 _TEXT_EVERY_S = 0.05  # reasoning text is sent at most this often (what arrives meanwhile goes in one event)
 _PROGRESS_EVERY_S = 0.2  # at most this often a "segmenting" progress event (a 300-slice propagation is 300 calls)
@@ -294,28 +296,40 @@ class RoundRun:
             self.emit_end()
 
     def execute(self, models: dict[str, str]) -> Round:
-        """The round's work on its thread: the reasoner where the request has no prompts, then ``run_round``.
-        ``models`` collects the names of the models used (for the audit log). A subclass replaces this."""
+        """The round's work on its thread: ``dialogue.ask.ask_round`` with the server's I/O (events, cancel flag,
+        queued models). ``models`` collects the names of the models used (for the audit log). A subclass replaces
+        this."""
         s = self.session
         reasoner = None
         if not self.request.prompts:
             if s.reasoner is None:
                 s.reasoner = self.engine.reasoner_factory()  # type: ignore[misc]
-            reasoner = s.reasoner
-            models["reasoner"] = reasoner.identity.name  # type: ignore[attr-defined]
+            reasoner = QueuedReasoner(self.workers["reasoner"], s.reasoner, self.ctx)
+            models["reasoner"] = reasoner.identity.name
         self.audit.record("round.start", self.token, session=s.id, round=self.index, round_id=self.id, **models)
         with s.lock:
-            return run_round(
-                s.dialogue,
-                s.volume,
+            return ask_round(
+                s.dialogue,  # type: ignore[arg-type]
+                s.volume,  # type: ignore[arg-type]
                 self.queued_segmenter(),
-                self.window,
+                self.window,  # type: ignore[arg-type]
                 self.request.question or "Segment the given prompts.",
-                RoundPlan(targets=self.request.prompts) if self.request.prompts else self._planner(reasoner),
+                reasoner=reasoner,
+                prompts=self.request.prompts,
+                propagate=self.request.propagate,
+                strategy=self.engine.strategy,
+                current_view=self.request.current_view,
+                encode_ahead=self.engine.encode_ahead,
+                encode_owner=self.id,
                 config=self.engine.round_config,
-                progress=self._on_target_progress,
-                reasoner_identity=None if self.request.prompts else self.engine.reasoner_identity(),
-            )
+                io=RoundIO(
+                    on_text=self._on_text,
+                    on_reasoning=self._on_reasoning,
+                    progress=self._on_target_progress,
+                    cancel=self.ctx.cancel,
+                    on_warning=lambda message: log.info("round %s: %s", self.id, message),
+                ),
+            ).round
 
     def queued_segmenter(self) -> QueuedSegmenter:
         """The engine's segmenter behind its worker queue, with this round's cancel flag and progress counter."""
@@ -327,34 +341,12 @@ class RoundRun:
         except RuntimeError:
             pass
 
-    def _planner(self, reasoner) -> Callable[[str, dict], RoundPlan]:
-        """The reasoner as ``run_round``'s planner: called after references are resolved, only when needed."""
-        s = self.session
-
-        def plan(question: str, context: dict) -> RoundPlan:
+    def _on_reasoning(self, stage: str) -> None:
+        """The reasoner's share of the progress bar: a "reasoning" event when it is asked, "segmenting" after."""
+        if stage == "started":
             self._progress("reasoning", 0.02)
-            with encoding_ahead(self.engine.encode_ahead, s.volume, self.window, owner=self.id) as on_views:  # type: ignore[arg-type]
-                answer = run_reasoning(
-                    s.volume,  # type: ignore[arg-type]
-                    QueuedReasoner(self.workers["reasoner"], reasoner, self.ctx),
-                    question,
-                    self.engine.strategy,
-                    ReasoningContext.from_dialogue(
-                        context, round_number=self.index, slice_mask=s.dialogue.entity_slice_mask
-                    ),
-                    on_text=self._on_text,
-                    window=self.window,
-                    current_view=self.request.current_view,
-                    cancel=self.ctx.cancel,
-                    on_views=on_views,
-                )
+        else:
             self._progress("segmenting", _REASONING_END)
-            result = plan_from_answer(answer, question)
-            if not self.request.propagate:
-                result = replace(result, targets=tuple(replace(t, propagate=False) for t in result.targets))
-            return result
-
-        return plan
 
     def _on_target_progress(self, stage: str, fraction: float) -> None:
         """``run_round``'s per-target stages; its final "done" is where the round is saved."""
