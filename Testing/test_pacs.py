@@ -84,9 +84,7 @@ def test_replay_round_on_a_pacs_series_then_seg_and_sr_back_to_the_pacs(pacs, tm
     reasoner = create_reasoner(f"replay:{replay}")
 
     def planner(question, context):
-        answer = run_reasoning(
-            volume, reasoner, question, window=WINDOW, context=context
-        )
+        answer = run_reasoning(volume, reasoner, question, window=WINDOW, context=context)
         return plan_from_answer(answer, question)
 
     session = Session.for_volume(volume, folder=tmp_path / "session")

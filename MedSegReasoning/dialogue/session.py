@@ -310,14 +310,14 @@ class Session:
         for e in self.entities.values():
             if e.review == "rejected":
                 continue
-            bbox = e.bbox
+            bbox, box, color = e.bbox, e.box, e.color
             refs.append(
                 EntityRef(
                     id=e.id,
                     label=e.name,
                     slice=e.key_slice,
-                    box=tuple(int(v) for v in e.box) if e.box else None,  # type: ignore[arg-type]
-                    color=tuple(int(c) for c in e.color),  # type: ignore[arg-type]
+                    box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])) if box else None,
+                    color=(int(color[0]), int(color[1]), int(color[2])),
                     slices=(bbox[0], bbox[3]) if bbox else None,
                     slice_mask=bind_slice_mask(self.entity_slice_mask, e.id),
                     given_label=e.label if e.label != e.name else None,

@@ -300,6 +300,7 @@ class RoundRun:
         queued models). ``models`` collects the names of the models used (for the audit log). A subclass replaces
         this."""
         s = self.session
+        assert s.dialogue is not None and s.volume is not None and self.window is not None  # prepare() and _run()
         reasoner = None
         if not self.request.prompts:
             if s.reasoner is None:
@@ -309,10 +310,10 @@ class RoundRun:
         self.audit.record("round.start", self.token, session=s.id, round=self.index, round_id=self.id, **models)
         with s.lock:
             return ask_round(
-                s.dialogue,  # type: ignore[arg-type]
-                s.volume,  # type: ignore[arg-type]
+                s.dialogue,
+                s.volume,
                 self.queued_segmenter(),
-                self.window,  # type: ignore[arg-type]
+                self.window,
                 self.request.question or "Segment the given prompts.",
                 reasoner=reasoner,
                 prompts=self.request.prompts,
