@@ -11,24 +11,13 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .reasoning.spec import ReasonerOptions  # the CLI builds it from --reasoner and friends
 from .wire.errors import InputError
 
-
-@dataclass(frozen=True)
-class ReasonerOptions:
-    """How ``--reasoner`` is created and asked (see ``reasoning.spec.create_reasoner``)."""
-
-    spec: str
-    allow_remote: bool = False
-    allow_download: bool = False
-    device: str | None = None
-    max_new_tokens: int | None = None
-    stream: bool = True
-    current_view: Any = None  # reasoning.views.CurrentView: what the user looks at (``--view``)
+__all__ = ["ReasonerOptions", "run_round_ask", "write_round_outputs"]
 
 
 def run_round_ask(
@@ -99,16 +88,8 @@ def _cli_io(stream: bool):
 
 
 def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float]):
-    from .reasoning import create_reasoner
-
     t0 = time.perf_counter()
-    reasoner = create_reasoner(
-        reasoner_options.spec,
-        allow_remote=reasoner_options.allow_remote,
-        allow_download=reasoner_options.allow_download,
-        device=reasoner_options.device,
-        max_new_tokens=reasoner_options.max_new_tokens,
-    )
+    reasoner = reasoner_options.create()
     timings["reasoner_load_s"] = time.perf_counter() - t0
     return reasoner
 

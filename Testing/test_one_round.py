@@ -125,12 +125,14 @@ def test_the_cli_re_asks_the_reasoner(scenario, tmp_path, monkeypatch, capsys):
     from MedSegReasoning import reasoning
     from MedSegReasoning.cli import main
     from MedSegReasoning.dialogue import load_session
+    from MedSegReasoning.reasoning import spec
     from MedSegReasoning.segmentation import factory
 
     volume, replay, reasoner = scenario
     monkeypatch.setattr(factory, "preload", lambda *a, **kw: None)
     monkeypatch.setattr(factory, "create_segmenter", lambda *a, **kw: LeaksUnlessGoodBox(volume))
-    monkeypatch.setattr(reasoning, "create_reasoner", lambda *a, **kw: reasoner)
+    for module in (reasoning, spec):  # whichever name the CLI creates its reasoner through
+        monkeypatch.setattr(module, "create_reasoner", lambda *a, **kw: reasoner)
     out, session = tmp_path / "out", tmp_path / "session"
     argv = [
         "ask",

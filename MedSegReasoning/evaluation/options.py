@@ -20,7 +20,7 @@ DEFAULT_NSD_TOLERANCE_MM = 2.0
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What ``eval`` does; ``reasoner`` is a ``conversation.ReasonerOptions`` (full and reasoner modes).
+    """What ``eval`` does; ``reasoner`` is a ``reasoning.spec.ReasonerOptions`` (full and reasoner modes).
 
     ``corrections`` is the interactive mode's budget after the first box; ``propagation`` a
     ``propagation.PropagationConfig`` for the oracle and interactive modes (None: the defaults every front end uses;
@@ -83,16 +83,7 @@ class Models:
 
     def get_reasoner(self):
         if self.reasoner is None:
-            from ..reasoning import create_reasoner
-
-            ro = self.options.reasoner
             t0 = time.perf_counter()
-            self.reasoner = create_reasoner(
-                ro.spec,
-                allow_remote=ro.allow_remote,
-                allow_download=ro.allow_download,
-                device=ro.device,
-                max_new_tokens=ro.max_new_tokens,
-            )
+            self.reasoner = self.options.reasoner.create()
             self.load_s["reasoner_s"] = time.perf_counter() - t0
         return self.reasoner

@@ -11,6 +11,7 @@ Adapters are imported only when chosen: ``openai:`` and ``replay:`` never import
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,25 @@ def _reject_options(options: dict[str, Any], allowed: set[str], backend: str) ->
     if unknown:
         valid = ", ".join(sorted(allowed)) or "none"
         raise InputError(f"option(s) {', '.join(unknown)} do not apply to {backend}: reasoners (valid: {valid}).")
+
+
+@dataclass(frozen=True)
+class ReasonerOptions:
+    """How ``--reasoner`` is created and asked, for every front end that creates one (``ask``, ``eval``)."""
+
+    spec: str
+    allow_remote: bool = False
+    allow_download: bool = False
+    device: str | None = None
+    max_new_tokens: int | None = None
+    stream: bool = True
+    current_view: Any = None  # reasoning.views.CurrentView: what the user looks at (``--view``)
+
+    def create(self) -> Reasoner:
+        return create_reasoner(
+            self.spec,
+            allow_remote=self.allow_remote,
+            allow_download=self.allow_download,
+            device=self.device,
+            max_new_tokens=self.max_new_tokens,
+        )
