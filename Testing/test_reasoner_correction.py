@@ -147,3 +147,25 @@ def test_a_proposal_that_fixes_a_bad_slice_is_applied_and_recorded(spleen, tmp_p
     else:
         np.testing.assert_array_equal(corrected, session_mask)
     assert last.proposal["applied"], last.proposal
+
+
+def test_a_proposal_the_refine_step_refuses_is_recorded_and_not_applied(tmp_path):
+    """A box outside the volume (synthetic block, a segmenter that answers from the truth): the refine step's sentence
+    is recorded, nothing changes."""
+    from fakes import OracleSegmenter
+
+    from MedSegReasoning.volume.core import Geometry, Volume
+    from MedSegReasoning.volume.windowing import Window
+
+    truth = np.zeros((8, 32, 32), dtype=bool)
+    truth[2:6, 8:20, 10:24] = True
+    volume = Volume(np.where(truth, 80, 0).astype(np.int16), Geometry.from_arrays((0, 0, 0), (1, 1, 2), np.eye(3)))
+    reasoner = ScriptedReasoner(lambda views: Correction(VoxelPrompt(k=3, box=(20, 20, 40, 40))))
+    session = Session.for_volume(volume, folder=tmp_path / "s")
+    plan = RoundPlan(targets=(TargetSpec("block", VoxelPrompt(k=3, box=(8, 6, 25, 21))),))
+    window = Window(name="test", level=50.0, width=100.0)
+    rnd = run_round(session, volume, OracleSegmenter(truth), window, "the block", plan, ask_again=reasoner)
+    last = rnd.targets[0].judgments[-1]
+    assert last.strategy == STRATEGY and last.proposal["applied"] is False
+    assert "outside" in last.proposal["refused"]
+    np.testing.assert_array_equal(session.dense_mask("E1"), truth)

@@ -21,7 +21,7 @@ from ..pipeline import VoxelPrompt
 from ..volume.core import plane_shape
 from ..wire.errors import InputError
 from .judgment import Candidate, Judgment
-from .reasoner_correction import ProposalFn, decide
+from .reasoner_correction import STRATEGY, ProposalFn, decide
 
 SegmentFn = Callable[[VoxelPrompt, bool, str], Candidate]
 """``(prompt, propagate, strategy) -> Candidate``: the caller's segmenter path (may raise InputError)."""
@@ -137,7 +137,7 @@ def judge_and_correct(
         proposed = propose(best, best_j)
         if proposed is not None:
             corrected, record = proposed
-            j = replace(judge_fn(corrected, len(judgments) + 1), strategy=corrected.strategy)
+            j = replace(judge_fn(corrected, len(judgments) + 1), strategy=STRATEGY)  # also when refused
             if decide(best_j, j, record):
                 best, best_j = corrected, j
             j.proposal = record
