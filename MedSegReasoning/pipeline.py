@@ -251,10 +251,12 @@ class PlaneSegmentation:
     @property
     def slice_counts(self) -> tuple[int, int]:
         """``(segmented, interpolated)`` slices: those the segmenter ran on (the key plane and every slice propagation
-        visited) and those skip-and-interpolate filled without it."""
+        visited, or probed as the far end of a skip that was then walked instead) and those skip-and-interpolate filled
+        without it."""
         if self.propagation is None:
             return 1, 0
-        return len(self.propagation.visited_slices), len(self.propagation.interpolated_slices)
+        segmented = set(self.propagation.visited_slices) | set(self.propagation.probed_slices)
+        return len(segmented), len(self.propagation.interpolated_slices)
 
 
 def segment_prompt(

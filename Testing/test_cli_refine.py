@@ -65,9 +65,10 @@ def _counts_are_consistent(target: dict) -> None:
 def test_the_first_round_records_its_counts(session, tmp_path):
     target = _target(tmp_path / "r1")
     _counts_are_consistent(target)
-    # key slice 2 and slices 1, 3, 4 propagated to, plus the empty slices 0 and 5 that ended each direction
-    assert target["segmented_slices"] == 6 and target["interpolated_slices"] == 0
-    assert target["encoder_calls"] == 6  # a fresh segmenter: every slice encoded once, none twice
+    # skip-and-interpolate (the default): key slice 2; up, slice 4 agrees so 3 is interpolated, then 5 ends it;
+    # down, slice 0 (two away) is empty, so 1 is segmented and 0 ends it
+    assert target["segmented_slices"] == 5 and target["interpolated_slices"] == 1
+    assert target["encoder_calls"] == 5  # a fresh segmenter: every segmented slice encoded once, none twice
 
 
 def test_refine_add_writes_the_same_entity_with_only_the_corrected_slices_changed(series, session, tmp_path, capsys):

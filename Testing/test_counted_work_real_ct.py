@@ -48,11 +48,13 @@ def test_skip_and_interpolate_matches_full_propagation_with_fewer_encoder_calls(
     _, volume, truth = slab
     window, prompt = default_window(volume), truth_prompt(truth)
     results = {}
-    for name, config in (("full", DEFAULT_PROPAGATION), ("skip2", replace(DEFAULT_PROPAGATION, skip=2))):
+    for name, config in (("full", replace(DEFAULT_PROPAGATION, skip=1)), ("default", DEFAULT_PROPAGATION)):
         fresh_memory()
         results[name] = segment_target(volume, litemedsam, window, prompt, config=config)
-    full, skip = results["full"], results["skip2"]
-    assert skip.propagation.interpolated_slices, "skip=2 interpolated no slice: nothing was skipped"
+    full, skip = results["full"], results["default"]
+    assert DEFAULT_PROPAGATION.skip > 1, "skip-and-interpolate is on by default"
+    assert skip.propagation.interpolated_slices, "the default interpolated no slice: nothing was skipped"
+    assert not full.propagation.interpolated_slices and full.work.interpolated_slices == 0
     assert skip.work.interpolated_slices == len(skip.propagation.interpolated_slices)
     assert dice(skip.mask, full.mask) >= 0.99
     assert abs(dice(skip.mask, truth) - dice(full.mask, truth)) <= 0.01
@@ -85,9 +87,13 @@ def test_a_second_ask_reads_every_embedding_from_disk(slab, litemedsam, fresh_me
         runs.append((target, litemedsam.stats.store_hits - store_hits, mask))
     (first, first_store_hits, first_mask), (second, second_store_hits, second_mask) = runs
     for target in (first, second):
-        assert target["segmented_slices"] == len(target["propagation"]["visited_slices"]) > 1
+        assert target["segmented_slices"] >= len(target["propagation"]["visited_slices"]) > 1
         assert target["encoder_calls"] + target["embedding_cache_hits"] >= target["segmented_slices"]
-        assert target["interpolated_slices"] == 0
+        assert target["interpolated_slices"] > 0, "the default skips and interpolates"
+    assert (second["segmented_slices"], second["interpolated_slices"]) == (
+        first["segmented_slices"],
+        first["interpolated_slices"],
+    )
     assert first_store_hits == 0 and first["encoder_calls"] >= first["segmented_slices"]
     assert second["encoder_calls"] == 0, "every slice of the second ask came from the disk store"
     assert second_store_hits == first["encoder_calls"], "each embedding the first ask computed was read back once"

@@ -13,8 +13,11 @@ import pytest
 from ct_reference import reference_labels_on_ct_grid
 from dialogue_fixtures import LabelOracle, inside_point, prompt_on
 
-from MedSegReasoning.dialogue import RoundPlan, Session, TargetSpec, load_session, run_round
+from MedSegReasoning.dialogue import RoundConfig, RoundPlan, Session, TargetSpec, load_session, run_round
+from MedSegReasoning.propagation import PropagationConfig
 from MedSegReasoning.volume import default_window, load_volume
+
+FULL_ROUND = RoundConfig(propagation=PropagationConfig(skip=1))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,8 @@ def test_three_rounds_on_the_real_ct(ct, tmp_path):
         ),
     ]
     for question, targets in rounds:
-        run_round(session, volume, segmenter, window, question, RoundPlan(targets=targets))
+        # slice by slice: the oracle's exact voxels are pinned below (interpolated slices would blur the edges)
+        run_round(session, volume, segmenter, window, question, RoundPlan(targets=targets), config=FULL_ROUND)
 
     assert list(session.entities) == ["E1", "E2", "E3"]
     r2 = session.rounds[1]

@@ -90,7 +90,7 @@ def test_a_second_run_on_the_same_scan_reads_embeddings_from_disk(tmp_path, shar
     window = default_window(volume)
     prompt = VoxelPrompt(k=10, box=(291, 245, 392, 377))  # the spleen
     first = create_segmenter("litemedsam", embedding_store=tmp_path)
-    small = replace(DEFAULT_PROPAGATION, max_slices=3)
+    small = replace(DEFAULT_PROPAGATION, max_slices=3, skip=1)  # three slices, each segmented
     a = segment_target(volume, first, window, prompt, config=small)
     assert first.stats.encoder_calls == 3 and first.stats.store_hits == 0
     second = create_segmenter("litemedsam", embedding_store=tmp_path)

@@ -17,9 +17,10 @@ import pytest
 from fakes import OracleSegmenter
 from reasoning_fixtures import blob_volume
 
-from MedSegReasoning.dialogue import Session, run_round
+from MedSegReasoning.dialogue import RoundConfig, Session, run_round
 from MedSegReasoning.dialogue.ask import reasoner_planner
 from MedSegReasoning.pipeline import VoxelPrompt, segment_prompt
+from MedSegReasoning.propagation import PropagationConfig
 from MedSegReasoning.reasoning import create_reasoner
 from MedSegReasoning.segmentation._embedding import (
     EmbeddingSegmenter,
@@ -265,7 +266,8 @@ def test_an_encoder_failure_while_encoding_ahead_does_not_fail_the_round(tmp_pat
         reasoner = ThinksUntilEncoded(inner, ahead, segmenter)
         planner = reasoner_planner(volume, window, reasoner, session, propagate=True, encode_ahead=ahead)
         with caplog.at_level(logging.WARNING, logger="MedSegReasoning.segmentation.encode_ahead"):
-            rnd = run_round(session, volume, segmenter, window, "Segment the bright blob.", planner)
+            full = RoundConfig(propagation=PropagationConfig(skip=1))  # slice by slice: the exact blob below
+            rnd = run_round(session, volume, segmenter, window, "Segment the bright blob.", planner, config=full)
     assert rnd.targets[0].status == "accepted" and np.array_equal(session.dense_mask("E1"), truth)
     assert segmenter.prefetches > 0 and ahead.stats.failed == segmenter.prefetches and ahead.stats.cached == 0
     assert "the round encodes it itself" in caplog.text

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from MedSegReasoning.dialogue import RoundPlan, Session, TargetSpec, load_session, run_round
+from MedSegReasoning.dialogue import RoundConfig, RoundPlan, Session, TargetSpec, load_session, run_round
 from MedSegReasoning.pipeline import VoxelPrompt, check_prompt, segment_target
 from MedSegReasoning.propagation import PropagationConfig, segmenter_input, slice_cache_key
 from MedSegReasoning.result import target_record
@@ -32,6 +32,11 @@ from MedSegReasoning.wire.errors import InputError
 WINDOW = Window("test", 40.0, 400.0)
 SHAPE = (12, 40, 48)  # k, j, i
 SPACING = (0.8, 1.0, 3.0)  # si, sj, sk: thick slices, non-square axial pixels too
+
+FULL = PropagationConfig(
+    skip=1
+)  # exact voxels through the views: slice-by-slice (the skip default is tested elsewhere)
+FULL_ROUND = RoundConfig(propagation=FULL)
 
 
 def _oblique_flipped_direction() -> np.ndarray:
@@ -191,7 +196,7 @@ def test_nonaxial_target_segments_and_propagates_onto_the_right_voxels(orientati
     volume, truth = slanted_volume()
     segmenter = ThresholdSegmenter()
     prompt = VoxelPrompt(k=index, box=box, orientation=orientation)
-    result = segment_target(volume, segmenter, WINDOW, prompt, label="block")
+    result = segment_target(volume, segmenter, WINDOW, prompt, label="block", config=FULL)
     np.testing.assert_array_equal(result.mask, truth)  # every voxel, through the view and back
     assert set(segmenter.shapes) == {image_shape}, "the segmenter saw physically proportioned planes"
     seen = plane_volume(volume, orientation, superior_up=True).content_hash()
@@ -218,7 +223,7 @@ def test_propagation_along_the_normal_can_be_capped():
     volume, truth = slanted_volume()
     segmenter = ThresholdSegmenter()
     prompt = VoxelPrompt(k=20, box=(12, 2, 32, 8), orientation="coronal")
-    result = segment_target(volume, segmenter, WINDOW, prompt, config=PropagationConfig(max_slices=5))
+    result = segment_target(volume, segmenter, WINDOW, prompt, config=PropagationConfig(skip=1, max_slices=5))
     assert segmenter.stats.encoder_calls == 5
     assert result.propagation is not None and result.propagation.visited_slices == [20, 21, 22, 23, 24]
     assert np.flatnonzero(result.mask.any(axis=(0, 2))).tolist() == [20, 21, 22, 23, 24]  # rows j
@@ -231,7 +236,9 @@ def test_a_coronal_born_entity_is_an_ordinary_entity_in_later_rounds(tmp_path):
     session = Session.for_volume(volume, folder=tmp_path / "s")
     # labels with an exact terminology entry and no typical volume: no embedding model, no size check
     coronal = TargetSpec("small intestine", VoxelPrompt(k=20, box=(12, 2, 32, 8), orientation="coronal"))
-    first = run_round(session, volume, segmenter, WINDOW, "segment the bowel loop", RoundPlan(targets=(coronal,)))
+    first = run_round(
+        session, volume, segmenter, WINDOW, "segment the bowel loop", RoundPlan(targets=(coronal,)), config=FULL_ROUND
+    )
     (record,) = first.targets
     assert record.status == "accepted", record.judgments[-1].to_dict()
     assert record.prompt["orientation"] == "coronal"
@@ -261,7 +268,9 @@ def test_a_coronal_born_entity_is_an_ordinary_entity_in_later_rounds(tmp_path):
 
     # round 2 refers to it from an axial box inside it: the relation is judged on the 3D masks
     inner = TargetSpec("lymph node", VoxelPrompt(k=5, box=(14, 14, 20, 18)), ref="E1", relation="inside")
-    second = run_round(session, volume, segmenter, WINDOW, "the part inside E1", RoundPlan(targets=(inner,)))
+    second = run_round(
+        session, volume, segmenter, WINDOW, "the part inside E1", RoundPlan(targets=(inner,)), config=FULL_ROUND
+    )
     (record2,) = second.targets
     assert record2.status == "accepted" and record2.ref == "E1"
     relation = next(c for c in record2.judgments[-1].checks if c.name == "relation")
@@ -320,7 +329,7 @@ def test_real_litemedsam_on_a_coronal_liver_slice_and_along_j(real_ct, litemedsa
     dice_2d = _dice(key.mask[:, j, :], liver[:, j, :])
     assert dice_2d > 0.95, dice_2d
 
-    config = PropagationConfig(max_slices=5)
+    config = PropagationConfig(skip=1, max_slices=5)
     result = segment_target(volume, litemedsam, window, prompt, label="liver", config=config)
     assert result.propagation is not None
     visited = result.propagation.visited_slices

@@ -12,6 +12,7 @@ from MedSegReasoning.volume.core import Geometry, Volume
 from MedSegReasoning.volume.windowing import Window
 
 WINDOW = Window(name="test", level=50.0, width=100.0)
+FULL = PropagationConfig(skip=1)  # these tests pin slice-by-slice propagation; the skip default: test_skip_default.py
 
 
 def _volume(truth: np.ndarray) -> Volume:
@@ -32,7 +33,7 @@ def _cone(nk: int = 30, first: int = 8, last: int = 21) -> np.ndarray:
 def test_follows_the_structure_and_stops_where_it_ends():
     truth = _cone()
     seg = OracleSegmenter(truth)
-    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14])
+    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], FULL)
     np.testing.assert_array_equal(result.mask, truth)
     assert result.slice_range == (8, 21)
     assert "ended" in result.stop_reasons["up"] and "ended" in result.stop_reasons["down"]
@@ -44,7 +45,7 @@ def test_follows_the_structure_and_stops_where_it_ends():
 def test_stops_on_low_confidence_and_reports_why():
     truth = _cone()
     seg = OracleSegmenter(truth, scores={18: 0.1})
-    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14])
+    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], FULL)
     assert result.slice_range == (8, 17)
     assert "slice 18" in result.stop_reasons["up"] and "confidence" in result.stop_reasons["up"]
 
@@ -55,7 +56,7 @@ def test_stops_when_the_mask_leaks():
     leaked[17, 5:60, 5:60] = True  # slice 17 suddenly covers most of the field
     seg = OracleSegmenter(leaked)
     result = propagate(
-        _volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0, tissue_quantile=None)
+        _volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(skip=1, margin_fraction=3.0, tissue_quantile=None)
     )
     assert result.slice_range == (8, 16)
     assert "leak" in result.stop_reasons["up"]
@@ -68,7 +69,7 @@ def test_stops_when_the_box_slides_onto_another_structure():
     moved[17, 40:50, 12:22] = True  # inside the grown box, but not where the structure was
     seg = OracleSegmenter(moved)
     result = propagate(
-        _volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=1.0, tissue_quantile=None)
+        _volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(skip=1, margin_fraction=1.0, tissue_quantile=None)
     )
     assert result.slice_range == (8, 16)
     assert "moved away" in result.stop_reasons["up"]
@@ -79,7 +80,7 @@ def test_a_leak_into_another_tissue_is_cut_away_and_propagation_goes_on():
     leaked = truth.copy()
     leaked[17, 5:60, 5:60] = True  # the model fills its box with the (darker) neighbourhood on slice 17
     seg = OracleSegmenter(leaked)
-    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
+    result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(skip=1, margin_fraction=3.0))
     np.testing.assert_array_equal(result.mask, truth)
 
 
@@ -88,7 +89,9 @@ def test_a_leak_into_the_same_tissue_still_stops_on_the_growth_rule():
     leaked = truth.copy()
     leaked[17, 5:60, 5:60] = True
     volume = _volume(leaked)  # the neighbourhood has the structure's own value: nothing to cut by
-    result = propagate(volume, OracleSegmenter(leaked), WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
+    result = propagate(
+        volume, OracleSegmenter(leaked), WINDOW, 14, truth[14], PropagationConfig(skip=1, margin_fraction=3.0)
+    )
     assert result.slice_range == (8, 16)
     assert "leak" in result.stop_reasons["up"]
 
@@ -98,7 +101,9 @@ def test_a_tissue_cut_keeps_only_the_parts_touching_the_previous_slice():
     volume_truth = truth.copy()
     volume_truth[16, 2:6, 2:6] = True  # same tissue, inside the grown box, not connected to the structure
     seg = OracleSegmenter(volume_truth)
-    result = propagate(_volume(volume_truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
+    result = propagate(
+        _volume(volume_truth), seg, WINDOW, 14, truth[14], PropagationConfig(skip=1, margin_fraction=3.0)
+    )
     assert not result.mask[16, 2:6, 2:6].any()
     assert result.mask[16].sum() == truth[16].sum()
 
@@ -106,16 +111,18 @@ def test_a_tissue_cut_keeps_only_the_parts_touching_the_previous_slice():
 def test_a_small_structure_is_not_ended_by_an_absolute_pixel_count():
     truth = np.zeros((12, 32, 32), dtype=bool)
     truth[2:10, 14:17, 14:17] = True  # 9 pixels a slice: a small structure at low resolution
-    result = propagate(_volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5])
+    result = propagate(_volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5], FULL)
     assert result.slice_range == (2, 9)
 
 
 def test_reaches_the_volume_ends_and_honours_the_slice_limit():
     truth = _cone(nk=12, first=0, last=11)
-    result = propagate(_volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5])
+    result = propagate(_volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5], FULL)
     assert result.slice_range == (0, 11)
     assert result.stop_reasons == {"up": "reached the end of the volume", "down": "reached the end of the volume"}
-    limited = propagate(_volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5], PropagationConfig(max_slices=4))
+    limited = propagate(
+        _volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5], PropagationConfig(skip=1, max_slices=4)
+    )
     assert int(limited.mask.any(axis=(1, 2)).sum()) == 4
 
 
@@ -162,7 +169,9 @@ def test_real_litemedsam_propagation_on_real_ct(shared_ct, litemedsam):
     rows, cols = np.nonzero(spleen[k])
     prompt = VoxelPrompt(k=k, box=(int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())))
     before = litemedsam.stats.encoder_calls
-    result = segment_target(volume, litemedsam, default_window(volume), prompt, config=PropagationConfig(max_slices=7))
+    result = segment_target(
+        volume, litemedsam, default_window(volume), prompt, config=PropagationConfig(skip=1, max_slices=7)
+    )
     visited = result.propagation.visited_slices
     assert len(visited) == 7 and k in visited
     assert litemedsam.stats.encoder_calls - before <= len(visited), "a visited slice was encoded twice"

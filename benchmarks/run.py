@@ -463,7 +463,7 @@ def volumes_figures(d: dict) -> list[Figure]:
             )
     speed = d.get("speed")
     if speed:
-        full, skip, structure = speed["full"], speed["skip2"], speed["structure"]
+        full, skip, structure = speed["full"], speed["skip"], speed["structure"]
         rows += [
             figure(
                 b,
@@ -473,7 +473,7 @@ def volumes_figures(d: dict) -> list[Figure]:
                 "full propagation",
                 full["encoder_calls"],
             ),
-            figure(b, f"{structure}: skip2 mask vs full mask", speed["skip2_vs_full_dice"], "Dice"),
+            figure(b, f"{structure}: skip (default) mask vs full mask", speed["skip_vs_full_dice"], "Dice"),
             figure(
                 b,
                 f"{structure}: propagation",

@@ -8,8 +8,9 @@ propagation settings in the same run (each variant's eval folder is kept under `
 
 - ``previous``: the propagation as it was before this benchmark existed (no zoom on the key slice, no tissue cut;
   only its "ended" rule is today's, relative to the previous slice's area);
-- ``current``: the defaults (``PropagationConfig()``);
-- ``skip2``: the defaults with skip-and-interpolate (every 2nd slice encoded where neighbours agree).
+- ``current``: the defaults (``PropagationConfig()``: skip-and-interpolate on, every 3rd slice segmented where the
+  masks agree);
+- ``full``: the defaults slice by slice (``skip=1``), the baseline of skip-and-interpolate.
 
 Per structure: key-slice 2D Dice, initial and final 3D Dice, NSD (2 mm), DSC_AUC and NSD_AUC, encoder calls and
 wall time; means per group (CT organs and vessels; brain; CT tracked: bones, muscles, ribs). Speed: the whole brain
@@ -21,7 +22,7 @@ calls counted). Writes ``--json``.
     .venv/bin/python benchmarks/volumes.py --quick   # two small crops, 2 corrections: checks that all runs
 
 ``--quick`` (what ``benchmarks/run.py --quick`` passes) runs the two small crops of ``volume_cases.SMALL_CASE_NAMES``
-with the ``current`` and ``skip2`` variants, 2 corrections, and the speed check on 8 whole slices of the CT through
+with the ``current`` and ``full`` variants, 2 corrections, and the speed check on 8 whole slices of the CT through
 the spleen: a minute or two, for checking that everything runs, never for figures to quote.
 """
 
@@ -56,9 +57,9 @@ from MedSegReasoning.volume import default_window, render_slice  # noqa: E402
 
 SHARED_CT = ROOT.parent / "shared" / "data" / "ct-abdomen-dicom"
 VARIANTS: dict[str, PropagationConfig] = {
-    "previous": replace(DEFAULT_PROPAGATION, key_zoom_below_px=0.0, zoom_below_px=0.0, tissue_quantile=None),
+    "previous": replace(DEFAULT_PROPAGATION, key_zoom_below_px=0.0, zoom_below_px=0.0, tissue_quantile=None, skip=1),
     "current": DEFAULT_PROPAGATION,
-    "skip2": replace(DEFAULT_PROPAGATION, skip=2),
+    "full": replace(DEFAULT_PROPAGATION, skip=1),
 }
 SPEED_STRUCTURE = "mni-4mm/whole brain"
 QUICK_SPEED_STRUCTURE = f"{SLAB_CASE_NAME}/spleen"
@@ -75,7 +76,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_output" / "volumes.json")
     args = parser.parse_args()
     names = _names(args.cases, SMALL_CASE_NAMES if args.quick else CASE_NAMES)
-    variants = _names(args.variants, ("current", "skip2") if args.quick else ("previous", "current"))
+    variants = _names(args.variants, ("current", "full") if args.quick else ("previous", "current"))
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
@@ -233,7 +234,7 @@ def _speed(dataset: Path, structure: str, encoder_s: float) -> dict:
     prompt = truth_prompt(truth)
     out: dict = {}
     masks: dict[str, np.ndarray] = {}
-    for name, config in (("full", DEFAULT_PROPAGATION), ("skip2", replace(DEFAULT_PROPAGATION, skip=2))):
+    for name, config in (("full", replace(DEFAULT_PROPAGATION, skip=1)), ("skip", DEFAULT_PROPAGATION)):
         with tempfile.TemporaryDirectory(prefix="medseg-store-") as fresh:
             segmenter = create_segmenter("litemedsam", embedding_store=fresh)
             t0 = time.perf_counter()
@@ -255,7 +256,7 @@ def _speed(dataset: Path, structure: str, encoder_s: float) -> dict:
             out[name]["second_run_store_hits"] = again.stats.store_hits
     out["encoder_s"] = {"seconds": encoder_s}
     out["structure"] = structure
-    out["skip2_vs_full_dice"] = dice(masks["skip2"], masks["full"])
+    out["skip_vs_full_dice"] = dice(masks["skip"], masks["full"])
     return out
 
 
@@ -272,7 +273,7 @@ def print_summary(report: dict) -> None:
     if report["speed"]:
         s = report["speed"]
         enc = report["encoder_s"]
-        for name in ("full", "skip2"):
+        for name in ("full", "skip"):
             x = s[name]
             print(
                 f"{s['structure']} {name:5}: {x['encoder_calls']} encoder calls, {x['seconds']:.1f} s "

@@ -2,8 +2,12 @@
 
 On failure the caller's ``segment`` callable is asked again with corrected prompts (tighter box with negative
 points outside, or a larger box for an empty mask; then the same without propagation), up to a bound; an optional
-``ask_again`` hook lets the reasoner propose a new prompt given the reasons. The best attempt is kept, and when
-none passed, the outcome is *uncertain* and the findings say so. Every judgment is returned for the round record.
+``ask_again`` hook lets the reasoner propose a new prompt given the reasons. An optional ``propose`` hook
+(``reasoner_correction.reasoner_proposals``) then shows the reasoner the kept mask's outline on its worst slices and
+applies the box or erase it proposes through the user's refine step; the corrected mask replaces the kept one only
+when it is better (``reasoner_correction.decide``), and its judgment carries the proposal either way. The best
+attempt is kept, and when none passed, the outcome is *uncertain* and the findings say so. Every judgment is
+returned for the round record.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ..pipeline import VoxelPrompt
 from ..volume.core import plane_shape
 from ..wire.errors import InputError
 from .judgment import Candidate, Judgment
+from .reasoner_correction import STRATEGY, ProposalFn, decide
 
 SegmentFn = Callable[[VoxelPrompt, bool, str], Candidate]
 """``(prompt, propagate, strategy) -> Candidate``: the caller's segmenter path (may raise InputError)."""
@@ -95,6 +100,7 @@ def judge_and_correct(
     propagate: bool = True,
     max_corrections: int = 2,
     ask_again: AskAgainFn | None = None,
+    propose: ProposalFn | None = None,
 ) -> Outcome:
     """Segment, judge, and re-prompt while the judgment fails; keep the best attempt.
 
@@ -127,6 +133,15 @@ def judge_and_correct(
             except InputError:
                 pass
     best, best_j = _best(attempts)
+    if propose is not None:
+        proposed = propose(best, best_j)
+        if proposed is not None:
+            corrected, record = proposed
+            j = replace(judge_fn(corrected, len(judgments) + 1), strategy=STRATEGY)  # also when refused
+            if decide(best_j, j, record):
+                best, best_j = corrected, j
+            j.proposal = record
+            judgments.append(j)
     return Outcome(best, best_j, judgments)
 
 

@@ -126,6 +126,7 @@ class Judgment:
     voxels: int
     volume_ml: float
     score: float | None  # None when the segmenter gave no finite estimate (keeps equality and JSON exact)
+    proposal: dict | None = None  # a reasoner's correction this attempt judged (``reasoner_correction.py``)
 
     @property
     def accepted(self) -> bool:
@@ -153,6 +154,7 @@ class Judgment:
             "volume_ml": self.volume_ml,
             "score": self.score,
             "checks": [c.to_dict() for c in self.checks],
+            **({"proposal": self.proposal} if self.proposal is not None else {}),
         }
 
     @staticmethod
@@ -166,6 +168,7 @@ class Judgment:
             voxels=int(d["voxels"]),
             volume_ml=float(d["volume_ml"]),
             score=None if d.get("score") is None else float(d["score"]),
+            proposal=None if d.get("proposal") is None else dict(d["proposal"]),
         )
 
 

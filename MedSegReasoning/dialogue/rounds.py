@@ -29,6 +29,7 @@ from ..wire.errors import InputError
 from ..wire.masks import CompactMask
 from .correction_loop import AskAgainFn, judge_and_correct
 from .judgment import DEFAULT_JUDGMENT, RELATIONS, Candidate, Expectation, JudgmentConfig, judge
+from .reasoner_correction import ProposalFn, reasoner_proposals
 from .records import Round, TargetRecord
 from .references import Clarification, Resolution, infer_relation
 from .session import Session
@@ -290,6 +291,7 @@ def _run_target(
             propagate=target.propagate,
             max_corrections=config.max_corrections,
             ask_again=_bind(ask_again, target),
+            propose=_proposals(ask_again, target, volume, segmenter, window, config.propagation),
         )
     except InputError as exc:
         record.status = "failed"
@@ -336,6 +338,18 @@ def _run_target(
     record.entity_id = entity.id
     record.status = "accepted" if outcome.accepted else "uncertain"
     return record
+
+
+def _proposals(ask_again, target: TargetSpec, volume, segmenter, window, config) -> ProposalFn | None:
+    """The reasoner's corrections during judgment, when the hook offers them: an ``ask_again`` with a
+    ``propose_correction(target, views, reasons) -> Correction | None`` method (``reasoner_correction.py``); a plain
+    ``ask_again`` function keeps its meaning."""
+    offer = getattr(ask_again, "propose_correction", None)
+    if offer is None:
+        return None
+    return reasoner_proposals(
+        volume, segmenter, window, lambda views, reasons: offer(target, views, reasons), config=config
+    )
 
 
 def _bind(ask_again, target: TargetSpec) -> AskAgainFn | None:
