@@ -264,6 +264,7 @@ def live_server(
         tokens = write_tokens(tmp_path / "tokens")
     else:
         (tmp_path / "tokens").write_text("".join(f"{name}:{token}\n" for name, token in tokens.items()))
+        (tmp_path / "tokens").chmod(0o600)  # a token file others can read is refused
     config = ServerConfig(
         token_file=tmp_path / "tokens", state_dir=tmp_path / "state", limits=limits or Limits(), **config_fields
     )

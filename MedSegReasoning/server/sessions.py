@@ -183,7 +183,12 @@ class SessionStore:
                 unpack_session(archive, session.folder, max_bytes)
             except ArchiveRefused as exc:
                 raise bad_request(exc.code, str(exc)) from None
-            dialogue = load_session(session.folder, terminology=self.terminology)
+            try:
+                dialogue = load_session(session.folder, terminology=self.terminology)
+            except MemoryError:
+                raise
+            except Exception as exc:  # anything the untrusted archive's content makes the reader trip over
+                raise _damaged_archive(exc, session.folder) from None
         except BaseException:
             self.delete(session)
             raise
@@ -290,7 +295,9 @@ class SessionStore:
         if (folder / SESSION_FILE).is_file():
             try:
                 session.dialogue = load_session(folder, terminology=self.terminology)
-            except MedSegError:
+            except MemoryError:
+                raise
+            except Exception:  # a damaged folder is a session that no longer exists, never a 500
                 return None
             session.volume_hash = session.dialogue.volume.content_hash
             cached = self.volumes.get(session.owner, session.volume_hash)
@@ -300,6 +307,17 @@ class SessionStore:
             return None
         self._sessions[sid] = session
         return session
+
+
+def _damaged_archive(exc: Exception, folder: Path) -> ApiError:
+    """400 ``archive_invalid`` for a session archive the reader refused or tripped over: the archive is the
+    client's input, so its damage is never a 500. The server's own folders never appear in the message."""
+    detail = str(exc).replace(str(folder / SESSION_FILE), f"the archive's {SESSION_FILE}")
+    detail = detail.replace(str(folder) + os.sep, "the archive's ").replace(str(folder), "the archive")
+    if not isinstance(exc, MedSegError):
+        detail = f"the archive's session cannot be read ({type(exc).__name__}: {detail or 'no detail'})"
+    detail = detail.rstrip(".")
+    return bad_request("archive_invalid", f"{detail}; send an archive that GET /v1/sessions/{{id}}/archive returned.")
 
 
 def _canonical_uuid(text: str) -> str | None:
