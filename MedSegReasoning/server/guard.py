@@ -92,8 +92,7 @@ class Guard:
                 # the app tripped over the body the guard cut off; it has been answered with 413 already
         finally:
             match = _SESSION_IN_PATH.match(path)
-            self.audit.record(
-                "request",
+            self.audit.record_request(
                 token_name,
                 method=scope.get("method"),
                 route=path,
