@@ -4,13 +4,16 @@ requests (item 5), per-token session quotas and eviction (item 6), error codes (
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
-from server_fixtures import live_server, scripted_engine, write_tokens
+from server_fixtures import live_server, scripted_engine, small_volume, write_tokens
 
 from MedSegReasoning.server.audit import MAX_ROUTE_CHARS, UNAUTHENTICATED_LINES_PER_MINUTE
 from MedSegReasoning.server.cli import main as serve_main
+from MedSegReasoning.wire.client import MedSegClient
+from MedSegReasoning.wire.errors import NotFound, ServerBusy
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
@@ -45,3 +48,58 @@ def test_unauthenticated_requests_write_a_bounded_amount_to_the_audit_log(tmp_pa
             assert ok.status_code == 200
         last = json.loads(log.read_text("utf-8").splitlines()[-1])
         assert last["token"] == "alice" and last["status"] == 200
+
+
+def test_one_token_cannot_take_every_session_slot(tmp_path):
+    tokens = {"alice": "a" * 24, "bob": "b" * 24, "carol": "c" * 24}
+    with live_server(tmp_path, scripted_engine(None), tokens=tokens, max_sessions=4, max_sessions_per_token=2) as (
+        server,
+        _,
+    ):
+        alice, bob, carol = (MedSegClient(server.url, tokens[n]) for n in ("alice", "bob", "carol"))
+        alice.create_session(), alice.create_session()
+        with pytest.raises(ServerBusy) as quota:
+            alice.create_session()
+        assert quota.value.status == 429 and quota.value.code == "session_quota_reached"
+        assert "2 sessions" in str(quota.value) and quota.value.retry_after >= 1
+        bob.create_session(), bob.create_session()  # the others still get theirs
+        with pytest.raises(ServerBusy) as full:
+            carol.create_session()
+        assert full.value.status == 503 and full.value.code == "too_many_sessions"
+        assert server.runtime.config.max_sessions_per_token == 2
+        assert len(server.runtime.store) == 4
+
+
+def test_idle_sessions_make_room_and_their_client_restores_the_archive(tmp_path):
+    tokens = {"alice": "a" * 24, "bob": "b" * 24}
+    with live_server(
+        tmp_path, scripted_engine(None), tokens=tokens, max_sessions=3, max_sessions_per_token=2, evict_idle_s=0.5
+    ) as (server, _):
+        alice, bob = MedSegClient(server.url, tokens["alice"]), MedSegClient(server.url, tokens["bob"])
+        oldest = alice.create_session()
+        volume = small_volume()
+        g = volume.geometry
+        alice.upload_volume(oldest, volume.array, g.origin, g.spacing, g.direction, "CT")
+        archive = alice.session_archive(oldest)
+        time.sleep(0.6)
+        newer = alice.create_session()
+        third = alice.create_session()  # at alice's quota: her idle session makes room
+        with pytest.raises(NotFound):
+            alice.session(oldest)
+        assert {s["id"] for s in alice.sessions()} == {newer, third}
+        bob.create_session()  # the server is full now (3)
+        time.sleep(0.6)
+        bob.create_session()  # so the longest-idle session of the biggest holder (alice) goes
+        assert [s["id"] for s in alice.sessions()] == [third]
+        restored = alice.restore_session(archive)  # the client continues from its archive (bob's idle one goes)
+        assert alice.session(restored)["rounds"] == 0 and len(bob.sessions()) == 1
+        audit = server.config.audit_path.read_text("utf-8")
+        assert audit.count('"event":"session.evict"') == 3
+        assert not (server.config.sessions_dir / oldest).exists()
+
+
+def test_serve_documents_the_quota_options(capsys):
+    with pytest.raises(SystemExit):
+        serve_main(["--help"])
+    out = capsys.readouterr().out
+    assert "--max-sessions-per-token" in out and "--evict-idle-minutes" in out

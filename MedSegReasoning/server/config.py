@@ -60,7 +60,9 @@ class ServerConfig:
     state_dir: Path | None = None  # sessions and the audit log; default: the user's state folder
     limits: Limits = field(default_factory=Limits)
     max_sessions: int = 16
+    max_sessions_per_token: int = 8  # one user (token) cannot take every slot; capped at max_sessions
     session_idle_s: float = 3600.0
+    evict_idle_s: float = 600.0  # when full, a session idle this long makes room (its client restores the archive)
     sweep_interval_s: float = 30.0
     heartbeat_s: float = 10.0  # an SSE comment line this often keeps proxies from closing a quiet stream
     volume_cache_bytes: int = 4 * GiB  # uploaded volumes kept for re-use by content hash (per token)

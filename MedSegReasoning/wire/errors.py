@@ -122,7 +122,7 @@ def error_for_status(status: int, code: str, message: str, headers: dict[str, st
         return Conflict(message, status=status, code=code)
     if status == 503 and code in ("reasoner_missing", "model_missing"):
         return ModelUnavailable(message, status=status, code=code)
-    if status == 503:
+    if status in (429, 503):  # server full, or this token at its quota of sessions
         retry = headers.get("retry-after")
         return ServerBusy(message, status=status, code=code, retry_after=float(retry) if retry else None)
     if 400 <= status < 500:
