@@ -87,6 +87,18 @@ def configure_serve_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-voxels", type=int, default=limits.max_voxels, help="largest volume, in voxels")
     parser.add_argument(
+        "--max-volume-mb",
+        type=int,
+        default=limits.max_volume_bytes // MiB,
+        help="largest volume once decoded (voxels x bytes per voxel), in MiB; refused from the header (413)",
+    )
+    parser.add_argument(
+        "--upload-budget-mb",
+        type=int,
+        default=defaults.upload_budget_bytes // MiB,
+        help="memory all uploads in flight may use together, in MiB; beyond it an upload gets 503 + Retry-After",
+    )
+    parser.add_argument(
         "--reasoner-workers",
         type=int,
         default=1,
@@ -98,13 +110,18 @@ def configure_serve_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    limits = Limits(max_upload_bytes=args.max_upload_mb * MiB, max_voxels=args.max_voxels)
+    limits = Limits(
+        max_upload_bytes=args.max_upload_mb * MiB,
+        max_voxels=args.max_voxels,
+        max_volume_bytes=args.max_volume_mb * MiB,
+    )
     return ServerConfig(
         host=args.host,
         port=args.port,
         token_file=args.token_file,
         state_dir=args.state_dir,
         limits=limits,
+        upload_budget_bytes=args.upload_budget_mb * MiB,
         max_sessions=args.max_sessions,
         max_sessions_per_token=args.max_sessions_per_token,
         session_idle_s=args.session_idle_minutes * 60,

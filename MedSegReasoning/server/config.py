@@ -34,6 +34,7 @@ class Limits:
 
     max_upload_bytes: int = 2 * GiB  # a volume body, as sent (compressed or not)
     max_voxels: int = 768 * 1024 * 1024  # 512 x 512 x 3000 slices
+    max_volume_bytes: int = 2 * GiB  # a volume's voxels once decoded (shape x itemsize), checked from the header
     max_json_bytes: int = 256 * MiB  # any other body: a mask edit of a whole-body entity is tens of MB
     max_question_chars: int = 4000
     max_prompts: int = 16
@@ -43,6 +44,7 @@ class Limits:
         return {
             "max_upload_bytes": self.max_upload_bytes,
             "max_voxels": self.max_voxels,
+            "max_volume_bytes": self.max_volume_bytes,
             "max_json_bytes": self.max_json_bytes,
             "max_question_chars": self.max_question_chars,
             "max_prompts": self.max_prompts,
@@ -65,6 +67,7 @@ class ServerConfig:
     evict_idle_s: float = 600.0  # when full, a session idle this long makes room (its client restores the archive)
     sweep_interval_s: float = 30.0
     heartbeat_s: float = 10.0  # an SSE comment line this often keeps proxies from closing a quiet stream
+    upload_budget_bytes: int = 4 * GiB  # decoded voxels of all uploads in flight together (server-wide)
     volume_cache_bytes: int = 4 * GiB  # uploaded volumes kept for re-use by content hash (per token)
     reasoner_workers: int = 1  # >1 only for a reasoner behind a batching server (vLLM): see docs/deployment.md
     device: str = "cpu"

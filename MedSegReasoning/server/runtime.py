@@ -17,6 +17,7 @@ from .config import ServerConfig
 from .engine import Engine, queued_terminology
 from .rounds import RoundRun
 from .sessions import ServerSession, SessionStore
+from .wire import UploadBudget
 from .workers import ModelWorker
 
 
@@ -47,6 +48,7 @@ class Runtime:
             on_evict=lambda s: self.audit.record("session.evict", s.owner, session=s.id),
         )
         self.runs: dict[str, RoundRun] = {}
+        self.upload_budget = UploadBudget(config.upload_budget_bytes)
 
     def shutdown(self) -> None:
         for run in list(self.runs.values()):

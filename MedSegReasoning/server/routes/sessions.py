@@ -80,8 +80,9 @@ def add_routes(app: FastAPI, rt: Runtime) -> None:
                 )
             cached = True
         else:
-            buf, digest = await read_volume_body(request.stream(), meta, encoding)
-            volume = await run_in_threadpool(build_volume, buf, meta, digest)
+            with rt.upload_budget.reservation() as tally:  # what the upload holds while it arrives
+                buf, digest = await read_volume_body(request.stream(), meta, encoding, tally)
+                volume = await run_in_threadpool(build_volume, buf, meta, digest)
         changed = await run_in_threadpool(locked, session, lambda: rt.store.attach_volume(session, volume))
         rt.audit.record(
             "volume.put",
