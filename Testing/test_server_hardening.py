@@ -3,8 +3,10 @@ requests (item 5), per-token session quotas and eviction (item 6), error codes (
 
 from __future__ import annotations
 
+import ast
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +16,9 @@ from MedSegReasoning.server.audit import MAX_ROUTE_CHARS, UNAUTHENTICATED_LINES_
 from MedSegReasoning.server.cli import main as serve_main
 from MedSegReasoning.wire.client import MedSegClient
 from MedSegReasoning.wire.errors import NotFound, ServerBusy
+
+ROOT = Path(__file__).resolve().parents[1]
+WIRE_FORMAT = ROOT / "docs" / "wire-format.md"
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
@@ -103,3 +108,52 @@ def test_serve_documents_the_quota_options(capsys):
         serve_main(["--help"])
     out = capsys.readouterr().out
     assert "--max-sessions-per-token" in out and "--evict-idle-minutes" in out
+
+
+@pytest.mark.parametrize("body", [b"{bad", b"\xff\xfe{", b'{"question": "x",}'])
+def test_a_malformed_json_body_gets_its_own_listed_code(tmp_path, body):
+    with live_server(tmp_path, scripted_engine(None)) as (server, tokens):
+        http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tokens['alice']}"}, timeout=10)
+        sid = http.post("/v1/sessions").json()["id"]
+        answer = http.post(f"/v1/sessions/{sid}/rounds", content=body, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "invalid_json" and "not valid JSON" in error["message"]
+        assert "`invalid_json`" in WIRE_FORMAT.read_text("utf-8")
+
+
+def _codes_the_server_sends() -> set[str]:
+    """Every error code written in the server's source (and the archive checks it answers with)."""
+    calls = {"ApiError": 1, "bad_request": 0, "conflict": 0, "not_found": 0, "ArchiveRefused": 0}
+    files = [
+        *sorted((ROOT / "MedSegReasoning" / "server").rglob("*.py")),
+        ROOT / "MedSegReasoning/wire/session_archive.py",
+    ]
+    codes: set[str] = set()
+    for path in files:
+        tree = ast.parse(path.read_text("utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", getattr(node.func, "attr", None))
+                if name in calls and len(node.args) > calls[name]:
+                    arg = node.args[calls[name]]
+                    for value in (arg.body, arg.orelse) if isinstance(arg, ast.IfExp) else (arg,):
+                        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                            codes.add(value.value + ("_not_found" if name == "not_found" else ""))
+            if isinstance(node, ast.Dict) and path.name == "error_handlers.py":  # status -> code of HTTP errors
+                codes.update(
+                    v.value
+                    for v in node.values
+                    if isinstance(v, ast.Constant) and isinstance(v.value, str) and v.value.isidentifier()
+                )
+    codes.update({"invalid_request", "internal_error"})  # error_handlers' fallbacks
+    return codes
+
+
+def test_docs_list_every_error_code_the_server_sends():
+    codes = _codes_the_server_sends()
+    assert {"body_too_large", "session_quota_reached", "wire_version_unsupported", "invalid_json"} <= codes
+    doc = WIRE_FORMAT.read_text("utf-8")
+    errors = doc[doc.index("## Errors") : doc.index("## Endpoints")]
+    missing = sorted(code for code in codes if f"`{code}`" not in errors)
+    assert not missing, f"docs/wire-format.md's Errors table lacks {missing}"

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from ..wire.errors import InputError
 from ..wire.network import is_loopback_host as is_loopback
+from ..wire.version import WIRE_VERSION as WIRE_VERSION  # the wire format's version (docs/wire-format.md)
 
 APP_DIR_NAME = "medseg-reasoning"
-WIRE_VERSION = 1
-"""Version of the wire format (docs/wire-format.md); the URL prefix ``/v1`` carries the same number."""
 
 ALLOWED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 """Voxel types a volume may arrive in: what DICOM, NIfTI and NRRD readers hand Slicer, nothing exotic."""
