@@ -157,3 +157,13 @@ def test_docs_list_every_error_code_the_server_sends():
     errors = doc[doc.index("## Errors") : doc.index("## Endpoints")]
     missing = sorted(code for code in codes if f"`{code}`" not in errors)
     assert not missing, f"docs/wire-format.md's Errors table lacks {missing}"
+
+
+def test_the_openapi_document_names_the_archive_and_export_content_types(tmp_path):
+    """Found by schemathesis (ST105): the archive answered application/zip where the schema said JSON."""
+    with live_server(tmp_path, scripted_engine(None)) as (server, tokens):
+        doc = httpx.get(f"{server.url}/openapi.json", headers={"Authorization": f"Bearer {tokens['alice']}"}).json()
+    archive = doc["paths"]["/v1/sessions/{session_id}/archive"]["get"]["responses"]["200"]["content"]
+    export = doc["paths"]["/v1/sessions/{session_id}/export"]["post"]["responses"]["200"]["content"]
+    assert set(archive) == {"application/zip"}
+    assert set(export) == {"application/octet-stream", "application/zip"}
