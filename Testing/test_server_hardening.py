@@ -10,12 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_fixtures import live_server, scripted_engine, small_volume, write_tokens
+from server_fixtures import live_server, scripted_engine, small_volume, volume_meta, write_tokens
 
 from MedSegReasoning.server.audit import MAX_ROUTE_CHARS, UNAUTHENTICATED_LINES_PER_MINUTE
 from MedSegReasoning.server.cli import main as serve_main
+from MedSegReasoning.server.config import Limits
 from MedSegReasoning.wire.client import MedSegClient
-from MedSegReasoning.wire.errors import NotFound, ServerBusy
+from MedSegReasoning.wire.errors import NotFound, RequestRejected, ServerBusy
 
 ROOT = Path(__file__).resolve().parents[1]
 WIRE_FORMAT = ROOT / "docs" / "wire-format.md"
@@ -167,3 +168,23 @@ def test_the_openapi_document_names_the_archive_and_export_content_types(tmp_pat
     export = doc["paths"]["/v1/sessions/{session_id}/export"]["post"]["responses"]["200"]["content"]
     assert set(archive) == {"application/zip"}
     assert set(export) == {"application/octet-stream", "application/zip"}
+
+
+def test_a_volume_above_the_decoded_limit_is_refused_from_its_header(tmp_path):
+    limits = Limits(max_volume_bytes=20_000)
+    with live_server(tmp_path, scripted_engine(None), limits=limits) as (server, tokens):
+        client = MedSegClient(server.url, tokens["alice"])
+        sid = client.create_session()
+        volume = small_volume()  # 3 x 64 x 64 int16: 24,576 bytes
+        g = volume.geometry
+        with pytest.raises(RequestRejected, match="more than the server accepts"):
+            client.upload_volume(sid, volume.array, g.origin, g.spacing, g.direction, "CT")
+        meta = json.dumps(volume_meta(volume))
+        answer = httpx.put(
+            f"{server.url}/v1/sessions/{sid}/volume",
+            content=b"\0" * 4,
+            headers={"Authorization": f"Bearer {tokens['alice']}", "X-MedSeg-Volume": meta},
+        )
+        assert answer.status_code == 413 and answer.json()["error"]["code"] == "volume_too_large"
+        assert "--max-volume-mb" in answer.json()["error"]["message"]
+        assert client.capabilities(refresh=True)["limits"]["max_volume_bytes"] == 20_000
