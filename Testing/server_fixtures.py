@@ -264,6 +264,7 @@ def live_server(
         tokens = write_tokens(tmp_path / "tokens")
     else:
         (tmp_path / "tokens").write_text("".join(f"{name}:{token}\n" for name, token in tokens.items()))
+        (tmp_path / "tokens").chmod(0o600)  # a token file others can read is refused
     config = ServerConfig(
         token_file=tmp_path / "tokens", state_dir=tmp_path / "state", limits=limits or Limits(), **config_fields
     )
@@ -310,6 +311,9 @@ def _serve_child(argv: list[str]) -> int:
     )
     parser.add_argument("--replay", type=Path, help="replay file (default: write_replay's three rounds)")
     parser.add_argument("--max-sessions", type=int, default=16)
+    parser.add_argument("--max-upload-mb", type=int, help="Limits.max_upload_bytes in MiB (default: the server's)")
+    parser.add_argument("--max-volume-mb", type=int, help="Limits.max_volume_bytes in MiB (default: the server's)")
+    parser.add_argument("--upload-budget-mb", type=int, help="ServerConfig.upload_budget_bytes in MiB")
     args = parser.parse_args(argv)
     if args.spawn_child:
         import subprocess
@@ -326,6 +330,14 @@ def _serve_child(argv: list[str]) -> int:
         token_file=args.token_file,
         state_dir=args.state_dir,
         max_sessions=args.max_sessions,
+        limits=Limits(
+            **{
+                field: mb << 20
+                for field, mb in (("max_upload_bytes", args.max_upload_mb), ("max_volume_bytes", args.max_volume_mb))
+                if mb is not None
+            }
+        ),
+        **({"upload_budget_bytes": args.upload_budget_mb << 20} if args.upload_budget_mb is not None else {}),
     )
     return serve(config, engine, TokenStore.from_file(args.token_file), args.token_file)
 

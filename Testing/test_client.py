@@ -230,6 +230,7 @@ def test_non_loopback_bind_needs_an_explicit_token_file(tmp_path, capsys, monkey
 def test_token_files(tmp_path, monkeypatch):
     path = tmp_path / "tokens"
     path.write_text("# staff\nalice:" + "a" * 20 + "\n\n" + "b" * 24 + "\n")
+    path.chmod(0o600)
     store = TokenStore.from_file(path)
     assert store.identify("a" * 20) == "alice" and store.identify("b" * 24) == "token4"
     assert store.identify("a" * 19) is None and store.identify("") is None and store.identify(None) is None

@@ -203,7 +203,9 @@ def test_round_without_volume_and_bad_round_bodies(served):
     )
     _error(http.post(f"/v1/sessions/{sid}/rounds", json={"question": "x", "colour": "red"}), 422, "invalid_body")
     _error(
-        http.post(f"/v1/sessions/{sid}/rounds", content=b"{not json", headers={"Content-Type": "application/json"}), 422
+        http.post(f"/v1/sessions/{sid}/rounds", content=b"{not json", headers={"Content-Type": "application/json"}),
+        400,  # not JSON at all (issue #15): its own code; JSON of the wrong shape stays 422 invalid_body
+        "invalid_json",
     )
     outside = {"prompts": [{"slice": 1, "box": [10, 10, 90, 20]}]}
     _error(http.post(f"/v1/sessions/{sid}/rounds", json=outside), 400, "invalid_input")

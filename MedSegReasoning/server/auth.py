@@ -42,6 +42,7 @@ class TokenStore:
     def from_file(cls, path: Path) -> TokenStore:
         """Parse ``path``: ``name:token`` or a bare ``token`` per line; blank lines and ``#`` comments skipped."""
         path = Path(path).expanduser()
+        refuse_if_others_can_read(path)
         try:
             text = path.read_text("utf-8")
         except OSError as exc:
@@ -100,11 +101,21 @@ def ensure_default_token_file(path: Path | None = None) -> Path:
             return path
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(f"local:{secret}\n")
-    if os.name == "posix":
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise InputError(
-                f"the token file {path} can be read by other users (mode {mode:o}): run chmod 600 {path}, "
-                "or delete it to have a new one made."
-            )
+    refuse_if_others_can_read(path, made_here=True)
     return path
+
+
+def refuse_if_others_can_read(path: Path, *, made_here: bool = False) -> None:
+    """Refuse (exit 2) a token file that users other than its owner may read or write: whoever reads it can act
+    as every user in it. The message is the ``chmod`` that fixes it (docs/deployment.md). POSIX only."""
+    if os.name != "posix":
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # the read that follows says why the file cannot be used
+    if mode & 0o077:
+        fix = ", or delete it to have a new one made." if made_here else "."
+        raise InputError(
+            f"the token file {path} can be read by other users (mode {mode:03o}): run chmod 600 {path}{fix}"
+        )

@@ -67,12 +67,37 @@ def configure_serve_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions, help="sessions held at once")
     parser.add_argument(
+        "--max-sessions-per-token",
+        type=int,
+        default=defaults.max_sessions_per_token,
+        help="sessions one token may hold at once (default %(default)s; at most --max-sessions)",
+    )
+    parser.add_argument(
+        "--evict-idle-minutes",
+        type=float,
+        default=defaults.evict_idle_s / 60,
+        help="when the server or a token is at its limit, a session idle this long is closed to make room "
+        "(default %(default)s; clients continue it from their archive)",
+    )
+    parser.add_argument(
         "--session-idle-minutes", type=float, default=defaults.session_idle_s / 60, help="close sessions idle this long"
     )
     parser.add_argument(
         "--max-upload-mb", type=int, default=limits.max_upload_bytes // MiB, help="largest volume upload, in MiB"
     )
     parser.add_argument("--max-voxels", type=int, default=limits.max_voxels, help="largest volume, in voxels")
+    parser.add_argument(
+        "--max-volume-mb",
+        type=int,
+        default=limits.max_volume_bytes // MiB,
+        help="largest volume once decoded (voxels x bytes per voxel), in MiB; refused from the header (413)",
+    )
+    parser.add_argument(
+        "--upload-budget-mb",
+        type=int,
+        default=defaults.upload_budget_bytes // MiB,
+        help="memory all uploads in flight may use together, in MiB; beyond it an upload gets 503 + Retry-After",
+    )
     parser.add_argument(
         "--reasoner-workers",
         type=int,
@@ -85,15 +110,22 @@ def configure_serve_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    limits = Limits(max_upload_bytes=args.max_upload_mb * MiB, max_voxels=args.max_voxels)
+    limits = Limits(
+        max_upload_bytes=args.max_upload_mb * MiB,
+        max_voxels=args.max_voxels,
+        max_volume_bytes=args.max_volume_mb * MiB,
+    )
     return ServerConfig(
         host=args.host,
         port=args.port,
         token_file=args.token_file,
         state_dir=args.state_dir,
         limits=limits,
+        upload_budget_bytes=args.upload_budget_mb * MiB,
         max_sessions=args.max_sessions,
+        max_sessions_per_token=args.max_sessions_per_token,
         session_idle_s=args.session_idle_minutes * 60,
+        evict_idle_s=args.evict_idle_minutes * 60,
         reasoner_workers=args.reasoner_workers,
         device=args.device,
         docs_ui=args.docs_ui,
@@ -108,6 +140,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     config.check_bind()
+    if config.max_sessions < 1 or config.max_sessions_per_token < 1:
+        raise InputError("--max-sessions and --max-sessions-per-token must be at least 1.")
     if config.port < 0 or config.port > 65535:
         raise InputError(f"--port {config.port} is not a port number (0-65535; 0 picks a free one).")
     token_path = config.token_file if config.token_file is not None else ensure_default_token_file()

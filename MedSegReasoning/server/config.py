@@ -16,10 +16,9 @@ from pathlib import Path
 
 from ..wire.errors import InputError
 from ..wire.network import is_loopback_host as is_loopback
+from ..wire.version import WIRE_VERSION as WIRE_VERSION  # the wire format's version (docs/wire-format.md)
 
 APP_DIR_NAME = "medseg-reasoning"
-WIRE_VERSION = 1
-"""Version of the wire format (docs/wire-format.md); the URL prefix ``/v1`` carries the same number."""
 
 ALLOWED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 """Voxel types a volume may arrive in: what DICOM, NIfTI and NRRD readers hand Slicer, nothing exotic."""
@@ -34,6 +33,7 @@ class Limits:
 
     max_upload_bytes: int = 2 * GiB  # a volume body, as sent (compressed or not)
     max_voxels: int = 768 * 1024 * 1024  # 512 x 512 x 3000 slices
+    max_volume_bytes: int = 2 * GiB  # a volume's voxels once decoded (shape x itemsize), checked from the header
     max_json_bytes: int = 256 * MiB  # any other body: a mask edit of a whole-body entity is tens of MB
     max_question_chars: int = 4000
     max_prompts: int = 16
@@ -43,6 +43,7 @@ class Limits:
         return {
             "max_upload_bytes": self.max_upload_bytes,
             "max_voxels": self.max_voxels,
+            "max_volume_bytes": self.max_volume_bytes,
             "max_json_bytes": self.max_json_bytes,
             "max_question_chars": self.max_question_chars,
             "max_prompts": self.max_prompts,
@@ -60,9 +61,12 @@ class ServerConfig:
     state_dir: Path | None = None  # sessions and the audit log; default: the user's state folder
     limits: Limits = field(default_factory=Limits)
     max_sessions: int = 16
+    max_sessions_per_token: int = 8  # one user (token) cannot take every slot; capped at max_sessions
     session_idle_s: float = 3600.0
+    evict_idle_s: float = 600.0  # when full, a session idle this long makes room (its client restores the archive)
     sweep_interval_s: float = 30.0
     heartbeat_s: float = 10.0  # an SSE comment line this often keeps proxies from closing a quiet stream
+    upload_budget_bytes: int = 4 * GiB  # decoded voxels of all uploads in flight together (server-wide)
     volume_cache_bytes: int = 4 * GiB  # uploaded volumes kept for re-use by content hash (per token)
     reasoner_workers: int = 1  # >1 only for a reasoner behind a batching server (vLLM): see docs/deployment.md
     device: str = "cpu"

@@ -24,6 +24,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # not JSON at all: a different mistake from a JSON of wrong shape
+            return error_response(invalid_json((first.get("ctx") or {}).get("error") or "it cannot be parsed"))
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         message = first.get("msg", "invalid").rstrip(".")
         return error_response(
@@ -34,16 +36,30 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # FastAPI's words for bytes not UTF-8
+            return error_response(invalid_json("it is not UTF-8 text"))
         texts = {
             404: "there is no such endpoint: see /openapi.json for the API.",
             405: "this endpoint does not take that method.",
         }
-        code = {404: "no_such_endpoint", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(ApiError(exc.status_code, code, texts.get(exc.status_code, str(exc.detail))))
+        fallback = "invalid_request" if exc.status_code < 500 else "internal_error"
+        code = {404: "no_such_endpoint", 405: "method_not_allowed"}.get(exc.status_code, fallback)
+        text = texts.get(exc.status_code, str(exc.detail).rstrip(".") + ".")
+        return error_response(ApiError(exc.status_code, code, text))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         return error_response(from_engine_error(exc))
+
+
+def invalid_json(reason: str) -> ApiError:
+    """400 ``invalid_json``: the body is not JSON at all (docs/wire-format.md)."""
+    return ApiError(
+        400,
+        "invalid_json",
+        f"the request body is not valid JSON ({reason}): send a JSON object with Content-Type: application/json "
+        "(see /openapi.json).",
+    )
 
 
 def error_response(error: ApiError) -> Response:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .. import __version__
+from ..wire import version as wire_version
 from .audit import AuditLog
 from .auth import TokenStore
 from .config import Limits
@@ -65,6 +67,11 @@ class Guard:
                     status_box,
                 )
                 return
+            send = _with_version_headers(send)
+            refusal = _version_refusal(headers)
+            if refusal is not None:
+                await _send_error(send, refusal, status_box)
+                return
             limit = self.limits.max_upload_bytes if _VOLUME_ROUTE.match(path) else self.limits.max_json_bytes
             declared = headers.get("content-length")
             if declared is not None:
@@ -92,8 +99,7 @@ class Guard:
                 # the app tripped over the body the guard cut off; it has been answered with 413 already
         finally:
             match = _SESSION_IN_PATH.match(path)
-            self.audit.record(
-                "request",
+            self.audit.record_request(
                 token_name,
                 method=scope.get("method"),
                 route=path,
@@ -102,6 +108,43 @@ class Guard:
                 client=(scope.get("client") or ("?",))[0],
                 session=match.group(1) if match else None,
             )
+
+
+def _version_refusal(headers: dict[str, str]) -> ApiError | None:
+    """400 ``wire_version_unsupported`` for a client speaking a wire version this server does not serve (none
+    named: the current one, so curl and scripts are served); the sentence says which side to update."""
+    name = wire_version.WIRE_VERSION_HEADER.lower()
+    try:
+        wanted = wire_version.parse_wire_version(headers.get(name))
+    except ValueError as exc:
+        return ApiError(400, "wire_version_unsupported", f"{exc}: send the wire version this client speaks.")
+    if wanted is None:
+        return None
+    sentence = wire_version.mismatch_sentence(
+        wanted,
+        headers.get(wire_version.CLIENT_VERSION_HEADER.lower(), "")[:40] or None,
+        (wire_version.MIN_WIRE_VERSION, wire_version.WIRE_VERSION),
+        __version__,
+    )
+    return None if sentence is None else ApiError(400, "wire_version_unsupported", sentence)
+
+
+def _with_version_headers(send: Send) -> Send:
+    """A ``send`` that names the server's package and wire versions on every answer (docs/wire-format.md)."""
+    extra = [
+        (wire_version.SERVER_VERSION_HEADER.lower().encode(), __version__.encode()),
+        (
+            wire_version.WIRE_VERSIONS_HEADER.lower().encode(),
+            wire_version.wire_range_header(wire_version.MIN_WIRE_VERSION, wire_version.WIRE_VERSION).encode(),
+        ),
+    ]
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return wrapped
 
 
 def _too_large(length: int | None, limit: int) -> ApiError:

@@ -17,6 +17,7 @@ from .config import ServerConfig
 from .engine import Engine, queued_terminology
 from .rounds import RoundRun
 from .sessions import ServerSession, SessionStore
+from .wire import UploadBudget
 from .workers import ModelWorker
 
 
@@ -37,9 +38,17 @@ class Runtime:
         }
         terminology = engine.terminology or queued_terminology(self.workers["terminology"])
         self.store = SessionStore(
-            config.sessions_dir, config.max_sessions, config.session_idle_s, config.volume_cache_bytes, terminology
+            config.sessions_dir,
+            config.max_sessions,
+            config.session_idle_s,
+            config.volume_cache_bytes,
+            terminology,
+            max_per_owner=config.max_sessions_per_token,
+            evict_idle_s=config.evict_idle_s,
+            on_evict=lambda s: self.audit.record("session.evict", s.owner, session=s.id),
         )
         self.runs: dict[str, RoundRun] = {}
+        self.upload_budget = UploadBudget(config.upload_budget_bytes)
 
     def shutdown(self) -> None:
         for run in list(self.runs.values()):

@@ -134,3 +134,9 @@ SSE = {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
 }
+
+
+def binary_answer(description: str, *media_types: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 answer of a route that returns a file (not JSON), for the OpenAPI document."""
+    schema = {"type": "string", "format": "binary"}
+    return {200: {"description": description, "content": {m: {"schema": schema} for m in media_types}}}

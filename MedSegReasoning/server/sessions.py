@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,12 +138,24 @@ class SessionStore:
     """All sessions of this server process; thread-safe."""
 
     def __init__(
-        self, root: Path, max_sessions: int, idle_s: float, volume_cache_bytes: int, terminology: Terminology | None
+        self,
+        root: Path,
+        max_sessions: int,
+        idle_s: float,
+        volume_cache_bytes: int,
+        terminology: Terminology | None,
+        *,
+        max_per_owner: int | None = None,
+        evict_idle_s: float | None = None,
+        on_evict: Callable[[ServerSession], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.max_sessions = max_sessions
+        self.max_per_owner = min(max_per_owner or max_sessions, max_sessions)
         self.idle_s = idle_s
+        self.evict_idle_s = min(idle_s, evict_idle_s if evict_idle_s is not None else idle_s)
+        self.on_evict = on_evict
         self.volumes = VolumeCache(volume_cache_bytes)
         self.terminology = terminology
         self._sessions: dict[str, ServerSession] = {}
@@ -153,9 +166,36 @@ class SessionStore:
 
     # -- create / find / delete ---------------------------------------------------------------------------------
     def create(self, owner: str) -> ServerSession:
-        with self._lock:
-            if len(self._sessions) >= self.max_sessions:
-                retry = self._seconds_until_a_slot()
+        """A new session for ``owner``. At the server's or the owner's limit, the longest-idle session (the owner's
+        own, at the owner's limit) makes room if it has been idle ``evict_idle_s``; otherwise 503 / 429."""
+        evicted: list[ServerSession] = []
+        try:
+            with self._lock:
+                self._make_room(owner, evicted)
+                return self._new_session(owner)
+        finally:
+            for gone in evicted:
+                self._discard(gone)
+
+    def _make_room(self, owner: str, evicted: list[ServerSession]) -> None:
+        """Evict (into ``evicted``) or refuse so that one more session of ``owner`` fits. The owner's quota is
+        checked first, so a refusal never follows an eviction."""
+        if self.max_per_owner < self.max_sessions and self._count(owner) >= self.max_per_owner:
+            victim = self._longest_idle(owner)
+            if victim is None:
+                retry = self._seconds_until_a_slot(owner)
+                raise ApiError(
+                    429,
+                    "session_quota_reached",
+                    f"this token already holds {self.max_per_owner} sessions, the most one token may hold on this "
+                    f"server: close one you no longer need, or try again in about {retry} s.",
+                    {"Retry-After": str(retry)},
+                )
+            evicted.append(self._sessions.pop(victim.id))
+        if len(self._sessions) >= self.max_sessions:
+            victim = self._longest_idle(None)
+            if victim is None:
+                retry = self._seconds_until_a_slot(None)
                 raise ApiError(
                     503,
                     "too_many_sessions",
@@ -163,14 +203,42 @@ class SessionStore:
                     f"{retry} s, or close a session you no longer need.",
                     {"Retry-After": str(retry)},
                 )
-            sid = str(uuid.uuid4())
-            folder = self.root / sid
-            folder.mkdir(mode=0o700)
-            created = now_iso()
-            (folder / SIDECAR).write_text(json.dumps({"owner": owner, "created": created}) + "\n", encoding="utf-8")
-            session = ServerSession(sid, owner, folder, created)
-            self._sessions[sid] = session
-            return session
+            evicted.append(self._sessions.pop(victim.id))
+
+    def _count(self, owner: str) -> int:
+        return sum(s.owner == owner for s in self._sessions.values())
+
+    def _longest_idle(self, owner: str | None) -> ServerSession | None:
+        """The session idle longest (of ``owner``, or of the owner holding the most), if idle ``evict_idle_s``."""
+        now = time.monotonic()
+        counts: dict[str, int] = {}
+        for s in self._sessions.values():
+            counts[s.owner] = counts.get(s.owner, 0) + 1
+        candidates = [
+            s
+            for s in self._sessions.values()
+            if not s.busy and now - s.last_used >= self.evict_idle_s and (owner is None or s.owner == owner)
+        ]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda s: (-counts[s.owner], s.last_used))
+
+    def _discard(self, session: ServerSession) -> None:
+        """An evicted session: its folder goes (its client holds the archive), the audit log says so."""
+        shutil.rmtree(session.folder, ignore_errors=True)
+        self.volumes.drop_unused(self.volumes_in_use())
+        if self.on_evict is not None:
+            self.on_evict(session)
+
+    def _new_session(self, owner: str) -> ServerSession:
+        sid = str(uuid.uuid4())
+        folder = self.root / sid
+        folder.mkdir(mode=0o700)
+        created = now_iso()
+        (folder / SIDECAR).write_text(json.dumps({"owner": owner, "created": created}) + "\n", encoding="utf-8")
+        session = ServerSession(sid, owner, folder, created)
+        self._sessions[sid] = session
+        return session
 
     def restore(self, owner: str, archive: bytes, max_bytes: int) -> ServerSession:
         """A new session (new id) holding the conversation in ``archive`` (``session_archive.py``); its volume must be sent
@@ -183,7 +251,12 @@ class SessionStore:
                 unpack_session(archive, session.folder, max_bytes)
             except ArchiveRefused as exc:
                 raise bad_request(exc.code, str(exc)) from None
-            dialogue = load_session(session.folder, terminology=self.terminology)
+            try:
+                dialogue = load_session(session.folder, terminology=self.terminology)
+            except MemoryError:
+                raise
+            except Exception as exc:  # anything the untrusted archive's content makes the reader trip over
+                raise _damaged_archive(exc, session.folder) from None
         except BaseException:
             self.delete(session)
             raise
@@ -249,10 +322,14 @@ class SessionStore:
             self.volumes.drop_unused(self.volumes_in_use())
         return gone
 
-    def _seconds_until_a_slot(self) -> int:
+    def _seconds_until_a_slot(self, owner: str | None) -> int:
         now = time.monotonic()
-        idle = [self.idle_s - (now - s.last_used) for s in self._sessions.values() if not s.busy]
-        return max(1, int(min(idle, default=self.idle_s)) + 1)
+        idle = [
+            self.evict_idle_s - (now - s.last_used)
+            for s in self._sessions.values()
+            if not s.busy and (owner is None or s.owner == owner)
+        ]
+        return max(1, int(min(idle, default=self.evict_idle_s)) + 1)
 
     # -- volumes ----------------------------------------------------------------------------------------------------
     def attach_volume(self, session: ServerSession, volume: Volume) -> bool:
@@ -290,7 +367,9 @@ class SessionStore:
         if (folder / SESSION_FILE).is_file():
             try:
                 session.dialogue = load_session(folder, terminology=self.terminology)
-            except MedSegError:
+            except MemoryError:
+                raise
+            except Exception:  # a damaged folder is a session that no longer exists, never a 500
                 return None
             session.volume_hash = session.dialogue.volume.content_hash
             cached = self.volumes.get(session.owner, session.volume_hash)
@@ -300,6 +379,17 @@ class SessionStore:
             return None
         self._sessions[sid] = session
         return session
+
+
+def _damaged_archive(exc: Exception, folder: Path) -> ApiError:
+    """400 ``archive_invalid`` for a session archive the reader refused or tripped over: the archive is the
+    client's input, so its damage is never a 500. The server's own folders never appear in the message."""
+    detail = str(exc).replace(str(folder / SESSION_FILE), f"the archive's {SESSION_FILE}")
+    detail = detail.replace(str(folder) + os.sep, "the archive's ").replace(str(folder), "the archive")
+    if not isinstance(exc, MedSegError):
+        detail = f"the archive's session cannot be read ({type(exc).__name__}: {detail or 'no detail'})"
+    detail = detail.rstrip(".")
+    return bad_request("archive_invalid", f"{detail}; send an archive that GET /v1/sessions/{{id}}/archive returned.")
 
 
 def _canonical_uuid(text: str) -> str | None:

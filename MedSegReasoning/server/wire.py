@@ -8,11 +8,13 @@ Every check here raises ``ApiError`` with a sentence that says what was expected
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import threading
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,7 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # records it, so a DICOM-SEG exported later where the series is (``export --series``) is checked against it.
 DICOM_UID_FIELDS = ("study_instance_uid", "series_instance_uid", "frame_of_reference_uid")
 _ORTHONORMAL_TOL = 1e-3
+_DECODE_PIECE = 1 << 20  # a compressed body is inflated at most this many bytes at a time
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,15 @@ def parse_volume_meta(header: str | None, limits: Limits) -> VolumeMeta:
             "volume_too_large",
             f"the volume has {voxels:,} voxels, more than this server's limit of {limits.max_voxels:,}: crop it, or "
             "ask the server's operator to raise --max-voxels.",
+        )
+    nbytes = voxels * dtype.itemsize
+    if nbytes > limits.max_volume_bytes:  # refused from the header: nothing is allocated for it
+        raise ApiError(
+            413,
+            "volume_too_large",
+            f"the volume needs {nbytes:,} bytes once decoded ({dtype.name}), more than this server's limit of "
+            f"{limits.max_volume_bytes:,}: crop it, send a smaller voxel type, or ask the server's operator to "
+            "raise --max-volume-mb.",
         )
     geometry = _geometry(meta)
     modality = meta.get("modality", "")
@@ -194,52 +206,115 @@ def content_hasher(meta: VolumeMeta):
     return wire_content_hasher(meta.dtype.newbyteorder("="), meta.shape, meta.geometry.affine)
 
 
-async def read_volume_body(stream: AsyncIterator[bytes], meta: VolumeMeta, encoding: str) -> tuple[bytearray, str]:
-    """Read the voxels into one preallocated buffer (no copies), hashing them on the way; decompress on the fly
-    with a hard output cap. Returns the buffer and its content hash."""
+async def read_volume_body(
+    stream: AsyncIterator[bytes], meta: VolumeMeta, encoding: str, budget: _Tally | None = None
+) -> tuple[bytearray, str]:
+    """Read the voxels, hashing them on the way; decompress on the fly in bounded pieces with a hard output cap.
+    Returns the buffer and its content hash.
+
+    Memory follows the bytes that arrived, never the size the header announces: the buffer grows as voxels come
+    in (a 4-byte body costs 4 bytes, whatever shape it claims), and each decoded piece is taken from ``budget``,
+    the server-wide allowance of all uploads in flight, before it is stored (503 when it is spent). What was taken
+    is the caller's to give back (``UploadBudget.reservation``)."""
     hasher = content_hasher(meta)
-    buf = bytearray(meta.nbytes)
-    view = memoryview(buf)
-    pos = 0
+    buf = bytearray()
     decoder = None
     if encoding == "deflate":
         decoder = zlib.decompressobj()
     elif encoding == "gzip":
         decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
-    def too_much() -> ApiError:
-        return bad_request(
-            "shape_mismatch",
-            f"the body holds more than the {meta.nbytes:,} bytes that a {meta.dtype.name} volume of shape "
-            f"{list(meta.shape)} needs.",
-        )
+    def store(data: bytes | memoryview) -> None:
+        if len(buf) + len(data) > meta.nbytes:
+            raise bad_request(
+                "shape_mismatch",
+                f"the body holds more than the {meta.nbytes:,} bytes that a {meta.dtype.name} volume of shape "
+                f"{list(meta.shape)} needs.",
+            )
+        if budget is not None:
+            budget.take(len(data))
+        buf.extend(data)
+        hasher.update(data)
 
     async for chunk in stream:
         if not chunk:
             continue
-        if decoder is not None:
-            try:  # at most one byte more than still fits: more than that means the body is too big (or a bomb)
-                data = decoder.decompress(chunk, meta.nbytes - pos + 1)
+        if decoder is None:
+            store(chunk)
+            continue
+        pending = chunk
+        while pending:
+            # at most one byte more than still fits (more means too big, or a bomb), and never more than one
+            # piece at a time: what a small compressed chunk expands to is stored piece by piece
+            room = min(meta.nbytes - len(buf) + 1, _DECODE_PIECE)
+            try:
+                data = decoder.decompress(pending, room)
             except zlib.error as exc:
                 raise bad_request("invalid_body", f"the {encoding} body cannot be decompressed ({exc}).") from None
-        else:
-            data = chunk
-        if pos + len(data) > meta.nbytes:
-            raise too_much()
-        view[pos : pos + len(data)] = data
-        hasher.update(data)
-        pos += len(data)
+            store(data)
+            pending = decoder.unconsumed_tail
     if decoder is not None and not decoder.eof:
         raise bad_request(
             "invalid_body", f"the {encoding} body ended before its compressed stream did: it was cut off."
         )
-    if pos != meta.nbytes:
+    if len(buf) != meta.nbytes:
         raise bad_request(
             "shape_mismatch",
-            f"the body held {pos:,} bytes of voxels but a {meta.dtype.name} volume of shape {list(meta.shape)} needs "
-            f"{meta.nbytes:,}.",
+            f"the body held {len(buf):,} bytes of voxels but a {meta.dtype.name} volume of shape {list(meta.shape)} "
+            f"needs {meta.nbytes:,}.",
         )
     return buf, hasher.hexdigest()
+
+
+class UploadBudget:
+    """The memory all volume uploads in flight may hold together (``--upload-budget-mb``); thread-safe.
+
+    Why: each upload is bounded on its own (body bytes, decoded bytes), but many at once, or many slow ones, would
+    still add up to more than the machine has. An upload takes its decoded bytes as they arrive and gives them back
+    when its request ends (the finished volume then belongs to the session and the volume cache)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            if self.used + n > self.limit:
+                raise ApiError(
+                    503,
+                    "upload_budget_exhausted",
+                    f"the server is receiving other volumes and has no memory left for this one (its upload budget "
+                    f"is {self.limit:,} bytes): try again in a moment.",
+                    {"Retry-After": "5"},
+                )
+            self.used += n
+
+    def give_back(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+    @contextlib.contextmanager
+    def reservation(self) -> Iterator[_Tally]:
+        """A tally of what one upload took; all of it is given back when the block ends, however it ends."""
+        tally = _Tally(self)
+        try:
+            yield tally
+        finally:
+            self.give_back(tally.taken)
+
+
+class _Tally:
+    """One upload's share of the budget: ``take`` counts what it took, so the whole is given back at once."""
+
+    def __init__(self, budget: UploadBudget) -> None:
+        self.budget = budget
+        self.taken = 0
+        self.limit = budget.limit
+
+    def take(self, n: int) -> None:
+        self.budget.take(n)
+        self.taken += n
 
 
 def build_volume(buf: bytearray, meta: VolumeMeta, digest: str | None = None) -> Volume:

@@ -9,6 +9,7 @@ wire sits below every other layer (the import-linter contracts in pyproject.toml
 - ``hashing``: the one volume content hash;
 - ``masks``: ``CompactMask`` (bounding box + packed bits) and its digests;
 - ``headers``: the API prefix, HTTP header names and the server's ready line;
+- ``version``: the wire versions each side speaks, their headers, the one sentence for a mismatch;
 - ``events``: entities, a round's events and result as the client receives them, the event-stream parser;
 - ``session_archive``: a saved session as one zip, checked before it is unpacked;
 - ``transport`` and ``client``: ``MedSegClient``, every endpoint of the server over ``http.client``;

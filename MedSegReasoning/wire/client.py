@@ -131,6 +131,11 @@ class MedSegClient(HttpTransport):
             )
         if array.ndim != 3:
             raise RequestRejected(f"a volume is a 3D [k, j, i] array, got shape {array.shape}.")
+        if array.nbytes > limits.get("max_volume_bytes", array.nbytes):
+            raise RequestRejected(
+                f"the volume needs {array.nbytes:,} bytes as {dtype.name}, more than the server accepts "
+                f"({limits['max_volume_bytes']:,}): crop it, or send a smaller voxel type."
+            )
         if array.size > limits.get("max_voxels", array.size):
             raise RequestRejected(
                 f"the volume has {array.size:,} voxels, more than the server accepts ({limits['max_voxels']:,}): crop it."

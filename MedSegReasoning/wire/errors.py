@@ -108,12 +108,18 @@ class RoundCancelled(ClientError):
     """The round was cancelled (by this client or the server) and nothing of it was kept."""
 
 
+class VersionMismatch(ClientError):
+    """Client and server speak no wire version in common; the message says which side to update (``wire.version``)."""
+
+
 class ServerError(ClientError):
     """The server failed (HTTP 5xx); the message says what it reported."""
 
 
 def error_for_status(status: int, code: str, message: str, headers: dict[str, str]) -> ClientError:
     """The ``ClientError`` for an HTTP error answer (``headers`` with lower-case names)."""
+    if code == "wire_version_unsupported":
+        return VersionMismatch(message, status=status, code=code)
     if status == 401:
         return AuthenticationFailed(message, status=status, code=code)
     if status == 404:
@@ -122,7 +128,7 @@ def error_for_status(status: int, code: str, message: str, headers: dict[str, st
         return Conflict(message, status=status, code=code)
     if status == 503 and code in ("reasoner_missing", "model_missing"):
         return ModelUnavailable(message, status=status, code=code)
-    if status == 503:
+    if status in (429, 503):  # server full, or this token at its quota of sessions
         retry = headers.get("retry-after")
         return ServerBusy(message, status=status, code=code, retry_after=float(retry) if retry else None)
     if 400 <= status < 500:

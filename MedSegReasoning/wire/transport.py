@@ -21,13 +21,36 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from .errors import ClientError, ServerError, ServerGone, ServerUnreachable, error_for_status, os_reason
+from .errors import (
+    ClientError,
+    ServerError,
+    ServerGone,
+    ServerUnreachable,
+    VersionMismatch,
+    error_for_status,
+    os_reason,
+)
 from .headers import AFFINITY_HEADER
 from .network import is_loopback_host
+from .version import (
+    CLIENT_VERSION_HEADER,
+    PACKAGE_VERSION,
+    SERVER_VERSION_HEADER,
+    WIRE_VERSION,
+    WIRE_VERSION_HEADER,
+    WIRE_VERSIONS_HEADER,
+    mismatch_sentence,
+    parse_wire_range,
+)
 
 
 class HttpTransport:
     """Requests to one server. Thread-safe: each call uses its own connection (kept alive per thread)."""
+
+    wire_version: int = WIRE_VERSION
+    """The wire version this client speaks, sent with every request (``wire.version``)."""
+    client_version: str = PACKAGE_VERSION
+    """This client's MedSegReasoning version, sent with every request."""
 
     def __init__(
         self,
@@ -126,6 +149,8 @@ class HttpTransport:
             "Authorization": f"Bearer {self.token}",
             "Accept": "application/json",
             AFFINITY_HEADER: self.affinity,
+            CLIENT_VERSION_HEADER: self.client_version,
+            WIRE_VERSION_HEADER: str(self.wire_version),
             **headers,
         }
         if body is not None:
@@ -150,11 +175,26 @@ class HttpTransport:
                     f"the server at {self.url} closed the connection while the request was being sent ({os_reason(exc)})."
                 ) from None
         try:
-            return conn.getresponse()
+            response = conn.getresponse()
         except TimeoutError:
             raise ServerGone(f"the server at {self.url} did not answer within {conn.timeout:.0f} s.") from None
         except (OSError, http.client.HTTPException) as exc:
             raise ServerGone(f"the server at {self.url} stopped answering ({os_reason(exc)}).") from None
+        self._check_versions(conn, response)
+        return response
+
+    def _check_versions(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+        """Raise ``VersionMismatch`` when the server names wire versions that exclude this client's (a server
+        that refuses the client says so itself, with the same sentence; one that names none is served as is)."""
+        served = parse_wire_range(response.getheader(WIRE_VERSIONS_HEADER))
+        if served is None:
+            return
+        sentence = mismatch_sentence(
+            self.wire_version, self.client_version, served, response.getheader(SERVER_VERSION_HEADER)
+        )
+        if sentence is not None and response.status < 400:
+            self._drop(conn)
+            raise VersionMismatch(f"the server at {self.url} cannot be used: {sentence}", code="wire_version")
 
     def _error_from(self, response: http.client.HTTPResponse, payload: bytes | None = None) -> ClientError:
         if payload is None:

@@ -12,14 +12,21 @@ from fastapi.responses import Response
 from ..exporting import check_format, files_response, find_exporter
 from ..exporting import unavailable as export_unavailable
 from ..runtime import Runtime, token_of
-from ..schemas import API, ERRORS, ErrorOut, ExportIn
+from ..schemas import API, ERRORS, ErrorOut, ExportIn, binary_answer
 from ..sessions import idle_dialogue, locked
 
 
 def add_routes(app: FastAPI, rt: Runtime) -> None:
 
     @app.post(
-        f"{API}/sessions/{{session_id}}/export", tags=["sessions"], responses={**ERRORS, 501: {"model": ErrorOut}}
+        f"{API}/sessions/{{session_id}}/export",
+        tags=["sessions"],
+        response_class=Response,
+        responses={
+            **ERRORS,
+            **binary_answer("One exported file, or a zip of several", "application/octet-stream", "application/zip"),
+            501: {"model": ErrorOut, "description": "No exporter installed"},
+        },
     )
     def export(session_id: str, body: ExportIn, request: Request) -> Response:
         """Export the session through the installed exporters (server/exporting.py): one file, or a zip of several.

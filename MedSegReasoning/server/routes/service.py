@@ -8,7 +8,7 @@ import sys
 from fastapi import FastAPI, Request
 
 from ... import __version__
-from ..config import WIRE_VERSION
+from ...wire.version import MIN_WIRE_VERSION, WIRE_VERSION
 from ..exporting import find_exporter
 from ..runtime import Runtime
 from ..schemas import API, ERRORS
@@ -31,6 +31,7 @@ def add_routes(app: FastAPI, rt: Runtime) -> None:
         exporter = find_exporter()
         return {
             "wire_version": WIRE_VERSION,
+            "wire_versions": {"min": MIN_WIRE_VERSION, "max": WIRE_VERSION},
             "server": {"medseg_reasoning": __version__, "python": platform.python_version(), "torch": _torch_version()},
             "device": rt.engine.device,
             "reasoner": rt.engine.reasoner_identity(),

@@ -11,7 +11,7 @@ from ...wire.session_archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
 from ...wire.session_archive import pack_session
 from ..errors import ApiError, conflict
 from ..runtime import Runtime, session_of, token_of
-from ..schemas import API, ERRORS, VOLUME_BODY, SessionOut
+from ..schemas import API, ERRORS, VOLUME_BODY, SessionOut, binary_answer
 from ..sessions import idle_dialogue, locked, undo_last_round
 from ..wire import build_volume, check_body_size, parse_volume_meta, read_volume_body
 
@@ -80,8 +80,9 @@ def add_routes(app: FastAPI, rt: Runtime) -> None:
                 )
             cached = True
         else:
-            buf, digest = await read_volume_body(request.stream(), meta, encoding)
-            volume = await run_in_threadpool(build_volume, buf, meta, digest)
+            with rt.upload_budget.reservation() as tally:  # what the upload holds while it arrives
+                buf, digest = await read_volume_body(request.stream(), meta, encoding, tally)
+                volume = await run_in_threadpool(build_volume, buf, meta, digest)
         changed = await run_in_threadpool(locked, session, lambda: rt.store.attach_volume(session, volume))
         rt.audit.record(
             "volume.put",
@@ -101,7 +102,12 @@ def add_routes(app: FastAPI, rt: Runtime) -> None:
             "session": session.summary(),
         }
 
-    @app.get(f"{API}/sessions/{{session_id}}/archive", tags=["sessions"], responses=ERRORS)
+    @app.get(
+        f"{API}/sessions/{{session_id}}/archive",
+        tags=["sessions"],
+        response_class=Response,
+        responses={**ERRORS, **binary_answer("The session folder as a zip", ARCHIVE_MEDIA_TYPE)},
+    )
     def session_archive(session_id: str, request: Request) -> Response:
         """The whole conversation (rounds, entities with masks, edits) as a zip a client keeps, to continue it later
         with ``POST /v1/sessions/restore`` even after this session is gone."""
