@@ -319,12 +319,22 @@ def parse_view(text: str | None):
 
 def prepare_out_dir(out: Path, force: bool) -> None:
     """Refuse to mix results into a non-empty folder unless asked to (nothing is deleted either way)."""
+    from .atomic import STAGING_PREFIX
+    from .output import OUTPUT_FILES
+
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: give a folder.")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    # a hidden staging folder is the leftover of a run that was killed mid-write: never a result, never in the way
+    if out.is_dir() and any(not p.name.startswith(STAGING_PREFIX) for p in out.iterdir()) and not force:
         raise InputError(
             f"the output folder {out} is not empty: choose another --out, or add --force to write into it."
         )
+    for name in OUTPUT_FILES:  # checked now, so a model never runs for outputs that could not be put in place
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise InputError(
+                f"{out} holds a folder named {name} where this run writes a file: move or rename that folder, "
+                "or choose another --out."
+            )
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -438,12 +448,14 @@ def cmd_refine(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     segmenter = create_segmenter(args.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = time.perf_counter() - t0
-    rnd = refine_entity(session, volume, segmenter, window, entity.id, correction)
-    timings.update(rnd.timings)
-    options = AskOptions(out=args.out, label=entity.label, window=args.window, segmenter=args.segmenter)
     from .conversation import write_round_outputs
+    from .dialogue.store import rolled_back_on_failure
 
-    write_round_outputs(volume, session, rnd, options, window, segmenter, None, [], timings)
+    options = AskOptions(out=args.out, label=entity.label, window=args.window, segmenter=args.segmenter)
+    with rolled_back_on_failure(session.folder):  # the correction and its outputs succeed or fail together
+        rnd = refine_entity(session, volume, segmenter, window, entity.id, correction)
+        timings.update(rnd.timings)
+        write_round_outputs(volume, session, rnd, options, window, segmenter, None, [], timings)
     return EXIT_OK
 
 
@@ -667,6 +679,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_stdout()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "ask" and args.question is None and len(extra) == 1 and not extra[0].startswith("-"):
@@ -708,6 +721,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _tolerant_stdout() -> None:
+    """Print a file name that is not UTF-8 (legal on Linux) escaped, as stderr does, instead of failing after the
+    outputs were written."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":  # pragma: no cover

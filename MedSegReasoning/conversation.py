@@ -76,15 +76,18 @@ def run_round_ask(
             answers=answers,
             current_view=reasoner_options.current_view,
         )
-    try:
-        rnd = run_round(
-            session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=_stage_printer()
-        )
-    finally:
-        if ahead is not None:
-            ahead.close()
-    timings.update(rnd.timings)
-    return write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
+    from .dialogue.store import rolled_back_on_failure
+
+    with rolled_back_on_failure(session.folder):  # the round and its outputs succeed or fail together
+        try:
+            rnd = run_round(
+                session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=_stage_printer()
+            )
+        finally:
+            if ahead is not None:
+                ahead.close()
+        timings.update(rnd.timings)
+        return write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings)
 
 
 def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float]):

@@ -19,6 +19,8 @@ from . import __version__
 
 log = logging.getLogger(__name__)
 
+OUTPUT_FILES = ("mask.nii.gz", "seg.dcm", "overview.png", "result.json")  # what an ask may write into --out
+
 
 def write_ask_outputs(
     volume,

@@ -7,6 +7,10 @@ numbers, never a reinterpretation.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +40,8 @@ def read_itk_image(path: Path) -> Volume:
     if kind is None:
         raise InputError(f"{path} is neither NIfTI (.nii, .nii.gz) nor NRRD (.nrrd, .nhdr): give one of those.")
     try:
-        image = sitk.ReadImage(str(path))
+        with library_path(path) as name:
+            image = sitk.ReadImage(name)
     except RuntimeError as exc:
         raise InputError(
             f"{path} could not be read as {kind.upper()} ({_reason(exc)}): check that the file is complete "
@@ -89,9 +94,43 @@ def write_label_image(path: Path, mask_kji: np.ndarray, geometry: Geometry) -> P
     image = _to_sitk(np.ascontiguousarray(mask, dtype=np.uint8), geometry)
     from ..atomic import atomic_output
 
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+    with atomic_output(path) as tmp, library_path(tmp) as name:
+        sitk.WriteImage(image, name, useCompression=True)
     return path
+
+
+@contextlib.contextmanager
+def library_path(path: Path) -> Iterator[str]:
+    """A name for ``path`` that ITK's C++ accepts, valid inside the ``with``.
+
+    Why: Linux file names are bytes, and one that is not UTF-8 reaches Python as a string with surrogate escapes,
+    which SimpleITK's SWIG layer cannot convert: ITK then *aborts the process* (SIGABRT), beyond any ``except``.
+    Such a path is reached through symbolic links in a fresh temporary folder instead: one to the file's folder
+    (the file name itself kept, so writers still choose the format by its suffixes) or, where the file name is the
+    undecodable part, one to the file under a neutral name with the same suffixes. UTF-8 paths pass unchanged.
+    """
+    path = Path(path)
+    if _utf8(str(path)):
+        yield str(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="medseg-path-") as tmp:
+        if _utf8(path.name):
+            folder = Path(tmp) / "folder"
+            os.symlink(path.parent.absolute(), folder, target_is_directory=True)
+            yield str(folder / path.name)
+        else:
+            suffixes = "".join(s for s in path.suffixes if _utf8(s))
+            link = Path(tmp) / f"file{suffixes}"
+            os.symlink(path.absolute(), link)
+            yield str(link)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _to_sitk(array: np.ndarray, geometry: Geometry):

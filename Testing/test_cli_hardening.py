@@ -1,0 +1,175 @@
+"""Issue 15, the CLI half: hostile and unlucky inputs get their documented exit code, nothing is lost or half-kept.
+
+Each test here failed before its fix. In-process (``cli.main``) wherever the failure is an exception; the
+non-UTF-8 file name runs in a subprocess because it used to abort the interpreter (SIGABRT from ITK's C++).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedSegReasoning.cli import main
+
+TESTING = Path(__file__).parent
+ROOT = TESTING.parent
+
+
+@pytest.fixture(scope="module")
+def block_volume():
+    """A 6-slice 48x40 volume with a bright block (the oracle segmenter's truth is ``array > 0``)."""
+    array = np.full((6, 40, 48), -1000, dtype=np.int16)
+    array[1:5, 10:30, 12:36] = 60
+    return array
+
+
+@pytest.fixture(scope="module")
+def block_nifti(tmp_path_factory, block_volume) -> Path:
+    import SimpleITK as sitk
+
+    path = tmp_path_factory.mktemp("nifti") / "block.nii.gz"
+    image = sitk.GetImageFromArray(block_volume)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture
+def oracle(monkeypatch, block_volume):
+    """``create_segmenter`` and ``preload`` give the oracle: no model weights are loaded."""
+    from fakes import OracleSegmenter
+
+    from MedSegReasoning.segmentation import factory
+
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(block_volume > 0))
+    monkeypatch.setattr(factory, "preload", lambda *a, **kw: None)
+
+
+BOX = ["--box", "10,8,38,32,2"]
+
+# --- 2: non-UTF-8 file names -----------------------------------------------------------------------------------
+
+_RUN_WITH_ORACLE = """
+import sys
+sys.path.insert(0, {testing!r})
+import numpy as np
+from fakes import OracleSegmenter
+from MedSegReasoning.segmentation import factory
+from MedSegReasoning import cli
+truth = np.full((6, 40, 48), False); truth[1:5, 10:30, 12:36] = True
+factory.create_segmenter = lambda spec, **kw: OracleSegmenter(truth)
+factory.preload = lambda *a, **kw: None
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_non_utf8_input_and_out_names_work_in_a_subprocess(tmp_path, block_nifti):
+    """Linux names are bytes: an input and an --out that are not UTF-8 are read and written, never an abort."""
+    base = os.fsencode(tmp_path)
+    bad_in = base + b"/scan-\xff.nii.gz"
+    bad_out = base + b"/out-\xfe"
+    with open(bad_in, "wb") as f:
+        f.write(block_nifti.read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "PYTHONIOENCODING": "utf-8"}
+    script = _RUN_WITH_ORACLE.format(testing=str(TESTING))
+    argv = [sys.executable, "-c", script, "ask", bad_in, *(a.encode() for a in BOX), b"--out", bad_out]
+    proc = subprocess.run(argv, capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
+    written = sorted(os.listdir(bad_out))
+    assert b"mask.nii.gz" in written and b"result.json" in written
+    assert not [n for n in written if n.startswith(b".")], "no staging leftovers"
+    result = json.loads(open(bad_out + b"/result.json", "rb").read())
+    assert result["targets"][0]["voxels"] == 4 * 20 * 24
+
+
+def test_a_leftover_staging_folder_does_not_block_the_next_run(tmp_path, block_nifti, oracle, capsys):
+    out = tmp_path / "o"
+    (out / ".staging-abc123").mkdir(parents=True)  # what a killed run leaves behind
+    assert main(["ask", str(block_nifti), *BOX, "--out", str(out)]) == 0
+    assert (out / "mask.nii.gz").is_file()
+
+
+# --- 3: --force replaces the output set all or nothing ---------------------------------------------------------
+
+
+def test_force_replacement_is_all_or_nothing(tmp_path, block_nifti, oracle, capsys, monkeypatch):
+    from MedSegReasoning import atomic
+
+    out = tmp_path / "o"
+    argv = ["ask", str(block_nifti), *BOX, "--out", str(out), "--force"]
+    assert main(argv) == 0
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = os.replace
+
+    def failing_replace(src, dst):  # the third file's move fails, after two files were replaced
+        if Path(dst).name == "result.json" and ".staging-" in str(src) and ".replaced-" not in str(src):
+            raise OSError("Is a directory")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    assert main(argv) == 2
+    assert "Is a directory" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before, "the earlier result is back, whole, and the user's own file untouched"
+
+
+def test_a_folder_named_like_an_output_is_refused_before_the_model(tmp_path, block_nifti, capsys, monkeypatch):
+    from MedSegReasoning.segmentation import factory
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(factory, "create_segmenter", no_model)
+    monkeypatch.setattr(factory, "preload", no_model)
+    out = tmp_path / "o"
+    (out / "result.json").mkdir(parents=True)
+    assert main(["ask", str(block_nifti), *BOX, "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "folder named result.json" in err and "Traceback" not in err
+
+
+# --- 4: a failed ask --session does not commit its round -------------------------------------------------------
+
+
+def test_a_failed_session_ask_leaves_the_session_as_it_was(tmp_path, block_nifti, oracle, capsys, monkeypatch):
+    from MedSegReasoning import output
+    from MedSegReasoning.dialogue import load_session
+
+    session = tmp_path / "s"
+    base = ["ask", str(block_nifti), *BOX, "--session", str(session)]
+    assert main([*base, "--out", str(tmp_path / "r1")]) == 0
+    saved = (session / "session.json").read_bytes()
+    masks = sorted(p.name for p in (session / "masks").iterdir())
+
+    def disk_full(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(output, "write_ask_outputs", disk_full)
+    assert main([*base, "--out", str(tmp_path / "r2")]) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert (session / "session.json").read_bytes() == saved, "round 2 and E2 were not committed"
+    assert sorted(p.name for p in (session / "masks").iterdir()) == masks
+    monkeypatch.undo()
+    monkeypatch.setattr  # the retry gives round 2 once
+    from fakes import OracleSegmenter
+
+    from MedSegReasoning.segmentation import factory
+
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(block_nifti_truth()))
+    monkeypatch.setattr(factory, "preload", lambda *a, **kw: None)
+    assert main([*base, "--out", str(tmp_path / "r2")]) == 0
+    loaded = load_session(session)
+    assert len(loaded.rounds) == 2 and list(loaded.entities) == ["E1", "E2"]
+
+
+def block_nifti_truth() -> np.ndarray:
+    truth = np.zeros((6, 40, 48), dtype=bool)
+    truth[1:5, 10:30, 12:36] = True
+    return truth
