@@ -173,3 +173,53 @@ def block_nifti_truth() -> np.ndarray:
     truth = np.zeros((6, 40, 48), dtype=bool)
     truth[1:5, 10:30, 12:36] = True
     return truth
+
+
+# --- 13: NaN/inf voxels, one rule for the CLI and the server ----------------------------------------------------
+
+
+def _float_nifti(path: Path, array: np.ndarray) -> Path:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_nan_voxels_are_counted_and_treated_as_the_finite_minimum(tmp_path, block_volume, oracle, capsys):
+    array = block_volume.astype(np.float32)
+    array[:, :3, :] = np.nan  # a NaN background band
+    array[0, 0, 0] = np.inf
+    path = _float_nifti(tmp_path / "nan.nii.gz", array)
+    out = tmp_path / "o"
+    assert main(["ask", str(path), *BOX, "--out", str(out)]) == 0
+    n_bad = 6 * 3 * 48
+    assert f"{n_bad:,} of" in capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert any(f"{n_bad:,} of" in w for w in result["warnings"])
+    assert result["targets"][0]["voxels"] == 4 * 20 * 24
+
+
+def test_the_volume_layer_rule_keeps_the_given_voxels_hash():
+    from MedSegReasoning.volume.core import Geometry, Volume
+    from MedSegReasoning.volume.finite import with_finite_voxels
+
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4) + 5
+    array[0, 0, :2] = [np.nan, -np.inf]
+    given = Volume(array.copy(), Geometry.from_arrays((0, 0, 0), (1, 1, 1), np.eye(3)))
+    clean = with_finite_voxels(given)
+    assert clean.non_finite_voxels == 2 and np.isfinite(clean.array).all()
+    assert clean.array[0, 0, 0] == clean.array[0, 0, 1] == 7.0  # the finite minimum
+    assert clean.content_hash() == given.content_hash(), "CLI and server name the volume by the voxels as given"
+
+
+def test_an_all_nan_volume_is_bad_input_before_the_model(tmp_path, capsys, monkeypatch):
+    from MedSegReasoning.segmentation import factory
+
+    monkeypatch.setattr(factory, "create_segmenter", lambda *a, **kw: pytest.fail("the model must not load"))
+    monkeypatch.setattr(factory, "preload", lambda *a, **kw: None)
+    path = _float_nifti(tmp_path / "allnan.nii.gz", np.full((3, 8, 8), np.nan))
+    assert main(["ask", str(path), "--box", "1,1,5,5,1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "allnan.nii.gz" in err and "all 192 voxels are NaN or infinite" in err and "uniform" not in err

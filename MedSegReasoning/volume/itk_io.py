@@ -49,9 +49,31 @@ def read_itk_image(path: Path) -> Volume:
         ) from exc
     image = _as_3d_scalar(image, path)
     array = sitk.GetArrayFromImage(image)
+    if kind == "nifti":
+        array = _with_stored_non_finite(path, array)
     if array.dtype == np.float64:  # model inputs and windows gain nothing from double precision
         array = array.astype(np.float32)
     return Volume(array=array, geometry=geometry_of(image), modality="", source=VolumeSource(kind=kind, path=str(path)))
+
+
+def _with_stored_non_finite(path: Path, array: np.ndarray) -> np.ndarray:
+    """``array`` with NaN where the file stores NaN or infinity: ITK's NIfTI reader silently turns them into 0, a
+    value that may be tissue, which would hide them from the one rule for non-finite voxels (``volume.finite``).
+
+    nibabel reads the voxels as stored (float images only: an integer image cannot hold NaN).
+    """
+    if array.dtype.kind != "f":
+        return array
+    import nibabel
+
+    stored = np.asanyarray(nibabel.load(path).dataobj)
+    if stored.size != array.size:  # not the layout assumed below: keep ITK's reading
+        return array
+    bad = ~np.isfinite(stored.reshape(-1, order="F").reshape(array.shape))  # NIfTI stores i fastest, as [k, j, i]
+    if bad.any():
+        array = array.copy() if not array.flags.writeable else array
+        array[bad] = np.nan
+    return array
 
 
 def geometry_of(image) -> Geometry:
