@@ -252,6 +252,14 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
     reasoner.add_argument("--device", default=None, help="reasoner device: cuda, mps or cpu (default: best available)")
     reasoner.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per answer")
     reasoner.add_argument(
+        "--reasoner-timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=None,
+        help="openai: reasoners: the total time one answer may take, retries and keep-alives included "
+        "(default 300); past it, exit 4",
+    )
+    reasoner.add_argument(
         "--view",
         metavar="ORIENTATION,INDEX",
         default=None,
@@ -261,6 +269,17 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
 
 
 # --- argument parsing helpers -------------------------------------------------------------------------------
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type of ``--reasoner-timeout``: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds (e.g. 600)")
+    return value
 
 
 def _ints(text: str, what: str, counts: Sequence[int], form: str) -> list[int]:
@@ -391,6 +410,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         device=args.device,
         max_new_tokens=args.max_new_tokens,
         current_view=parse_view(args.view),
+        timeout_s=args.reasoner_timeout,
     )
     run_round_ask(volume, prompt, options, reasoner_options, args.session, timings)
     return EXIT_OK

@@ -29,6 +29,7 @@ class ReasonerOptions:
     max_new_tokens: int | None = None
     stream: bool = True
     current_view: Any = None  # reasoning.views.CurrentView: what the user looks at (``--view``)
+    timeout_s: float | None = None  # openai: the total deadline of one answer (``--reasoner-timeout``)
 
 
 def run_round_ask(
@@ -94,12 +95,18 @@ def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float
     from .reasoning import create_reasoner
 
     t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if reasoner_options.timeout_s is not None:
+        if not reasoner_options.spec.strip().lower().startswith("openai:"):
+            raise InputError("--reasoner-timeout applies to openai: reasoners (a server): leave it out for this one.")
+        extra["timeout_s"] = reasoner_options.timeout_s
     reasoner = create_reasoner(
         reasoner_options.spec,
         allow_remote=reasoner_options.allow_remote,
         allow_download=reasoner_options.allow_download,
         device=reasoner_options.device,
         max_new_tokens=reasoner_options.max_new_tokens,
+        **extra,
     )
     timings["reasoner_load_s"] = time.perf_counter() - t0
     return reasoner
