@@ -223,3 +223,85 @@ def test_an_all_nan_volume_is_bad_input_before_the_model(tmp_path, capsys, monke
     assert main(["ask", str(path), "--box", "1,1,5,5,1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "allnan.nii.gz" in err and "all 192 voxels are NaN or infinite" in err and "uniform" not in err
+
+
+# --- 10, 12, 14: damaged DICOM headers are bad input, named, before any model runs -------------------------------
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    from MedSegReasoning.segmentation import factory
+
+    monkeypatch.setattr(factory, "create_segmenter", lambda *a, **kw: pytest.fail("no model may run on bad input"))
+    monkeypatch.setattr(factory, "preload", lambda *a, **kw: None)
+
+
+def _series_with(tmp_path: Path, block_volume, edit) -> Path:
+    """The block as a 6-file CT series, with ``edit(dataset)`` applied to its third file."""
+    import pydicom
+
+    from MedSegReasoning.volume import write_dicom_series
+    from MedSegReasoning.volume.core import Geometry
+
+    folder = tmp_path / "dicom"
+    write_dicom_series(block_volume, Geometry.from_arrays((0, 0, 0), (1.0, 1.0, 2.0), np.eye(3)), folder, modality="CT")
+    victim = sorted(folder.iterdir())[2]
+    ds = pydicom.dcmread(victim)
+    edit(ds)
+    ds.save_as(victim)
+    return folder
+
+
+def _raw(keyword: str, vr: str, value: bytes):
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+
+    tag = tag_for_keyword(keyword)
+    return tag, RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+
+def _set_raw(keyword: str, vr: str, value: bytes):
+    def edit(ds):
+        tag, element = _raw(keyword, vr, value)
+        ds[tag] = element
+
+    return edit
+
+
+DAMAGED_HEADERS = {
+    "iop-zeros": (_set_raw("ImageOrientationPatient", "DS", b"0\\0\\0\\0\\0\\0 "), "not two perpendicular unit"),
+    "spacing-zero": (_set_raw("PixelSpacing", "DS", b"0\\0 "), "PixelSpacing [0, 0]"),
+    "ipp-text": (_set_raw("ImagePositionPatient", "DS", b"0\\abc\\1 "), "ImagePositionPatient '0\\abc\\1'"),
+    "slope-nan": (_set_raw("RescaleSlope", "DS", b"NaN "), "a NaN RescaleSlope makes every voxel NaN"),
+    "huge-matrix": (lambda ds: setattr(ds, "Rows", 65535) or setattr(ds, "Columns", 65535), "65535 x 65535 pixels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_HEADERS))
+def test_damaged_dicom_headers_exit_2_naming_the_file(case, tmp_path, block_volume, no_model, capsys):
+    edit, phrase = DAMAGED_HEADERS[case]
+    folder = _series_with(tmp_path, block_volume, edit)
+    victim = sorted(folder.iterdir())[2]
+    given = victim if case == "huge-matrix" else folder  # one file: a series would differ in matrix size first
+    assert main(["ask", str(given), *BOX, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and victim.name in err, err
+    assert "unexpected internal error" not in err and "uniform" not in err
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_header_announcing_huge_dimensions_is_bad_input(suffix, tmp_path, no_model, capsys):
+    import gzip
+    import struct
+
+    import SimpleITK as sitk
+
+    plain = tmp_path / "small.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16)), str(plain))
+    data = bytearray(plain.read_bytes())
+    data[40:56] = struct.pack("<8h", 3, 32767, 32767, 32767, 1, 1, 1, 1)  # dim[] of the NIfTI-1 header
+    path = tmp_path / f"huge{suffix}"
+    path.write_bytes(gzip.compress(bytes(data)) if suffix.endswith(".gz") else bytes(data))
+    assert main(["ask", str(path), "--box", "1,1,3,3,1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"huge{suffix} announces 32767 x 32767 x 32767 voxels" in err and "out of memory" not in err

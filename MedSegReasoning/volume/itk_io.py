@@ -41,6 +41,7 @@ def read_itk_image(path: Path) -> Volume:
         raise InputError(f"{path} is neither NIfTI (.nii, .nii.gz) nor NRRD (.nrrd, .nhdr): give one of those.")
     try:
         with library_path(path) as name:
+            _check_declared_size(path, name, kind)
             image = sitk.ReadImage(name)
     except RuntimeError as exc:
         raise InputError(
@@ -54,6 +55,32 @@ def read_itk_image(path: Path) -> Volume:
     if array.dtype == np.float64:  # model inputs and windows gain nothing from double precision
         array = array.astype(np.float32)
     return Volume(array=array, geometry=geometry_of(image), modality="", source=VolumeSource(kind=kind, path=str(path)))
+
+
+# deflate (gzip) cannot expand data more than about 1032-fold: a .nii.gz announcing more is not a complete image
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_declared_size(path: Path, name: str, kind: str) -> None:
+    """Refuse a NIfTI header that announces more voxels than the file could hold (e.g. 65535 x 65535 x 65535),
+    naming the file, before ITK allocates memory for them: that is a damaged file (exit 2), not a lack of memory."""
+    import SimpleITK as sitk
+
+    lower = path.name.lower()
+    ratio = 1 if lower.endswith(".nii") else _MAX_DEFLATE_RATIO if lower.endswith(".nii.gz") else None
+    if kind != "nifti" or ratio is None:
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(name)
+    reader.ReadImageInformation()
+    voxels = int(np.prod(reader.GetSize(), dtype=np.float64)) * max(1, reader.GetNumberOfComponents())
+    size = path.stat().st_size
+    if voxels > size * ratio:  # at least one byte per voxel
+        dims = " x ".join(str(n) for n in reader.GetSize())
+        raise InputError(
+            f"{path} announces {dims} voxels, more than its {size:,} bytes can hold: the header is damaged or the "
+            "file truncated; copy it again from its source."
+        )
 
 
 def _with_stored_non_finite(path: Path, array: np.ndarray) -> np.ndarray:
