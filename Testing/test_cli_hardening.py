@@ -305,3 +305,87 @@ def test_a_nifti_header_announcing_huge_dimensions_is_bad_input(suffix, tmp_path
     assert main(["ask", str(path), "--box", "1,1,3,3,1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert f"huge{suffix} announces 32767 x 32767 x 32767 voxels" in err and "out of memory" not in err
+
+
+# --- 10: replay files, hf: folders and session folders that are damaged -----------------------------------------
+
+ANSWER_LINE = {"raw": '{"reasoning": "r", "targets": [], "clarification": "which?"}'}
+
+
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        (b'{"raw": "caf\xe9"}\n', "is not UTF-8 text"),
+        (json.dumps({"meta": {"identity": "x"}}).encode() + b"\n" + json.dumps(ANSWER_LINE).encode(), '"identity"'),
+        (json.dumps({"meta": {"convention": 7}}).encode() + b"\n" + json.dumps(ANSWER_LINE).encode(), '"convention"'),
+        (
+            json.dumps({"meta": {"identity": {"name": ["a"]}}}).encode() + b"\n" + json.dumps(ANSWER_LINE).encode(),
+            '"identity.name"',
+        ),
+    ],
+    ids=["not-utf8", "identity-text", "convention-number", "name-list"],
+)
+def test_damaged_replay_files_are_bad_input(content, phrase, tmp_path, block_nifti, no_model, capsys):
+    replay = tmp_path / "answers.jsonl"
+    replay.write_bytes(content)
+    argv = ["ask", str(block_nifti), "where?", "--reasoner", f"replay:{replay}", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "unexpected internal error" not in err, err
+
+
+def test_a_replay_folder_is_named_as_a_folder(tmp_path, block_nifti, no_model, capsys):
+    argv = ["ask", str(block_nifti), "where?", "--reasoner", f"replay:{tmp_path}", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "does not exist" not in err
+
+
+@pytest.mark.parametrize("config", [b"[]", b'{"model_type": "qwen2_5_vl\xff"}'], ids=["list", "not-utf8"])
+def test_an_hf_folder_with_a_damaged_config_is_a_model_error(config, tmp_path, block_nifti, no_model, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_bytes(config)
+    (model / "model.safetensors").write_bytes(b"")
+    argv = ["ask", str(block_nifti), "where?", "--reasoner", f"hf:{model}", "--out", str(tmp_path / "o")]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "config.json" in err and "unexpected internal error" not in err, err
+
+
+def _damage_session(session: Path, how: str) -> None:
+    doc_path = session / "session.json"
+    doc = json.loads(doc_path.read_text())
+    mask = next((session / "masks").iterdir())
+    if how == "no-entities":
+        del doc["entities"]
+    elif how == "entity-without-id":
+        del doc["entities"][0]["id"]
+    elif how == "not-utf8":
+        doc_path.write_bytes(doc_path.read_bytes().replace(b'"E1"', b'"E\xff"', 1))
+        return
+    elif how == "mask-corrupt":
+        mask.write_bytes(b"PK\x03\x04 this is no zip")
+        return
+    elif how == "mask-truncated":
+        mask.write_bytes(mask.read_bytes()[:40])
+        return
+    doc_path.write_text(json.dumps(doc))
+
+
+DAMAGES = ["no-entities", "entity-without-id", "not-utf8", "mask-corrupt", "mask-truncated"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_session_folders_are_bad_input_for_ask_and_export(how, tmp_path, block_nifti, oracle, capsys):
+    session = tmp_path / "s"
+    assert main(["ask", str(block_nifti), *BOX, "--session", str(session), "--out", str(tmp_path / "r1")]) == 0
+    _damage_session(session, how)
+    capsys.readouterr()
+    argv = ["ask", str(block_nifti), *BOX, "--session", str(session), "--out", str(tmp_path / "r2")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err and "unexpected internal error" not in err, err
+    assert main(["export", str(session), "--format", "nifti", "--to", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err and "unexpected internal error" not in err, err
