@@ -264,6 +264,14 @@ def write_round_outputs(volume, session, rnd, options, window, segmenter, reason
     from .result import entity_target_record
 
     entities = [session.entities[t.entity_id] for t in rnd.targets if t.entity_id in session.entities]
+    refused = [t.label for t in rnd.targets if t.status == "refused"]
+    if refused:
+        print(
+            f"medseg-reasoning: warning: the answer named {len(rnd.targets)} targets; at most "
+            f"{len(rnd.targets) - len(refused)} are segmented per answer, so {len(refused)} were refused "
+            f"({', '.join(refused[:5])}{', …' if len(refused) > 5 else ''}): ask for them in another question.",
+            file=sys.stderr,
+        )
     if rnd.clarification and not entities:
         question = rnd.clarification.get("question") or rnd.clarification.get("text") or "please clarify"
         print(f"clarification needed: {question}")

@@ -389,3 +389,29 @@ def test_damaged_session_folders_are_bad_input_for_ask_and_export(how, tmp_path,
     assert main(["export", str(session), "--format", "nifti", "--to", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "damaged" in err and "unexpected internal error" not in err, err
+
+
+# --- 9: a cap on targets per answer; the rest recorded as refused -----------------------------------------------
+
+
+def test_targets_beyond_the_cap_are_recorded_as_refused(block_volume):
+    from fakes import OracleSegmenter
+
+    from MedSegReasoning.dialogue import RoundConfig, RoundPlan, Session, TargetSpec, run_round
+    from MedSegReasoning.dialogue.rounds import DEFAULT_ROUND
+    from MedSegReasoning.pipeline import VoxelPrompt
+    from MedSegReasoning.volume.core import Geometry, Volume
+    from MedSegReasoning.volume.windowing import WINDOW_PRESETS
+
+    volume = Volume(block_volume.copy(), Geometry.from_arrays((0, 0, 0), (1.0, 1.0, 2.0), np.eye(3)), "CT")
+    session = Session.for_volume(volume)
+    box = VoxelPrompt(k=2, box=(10, 8, 38, 32))
+    plan = RoundPlan(targets=tuple(TargetSpec(f"block {n}", box, propagate=False) for n in range(5)))
+    config = RoundConfig(max_targets=2)
+    rnd = run_round(
+        session, volume, OracleSegmenter(block_volume > 0), WINDOW_PRESETS["ct-soft-tissue"], "all", plan, config=config
+    )
+    assert [t.status for t in rnd.targets][2:] == ["refused"] * 3
+    assert all(t.status != "refused" for t in rnd.targets[:2]) and len(session.entities) <= 2
+    assert "named 5 targets and at most 2 are segmented" in rnd.targets[4].error
+    assert DEFAULT_ROUND.max_targets == 20, "the documented cap (docs/reasoning.md)"
