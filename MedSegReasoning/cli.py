@@ -701,7 +701,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     _tolerant_stdout()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_joined_negative_values(sys.argv[1:] if argv is None else list(argv)))
     if args.command == "ask" and args.question is None and len(extra) == 1 and not extra[0].startswith("-"):
         args.question = extra[0]  # `ask INPUT --opt X "question"`: argparse cannot place a late optional positional
     elif extra:
@@ -741,6 +741,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+_LIST_OPTIONS = ("--box", "--point", "--erase")  # values that are comma-separated numbers, possibly negative
+
+
+def _joined_negative_values(argv: list) -> list:
+    """``--box -5,0,10,10,3`` as ``--box=-5,0,10,10,3``: argparse takes a value starting with '-' for an option
+    ("expected one argument"), so the prompt's own check can say what is wrong with the numbers."""
+    out: list = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in _LIST_OPTIONS and isinstance(nxt, str) and len(nxt) > 1 and nxt[0] == "-" and nxt[1].isdigit():
+            out.append(f"{arg}={nxt}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 def _tolerant_stdout() -> None:

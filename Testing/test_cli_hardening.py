@@ -415,3 +415,18 @@ def test_targets_beyond_the_cap_are_recorded_as_refused(block_volume):
     assert all(t.status != "refused" for t in rnd.targets[:2]) and len(session.entities) <= 2
     assert "named 5 targets and at most 2 are segmented" in rnd.targets[4].error
     assert DEFAULT_ROUND.max_targets == 20, "the documented cap (docs/reasoning.md)"
+
+
+# --- 14: messages that say what is wrong ------------------------------------------------------------------------
+
+
+def test_a_negative_box_value_gets_the_prompt_message_not_argparse(tmp_path, block_nifti, no_model, capsys):
+    assert main(["ask", str(block_nifti), "--box", "-5,8,38,32,2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "lies outside the slice" in err and "expected one argument" not in err
+
+
+def test_a_one_pixel_box_is_too_thin_not_uniform(tmp_path, block_nifti, no_model, capsys):
+    assert main(["ask", str(block_nifti), "--box", "20,20,20,20,2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "1 x 1 pixel(s), too thin" in err and "uniform" not in err
