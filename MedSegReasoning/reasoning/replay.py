@@ -130,7 +130,11 @@ def _check_meta(meta: dict, path: Path, number: int) -> None:
     if identity is not None and not isinstance(identity, dict):
         wrong.append('"identity" must be an object')
     elif identity:
-        wrong += [f'"identity.{k}" must be text' for k in ("name", "prompt_version") if not isinstance(identity.get(k, ""), str)]
+        wrong += [
+            f'"identity.{k}" must be text'
+            for k in ("name", "prompt_version")
+            if not isinstance(identity.get(k, ""), str)
+        ]
     if wrong:
         raise InputError(f"line {number} of the replay file {path}: {'; '.join(wrong)}.")
 

@@ -54,7 +54,8 @@ def read_itk_image(path: Path) -> Volume:
         array = _with_stored_non_finite(path, array)
     if array.dtype == np.float64:  # model inputs and windows gain nothing from double precision
         array = array.astype(np.float32)
-    return Volume(array=array, geometry=geometry_of(image), modality="", source=VolumeSource(kind=kind, path=str(path)))
+    geometry = checked_geometry(geometry_of(image), path)
+    return Volume(array=array, geometry=geometry, modality="", source=VolumeSource(kind=kind, path=str(path)))
 
 
 # deflate (gzip) cannot expand data more than about 1032-fold: a .nii.gz announcing more is not a complete image
@@ -101,6 +102,22 @@ def _with_stored_non_finite(path: Path, array: np.ndarray) -> np.ndarray:
         array = array.copy() if not array.flags.writeable else array
         array[bad] = np.nan
     return array
+
+
+def checked_geometry(geometry: Geometry, path: Path) -> Geometry:
+    """``geometry`` if it places voxels in space (finite origin, positive spacing, invertible direction); else
+    an ``InputError`` naming the file, before any model runs: a NaN in a header's matrix would otherwise reach
+    the measurements and result.json."""
+    origin, spacing = np.asarray(geometry.origin), np.asarray(geometry.spacing)
+    direction = geometry.direction_matrix
+    finite = np.isfinite(origin).all() and np.isfinite(spacing).all() and np.isfinite(direction).all()
+    if not finite or (spacing <= 0).any() or abs(float(np.linalg.det(direction))) < 1e-6:
+        raise InputError(
+            f"{path} has a header whose geometry is not usable (origin {origin.tolist()}, spacing {spacing.tolist()}, "
+            f"direction {direction.round(4).tolist()}): the header is damaged; fix it (e.g. in Slicer) or export the "
+            "image again."
+        )
+    return geometry
 
 
 def geometry_of(image) -> Geometry:

@@ -17,6 +17,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ SESSION_FILE = "session.json"
 MASK_DIR = "masks"
 MEDIA_TYPE = "application/zip"
 _MASK_NAME = re.compile(rf"^{MASK_DIR}/[0-9a-f]{{32}}\.npz$")
+
+
+# What zipfile raises for damaged bytes besides BadZipFile (found by Testing/test_fuzz.py): a bad CRC is a
+# BadZipFile too, but only when the member is read; a cut deflate stream is zlib.error or EOFError.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, RuntimeError, OSError)
 
 
 class ArchiveRefused(ValueError):
@@ -50,7 +56,7 @@ def unpack_session(data: bytes, folder: Path, max_bytes: int) -> Path:
     folder = Path(folder)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except _DAMAGED:
         raise ArchiveRefused(
             "archive_invalid", "the body is not a zip archive: send the bytes GET /v1/sessions/{id}/archive returned."
         ) from None
@@ -75,8 +81,13 @@ def unpack_session(data: bytes, folder: Path, max_bytes: int) -> Path:
             )
         (folder / MASK_DIR).mkdir(parents=True, exist_ok=True)
         for member in members:
-            with archive.open(member) as src:
-                content = src.read(member.file_size + 1)
+            try:
+                with archive.open(member) as src:
+                    content = src.read(member.file_size + 1)
+            except _DAMAGED as exc:  # a CRC that fails, a cut or undecodable stream, an encrypted member
+                raise ArchiveRefused(
+                    "archive_invalid", f"{member.filename} in the archive is damaged ({exc})."
+                ) from None
             if len(content) != member.file_size:
                 raise ArchiveRefused("archive_invalid", f"{member.filename} is not the size the archive states.")
             (folder / member.filename).write_bytes(content)
