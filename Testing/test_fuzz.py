@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
