@@ -63,18 +63,28 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    keep = False
     try:
         yield staging
         _replace_all(staging, out_dir)
+    except _NotRestored:
+        keep = True  # it holds earlier outputs that could not be put back
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 STAGING_PREFIX = ".staging-"
 
 
+class _NotRestored(OSError):
+    """Putting an earlier output back failed too: its copy in the staging folder must not be deleted."""
+
+
 def _replace_all(staging: Path, out_dir: Path) -> None:
-    """Move every file of ``staging`` into ``out_dir``; on any failure, restore ``out_dir`` exactly as it was."""
+    """Move every file of ``staging`` into ``out_dir``; on any failure, restore ``out_dir`` exactly as it was and
+    raise. Should even putting a file back fail, ``_NotRestored`` says where the earlier file is kept."""
     items = sorted(staging.iterdir())
     for item in items:
         target = out_dir / item.name
@@ -95,8 +105,14 @@ def _replace_all(staging: Path, out_dir: Path) -> None:
             os.replace(item, target)
             placed.append(item.name)
     except BaseException:
+        restored = True
         for name in reversed(placed):
             (out_dir / name).unlink(missing_ok=True)
         for name in reversed(put_aside):
-            os.replace(aside / name, out_dir / name)
+            try:
+                os.replace(aside / name, out_dir / name)
+            except OSError:
+                restored = False
+        if not restored:
+            raise _NotRestored(f"the earlier outputs could not all be put back; they are kept in {aside}") from None
         raise
