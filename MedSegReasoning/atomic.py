@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .wire.errors import InputError
 
 
 def _umask() -> int:
@@ -50,18 +53,66 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def staged_outputs(out_dir: Path) -> Iterator[Path]:
-    """Write a set of outputs into a hidden staging folder, then move each into ``out_dir`` only if all succeeded.
+    """Write a set of outputs into a hidden staging folder, then move them into ``out_dir`` all or nothing.
 
-    A failure half-way (a writer raising, Ctrl+C) leaves every file already in ``out_dir`` as it was.
+    A failure half-way (a writer raising, Ctrl+C) leaves every file already in ``out_dir`` as it was. The move
+    itself is one file at a time, so each file it replaces is first put aside in the staging folder, and if any
+    later move fails, the new files are taken out again and the old ones put back (``--force`` replaces a
+    result, it never leaves half of a new one over half of an old one). Files of other names are never touched.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    keep = False
     try:
         yield staging
-        for item in sorted(staging.iterdir()):
-            os.replace(item, out_dir / item.name)
+        _replace_all(staging, out_dir)
+    except _NotRestored:
+        keep = True  # it holds earlier outputs that could not be put back
+        raise
     finally:
-        for item in staging.iterdir():
-            item.unlink()
-        staging.rmdir()
+        if not keep:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+STAGING_PREFIX = ".staging-"
+
+
+class _NotRestored(OSError):
+    """Putting an earlier output back failed too: its copy in the staging folder must not be deleted."""
+
+
+def _replace_all(staging: Path, out_dir: Path) -> None:
+    """Move every file of ``staging`` into ``out_dir``; on any failure, restore ``out_dir`` exactly as it was and
+    raise. Should even putting a file back fail, ``_NotRestored`` says where the earlier file is kept."""
+    items = sorted(staging.iterdir())
+    for item in items:
+        target = out_dir / item.name
+        if target.is_dir() and not target.is_symlink():
+            raise InputError(
+                f"{out_dir} holds a folder named {item.name} where this run writes a file: move or rename that "
+                "folder, or choose another --out."
+            )
+    aside = Path(tempfile.mkdtemp(prefix=".replaced-", dir=staging))
+    put_aside: list[str] = []
+    placed: list[str] = []
+    try:
+        for item in items:
+            target = out_dir / item.name
+            if target.exists() or target.is_symlink():
+                os.replace(target, aside / item.name)
+                put_aside.append(item.name)
+            os.replace(item, target)
+            placed.append(item.name)
+    except BaseException:
+        restored = True
+        for name in reversed(placed):
+            (out_dir / name).unlink(missing_ok=True)
+        for name in reversed(put_aside):
+            try:
+                os.replace(aside / name, out_dir / name)
+            except OSError:
+                restored = False
+        if not restored:
+            raise _NotRestored(f"the earlier outputs could not all be put back; they are kept in {aside}") from None
+        raise

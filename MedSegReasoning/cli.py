@@ -250,6 +250,14 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
     reasoner.add_argument("--device", default=None, help="reasoner device: cuda, mps or cpu (default: best available)")
     reasoner.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per answer")
     reasoner.add_argument(
+        "--reasoner-timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=None,
+        help="openai: reasoners: the total time one answer may take, retries and keep-alives included "
+        "(default 300); past it, exit 4",
+    )
+    reasoner.add_argument(
         "--view",
         metavar="ORIENTATION,INDEX",
         default=None,
@@ -259,6 +267,17 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
 
 
 # --- argument parsing helpers -------------------------------------------------------------------------------
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type of ``--reasoner-timeout``: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds (e.g. 600)")
+    return value
 
 
 def _ints(text: str, what: str, counts: Sequence[int], form: str) -> list[int]:
@@ -317,12 +336,22 @@ def parse_view(text: str | None):
 
 def prepare_out_dir(out: Path, force: bool) -> None:
     """Refuse to mix results into a non-empty folder unless asked to (nothing is deleted either way)."""
+    from .atomic import STAGING_PREFIX
+    from .output import OUTPUT_FILES
+
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: give a folder.")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    # a hidden staging folder is the leftover of a run that was killed mid-write: never a result, never in the way
+    if out.is_dir() and any(not p.name.startswith(STAGING_PREFIX) for p in out.iterdir()) and not force:
         raise InputError(
             f"the output folder {out} is not empty: choose another --out, or add --force to write into it."
         )
+    for name in OUTPUT_FILES:  # checked now, so a model never runs for outputs that could not be put in place
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise InputError(
+                f"{out} holds a folder named {name} where this run writes a file: move or rename that folder, "
+                "or choose another --out."
+            )
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -379,6 +408,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         device=args.device,
         max_new_tokens=args.max_new_tokens,
         current_view=parse_view(args.view),
+        timeout_s=args.reasoner_timeout,
     )
     run_round_ask(volume, prompt, options, reasoner_options, args.session, timings)
     return EXIT_OK
@@ -436,12 +466,14 @@ def cmd_refine(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     segmenter = create_segmenter(args.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = time.perf_counter() - t0
-    rnd = refine_entity(session, volume, segmenter, window, entity.id, correction)
-    timings.update(rnd.timings)
-    options = AskOptions(out=args.out, label=entity.label, window=args.window, segmenter=args.segmenter)
     from .conversation import write_round_outputs
+    from .dialogue.store import rolled_back_on_failure
 
-    write_round_outputs(volume, session, rnd, options, window, segmenter, None, [], timings)
+    options = AskOptions(out=args.out, label=entity.label, window=args.window, segmenter=args.segmenter)
+    with rolled_back_on_failure(session.folder):  # the correction and its outputs succeed or fail together
+        rnd = refine_entity(session, volume, segmenter, window, entity.id, correction)
+        timings.update(rnd.timings)
+        write_round_outputs(volume, session, rnd, options, window, segmenter, None, [], timings)
     return EXIT_OK
 
 
@@ -644,8 +676,9 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_stdout()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_joined_negative_values(sys.argv[1:] if argv is None else list(argv)))
     if args.command == "ask" and args.question is None and len(extra) == 1 and not extra[0].startswith("-"):
         args.question = extra[0]  # `ask INPUT --opt X "question"`: argparse cannot place a late optional positional
     elif extra:
@@ -685,6 +718,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+_LIST_OPTIONS = ("--box", "--point", "--erase")  # values that are comma-separated numbers, possibly negative
+
+
+def _joined_negative_values(argv: list) -> list:
+    """``--box -5,0,10,10,3`` as ``--box=-5,0,10,10,3``: argparse takes a value starting with '-' for an option
+    ("expected one argument"), so the prompt's own check can say what is wrong with the numbers."""
+    out: list = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in _LIST_OPTIONS and isinstance(nxt, str) and len(nxt) > 1 and nxt[0] == "-" and nxt[1].isdigit():
+            out.append(f"{arg}={nxt}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _tolerant_stdout() -> None:
+    """Print a file name that is not UTF-8 (legal on Linux) escaped, as stderr does, instead of failing after the
+    outputs were written."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":  # pragma: no cover

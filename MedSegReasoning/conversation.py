@@ -49,26 +49,29 @@ def run_round_ask(
     timings["model_load_s"] = timings.get("model_load_s", 0.0) + time.perf_counter() - t0
 
     ahead = _encode_ahead(segmenter, reasoner)
-    try:
-        asked = ask_round(
-            session,
-            volume,
-            segmenter,
-            window,
-            options.question or "",
-            reasoner=reasoner,
-            prompts=(TargetSpec(options.label, prompt),) if prompt is not None else (),
-            propagate=options.propagate,
-            current_view=reasoner_options.current_view,
-            encode_ahead=ahead,
-            io=_cli_io(reasoner_options.stream),
-        )
-    finally:
-        if ahead is not None:
-            ahead.close()
-    rnd = asked.round
-    timings.update(rnd.timings)
-    return write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, asked.answers, timings)
+    from .dialogue.store import rolled_back_on_failure
+
+    with rolled_back_on_failure(session.folder):  # the round and its outputs succeed or fail together
+        try:
+            asked = ask_round(
+                session,
+                volume,
+                segmenter,
+                window,
+                options.question or "",
+                reasoner=reasoner,
+                prompts=(TargetSpec(options.label, prompt),) if prompt is not None else (),
+                propagate=options.propagate,
+                current_view=reasoner_options.current_view,
+                encode_ahead=ahead,
+                io=_cli_io(reasoner_options.stream),
+            )
+        finally:
+            if ahead is not None:
+                ahead.close()
+        rnd = asked.round
+        timings.update(rnd.timings)
+        return write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, asked.answers, timings)
 
 
 def _cli_io(stream: bool):
@@ -127,6 +130,14 @@ def write_round_outputs(volume, session, rnd, options, window, segmenter, reason
     from .result import entity_target_record
 
     entities = [session.entities[t.entity_id] for t in rnd.targets if t.entity_id in session.entities]
+    refused = [t.label for t in rnd.targets if t.status == "refused"]
+    if refused:
+        print(
+            f"medseg-reasoning: warning: the answer named {len(rnd.targets)} targets; at most "
+            f"{len(rnd.targets) - len(refused)} are segmented per answer, so {len(refused)} were refused "
+            f"({', '.join(refused[:5])}{', …' if len(refused) > 5 else ''}): ask for them in another question.",
+            file=sys.stderr,
+        )
     if rnd.clarification and not entities:
         question = rnd.clarification.get("question") or rnd.clarification.get("text") or "please clarify"
         print(f"clarification needed: {question}")

@@ -21,7 +21,10 @@ def read_json_objects(
     ``name`` is how messages call the file (default: its path); ``hint`` is appended to them (what to do).
     """
     name = name or str(path)
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not UTF-8 text (byte {exc.start} cannot be decoded){hint}.") from None
     out = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

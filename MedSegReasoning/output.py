@@ -21,6 +21,8 @@ from . import PROG, __version__
 
 log = logging.getLogger(__name__)
 
+OUTPUT_FILES = ("mask.nii.gz", "seg.dcm", "overview.png", "result.json")  # what an ask may write into --out
+
 
 def write_ask_outputs(
     volume,
@@ -45,7 +47,9 @@ def write_ask_outputs(
     for spec in segments:
         labelmap[spec.mask] = spec.number
     outputs: dict[str, str | None] = {"mask": "mask.nii.gz", "seg": None, "overview": None, "result": "result.json"}
-    warnings: list[str] = []
+    from .volume.finite import non_finite_warning
+
+    warnings: list[str] = [w for w in (non_finite_warning(volume),) if w]
     with staged_outputs(options.out) as staging:
         write_label_image(staging / "mask.nii.gz", labelmap, volume.geometry)
         if volume.source.dicom is not None and segments:

@@ -178,6 +178,12 @@ def _check_region_has_content(image: np.ndarray, box: tuple[int, int, int, int] 
     if box is None:
         return
     i0, j0, i1, j1 = box
+    if i0 == i1 or j0 == j1:  # a line or a single pixel has no inside to segment, whatever the image shows
+        plane = "" if prompt.is_axial else f"{prompt.orientation} "
+        raise InputError(
+            f"the box {prompt.box} on {plane}slice {prompt.k} is {i1 - i0 + 1} x {j1 - j0 + 1} pixel(s), too thin to "
+            "hold a structure: draw it around the structure (corners are inclusive), or give a --point instead."
+        )
     region = image[j0 : j1 + 1, i0 : i1 + 1, 0]
     if int(region.max()) - int(region.min()) == 0:
         plane = "" if prompt.is_axial else f"{prompt.orientation} "

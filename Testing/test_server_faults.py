@@ -162,8 +162,7 @@ def test_volume_checks(served):
     _error(put(raw, content_sha256="0" * 64), 400, "hash_mismatch")
     _error(put(b"not deflate at all", {"Content-Encoding": "deflate"}), 400, "invalid_body")
     _error(put(raw, {"Content-Encoding": "br"}), 415, "unsupported_encoding")
-    floats = volume.array.astype(np.float32)
-    floats[1, 5, 5] = np.nan
+    floats = np.full(volume.array.shape, np.nan, dtype=np.float32)  # some NaN are accepted (the CLI's rule); all is not
     _error(put(floats.tobytes(), dtype="float32"), 400, "invalid_voxels")
     _error(put(b"", content_sha256="1" * 64), 409, "volume_not_cached")
     # a compression bomb: far more voxels than announced

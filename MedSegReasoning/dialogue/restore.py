@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 from ..terminology.matcher import Terminology
 from ..volume.core import Volume
-from ..wire.errors import InputError
+from ..wire.errors import InputError, MedSegError
 from ..wire.masks import CompactMask
 from ..wire.session_archive import SESSION_FILE
 from .entity import Entity
@@ -21,11 +22,28 @@ from .store import FORMAT, FORMAT_VERSION, _read_mask, _round_from_dict
 
 
 def load_session(folder: str | Path, *, terminology: Terminology | None = None) -> Session:
-    """The session saved in ``folder``, identical to the one that was saved (``==`` holds)."""
+    """The session saved in ``folder``, identical to the one that was saved (``==`` holds).
+
+    A damaged folder (a field missing or of the wrong type, text that is not UTF-8, a mask file that is not a
+    complete ``.npz``) is an ``InputError`` naming the folder, never an internal error.
+    """
     folder = Path(folder)
     path = folder / SESSION_FILE
     if not path.is_file():
         raise InputError(f"{folder} holds no {SESSION_FILE}: it is not a MedSegReasoning session folder.")
+    try:
+        return _load(folder, path, terminology)
+    except MedSegError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, EOFError, zipfile.BadZipFile) as exc:
+        what = f"missing field {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:160]
+        raise InputError(
+            f"the session folder {folder} is damaged ({type(exc).__name__}: {what}): restore it from a copy or an "
+            "exported session archive, or start a new session in another folder."
+        ) from None
+
+
+def _load(folder: Path, path: Path, terminology: Terminology | None) -> Session:
     try:
         doc = json.loads(path.read_text("utf-8"))
     except json.JSONDecodeError as exc:

@@ -90,6 +90,9 @@ class RoundConfig:
     propagation: PropagationConfig = DEFAULT_PROPAGATION
     judgment: JudgmentConfig = DEFAULT_JUDGMENT
     max_corrections: int = 2
+    # Targets segmented per answer (docs/reasoning.md): each costs a propagation and judgment, so an answer listing
+    # hundreds would run for many minutes; the rest are recorded as refused, and the user asks for them again.
+    max_targets: int = 20
 
 
 DEFAULT_ROUND = RoundConfig()
@@ -181,6 +184,9 @@ def run_round(
         # a relation word in the question belongs to the target only when there is one target to give it to
         asked_relation = infer_relation(question) if len(plan.targets) == 1 else None
         for n, target in enumerate(plan.targets):
+            if n >= config.max_targets:
+                rnd.targets.append(_refused(target, len(plan.targets), config.max_targets))
+                continue
             if progress:
                 progress(f"target {n + 1} of {len(plan.targets)}: {target.label}", n / max(len(plan.targets), 1))
             record = _run_target(
@@ -195,6 +201,17 @@ def run_round(
     except BaseException:
         session.abort_round(rnd)
         raise
+
+
+def _refused(target: TargetSpec, named: int, cap: int) -> TargetRecord:
+    """A target beyond the cap: kept in the round's record (status ``refused``), never segmented."""
+    return TargetRecord(
+        label=target.label,
+        prompt=target.prompt.to_dict(),
+        ref_text=target.ref,
+        status="refused",
+        error=f"the answer named {named} targets and at most {cap} are segmented per answer: ask for this one again",
+    )
 
 
 def round_models(segmenter: Segmenter, reasoner_identity: Mapping[str, Any] | None) -> dict[str, dict]:

@@ -11,7 +11,10 @@ The format is documented in ``docs/session-format.md``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +67,37 @@ def save_session(session: Session, folder: str | Path) -> None:
     for stale in (folder / MASK_DIR).glob("*.npz"):
         if f"{MASK_DIR}/{stale.name}" not in referenced:
             stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def rolled_back_on_failure(folder: str | Path | None) -> Iterator[None]:
+    """Whatever is saved to the session ``folder`` inside the ``with`` is undone if the block raises.
+
+    Why: a round is saved when it finishes, but its outputs (``--out``) are written after it; if writing them
+    fails, the round must not stay in the session, or a retry would add it twice (round and entity). The saved
+    state is the ``session.json`` before the block (its bytes, put back atomically) and the mask files it names;
+    mask files the block added are removed again. ``None`` (no session folder) does nothing.
+    """
+    if folder is None:
+        yield
+        return
+    folder = Path(folder)
+    doc = folder / SESSION_FILE
+    before = doc.read_bytes() if doc.is_file() else None
+    masks_before = {p.name for p in (folder / MASK_DIR).glob("*.npz")}
+    try:
+        yield
+    except BaseException:
+        if before is None:
+            doc.unlink(missing_ok=True)
+        else:
+            with atomic_output(doc) as tmp:
+                tmp.write_bytes(before)
+        for added in (folder / MASK_DIR).glob("*.npz"):
+            if added.name not in masks_before:
+                with contextlib.suppress(OSError):
+                    os.unlink(added)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -52,13 +52,15 @@ def write_nifti_labels(
 def _write_image(path: Path, data: np.ndarray, export_set: ExportSet) -> Path:
     import SimpleITK as sitk
 
+    from ..volume.itk_io import library_path
+
     g = export_set.geometry
     image = sitk.GetImageFromArray(np.ascontiguousarray(data))
     image.SetOrigin(g.origin)
     image.SetSpacing(g.spacing)
     image.SetDirection(tuple(g.direction_matrix.ravel()))
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+    with atomic_output(path) as tmp, library_path(tmp) as name:  # a non-UTF-8 folder name would abort ITK
+        sitk.WriteImage(image, name, useCompression=True)
     return path
 
 

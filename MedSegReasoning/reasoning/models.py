@@ -350,9 +350,12 @@ def read_model_type(folder: Path, pull_hint: str = "NAME") -> str:
             "downloaded checkpoint."
         )
     try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type", "")
-    except (OSError, json.JSONDecodeError) as exc:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSON errors and text that is not UTF-8
         raise ModelError(f"{config_path} cannot be read ({exc}): download the model again.") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_path} is not a JSON object, as a model's config.json is: download the model again.")
+    model_type = config.get("model_type", "")
     if model_type not in MODEL_CLASSES:
         raise ModelError(
             f"{folder} holds a '{model_type}' model; the in-process reasoner runs {', '.join(MODEL_CLASSES)} "

@@ -42,6 +42,8 @@ from .coords import SERVER_SAFE_RULE, get_convention, guess_convention, is_grey,
 from .prompts import PromptSet
 
 API_KEY_ENV = "MEDSEG_REASONER_API_KEY"
+# The total time one answer may take, retries and keep-alive comments included (``ask --reasoner-timeout``).
+DEFAULT_TIMEOUT_S = 300.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _WIRE_EXPECTED = "an OpenAI chat completion: JSON with choices[0].message.content, or SSE lines 'data: {...}'"
 
@@ -130,13 +132,20 @@ class OpenAIReasoner(ChatReasoner):
         seed: int | None = 0,
         stream: bool = True,
         structured_output: bool = True,
-        timeout_s: float = 300.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         connect_timeout_s: float = 10.0,
         retries: int = 2,
         backoff_s: float = 1.0,
         transport: Any = None,
     ) -> None:
-        """``retries``: further attempts after a connection error or HTTP 429/5xx, waiting ``backoff_s`` doubling."""
+        """``retries``: further attempts after a connection error or HTTP 429/5xx, waiting ``backoff_s`` doubling.
+
+        ``timeout_s`` is the *total* deadline of one answer, from the request to the last token, retries included:
+        a server that keeps the connection alive with SSE comments but never answers is cut off at it, as is a
+        silent one (ServiceError, exit 4).
+        """
+        if not timeout_s > 0:
+            raise InputError(f"the reasoner timeout must be a positive number of seconds, got {timeout_s}.")
         if not model.strip():
             raise InputError(
                 "the reasoner spec needs a model name after '#', e.g. openai:http://127.0.0.1:8000/v1#qwen2.5vl:7b."
@@ -154,6 +163,7 @@ class OpenAIReasoner(ChatReasoner):
         self.retries = max(0, int(retries))
         self.backoff_s = float(backoff_s)
         self.timeout_s = float(timeout_s)
+        self._deadline = float("inf")  # set per answer by ``complete``
         self.connect_timeout_s = float(connect_timeout_s)
         self._transport = transport
         self._png_level = 0 if is_loopback_url(self.base_url) else 1  # bytes are free on loopback, time is not
@@ -222,10 +232,12 @@ class OpenAIReasoner(ChatReasoner):
         structured = self.structured_output
         image_urls = [png_data_url(image, self._png_level) for image in request.images]  # once, not per attempt
         attempt = 0
+        self._deadline = time.monotonic() + self.timeout_s
         with self._client() as client:
             while True:
                 if cancel is not None and cancel.is_set():
                     raise ReasoningCancelled("the question was cancelled before the reasoner finished.")
+                self._check_deadline()
                 start = time.perf_counter()
                 try:
                     with client.stream(
@@ -254,7 +266,7 @@ class OpenAIReasoner(ChatReasoner):
                     limit = self.connect_timeout_s if isinstance(exc, httpx.ConnectTimeout) else self.timeout_s
                     raise ServiceError(
                         f"the reasoner at {self.base_url} timed out after {limit:g} s {kind}: check that the server "
-                        "is running and not overloaded, or raise the timeout."
+                        "is running and not overloaded, or raise the limit with --reasoner-timeout SECONDS."
                     ) from None
                 except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                     if attempt < self.retries:
@@ -266,8 +278,16 @@ class OpenAIReasoner(ChatReasoner):
                         "attempts: start the server, or check the URL in --reasoner."
                     ) from None
 
+    def _check_deadline(self) -> None:
+        """``ServiceError`` once the answer's total deadline (``timeout_s``) has passed."""
+        if time.monotonic() > self._deadline:
+            raise ServiceError(
+                f"the reasoner at {self.base_url} did not finish its answer within {self.timeout_s:g} s: check that "
+                "the server is not overloaded, or raise the limit with --reasoner-timeout SECONDS."
+            )
+
     def _wait(self, attempt: int, cancel: threading.Event | None) -> None:
-        delay = self.backoff_s * 2 ** (attempt - 1)
+        delay = min(self.backoff_s * 2 ** (attempt - 1), max(0.0, self._deadline - time.monotonic()))
         if cancel is not None:
             if cancel.wait(delay):
                 raise ReasoningCancelled("the question was cancelled before the reasoner finished.")
@@ -310,7 +330,7 @@ class OpenAIReasoner(ChatReasoner):
         text = _with_thinking(thinking, content)
         if on_text is not None and text:
             on_text(text)
-        usage = data.get("usage") or {}
+        usage = _usage(data)
         seconds = time.perf_counter() - start
         stats = GenerationStats(
             usage.get("prompt_tokens"), usage.get("completion_tokens"), seconds, seconds, choice.get("finish_reason")
@@ -327,7 +347,8 @@ class OpenAIReasoner(ChatReasoner):
         usage: dict[str, Any] = {}
         chunks = 0
         in_think = False
-        for payload in _sse_data(_lines_or_service_error(response, self.base_url)):
+        lines = _lines_or_service_error(response, self.base_url, self._check_deadline)
+        for payload in _sse_data(lines):
             if cancel is not None and cancel.is_set():
                 response.close()
                 raise ReasoningCancelled("the question was cancelled while the reasoner was answering.")
@@ -347,9 +368,14 @@ class OpenAIReasoner(ChatReasoner):
                 raise ServiceError(
                     f"the reasoner at {self.base_url} failed while answering: {_server_message(payload)}."
                 )
-            usage = event.get("usage") or usage
-            for choice in event.get("choices") or []:
+            usage = _usage(event) or usage
+            choices = event.get("choices") or []
+            if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+                raise ReasonerOutputError("a stream event's choices are not a list of objects", payload, _WIRE_EXPECTED)
+            for choice in choices:
                 delta = choice.get("delta") or {}
+                if not isinstance(delta, dict):
+                    raise ReasonerOutputError("a stream event's delta is not an object", payload, _WIRE_EXPECTED)
                 finish = choice.get("finish_reason") or finish
                 think_piece = delta.get("reasoning_content") or delta.get("reasoning") or ""
                 piece = delta.get("content") or ""
@@ -385,12 +411,21 @@ class OpenAIReasoner(ChatReasoner):
         return text, stats
 
 
-def _lines_or_service_error(response, base_url: str) -> Iterator[str]:
-    """The stream's lines; a connection that breaks once text has been shown is not retried (it would repeat it)."""
+def _usage(data: dict) -> dict[str, Any]:
+    """The reply's token counts; a ``usage`` that is not an object is ignored (the counts are informative only)."""
+    usage = data.get("usage")
+    return usage if isinstance(usage, dict) else {}
+
+
+def _lines_or_service_error(response, base_url: str, check_deadline) -> Iterator[str]:
+    """The stream's lines, the answer's deadline checked at each (keep-alive comments count: they are lines); a
+    connection that breaks once text has been shown is not retried (it would repeat it)."""
     import httpx
 
     try:
-        yield from response.iter_lines()
+        for line in response.iter_lines():
+            check_deadline()
+            yield line
     except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
         raise ServiceError(
             f"the connection to the reasoner at {base_url} broke while it was answering ({_reason(exc)}): ask again."
@@ -406,8 +441,19 @@ def _sse_data(lines: Iterator[str]) -> Iterator[str]:
         elif not line.strip() and buffer:
             yield "\n".join(buffer)
             buffer = []
-    if buffer:
-        yield "\n".join(buffer)
+    if buffer:  # the stream ended without the blank line that closes an event: keep it only if it is whole
+        payload = "\n".join(buffer)
+        if payload == "[DONE]" or _is_json(payload):
+            yield payload
+
+
+def _is_json(text: str) -> bool:
+    """True for complete JSON: a line the server cut off in the middle is not (its stream then ends unfinished)."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _is_event_stream(response) -> bool:

@@ -92,6 +92,11 @@ class ReplayReasoner(ChatReasoner):
 
 
 def _read_replay_file(path: Path) -> tuple[dict, list[dict]]:
+    if path.is_dir():
+        raise InputError(
+            f"the replay file {path} is a folder: pass the JSON-lines file of recorded answers in it "
+            "(replay:<folder>/answers.jsonl)."
+        )
     if not path.is_file():
         raise InputError(f"the replay file {path} does not exist: pass a JSON-lines file of recorded answers.")
     meta: dict = {}
@@ -100,6 +105,7 @@ def _read_replay_file(path: Path) -> tuple[dict, list[dict]]:
         if "meta" in item:
             if isinstance(item["meta"], dict):
                 meta.update(item["meta"])
+                _check_meta(meta, path, number)
             continue
         if not isinstance(item.get("raw"), str):
             raise InputError(f'line {number} of the replay file {path} has no "raw" answer text.')
@@ -113,6 +119,24 @@ def _read_replay_file(path: Path) -> tuple[dict, list[dict]]:
     if 0 < with_round < len(entries):
         raise InputError(f'the replay file {path} gives "round" on some lines only: give it on all or none.')
     return meta, entries
+
+
+def _check_meta(meta: dict, path: Path, number: int) -> None:
+    """The meta line's fields have the types the reasoner reads (a hand-edited file may say otherwise)."""
+    identity = meta.get("identity")
+    wrong = []
+    if meta.get("convention") is not None and not isinstance(meta["convention"], str):
+        wrong.append('"convention" must be a convention name')
+    if identity is not None and not isinstance(identity, dict):
+        wrong.append('"identity" must be an object')
+    elif identity:
+        wrong += [
+            f'"identity.{k}" must be text'
+            for k in ("name", "prompt_version")
+            if not isinstance(identity.get(k, ""), str)
+        ]
+    if wrong:
+        raise InputError(f"line {number} of the replay file {path}: {'; '.join(wrong)}.")
 
 
 def _file_digest(path: Path) -> str:

@@ -137,12 +137,19 @@ class ReasonerOptions:
     max_new_tokens: int | None = None
     stream: bool = True
     current_view: Any = None  # reasoning.views.CurrentView: what the user looks at (``--view``)
+    timeout_s: float | None = None  # openai: the total deadline of one answer (``--reasoner-timeout``)
 
     def create(self) -> Reasoner:
+        extra: dict[str, Any] = {}
+        if self.timeout_s is not None:
+            if not self.spec.strip().lower().startswith("openai:"):
+                raise InputError("--reasoner-timeout applies to openai: reasoners (a server): leave it out for this one.")
+            extra["timeout_s"] = self.timeout_s
         return create_reasoner(
             self.spec,
             allow_remote=self.allow_remote,
             allow_download=self.allow_download,
             device=self.device,
             max_new_tokens=self.max_new_tokens,
+            **extra,
         )

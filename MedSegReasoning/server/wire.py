@@ -21,6 +21,7 @@ import numpy as np
 
 from ..dialogue.entity import Entity
 from ..volume.core import DicomSeriesInfo, Geometry, Volume, VolumeSource
+from ..wire.errors import InputError
 from ..wire.hashing import content_hasher as wire_content_hasher
 from .config import Limits
 from .errors import ApiError, bad_request
@@ -326,15 +327,6 @@ def build_volume(buf: bytearray, meta: VolumeMeta, digest: str | None = None) ->
     if not array.dtype.isnative:  # big-endian hosts: the engine computes in native order (and hashes those bytes)
         array = array.astype(array.dtype.newbyteorder("="))
         digest = None
-    if array.dtype.kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
-            bad = int(array.size - np.count_nonzero(finite))
-            raise bad_request(
-                "invalid_voxels",
-                f"the volume holds {bad:,} NaN or infinite voxel(s): replace them (e.g. with the background value) "
-                "before sending.",
-            )
     volume = Volume(array, meta.geometry, modality=meta.modality, source=_source(meta))
     if digest is not None:
         volume._hash = digest  # Volume.content_hash's own cache slot: the same recipe (content_hasher), one pass
@@ -344,7 +336,12 @@ def build_volume(buf: bytearray, meta: VolumeMeta, digest: str | None = None) ->
             "the voxels that arrived do not match the content_sha256 sent with them: the upload was damaged "
             "on the way, or the hash was computed differently (docs/wire-format.md); send it again.",
         )
-    return volume
+    from ..volume.finite import with_finite_voxels
+
+    try:  # the CLI's rule: NaN/inf voxels become the finite minimum (counted); none finite is refused
+        return with_finite_voxels(volume, "the uploaded volume")
+    except InputError as exc:
+        raise bad_request("invalid_voxels", str(exc)) from None
 
 
 def _source(meta: VolumeMeta) -> VolumeSource:

@@ -66,6 +66,8 @@ class Volume:
     geometry: Geometry
     modality: str = ""
     source: VolumeSource = field(default_factory=lambda: VolumeSource(kind="array", path=""))
+    # how many voxels were NaN/inf when read, now the finite minimum (``volume.finite``): front ends say so
+    non_finite_voxels: int = field(default=0, compare=False)
     _hash: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -20,6 +20,12 @@ def load_volume(path: str | Path, series_uid: str | None = None) -> Volume:
     ``series_uid`` picks one series in a folder that holds several (the CLI's ``--series``). An
     ``http(s)://…/studies/{uid}/series/{uid}`` URL is read from a DICOMweb server (``volume.dicomweb``).
     """
+    from .finite import with_finite_voxels
+
+    return with_finite_voxels(_read(path, series_uid))
+
+
+def _read(path: str | Path, series_uid: str | None) -> Volume:
     from . import dicom, dicomweb, itk_io
 
     if isinstance(path, str) and dicomweb.is_dicomweb_url(path):

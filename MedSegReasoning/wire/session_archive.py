@@ -28,6 +28,11 @@ MEDIA_TYPE = "application/zip"
 _MASK_NAME = re.compile(rf"{MASK_DIR}/[0-9a-f]{{32}}\.npz")  # always with fullmatch: "$" would accept a final "\n"
 
 
+# What zipfile raises for damaged bytes besides BadZipFile (found by Testing/test_fuzz.py): a bad CRC is a
+# BadZipFile too, but only when the member is read; a cut deflate stream is zlib.error or EOFError.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, RuntimeError, OSError)
+
+
 class ArchiveRefused(ValueError):
     """The bytes are not a session archive one may unpack; ``code`` names why (``archive_invalid`` / ``_too_large``)."""
 
@@ -52,7 +57,7 @@ def unpack_session(data: bytes, folder: Path, max_bytes: int) -> Path:
     folder = Path(folder)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except _DAMAGED:
         raise ArchiveRefused(
             "archive_invalid", "the body is not a zip archive: send the bytes GET /v1/sessions/{id}/archive returned."
         ) from None
@@ -80,7 +85,7 @@ def unpack_session(data: bytes, folder: Path, max_bytes: int) -> Path:
             try:
                 with archive.open(member) as src:
                     content = src.read(member.file_size + 1)
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            except _DAMAGED as exc:  # a CRC that fails, a cut or undecodable stream, an encrypted member
                 raise ArchiveRefused(
                     "archive_invalid", f"{member.filename} in the archive cannot be read ({exc}): it is damaged."
                 ) from None

@@ -20,11 +20,13 @@ _DUPLICATE_MM = 1e-3  # two slices closer than this along the normal occupy the 
 _GAP_FACTOR = 1.5  # a step this many times the usual spacing means slices are missing
 _UNEVEN_RTOL = 0.01  # steps may differ from the usual spacing by 1 % (highdicom's default tolerance) ...
 _UNEVEN_ATOL_MM = 1e-3  # ... plus rounding of positions written with few decimals
+_UNIT_TOL = 0.01  # direction cosines written with 2-3 decimals still make unit, perpendicular vectors to this
 _INPLANE_TOL_PIXELS = 0.25  # slices shifted in-plane by more than a quarter pixel are not one straight stack
 
 
 def _check_required(headers: Sequence[_Header]) -> None:
     for header in headers:
+        check_header_values(header)
         missing = [kw for kw in ("Rows", "Columns") if not _has_value(header.ds, kw)]
         if len(headers) > 1:
             missing += [
@@ -40,6 +42,75 @@ def _check_required(headers: Sequence[_Header]) -> None:
             raise InputError(
                 f"{header.path} is a colour image ({samples} samples per pixel): give a greyscale CT or MR series."
             )
+
+
+def check_header_values(header: _Header) -> None:
+    """The numbers that place and scale the pixels are numbers, finite, and make a grid, before any pixel is read.
+
+    Why here: a zero ImageOrientationPatient or PixelSpacing used to pass into the geometry as NaN (the model ran
+    first, and the result could not be written); a text in ImagePositionPatient raised deep in pydicom. Each is a
+    damaged header, named with its file, so the user knows which file to fix.
+    """
+    where = f"DICOM image {header.path}"
+    ds = header.ds
+    _numbers(ds, "ImagePositionPatient", 3, where)
+    iop = _numbers(ds, "ImageOrientationPatient", 6, where)
+    if iop is not None:
+        row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
+        unit = all(abs(float(np.linalg.norm(v)) - 1.0) < _UNIT_TOL for v in (row, col))
+        if not unit or abs(float(row @ col)) > _UNIT_TOL:
+            raise InputError(
+                f"{where} has ImageOrientationPatient {_fmt(iop)}, which is not two perpendicular unit vectors "
+                "(the row and column directions): the header is damaged; copy the series again from its source."
+            )
+    spacing = _numbers(ds, "PixelSpacing", 2, where)
+    if spacing is not None and min(spacing) <= 0:
+        raise InputError(
+            f"{where} has PixelSpacing {_fmt(spacing)}: the distance between pixels must be positive; the header "
+            "is damaged; copy the series again from its source."
+        )
+    slope = _numbers(ds, "RescaleSlope", 1, where, "a NaN RescaleSlope makes every voxel NaN")
+    _numbers(ds, "RescaleIntercept", 1, where)
+    if slope is not None and slope[0] == 0:
+        raise InputError(
+            f"{where} has RescaleSlope 0, which maps every pixel to one value: the header is damaged; copy the "
+            "series again from its source."
+        )
+
+
+def _numbers(ds, keyword: str, count: int, where: str, why: str = "") -> list[float] | None:
+    """``count`` finite numbers from a DS/IS attribute (None when absent or empty), or an ``InputError`` quoting
+    what is there. Read defensively: pydicom converts on access and raises on a value that is not a number."""
+    if keyword not in ds:
+        return None
+    try:
+        raw = ds[keyword].value
+        values = list(raw) if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue" else [raw]
+        if values in ([], [None], [""]):
+            return None
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError, OverflowError):
+        numbers = []
+        values = [_raw_text(ds, keyword)]
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        shown = "\\".join(str(v) for v in values)
+        because = f" ({why})" if why and numbers and not all(np.isfinite(numbers)) else ""
+        raise InputError(
+            f"{where} has {keyword} '{shown}' where {count} finite number(s) belong{because}: the header is "
+            "damaged; copy the series again from its source."
+        )
+    return numbers
+
+
+def _raw_text(ds, keyword: str) -> str:
+    """The stored bytes of an element whose value pydicom cannot convert, as text."""
+    try:
+        raw = ds.get_item(keyword).value
+        if isinstance(raw, bytes):
+            return raw.decode("ascii", "replace").strip()
+        return str(raw) if isinstance(raw, str) else "\\".join(str(v) for v in raw)
+    except Exception:  # the quote is only for the message
+        return "?"
 
 
 def _check_consistent(headers: Sequence[_Header]) -> None:

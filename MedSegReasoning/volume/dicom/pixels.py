@@ -56,6 +56,7 @@ def _read_pixels(ordered: Sequence[_Header]) -> np.ndarray:
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    check_pixel_data_size(ordered)
     first = ordered[0].ds
     out = np.empty((len(ordered), int(first.Rows), int(first.Columns)), dtype=np.float32)
 
@@ -67,6 +68,34 @@ def _read_pixels(ordered: Sequence[_Header]) -> np.ndarray:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         integral = all(list(pool.map(fill, range(len(ordered)))))
     return _compact(out, integral)
+
+
+def check_pixel_data_size(headers: Sequence[_Header]) -> None:
+    """An uncompressed file must hold the pixels its header announces: refuse a header that claims more (e.g.
+    65535 x 65535) before memory for them is allocated, naming the file. Compressed files cannot be bounded so."""
+    from pydicom.uid import UID
+
+    for header in headers:
+        syntax = _transfer_syntax(header.ds)
+        if syntax and UID(syntax).is_compressed:
+            continue
+        ds = header.ds
+        try:
+            rows, columns = int(ds.Rows), int(ds.Columns)
+            bits = int(getattr(ds, "BitsAllocated", 16) or 16)
+            frames = header.number_of_frames
+        except (TypeError, ValueError):
+            raise InputError(
+                f"DICOM image {header.path} has a Rows, Columns or BitsAllocated that is not a number: "
+                "the header is damaged."
+            ) from None
+        needed = rows * columns * frames * max(1, int(getattr(ds, "SamplesPerPixel", 1) or 1)) * bits // 8
+        size = header.path.stat().st_size
+        if rows <= 0 or columns <= 0 or needed > size:
+            raise InputError(
+                f"DICOM image {header.path} is truncated or damaged: its header announces {rows} x {columns} pixels "
+                f"({needed:,} bytes) but the file holds {size:,} bytes; copy it again from its source."
+            )
 
 
 def _decode_slice(header: _Header) -> tuple[np.ndarray, bool]:
