@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .console import PropagationBar, status
 from .wire.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SERVICE, InputError, MedSegError
 
 PROG = "medseg-reasoning"
@@ -343,8 +344,20 @@ class AskOptions:
     propagate: bool = True
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
+def _load_with_segmenter(source, series_uid: str | None, segmenter_spec: str):
+    """Read the volume while the segmenter opens on a background thread, saying so first (both take seconds)."""
+    from .segmentation.factory import default_store_root, preload
     from .volume import load_volume
+
+    status(f"loading the segmenter ({segmenter_spec}) and reading {source}...")
+    preload(segmenter_spec, embedding_store=default_store_root())
+    t0 = time.perf_counter()
+    volume = load_volume(source, series_uid=series_uid)
+    return volume, {"load_s": time.perf_counter() - t0}
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .segmentation.factory import check_spec
 
     if args.refine is not None or args.erase is not None:
         return cmd_refine(args)
@@ -354,6 +367,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             "nothing to segment: ask a QUESTION (answered by --reasoner) or give a prompt with "
             "--box I0,J0,I1,J1,K and/or --point I,J,K[,0|1]."
         )
+    check_spec(args.segmenter, box=prompt is None or prompt.box is not None)  # before any model starts loading
     prepare_out_dir(args.out, args.force)
     options = AskOptions(
         out=args.out,
@@ -363,12 +377,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         segmenter=args.segmenter,
         propagate=not args.no_propagate,
     )
-    from .segmentation.factory import default_store_root, preload
-
-    preload(args.segmenter, embedding_store=default_store_root())  # opens the model while the volume is read
-    t0 = time.perf_counter()
-    volume = load_volume(args.input, series_uid=args.series)
-    timings = {"load_s": time.perf_counter() - t0}
+    volume, timings = _load_with_segmenter(args.input, args.series, args.segmenter)
     if prompt is not None and args.session is None:
         run_ask(volume, prompt, options, timings)
         return EXIT_OK
@@ -421,10 +430,11 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from .dialogue import open_session
     from .dialogue.refine import refine_entity
     from .pipeline import check_prompt
-    from .segmentation.factory import create_segmenter, default_store_root
+    from .segmentation.factory import check_spec, create_segmenter, default_store_root
     from .volume import default_window, load_volume, window_by_name
 
     correction = parse_correction(args)
+    check_spec(args.segmenter)
     if not (args.session / "session.json").is_file():
         raise InputError(f"there is no session in {args.session}: run `ask … --session {args.session}` first.")
     prepare_out_dir(args.out, args.force)
@@ -435,9 +445,11 @@ def cmd_refine(args: argparse.Namespace) -> int:
     entity = session.entity(args.refine)  # an unknown entity is refused before any model loads
     check_prompt(volume, correction.prompt)
     window = window_by_name(args.window, volume) if args.window else default_window(volume)
+    status(f"loading the segmenter ({args.segmenter})...")
     t0 = time.perf_counter()
     segmenter = create_segmenter(args.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = time.perf_counter() - t0
+    status(f"correcting {entity.id} on slice {correction.prompt.k}")
     rnd = refine_entity(session, volume, segmenter, window, entity.id, correction)
     timings.update(rnd.timings)
     options = AskOptions(out=args.out, label=entity.label, window=args.window, segmenter=args.segmenter)
@@ -459,7 +471,8 @@ def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> d
     t0 = time.perf_counter()
     segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = time.perf_counter() - t0
-    with _progress_bar(enabled=options.propagate) as progress:
+    status(f"segmenting slice {prompt.k}" + (", then following the structure through the slices" * options.propagate))
+    with PropagationBar(enabled=options.propagate) as progress:
         target = segment_target(
             volume, segmenter, window, prompt, label=options.label, propagate_3d=options.propagate, progress=progress
         )
@@ -490,35 +503,11 @@ def print_summary(result: dict, out: Path) -> None:
             print(f"  {t['findings']}")
         if t["propagation"]:
             for direction, why in t["propagation"]["stopped"].items():
-                print(f"  propagation {direction}: stopped at {why}")
+                print(f"  propagation {direction} stopped{' at' if why.startswith('slice ') else ':'} {why}")
     written = [name for name in result["outputs"].values() if name]
     print(f"wrote {', '.join(written)} to {out}")
     for warning in result["warnings"]:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
-
-
-class _progress_bar:
-    """A tqdm bar on stderr fed by the propagation's (done, total) callback."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        return self._update
-
-    def _update(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc="propagating", unit="slice", file=sys.stderr, leave=False)
-        self.bar.update(done - self.bar.n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -532,7 +521,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import VoxelPrompt
     from .sample import build_sample, read_sample_description
-    from .volume import load_volume
 
     dicom_dir = build_sample(args.sample_dir)
     info = read_sample_description(args.sample_dir)
@@ -541,11 +529,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"sample: {dicom_dir}")
     print(f"prompt: --box {i0},{j0},{i1},{j1},{k} ({structure})")
     prepare_out_dir(args.out, force=True)
-    t0 = time.perf_counter()
-    volume = load_volume(dicom_dir)
+    volume, timings = _load_with_segmenter(dicom_dir, None, args.segmenter)
     options = AskOptions(out=args.out, label=structure, segmenter=args.segmenter)
-    run_ask(volume, VoxelPrompt(k=k, box=(i0, j0, i1, j1)), options, {"load_s": time.perf_counter() - t0})
+    result = run_ask(volume, VoxelPrompt(k=k, box=(i0, j0, i1, j1)), options, timings)
+    print(demo_next_steps(dicom_dir, args.out, result, f"{i0},{j0},{i1},{j1},{k}"))
     return EXIT_OK
+
+
+def demo_next_steps(dicom_dir: Path, out: Path, result: dict, box: str) -> str:
+    """What the demo prints last: where to look at its result, and the next commands to try on the same series."""
+    outputs = result["outputs"]
+    look = [f"  {out / name}" for name in outputs.values() if name]
+    return "\n".join(
+        [
+            "",
+            "what to look at:",
+            *look,
+            "  open the series and mask.nii.gz (as a segmentation) in 3D Slicer or ITK-SNAP; seg.dcm opens in any "
+            "DICOM-SEG viewer; result.json says why propagation stopped (docs/result-schema.md)",
+            "what to try next (docs/walkthrough.md explains each step):",
+            f"  {PROG} ask {dicom_dir} --box {box} --no-propagate --out medseg-out/key-slice",
+            f"  {PROG} ask {dicom_dir} --box {box} --session medseg-session --out medseg-out/round1",
+            f"  {PROG} export medseg-session --format seg,sr,nifti --to medseg-out/export",
+        ]
+    )
 
 
 def cmd_models(args: argparse.Namespace) -> int:

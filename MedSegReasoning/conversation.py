@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .console import RoundProgress, status
 from .wire.errors import InputError
 
 
@@ -78,7 +79,7 @@ def run_round_ask(
         )
     try:
         rnd = run_round(
-            session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=_stage_printer()
+            session, volume, segmenter, window, question, plan, ask_again=ask_again, progress=RoundProgress()
         )
     finally:
         if ahead is not None:
@@ -90,6 +91,7 @@ def run_round_ask(
 def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float]):
     from .reasoning import create_reasoner
 
+    status(f"loading the reasoner ({reasoner_options.spec})...")
     t0 = time.perf_counter()
     reasoner = create_reasoner(
         reasoner_options.spec,
@@ -237,14 +239,6 @@ def _matching_prompt(answer, label: str):
 def _stream_to_stdout(chunk: str) -> None:
     sys.stdout.write(chunk)
     sys.stdout.flush()
-
-
-def _stage_printer():
-    def progress(stage: str, fraction: float) -> None:
-        if stage != "done":
-            print(f"[{fraction:4.0%}] {stage}", file=sys.stderr)
-
-    return progress
 
 
 def write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings) -> dict:
