@@ -109,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_serve_parser(sub)
 
-    sample = sub.add_parser("sample", help="only build the sample DICOM series", epilog=EXIT_CODES_HELP)
+    sample = sub.add_parser(
+        "sample",
+        help="only build the sample DICOM series",
+        description="Build the sample DICOM series (MNI152 brain template) and sample.json with the demo's box.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sample.add_argument("out", type=Path, nargs="?", default=Path("medseg-sample"), help="folder to build it in")
     _add_eval_parser(sub)
     return parser
