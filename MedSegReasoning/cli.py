@@ -354,7 +354,10 @@ def _load_with_segmenter(source, series_uid: str | None, segmenter_spec: str):
     """Read the volume while the segmenter opens on a background thread, saying so first (both take seconds)."""
     from .segmentation.factory import default_store_root, preload
     from .volume import load_volume
+    from .volume.dicomweb import is_dicomweb_url
 
+    if not is_dicomweb_url(str(source)) and not Path(source).expanduser().exists():
+        load_volume(source)  # raises the loader's own sentence, before any model starts
     status(f"loading the segmenter ({segmenter_spec}) and reading {source}...")
     preload(segmenter_spec, embedding_store=default_store_root())
     t0 = time.perf_counter()
