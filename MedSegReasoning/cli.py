@@ -350,16 +350,12 @@ class AskOptions:
     propagate: bool = True
 
 
-def _load_with_segmenter(source, series_uid: str | None, segmenter_spec: str):
-    """Read the volume while the segmenter opens on a background thread, saying so first (both take seconds)."""
-    from .segmentation.factory import default_store_root, preload
+def read_volume(source, series_uid: str | None):
+    """Read the volume, saying so first (a compressed series takes seconds). The segmenter is opened only after the
+    checks that need the volume passed: a model still opening on a thread when a check fails could abort the exit."""
     from .volume import load_volume
-    from .volume.dicomweb import is_dicomweb_url
 
-    if not is_dicomweb_url(str(source)) and not Path(source).expanduser().exists():
-        load_volume(source)  # raises the loader's own sentence, before any model starts
-    status(f"loading the segmenter ({segmenter_spec}) and reading {source}...")
-    preload(segmenter_spec, embedding_store=default_store_root())
+    status(f"reading {source}...")
     t0 = time.perf_counter()
     volume = load_volume(source, series_uid=series_uid)
     return volume, {"load_s": time.perf_counter() - t0}
@@ -386,7 +382,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         segmenter=args.segmenter,
         propagate=not args.no_propagate,
     )
-    volume, timings = _load_with_segmenter(args.input, args.series, args.segmenter)
+    volume, timings = read_volume(args.input, args.series)
     if prompt is not None and args.session is None:
         run_ask(volume, prompt, options, timings)
         return EXIT_OK
@@ -477,6 +473,7 @@ def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> d
     check_prompt(volume, prompt, window)
     from .segmentation.factory import create_segmenter, default_store_root
 
+    status(f"loading the segmenter ({options.segmenter})...")
     t0 = time.perf_counter()
     segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = time.perf_counter() - t0
@@ -538,7 +535,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"sample: {dicom_dir}")
     print(f"prompt: --box {i0},{j0},{i1},{j1},{k} ({structure})")
     prepare_out_dir(args.out, force=True)
-    volume, timings = _load_with_segmenter(dicom_dir, None, args.segmenter)
+    volume, timings = read_volume(dicom_dir, None)
     options = AskOptions(out=args.out, label=structure, segmenter=args.segmenter)
     result = run_ask(volume, VoxelPrompt(k=k, box=(i0, j0, i1, j1)), options, timings)
     print(demo_next_steps(dicom_dir, args.out, result, f"{i0},{j0},{i1},{j1},{k}"))
@@ -695,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        _settle_preloads()
         return exc.exit_code
     except KeyboardInterrupt:
         print(
@@ -723,7 +721,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run again with --debug for the traceback and report it.",
             file=sys.stderr,
         )
+        _settle_preloads()
         return 1
+
+
+def _settle_preloads() -> None:
+    """Before an error exit, let a segmenter still opening on a preload thread finish: exiting while it is inside
+    OpenVINO aborts the process ("terminate called without an active exception", exit 134) instead of the documented
+    exit code. Only the dialogue path preloads (while the reasoner loads); its checks run before that."""
+    factory = sys.modules.get("MedSegReasoning.segmentation.factory")
+    if factory is not None:
+        factory.settle_preloads()
 
 
 if __name__ == "__main__":  # pragma: no cover

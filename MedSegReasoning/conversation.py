@@ -38,7 +38,7 @@ def run_round_ask(
     """One round on ``volume``: plan (reasoner or ``prompt``), segment, judge; write outputs; return result.json."""
     from .dialogue import RoundPlan, Session, TargetSpec, open_session, run_round
     from .pipeline import check_prompt
-    from .segmentation.factory import create_segmenter, default_store_root
+    from .segmentation.factory import create_segmenter, default_store_root, preload
     from .volume import default_window, window_by_name
 
     window = window_by_name(options.window, volume) if options.window else default_window(volume)
@@ -52,8 +52,10 @@ def run_round_ask(
     )
     answers: list[Any] = []
     reasoner = None
-    if prompt is None:
+    if prompt is None:  # the segmenter opens on a thread while the reasoner loads (the checks above came first)
+        preload(options.segmenter, embedding_store=default_store_root())
         reasoner = _create_reasoner(reasoner_options, timings)
+    status(f"loading the segmenter ({options.segmenter})...")
     t0 = time.perf_counter()
     segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = timings.get("model_load_s", 0.0) + time.perf_counter() - t0

@@ -44,6 +44,9 @@ def series(tmp_path_factory):
         (["--box", "4,4,27,27,1", "--segmenter", "nonsense"], 2, "Unknown segmenter 'nonsense'"),
         (["--box", "4,4,27,27,1", "--segmenter", "sam"], 2, "needs a local checkpoint file"),
         (["--box", "4,4,27,27,1", "--segmenter", "medsam:/no/such/file.pth"], 3, "does not exist"),
+        (["--box", "20,4,40,27,1"], 2, "lies outside the slice"),  # needs the volume, not the model
+        (["--box", "0,0,5,5,1"], 2, "uniform region"),
+        (["--box", "4,4,27,27,9"], 2, "slice K=9 does not exist"),
     ],
 )
 def test_ask_refuses_before_any_model_loads(series, tmp_path, capsys, loads, extra, code, message):
@@ -52,7 +55,7 @@ def test_ask_refuses_before_any_model_loads(series, tmp_path, capsys, loads, ext
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert loads == [], "the model started loading before a check that needs none"
-    assert not out.exists()  # refused before anything was created
+    assert not out.exists() or not any(out.iterdir())  # nothing written
 
 
 def test_refine_refuses_a_wrong_segmenter_before_reading_the_session(tmp_path, capsys, loads):

@@ -69,7 +69,7 @@ def _bad(capsys, argv: list[str], code: int, phrase: str) -> None:
     err = capsys.readouterr().err
     assert phrase in err
     assert "Traceback" not in err
-    said = [line for line in err.splitlines() if not line.startswith("loading ")]  # status lines before a model
+    said = [line for line in err.splitlines() if not line.startswith(("reading ", "loading "))]  # status lines
     assert len(said) == 1 and err.endswith("\n"), f"expected one line on stderr, got: {err!r}"
 
 

@@ -73,6 +73,15 @@ def preload(
     threading.Thread(target=build, name="medseg-segmenter-preload", daemon=True).start()
 
 
+def settle_preloads() -> None:
+    """Wait for the segmenters still being built on preload threads (their results or errors are dropped): a process
+    must not exit while a build is inside a native library, which can abort it."""
+    with _preloads_lock:
+        pending = list(_preloads.values())
+    for future in pending:
+        future.exception()
+
+
 def create_segmenter(
     spec: str = "litemedsam",
     *,
