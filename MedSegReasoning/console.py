@@ -35,7 +35,9 @@ class PropagationBar:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit="slice", file=sys.stderr, leave=False)
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit="slice", file=sys.stderr, leave=True
+            )  # stays: it ends full
         if self.bar.total != total:
             self.bar.total = total
         self.bar.update(done - self.bar.n)
