@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .console import PropagationBar, status
+from .console import PropagationBar, demo_next_steps, status
 from .wire.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SERVICE, InputError, MedSegError
 
 PROG = "medseg-reasoning"
@@ -538,27 +538,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     volume, timings = read_volume(dicom_dir, None)
     options = AskOptions(out=args.out, label=structure, segmenter=args.segmenter)
     result = run_ask(volume, VoxelPrompt(k=k, box=(i0, j0, i1, j1)), options, timings)
-    print(demo_next_steps(dicom_dir, args.out, result, f"{i0},{j0},{i1},{j1},{k}"))
+    print(demo_next_steps(PROG, dicom_dir, args.out, result, f"{i0},{j0},{i1},{j1},{k}"))
     return EXIT_OK
-
-
-def demo_next_steps(dicom_dir: Path, out: Path, result: dict, box: str) -> str:
-    """What the demo prints last: where to look at its result, and the next commands to try on the same series."""
-    outputs = result["outputs"]
-    look = [f"  {out / name}" for name in outputs.values() if name]
-    return "\n".join(
-        [
-            "",
-            "what to look at:",
-            *look,
-            "  open the series and mask.nii.gz (as a segmentation) in 3D Slicer or ITK-SNAP; seg.dcm opens in any "
-            "DICOM-SEG viewer; result.json says why propagation stopped (docs/result-schema.md)",
-            "what to try next (docs/walkthrough.md explains each step):",
-            f"  {PROG} ask {dicom_dir} --box {box} --no-propagate --out medseg-out/key-slice",
-            f"  {PROG} ask {dicom_dir} --box {box} --session medseg-session --out medseg-out/round1",
-            f"  {PROG} export medseg-session --format seg,sr,nifti --to medseg-out/export",
-        ]
-    )
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ Everything goes to stderr, so stdout keeps only the results (and the reasoner's 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -83,3 +84,22 @@ def split_slice_stage(stage: str) -> tuple[str, tuple[int, int] | None]:
         if of and done.isdigit() and total.isdigit():
             return head, (int(done), int(total))
     return stage, None
+
+
+def demo_next_steps(prog: str, dicom_dir: Path, out: Path, result: dict, box: str) -> str:
+    """What the demo prints last: where to look at its result, and the next commands to try on the same series."""
+    outputs = result["outputs"]
+    look = [f"  {out / name}" for name in outputs.values() if name]
+    return "\n".join(
+        [
+            "",
+            "what to look at:",
+            *look,
+            "  open the series and mask.nii.gz (as a segmentation) in 3D Slicer or ITK-SNAP; seg.dcm opens in any "
+            "DICOM-SEG viewer; result.json says why propagation stopped (docs/result-schema.md)",
+            "what to try next (docs/walkthrough.md explains each step):",
+            f"  {prog} ask {dicom_dir} --box {box} --no-propagate --out medseg-out/key-slice",
+            f"  {prog} ask {dicom_dir} --box {box} --session medseg-session --out medseg-out/round1",
+            f"  {prog} export medseg-session --format seg,sr,nifti --to medseg-out/export",
+        ]
+    )

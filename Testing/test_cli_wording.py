@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from MedSegReasoning.cli import demo_next_steps, main, print_summary
+from MedSegReasoning.cli import main, print_summary
+from MedSegReasoning.console import demo_next_steps
 
 
 @pytest.mark.parametrize("command", ["sample", "ask", "demo", "eval"])
@@ -43,7 +44,9 @@ def test_why_propagation_stopped_reads_as_a_sentence(capsys):
 
 
 def test_the_demo_ends_with_what_to_look_at_and_what_to_try():
-    text = demo_next_steps(Path("medseg-sample/dicom"), Path("medseg-out/demo"), _result({}), "1,2,3,4,5")
+    text = demo_next_steps(
+        "medseg-reasoning", Path("medseg-sample/dicom"), Path("medseg-out/demo"), _result({}), "1,2,3,4,5"
+    )
     assert "what to look at:" in text and str(Path("medseg-out/demo/mask.nii.gz")) in text
     assert "what to try next" in text and "docs/walkthrough.md" in text
     assert "ask medseg-sample/dicom --box 1,2,3,4,5 --no-propagate" in text and "--session" in text
