@@ -436,16 +436,14 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from .dialogue.refine import refine_entity
     from .pipeline import check_prompt
     from .segmentation.factory import check_spec, create_segmenter, default_store_root
-    from .volume import default_window, load_volume, window_by_name
+    from .volume import default_window, window_by_name
 
     correction = parse_correction(args)
     check_spec(args.segmenter)
     if not (args.session / "session.json").is_file():
         raise InputError(f"there is no session in {args.session}: run `ask … --session {args.session}` first.")
     prepare_out_dir(args.out, args.force)
-    t0 = time.perf_counter()
-    volume = load_volume(args.input, series_uid=args.series)
-    timings = {"load_s": time.perf_counter() - t0}
+    volume, timings = read_volume(args.input, args.series)
     session = open_session(args.session, volume, path=volume.source.path or None)
     entity = session.entity(args.refine)  # an unknown entity is refused before any model loads
     check_prompt(volume, correction.prompt)
