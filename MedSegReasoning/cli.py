@@ -517,6 +517,7 @@ def print_summary(result: dict, out: Path) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     from .sample import build_sample
 
+    status(f"preparing the sample DICOM series in {args.out} (built on the first run only)...")
     folder = build_sample(args.out)
     print(f"sample DICOM series in {folder}")
     return EXIT_OK
@@ -526,6 +527,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import VoxelPrompt
     from .sample import build_sample, read_sample_description
 
+    status(f"preparing the sample DICOM series in {args.sample_dir} (built on the first run only)...")
     dicom_dir = build_sample(args.sample_dir)
     info = read_sample_description(args.sample_dir)
     i0, j0, i1, j1, k = (info["box"][key] for key in ("i0", "j0", "i1", "j1", "k"))
