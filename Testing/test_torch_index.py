@@ -144,3 +144,67 @@ def test_slicer_installer_installs_torch_from_the_chosen_index_first_saying_the_
     offline = bs.BackendSetup(venv_dir=tmp_path / "v2", pip_args=["--no-index"], torch_source=lambda: _never(""))
     offline.install()
     assert calls == [([bs.DEFAULT_REQUIREMENT], ["--no-index"])]
+
+
+_FAKE_PYTHON = """#!/bin/bash
+# python3 for install.sh: the real one runs torch_index.py; "-m venv DIR" makes a venv whose python logs pip's args
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+  mkdir -p "$3/bin"
+  printf '%s\\n' '#!/bin/bash' 'echo "$*" >> "$PIP_LOG"' \\
+    'case "$*" in *--index-url*) [ -n "$FAIL_INDEX" ] && exit 1;; esac' 'exit 0' > "$3/bin/python"
+  chmod +x "$3/bin/python"
+  exit 0
+fi
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "fail_index", "torch_lines"),
+    [
+        ("https://idx.example/cpu", "", ["--index-url https://idx.example/cpu torch==2.14.1 torchvision==0.29.1"]),
+        (
+            "https://idx.example/cpu",
+            "1",
+            [
+                "--index-url https://idx.example/cpu torch==2.14.1 torchvision==0.29.1",
+                "torch==2.14.1 torchvision==0.29.1",
+            ],
+        ),
+        ("pypi", "", ["torch==2.14.1 torchvision==0.29.1"]),
+    ],
+)
+def test_install_sh_installs_torch_from_the_chosen_index_and_falls_back_to_pypi(
+    tmp_path, setting, fail_index, torch_lines
+):
+    """The whole of install.sh with pip faked (and no apt-get on the PATH): the pip commands it runs, in order."""
+    import shutil
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "MedSegReasoning" / "slicer").mkdir(parents=True)
+    shutil.copy(ROOT / "install.sh", repo)
+    shutil.copy(ROOT / "MedSegReasoning" / "slicer" / "torch_index.py", repo / "MedSegReasoning" / "slicer")
+    tools = tmp_path / "bin"  # only what install.sh needs, so that apt-get is absent
+    tools.mkdir()
+    for tool in ("bash", "sed", "dirname", "mkdir", "chmod", "id", "cat", "printf"):
+        if found := shutil.which(tool):
+            (tools / tool).symlink_to(found)
+    fake = tmp_path / "python3"
+    fake.write_text(_FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "pip.log"
+    env = {
+        "PATH": str(tools),
+        "PYTHON": str(fake),
+        "REAL_PYTHON": sys.executable,
+        "PIP_LOG": str(log),
+        "FAIL_INDEX": fail_index,
+        "MEDSEG_TORCH_INDEX": setting,
+    }
+    out = subprocess.run(["bash", "./install.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith("install.sh: torch from")  # the choice comes first
+    assert ("falling back to PyPI" in out.stderr) == bool(fail_index)
+    pip = [line.removeprefix("-m pip install -q ") for line in log.read_text().splitlines()]
+    assert pip == ["--upgrade pip", *torch_lines, "-e .[test,sample]"]
