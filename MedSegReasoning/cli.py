@@ -373,6 +373,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
             "--box I0,J0,I1,J1,K and/or --point I,J,K[,0|1]."
         )
     check_spec(args.segmenter, box=prompt is None or prompt.box is not None)  # before any model starts loading
+    if prompt is None:
+        from .reasoning.spec import check_spec_form
+
+        check_spec_form(args.reasoner or DEFAULT_REASONER_SPEC)
     prepare_out_dir(args.out, args.force)
     options = AskOptions(
         out=args.out,

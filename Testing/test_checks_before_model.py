@@ -47,6 +47,8 @@ def series(tmp_path_factory):
         (["--box", "20,4,40,27,1"], 2, "lies outside the slice"),  # needs the volume, not the model
         (["--box", "0,0,5,5,1"], 2, "uniform region"),
         (["--box", "4,4,27,27,9"], 2, "slice K=9 does not exist"),
+        (["Segment the block.", "--reasoner", "bogus:x"], 2, "unknown reasoner 'bogus:x'"),
+        (["Segment the block.", "--reasoner", "replay:"], 2, "needs a file after the colon"),
     ],
 )
 def test_ask_refuses_before_any_model_loads(series, tmp_path, capsys, loads, extra, code, message):
