@@ -25,6 +25,7 @@ def loads(monkeypatch) -> list[str]:
         raise ModelError("this test loads no model")
 
     monkeypatch.setattr(factory, "_create", recording_loader)
+    monkeypatch.setattr(factory, "_preloads", {})
     return calls
 
 

@@ -121,6 +121,7 @@ def test_ask_says_it_loads_the_segmenter_before_the_model_starts(tmp_path, monke
 
     monkeypatch.setattr(sys, "stderr", err)
     monkeypatch.setattr(factory, "_create", fake_create)
+    monkeypatch.setattr(factory, "_preloads", {})  # a build an earlier test preloaded must not stand in
     code = cli.main(["ask", str(tmp_path / "s"), "--box", "4,4,27,27,1", "--out", str(tmp_path / "out")])
     assert code == 3 and seen_at_load, err.getvalue()
     assert "loading the segmenter (litemedsam)" in seen_at_load[0]
