@@ -4,10 +4,12 @@
 #     the tests start on loopback with their own storage; the system service the package starts is disabled),
 #     gcc (the tests build a tiny shim that keeps that Orthanc on 127.0.0.1), nginx-light + openssl (the tests
 #     run docs/deployment.md's TLS reverse-proxy config in front of two backend replicas);
-#   - a virtual environment in .venv with the engine, its CLI (.venv/bin/medseg-reasoning) and the test tools.
+#   - a virtual environment in .venv with the engine, its CLI (.venv/bin/medseg-reasoning) and the test tools;
+#     torch's CPU build on Linux without an NVIDIA GPU where PyTorch's CPU index answers ($MEDSEG_TORCH_INDEX
+#     names another index, or "pypi"); the disk it will take is printed first.
 # Safe to run again: it only adds what is missing.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "${BASH_SOURCE[0]}")"
 
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES="dicom3tools orthanc orthanc-dicomweb gcc nginx-light openssl"
@@ -37,10 +39,32 @@ install_apt_packages() {
   done
 }
 
-install_apt_packages
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# torch and torchvision must be a matching pair (the Qwen-VL processors and LiteMedSAM's TinyViT need both).
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q -e ".[test,sample]"
-echo "install.sh: ready: .venv/bin/medseg-reasoning --help"
+# Where torch comes from (MedSegReasoning/slicer/torch_index.py, the rule the Slicer installer follows too): on Linux
+# without an NVIDIA GPU, PyTorch's CPU wheel index when it answers a short probe (about 4.4 GB instead of 9.2 GB),
+# else PyPI, saying why. Sets TORCH_INDEX (empty: PyPI) and prints the choice and the disk it will take.
+choose_torch_index() {
+  local choice
+  choice=$("$PYTHON" MedSegReasoning/slicer/torch_index.py)
+  TORCH_INDEX=$(printf '%s\n' "$choice" | sed -n 1p)
+  echo "install.sh: $(printf '%s\n' "$choice" | sed -n 2p)"
+}
+
+main() {
+  choose_torch_index
+  install_apt_packages
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch and torchvision must be a matching pair (the Qwen-VL processors and LiteMedSAM's TinyViT need both).
+  if [ -n "$TORCH_INDEX" ] && ! .venv/bin/python -m pip install -q --index-url "$TORCH_INDEX" "torch==2.14.1" "torchvision==0.29.1"; then
+    echo "install.sh: installing torch from $TORCH_INDEX failed: falling back to PyPI's build" >&2
+    TORCH_INDEX=""
+  fi
+  [ -n "$TORCH_INDEX" ] || .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/python -m pip install -q -e ".[test,sample]"
+  echo "install.sh: ready: .venv/bin/medseg-reasoning --help"
+}
+
+# Sourced (the tests do, to call choose_torch_index), it only defines the functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import PROG, __version__
+from .console import PropagationBar, demo_next_steps, status
 from .wire.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SERVICE, InputError, MedSegError
 
 EXIT_CODES_HELP = f"""exit codes:
@@ -106,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_serve_parser(sub)
 
-    sample = sub.add_parser("sample", help="only build the sample DICOM series", epilog=EXIT_CODES_HELP)
+    sample = sub.add_parser(
+        "sample",
+        help="only build the sample DICOM series",
+        description="Build the sample DICOM series (MNI152 brain template) and sample.json with the demo's box.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sample.add_argument("out", type=Path, nargs="?", default=Path("medseg-sample"), help="folder to build it in")
     _add_eval_parser(sub)
     return parser
@@ -370,8 +377,19 @@ class AskOptions:
     propagate: bool = True
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
+def read_volume(source, series_uid: str | None):
+    """Read the volume, saying so first (a compressed series takes seconds). The segmenter is opened only after the
+    checks that need the volume passed: a model still opening on a thread when a check fails could abort the exit."""
     from .volume import load_volume
+
+    status(f"reading {source}...")
+    t0 = time.perf_counter()
+    volume = load_volume(source, series_uid=series_uid)
+    return volume, {"load_s": time.perf_counter() - t0}
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .segmentation.factory import check_spec
 
     if args.refine is not None or args.erase is not None:
         return cmd_refine(args)
@@ -381,6 +399,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
             "nothing to segment: ask a QUESTION (answered by --reasoner) or give a prompt with "
             "--box I0,J0,I1,J1,K and/or --point I,J,K[,0|1]."
         )
+    check_spec(args.segmenter, box=prompt is None or prompt.box is not None)  # before any model starts loading
+    if prompt is None:
+        from .reasoning.spec import check_spec_form
+
+        check_spec_form(args.reasoner or DEFAULT_REASONER_SPEC)
     prepare_out_dir(args.out, args.force)
     options = AskOptions(
         out=args.out,
@@ -390,12 +413,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         segmenter=args.segmenter,
         propagate=not args.no_propagate,
     )
-    from .segmentation.factory import default_store_root, preload
-
-    preload(args.segmenter, embedding_store=default_store_root())  # opens the model while the volume is read
-    t0 = time.perf_counter()
-    volume = load_volume(args.input, series_uid=args.series)
-    timings = {"load_s": time.perf_counter() - t0}
+    volume, timings = read_volume(args.input, args.series)
     if prompt is not None and args.session is None:
         run_ask(volume, prompt, options, timings)
         return EXIT_OK
@@ -449,23 +467,24 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from .dialogue import open_session
     from .dialogue.refine import refine_entity
     from .pipeline import check_prompt
-    from .segmentation.factory import create_segmenter, default_store_root
-    from .volume import default_window, load_volume, window_by_name
+    from .segmentation.factory import check_spec, create_segmenter, default_store_root
+    from .volume import default_window, window_by_name
 
     correction = parse_correction(args)
+    check_spec(args.segmenter)
     if not (args.session / "session.json").is_file():
         raise InputError(f"there is no session in {args.session}: run `ask … --session {args.session}` first.")
     prepare_out_dir(args.out, args.force)
-    t0 = time.perf_counter()
-    volume = load_volume(args.input, series_uid=args.series)
-    timings = {"load_s": time.perf_counter() - t0}
+    volume, timings = read_volume(args.input, args.series)
     session = open_session(args.session, volume, path=volume.source.path or None)
     entity = session.entity(args.refine)  # an unknown entity is refused before any model loads
     check_prompt(volume, correction.prompt)
     window = window_by_name(args.window, volume) if args.window else default_window(volume)
+    status(f"loading the segmenter ({args.segmenter})...")
     t0 = time.perf_counter()
     segmenter = create_segmenter(args.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = time.perf_counter() - t0
+    status(f"correcting {entity.id} on slice {correction.prompt.k}")
     from .conversation import write_round_outputs
     from .dialogue.store import rolled_back_on_failure
 
@@ -486,10 +505,12 @@ def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> d
     check_prompt(volume, prompt, window)
     from .segmentation.factory import create_segmenter, default_store_root
 
+    status(f"loading the segmenter ({options.segmenter})...")
     t0 = time.perf_counter()
     segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = time.perf_counter() - t0
-    with _progress_bar(enabled=options.propagate) as progress:
+    status(f"segmenting slice {prompt.k}" + (", then following the structure through the slices" * options.propagate))
+    with PropagationBar(enabled=options.propagate) as progress:
         target = segment_target(
             volume, segmenter, window, prompt, label=options.label, propagate_3d=options.propagate, progress=progress
         )
@@ -506,33 +527,12 @@ def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> d
     return result
 
 
-class _progress_bar:
-    """A tqdm bar on stderr fed by the propagation's (done, total) callback."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        return self._update
-
-    def _update(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc="propagating", unit="slice", file=sys.stderr, leave=False)
-        self.bar.update(done - self.bar.n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .sample import build_sample
 
+    status(f"preparing the sample DICOM series in {args.out} (built on the first run only)...")
     folder = build_sample(args.out)
     print(f"sample DICOM series in {folder}")
     return EXIT_OK
@@ -541,8 +541,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import VoxelPrompt
     from .sample import build_sample, read_sample_description
-    from .volume import load_volume
 
+    status(f"preparing the sample DICOM series in {args.sample_dir} (built on the first run only)...")
     dicom_dir = build_sample(args.sample_dir)
     info = read_sample_description(args.sample_dir)
     i0, j0, i1, j1, k = (info["box"][key] for key in ("i0", "j0", "i1", "j1", "k"))
@@ -550,10 +550,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"sample: {dicom_dir}")
     print(f"prompt: --box {i0},{j0},{i1},{j1},{k} ({structure})")
     prepare_out_dir(args.out, force=True)
-    t0 = time.perf_counter()
-    volume = load_volume(dicom_dir)
+    volume, timings = read_volume(dicom_dir, None)
     options = AskOptions(out=args.out, label=structure, segmenter=args.segmenter)
-    run_ask(volume, VoxelPrompt(k=k, box=(i0, j0, i1, j1)), options, {"load_s": time.perf_counter() - t0})
+    result = run_ask(volume, VoxelPrompt(k=k, box=(i0, j0, i1, j1)), options, timings)
+    print(demo_next_steps(PROG, dicom_dir, args.out, result, f"{i0},{j0},{i1},{j1},{k}"))
     return EXIT_OK
 
 
@@ -689,6 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        _settle_preloads()
         return exc.exit_code
     except KeyboardInterrupt:
         print(
@@ -717,6 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run again with --debug for the traceback and report it.",
             file=sys.stderr,
         )
+        _settle_preloads()
         return 1
 
 
@@ -745,6 +747,15 @@ def _tolerant_stdout() -> None:
     outputs were written."""
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
+
+
+def _settle_preloads() -> None:
+    """Before an error exit, let a segmenter still opening on a preload thread finish: exiting while it is inside
+    OpenVINO aborts the process ("terminate called without an active exception", exit 134) instead of the documented
+    exit code. Only the dialogue path preloads (while the reasoner loads); its checks run before that."""
+    factory = sys.modules.get("MedSegReasoning.segmentation.factory")
+    if factory is not None:
+        factory.settle_preloads()
 
 
 if __name__ == "__main__":  # pragma: no cover

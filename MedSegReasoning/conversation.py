@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .console import RoundProgress, status
 from .reasoning.spec import ReasonerOptions  # the CLI builds it from --reasoner and friends
 from .wire.errors import InputError
 
@@ -29,7 +30,7 @@ def run_round_ask(
     from .dialogue import Session, TargetSpec, open_session
     from .dialogue.ask import ask_round
     from .pipeline import check_prompt
-    from .segmentation.factory import create_segmenter, default_store_root
+    from .segmentation.factory import create_segmenter, default_store_root, preload
     from .volume import default_window, window_by_name
 
     window = window_by_name(options.window, volume) if options.window else default_window(volume)
@@ -42,8 +43,10 @@ def run_round_ask(
         else Session.for_volume(volume, path=source_path)
     )
     reasoner = None
-    if prompt is None:
+    if prompt is None:  # the segmenter opens on a thread while the reasoner loads (the checks above came first)
+        preload(options.segmenter, embedding_store=default_store_root())
         reasoner = _create_reasoner(reasoner_options, timings)
+    status(f"loading the segmenter ({options.segmenter})...")
     t0 = time.perf_counter()
     segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
     timings["model_load_s"] = timings.get("model_load_s", 0.0) + time.perf_counter() - t0
@@ -85,12 +88,13 @@ def _cli_io(stream: bool):
     return RoundIO(
         on_text=_stream_to_stdout if stream else None,
         on_answer=end_answer if stream else None,
-        progress=_stage_printer(),
+        progress=RoundProgress(),
         on_warning=lambda message: print(message, file=sys.stderr),
     )
 
 
 def _create_reasoner(reasoner_options: ReasonerOptions, timings: dict[str, float]):
+    status(f"loading the reasoner ({reasoner_options.spec})...")
     t0 = time.perf_counter()
     reasoner = reasoner_options.create()
     timings["reasoner_load_s"] = time.perf_counter() - t0
@@ -114,14 +118,6 @@ def _encode_ahead(segmenter, reasoner):
 def _stream_to_stdout(chunk: str) -> None:
     sys.stdout.write(chunk)
     sys.stdout.flush()
-
-
-def _stage_printer():
-    def progress(stage: str, fraction: float) -> None:
-        if stage != "done":
-            print(f"[{fraction:4.0%}] {stage}", file=sys.stderr)
-
-    return progress
 
 
 def write_round_outputs(volume, session, rnd, options, window, segmenter, reasoner, answers, timings) -> dict:

@@ -109,7 +109,7 @@ def print_summary(result: dict, out: Path) -> None:
             print(f"  {t['findings']}")
         if t["propagation"]:
             for direction, why in t["propagation"]["stopped"].items():
-                print(f"  propagation {direction}: stopped at {why}")
+                print(f"  propagation {direction} stopped{' at' if why.startswith('slice ') else ':'} {why}")
     written = [name for name in result["outputs"].values() if name]
     print(f"wrote {', '.join(written)} to {out}")
     for warning in result["warnings"]:

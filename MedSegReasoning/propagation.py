@@ -41,13 +41,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .propagation_span import SpanProgress
 from .segmentation.base import Prediction, Prompt2D, Segmenter, box_from_mask
 from .volume.core import Volume
 from .volume.shapes import interpolate_masks, largest_component
 from .volume.windowing import Window, render_slice
 
 ProgressCallback = Callable[[int, int], None]
-"""Called with (slices visited so far, upper bound on slices to visit)."""
+"""Called with (slices visited so far, slices the structure can span: ``propagation_span``; equal at the end)."""
 
 
 @dataclass(frozen=True)
@@ -353,8 +354,9 @@ def propagate(
     tissue = key_tissue(volume, key_slice, key_mask, config)
     budget = nk if config.max_slices is None else min(nk, config.max_slices)
     visited = 1
-    if progress:
-        progress(visited, budget)
+    expected = SpanProgress.expected_side(key_mask, volume.geometry.spacing)
+    span = SpanProgress(progress, key_slice, nk, budget, expected)
+    span.report()
     for direction, step in (("up", 1), ("down", -1)):
         previous = key_mask
         k = key_slice + step
@@ -381,8 +383,7 @@ def propagate(
                         result.interpolated_slices.append(between)
                     mask3d[far] = mask
                     visited += tried
-                    if progress:
-                        progress(visited, budget)
+                    span.advance(direction, tried)
                     previous, k = mask, far + step
                     skipped = True
                     break
@@ -397,14 +398,14 @@ def propagate(
             outcome, mask = next_slice(volume, segmenter, window, k, previous, config, tissue)
             result.outcomes.append(outcome)
             visited += 1
-            if progress:
-                progress(visited, budget)
+            span.advance(direction, 1)
             if not outcome.accepted:
                 result.stop_reasons[direction] = f"slice {k}: {outcome.reason}"
                 break
             mask3d[k] = mask
             previous = mask
             k += step
+        span.stop(direction)
     result.mask = largest_component(mask3d)
     return result
 

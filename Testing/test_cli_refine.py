@@ -129,7 +129,8 @@ def test_refine_usage_errors_exit_2_and_leave_the_session(series, session, tmp_p
     argv = ["ask", str(series), "--session", str(session), *args, "--out", str(tmp_path / "r2")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+    said = [line for line in err.splitlines() if not line.startswith("reading ")]  # the status line before a read
+    assert message in err and "Traceback" not in err and len(said) == 1, err
     assert len(load_session(session).rounds) == 1, "a refused correction leaves the session as it was"
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..pipeline import VoxelPrompt, check_prompt, segment_prompt
-from ..propagation import DEFAULT_PROPAGATION, PropagationConfig, segment_slice
+from ..propagation import DEFAULT_PROPAGATION, ProgressCallback, PropagationConfig, segment_slice
 from ..reasoning.base import ReasoningContext
 from ..segmentation.base import Segmenter, embedding_mark, work_since
 from ..volume.core import Volume
@@ -106,6 +106,7 @@ def segment_candidate(
     propagate_3d: bool = True,
     strategy: str = "initial",
     config: PropagationConfig = DEFAULT_PROPAGATION,
+    progress: ProgressCallback | None = None,
 ) -> Candidate:
     """One attempt: key-slice mask, then (optionally) propagation. An empty key-slice mask is a candidate too
     (judgment rejects it and correction can retry), not an error; a prompt outside the volume is (InputError).
@@ -116,7 +117,7 @@ def segment_candidate(
     if prompt.is_axial and not propagate_3d:  # the common cheap case, without a full-volume array
         prediction = segment_slice(volume, segmenter, window, prompt.k, prompt.to_prompt2d())
         return Candidate(slice_to_compact(prompt.k, prediction.mask), prediction.score, prompt, False, strategy)
-    seg = segment_prompt(volume, segmenter, window, prompt, propagate_3d=propagate_3d, config=config)
+    seg = segment_prompt(volume, segmenter, window, prompt, propagate_3d=propagate_3d, config=config, progress=progress)
     if seg.empty:
         return Candidate(CompactMask.empty(), seg.score, prompt, propagate_3d, strategy)
     if seg.propagation is None:
@@ -187,10 +188,12 @@ def run_round(
             if n >= config.max_targets:
                 rnd.targets.append(_refused(target, len(plan.targets), config.max_targets))
                 continue
+            stage = f"target {n + 1} of {len(plan.targets)}: {target.label}"
             if progress:
-                progress(f"target {n + 1} of {len(plan.targets)}: {target.label}", n / max(len(plan.targets), 1))
+                progress(stage, n / max(len(plan.targets), 1))
+            on_slices = _slice_progress(progress, stage, n, len(plan.targets))
             record = _run_target(
-                session, volume, segmenter, window, rnd, target, implicit, asked_relation, config, ask_again
+                session, volume, segmenter, window, rnd, target, implicit, asked_relation, config, ask_again, on_slices
             )
             rnd.targets.append(record)
             if record.status == "clarification":
@@ -212,6 +215,27 @@ def _refused(target: TargetSpec, named: int, cap: int) -> TargetRecord:
         status="refused",
         error=f"the answer named {named} targets and at most {cap} are segmented per answer: ask for this one again",
     )
+
+
+def _slice_progress(
+    progress: ProgressFn | None, stage: str, n: int, count: int
+) -> Callable[[str], ProgressCallback] | None:
+    """Propagation's ``(done, total)`` as round progress, per attempt (``strategy``): the stage "<target>:
+    propagating slice 12 of 40" (a correction's attempt is named: "<target>: retry-...: propagating ..."), the
+    round's fraction moving through target ``n``'s share. Why: a 2-minute propagation must not read "[0%]"."""
+    if progress is None:
+        return None
+    share = 1.0 / max(count, 1)
+
+    def for_attempt(strategy: str) -> ProgressCallback:
+        head = stage if strategy == "initial" else f"{stage}: {strategy}"
+
+        def on_slice(done: int, total: int) -> None:
+            progress(f"{head}: propagating slice {done} of {total}", share * (n + done / max(total, 1)))
+
+        return on_slice
+
+    return for_attempt
 
 
 def round_models(segmenter: Segmenter, reasoner_identity: Mapping[str, Any] | None) -> dict[str, dict]:
@@ -265,6 +289,7 @@ def _run_target(
     asked_relation: str | None,
     config: RoundConfig,
     ask_again: Callable[[TargetSpec, list[str]], VoxelPrompt | None] | None,
+    on_slices: Callable[[str], ProgressCallback] | None = None,
 ) -> TargetRecord:
     record = TargetRecord(label=target.label, prompt=target.prompt.to_dict(), ref_text=target.ref)
     ref, ok = _resolve(session, target.ref, record, rnd)
@@ -292,7 +317,8 @@ def _run_target(
     record.timings["terminology_s"] = time.perf_counter() - t0
 
     def segment(prompt: VoxelPrompt, prop: bool, strategy: str) -> Candidate:
-        return segment_candidate(volume, segmenter, window, prompt, prop, strategy, config.propagation)
+        on_slice = on_slices(strategy) if on_slices else None
+        return segment_candidate(volume, segmenter, window, prompt, prop, strategy, config.propagation, on_slice)
 
     def judge_fn(candidate: Candidate, attempt: int):
         return judge(candidate, session.geometry, session.shape, expectation, config.judgment, attempt)

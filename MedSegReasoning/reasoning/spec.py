@@ -59,10 +59,9 @@ def create_reasoner(
     ``convention`` and ``prompt_style`` override what the model's architecture or its entry in
     ``data/models.json`` implies. ``options`` are backend-specific (sampling, timeouts, retries).
     """
-    scheme, sep, rest = spec.strip().partition(":")
+    check_spec_form(spec)
+    scheme, _, rest = spec.strip().partition(":")
     scheme = scheme.lower()
-    if not sep or scheme not in ("hf", "openai", "replay"):
-        raise InputError(f"unknown reasoner '{spec}': use one of {', '.join(SPEC_FORMS)}.")
     if scheme == "hf":
         return _hf(
             rest, allow_download, device, dtype, cache_dir, convention, prompt_style, max_new_tokens, progress, options
@@ -72,9 +71,17 @@ def create_reasoner(
     _reject_options(options, set(), "replay")
     from .replay import ReplayReasoner
 
-    if not rest.strip():
-        raise InputError("the reasoner spec 'replay:' needs a file after the colon, e.g. replay:answers.jsonl.")
     return ReplayReasoner(rest.strip(), convention=convention, prompt_style=prompt_style or "contract")
+
+
+def check_spec_form(spec: str) -> None:
+    """What ``create_reasoner`` refuses before loading anything (an unknown form, ``replay:`` without a file), for
+    front ends to call before they start other models: a typo must not wait for, or behind, a model load."""
+    scheme, sep, rest = spec.strip().partition(":")
+    if not sep or scheme.lower() not in ("hf", "openai", "replay"):
+        raise InputError(f"unknown reasoner '{spec}': use one of {', '.join(SPEC_FORMS)}.")
+    if scheme.lower() == "replay" and not rest.strip():
+        raise InputError("the reasoner spec 'replay:' needs a file after the colon, e.g. replay:answers.jsonl.")
 
 
 def _hf(rest, allow_download, device, dtype, cache_dir, convention, prompt_style, max_new_tokens, progress, options):

@@ -14,6 +14,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+POINTS_ONLY_MESSAGE = (
+    "LiteMedSAM was trained with box prompts: add a box around the structure (CLI: --box I0,J0,I1,J1,K), "
+    "or use a segment-anything checkpoint, which accepts points alone"
+)
+"""Why LiteMedSAM refuses points without a box; here (import-free) so front ends can refuse before loading it."""
+
 
 @dataclass(frozen=True)
 class Prompt2D:

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ..wire.errors import InputError, ModelError
-from .base import Segmenter
+from .base import POINTS_ONLY_MESSAGE, Segmenter
 from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -73,6 +73,15 @@ def preload(
     threading.Thread(target=build, name="medseg-segmenter-preload", daemon=True).start()
 
 
+def settle_preloads() -> None:
+    """Wait for the segmenters still being built on preload threads (their results or errors are dropped): a process
+    must not exit while a build is inside a native library, which can abort it."""
+    with _preloads_lock:
+        pending = list(_preloads.values())
+    for future in pending:
+        future.exception()
+
+
 def create_segmenter(
     spec: str = "litemedsam",
     *,
@@ -107,6 +116,34 @@ def create_segmenter(
     return _create(spec, device=device, backend=backend, cache_bytes=cache_bytes, embedding_store=embedding_store)
 
 
+def check_spec(spec: str, *, box: bool = True) -> None:
+    """Refuse, without building anything, what ``create_segmenter(spec)`` would refuse only after loading: an
+    unknown or incomplete spec, a checkpoint file that is not there, and a prompt the model cannot take (LiteMedSAM
+    was trained on boxes: ``box=False``, points alone, is refused). Front ends call it before they start a model, so
+    a wrong option costs no model load (20-30 s on a busy machine)."""
+    scheme, path = _parse_spec(spec)
+    if scheme == "litemedsam" and not box:
+        raise InputError(POINTS_ONLY_MESSAGE + ".")
+    if path is not None and scheme != "litemedsam" and not path.is_file():
+        raise ModelError(f"Checkpoint file {path} does not exist: check the path in the segmenter spec {spec!r}.")
+
+
+def _parse_spec(spec: str) -> tuple[str, Path | None]:
+    """``(scheme, checkpoint path or None)`` of a spec; ``InputError`` for a form ``create_segmenter`` cannot build."""
+    scheme, sep, rest = spec.strip().partition(":")
+    scheme = scheme.lower()
+    path = Path(rest).expanduser() if sep else None
+    if sep and not rest:
+        raise InputError(f"Segmenter spec {spec!r} names no checkpoint file after ':': give {scheme}:PATH.")
+    if scheme == "litemedsam":
+        return scheme, path
+    if not (scheme in ("sam", "medsam") or (scheme.startswith("sam-") and scheme[4:] in SAM_MODEL_TYPES)):
+        raise InputError(f"Unknown segmenter {spec!r}: use one of {', '.join(VALID_SPECS)}.")
+    if path is None:
+        raise InputError(f"Segmenter {scheme!r} needs a local checkpoint file: give {scheme}:PATH.")
+    return scheme, path
+
+
 def _create(
     spec: str,
     *,
@@ -116,11 +153,7 @@ def _create(
     embedding_store: str | Path | None,
     decoder_in_background: bool = False,
 ) -> Segmenter:
-    scheme, sep, rest = spec.strip().partition(":")
-    scheme = scheme.lower()
-    path = Path(rest).expanduser() if sep else None
-    if sep and not rest:
-        raise InputError(f"Segmenter spec {spec!r} names no checkpoint file after ':': give {scheme}:PATH.")
+    scheme, path = _parse_spec(spec)
     cache = EmbeddingCache(cache_bytes)
 
     if scheme == "litemedsam":
@@ -132,13 +165,8 @@ def _create(
         _attach_store(lite, embedding_store, lite.backend)
         return lite
 
-    model_type: str | None = None
-    if scheme.startswith("sam-") and scheme[4:] in SAM_MODEL_TYPES:
-        model_type = scheme[4:]
-    elif scheme not in ("sam", "medsam"):
-        raise InputError(f"Unknown segmenter {spec!r}: use one of {', '.join(VALID_SPECS)}.")
-    if path is None:
-        raise InputError(f"Segmenter {scheme!r} needs a local checkpoint file: give {scheme}:PATH.")
+    model_type = scheme[4:] if scheme.startswith("sam-") else None
+    assert path is not None  # _parse_spec: every segment-anything spec names its checkpoint
     if not path.is_file():
         raise ModelError(f"Checkpoint file {path} does not exist: check the path in the segmenter spec {spec!r}.")
     if backend not in (None, "torch"):

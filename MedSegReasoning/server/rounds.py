@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..dialogue.ask import RoundIO, ask_round
+from ..console import split_slice_stage
 from ..dialogue.records import Round
 from ..dialogue.rounds import TargetSpec
 from ..pipeline import VoxelPrompt, check_prompt
@@ -145,6 +146,7 @@ class RoundRun:
         self.window: Window | None = None
         self._last_progress = 0.0
         self._segment_calls = 0
+        self._propagating = False
         self._fraction = 0.0
         self._text: list[str] = []
         self._text_sent = 0.0
@@ -239,6 +241,8 @@ class RoundRun:
 
     def _on_segment_call(self) -> None:
         self._segment_calls += 1
+        if self._propagating:  # the per-slice stage events say more than "segmenting" would
+            return
         now = time.monotonic()
         if now - self._last_progress >= _PROGRESS_EVERY_S:
             self._last_progress = now
@@ -350,8 +354,15 @@ class RoundRun:
             self._progress("segmenting", _REASONING_END)
 
     def _on_target_progress(self, stage: str, fraction: float) -> None:
-        """``run_round``'s per-target stages; its final "done" is where the round is saved."""
+        """``run_round``'s per-target stages and per-slice propagation ("...: propagating slice 12 of 40", at most
+        every ``_PROGRESS_EVERY_S`` but always its last slice); its final "done" is where the round is saved."""
         start = _REASONING_END if not self.request.prompts else 0.0
+        _, slices = split_slice_stage(stage)
+        self._propagating = slices is not None and slices[0] < slices[1]
+        now = time.monotonic()
+        if self._propagating and now - self._last_progress < _PROGRESS_EVERY_S:
+            return
+        self._last_progress = now
         self._progress("saving" if stage == "done" else stage, start + (_SEGMENTING_END - start) * fraction)
 
     def _done_data(self, status: str, t0: float, rnd=None, reason: str = "") -> dict:

@@ -33,6 +33,7 @@ from .child_process import run_logged
 from .device import DEVICE_PROBE, DeviceInfo, detect_device
 from .pip_install import PipProgress, create_venv, pip_install
 from .setup_status import Cancelled, SetupFailed, State, Status, StatusCallback
+from .torch_index import TorchSource, choose_torch_source
 
 DEFAULT_REQUIREMENT = "medseg-reasoning"
 
@@ -59,6 +60,8 @@ class BackendSetup:
     pip_args: Sequence[str] = ()
     server_args: Sequence[str] = ()
     on_status: StatusCallback | None = None
+    torch_source: Callable[[], TorchSource] = field(default=lambda: choose_torch_source(engine_only=True))
+    """Where torch comes from (``torch_index``); asked at Install, and only when ``pip_args`` names no index."""
     status: Status = field(init=False)
     device: DeviceInfo | None = field(default=None, init=False)
     server: Any = field(default=None, init=False)
@@ -87,7 +90,8 @@ class BackendSetup:
         return Status(
             State.NOT_INSTALLED,
             "The reasoning backend is not installed.",
-            f"Press Install to set it up in {self.venv_dir} (a few GB), or connect to a server.",
+            f"Press Install to set it up in {self.venv_dir} (about 2.3 GB with torch's CPU build, 7.2 GB with its "
+            "CUDA build), or connect to a server.",
         )
 
     def cancel(self) -> None:
@@ -101,6 +105,7 @@ class BackendSetup:
         try:
             if not is_installed(self.venv_dir):
                 create_venv(self.base_python, self.venv_dir, self.log_path, cancel=self._cancel, on_status=self._set)
+            self._install_torch()
             pip_install(
                 self.python,
                 self.requirements,
@@ -118,6 +123,24 @@ class BackendSetup:
             raise
         self._set(Status(State.STARTING, f"Installed. Device: {self.device.describe()}", "Press Start."))
         return self.device
+
+    def _install_torch(self) -> None:
+        """torch first, from the index ``torch_index`` chooses (the CPU build on Linux without an NVIDIA GPU), the
+        choice and the disk it takes said before it starts; the engine's own install then finds torch in place. A
+        site's ``pip_args`` (its own index, or offline wheels) decide for themselves: nothing is probed then."""
+        if self.pip_args:
+            return
+        source = self.torch_source()
+        self._set(Status(State.INSTALLING, source.message()[0].upper() + source.message()[1:], fraction=0.0))
+        if source.index_url:
+            pip_install(
+                self.python,
+                ["torch", "torchvision"],
+                self.log_path,
+                pip_args=source.pip_args,
+                cancel=self._cancel,
+                on_status=self._set,
+            )
 
     def start(self, *, server_factory: Callable[..., Any] | None = None) -> Any:
         """Start the server from the venv through the wire's ``LocalServer``; returns its ``MedSegClient``.

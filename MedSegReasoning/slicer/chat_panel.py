@@ -65,6 +65,7 @@ QT_NAMES = (
     "QPlainTextEdit",
     "QScrollArea",
     "QFrame",
+    "QProgressBar",
     "QTimer",
     "Qt",
 )
@@ -143,6 +144,10 @@ class ChatPanel:
         self.status = Q.QLabel("Ready." if backend else "Not connected.", self.widget)
         self.status.setWordWrap(True)
         outer.addWidget(self.status)
+        self.progress = Q.QProgressBar(self.widget)  # the round's progress events' fraction; hidden between rounds
+        self.progress.setRange(0, 100)
+        self.progress.setVisible(False)
+        outer.addWidget(self.progress)
         self.context_line = Q.QLabel("", self.widget)
         self.context_line.setWordWrap(True)
         self.context_line.setStyleSheet("color: #2a5d8f; font-size: 11px;")
@@ -364,6 +369,8 @@ class ChatPanel:
             view.append_reasoning(str(data.get("text", "")))
         elif kind == "progress":
             self.status.setText(describe_progress(data))
+            if data.get("fraction") is not None:
+                self.progress.setValue(round(100 * float(data["fraction"])))
         elif kind == "target" and view is not None:
             chip = EntityChip.from_event(data)
             self.chips[chip.id] = view.add_chip(chip, self._select, self.review)
@@ -455,6 +462,8 @@ class ChatPanel:
     def _set_running(self, running: bool) -> None:
         self.send_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self.progress.setValue(0)
+        self.progress.setVisible(running)
 
 
 def _quietly(fn: Callable[[], None]) -> None:

@@ -20,17 +20,13 @@ from .._embedding import (
     logits_to_mask,
     resolve_device,
 )
-from ..base import ModelIdentity, Prompt2D
+from ..base import POINTS_ONLY_MESSAGE, ModelIdentity, Prompt2D
 from ..cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .checkpoint import INPUT_SIZE, PINNED_PACKAGE, default_weights_path, verify_weights
 from .runtime import BACKENDS, CPU_ONLY_BACKENDS, OnnxRuntime, default_backend
 from .transforms import preprocess
 
 log = logging.getLogger(__name__)
-POINTS_ONLY_MESSAGE = (
-    "LiteMedSAM was trained with box prompts: add a box around the structure (CLI: --box I0,J0,I1,J1,K), "
-    "or use a segment-anything checkpoint, which accepts points alone"
-)
 
 
 # -- the segmenter ------------------------------------------------------------------------------------------
