@@ -174,3 +174,18 @@ def test_consistency_with_the_referenced_entity(relation, mask, passes):
     reference = CompactMask.from_dense(_blob(5, 15, 20, 30, 20, 30))
     check = _checks(_candidate(mask), reference=reference, reference_id="E1", relation=relation)["relation"]
     assert check.status == ("pass" if passes else "fail"), check.detail
+
+
+def test_a_key_slice_only_mask_is_not_judged_as_a_whole_organ():
+    """Regression (#16): ``--no-propagate`` on a liver gave "UNCERTAIN … mL is less than a liver can plausibly hold"."""
+    one_slice = _blob(12, 12, 20, 40, 20, 40)  # ~7 mL: a cross-section, far below a liver's volume
+    assert _checks(_candidate(one_slice), label="liver")["size"].failed  # propagated, it would be implausible
+    size = _checks(_candidate(one_slice, propagated=False), label="liver")["size"]
+    assert size.status == "skip" and "key slice only" in size.detail
+    verdict = judge(_candidate(one_slice, propagated=False), GEOMETRY, SHAPE, _expect("liver"))
+    assert verdict.accepted, verdict.reasons()
+
+
+def _expect(label):
+    coded = TERM.match(label, use_embedding=False)
+    return Expectation(TERM.type_of(coded), coded.modifier.value if coded.modifier else None)
