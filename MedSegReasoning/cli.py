@@ -200,6 +200,12 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
         help="point prompt; last value 1 = foreground (default), 0 = background; repeatable",
     )
     ask.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use when the folder holds several")
+    ask.add_argument(
+        "--assign-uids",
+        action="store_true",
+        help="for a DICOM series with blank Study/Series UIDs: give the SEG's references UIDs derived from the "
+        "voxels' content hash (the same every run; recorded in result.json) instead of writing no SEG",
+    )
     ask.add_argument("--label", default=None, help="name of the segmented structure (default: Segment 1)")
     ask.add_argument("--no-propagate", action="store_true", help="segment the key slice only")
     ask.add_argument(
@@ -341,6 +347,7 @@ class AskOptions:
     window: str | None = None
     segmenter: str = "litemedsam"
     propagate: bool = True
+    assign_uids: bool = False  # blank source UIDs get ones derived from the content hash (export/assigned_uids.py)
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -362,6 +369,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         window=args.window,
         segmenter=args.segmenter,
         propagate=not args.no_propagate,
+        assign_uids=args.assign_uids,
     )
     from .segmentation.factory import default_store_root, preload
 
@@ -493,8 +501,21 @@ def print_summary(result: dict, out: Path) -> None:
                 print(f"  propagation {direction}: stopped at {why}")
     written = [name for name in result["outputs"].values() if name]
     print(f"wrote {', '.join(written)} to {out}")
+    if result.get("assigned_uids"):
+        print(f"  {describe_assigned(result['assigned_uids'])}; seg.dcm references them (result.json: assigned_uids)")
     for warning in result["warnings"]:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
+
+
+def describe_assigned(record: dict) -> str:
+    """result.json's ``assigned_uids`` in one line."""
+    names = {
+        "study_instance_uid": "study",
+        "series_instance_uid": "series",
+        "frame_of_reference_uid": "frame of reference",
+    }
+    uids = ", ".join(f"{names[k]} {v}" for k, v in record.items() if k in names)
+    return f"the source series had blank UIDs; assigned from its content hash: {uids}"
 
 
 class _progress_bar:

@@ -34,7 +34,12 @@ def write_ask_outputs(
     both), ``seg.dcm`` for DICOM input, ``overview.png`` and ``result.json`` into ``options.out``; returns the
     result record."""
     from .atomic import staged_outputs
-    from .export.dicom_seg import AlgorithmInfo, SourceNotReferenceableError, write_dicom_seg
+    from .export.dicom_seg import (
+        AlgorithmInfo,
+        SourceNotReferenceableError,
+        read_source_headers_with_uids,
+        write_dicom_seg,
+    )
     from .result import build_result, write_result
     from .volume.itk_io import write_label_image
 
@@ -49,7 +54,10 @@ def write_ask_outputs(
         if volume.source.dicom is not None and segments:
             algorithm = AlgorithmInfo(identity.name, f"{__version__} weights sha256:{identity.sha256[:12]}")
             try:
-                write_dicom_seg(volume, segments, staging / "seg.dcm", algorithm)
+                headers, assigned = read_source_headers_with_uids(volume, getattr(options, "assign_uids", False))
+                if assigned is not None and assigned.assigned:  # recorded, so the user can find them again
+                    extra = {**(extra or {}), "assigned_uids": assigned.to_dict()}
+                write_dicom_seg(volume, segments, staging / "seg.dcm", algorithm, source=headers)
                 outputs["seg"] = "seg.dcm"
             except SourceNotReferenceableError as exc:  # the mask is still good: keep it, say why no SEG
                 warnings.append(f"no seg.dcm: {exc}")
