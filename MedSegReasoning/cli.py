@@ -502,20 +502,11 @@ def print_summary(result: dict, out: Path) -> None:
     written = [name for name in result["outputs"].values() if name]
     print(f"wrote {', '.join(written)} to {out}")
     if result.get("assigned_uids"):
-        print(f"  {describe_assigned(result['assigned_uids'])}; seg.dcm references them (result.json: assigned_uids)")
+        from .export.assigned_uids import describe_record
+
+        print(f"  {describe_record(result['assigned_uids'])}; seg.dcm references them (result.json: assigned_uids)")
     for warning in result["warnings"]:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
-
-
-def describe_assigned(record: dict) -> str:
-    """result.json's ``assigned_uids`` in one line."""
-    names = {
-        "study_instance_uid": "study",
-        "series_instance_uid": "series",
-        "frame_of_reference_uid": "frame of reference",
-    }
-    uids = ", ".join(f"{names[k]} {v}" for k, v in record.items() if k in names)
-    return f"the source series had blank UIDs; assigned from its content hash: {uids}"
 
 
 class _progress_bar:

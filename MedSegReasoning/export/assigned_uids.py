@@ -70,3 +70,14 @@ def fill_blank_uids(headers: list, derived: AssignedUids) -> AssignedUids:
                 if not ds.get(keyword):
                     setattr(ds, keyword, derived.uids[key])
     return AssignedUids(derived.content_sha256, derived.uids, tuple(assigned))
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """result.json's ``assigned_uids`` in one line, for the terminal."""
+    names = {
+        "study_instance_uid": "study",
+        "series_instance_uid": "series",
+        "frame_of_reference_uid": "frame of reference",
+    }
+    uids = ", ".join(f"{names[k]} {v}" for k, v in record.items() if k in names)
+    return f"the source series had blank UIDs; assigned from its content hash: {uids}"
