@@ -205,6 +205,12 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
         help="point prompt; last value 1 = foreground (default), 0 = background; repeatable",
     )
     ask.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use when the folder holds several")
+    ask.add_argument(
+        "--assign-uids",
+        action="store_true",
+        help="for a DICOM series with blank Study/Series UIDs: give the SEG's references UIDs derived from the "
+        "voxels' content hash (the same every run; recorded in result.json) instead of writing no SEG",
+    )
     ask.add_argument("--label", default=None, help="name of the segmented structure (default: Segment 1)")
     ask.add_argument("--no-propagate", action="store_true", help="segment the key slice only")
     ask.add_argument(
@@ -375,6 +381,7 @@ class AskOptions:
     window: str | None = None
     segmenter: str = "litemedsam"
     propagate: bool = True
+    assign_uids: bool = False  # blank source UIDs get ones derived from the content hash (export/assigned_uids.py)
 
 
 def read_volume(source, series_uid: str | None):
@@ -412,6 +419,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         window=args.window,
         segmenter=args.segmenter,
         propagate=not args.no_propagate,
+        assign_uids=args.assign_uids,
     )
     volume, timings = read_volume(args.input, args.series)
     if prompt is not None and args.session is None:

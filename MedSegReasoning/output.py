@@ -38,7 +38,12 @@ def write_ask_outputs(
     both), ``seg.dcm`` for DICOM input, ``overview.png`` and ``result.json`` into ``options.out``; returns the
     result record."""
     from .atomic import staged_outputs
-    from .export.dicom_seg import AlgorithmInfo, SourceNotReferenceableError, write_dicom_seg
+    from .export.dicom_seg import (
+        AlgorithmInfo,
+        SourceNotReferenceableError,
+        read_source_headers_with_uids,
+        write_dicom_seg,
+    )
     from .result import build_result, write_result
     from .volume.itk_io import write_label_image
 
@@ -55,7 +60,10 @@ def write_ask_outputs(
         if volume.source.dicom is not None and segments:
             algorithm = AlgorithmInfo(identity.name, f"{__version__} weights sha256:{identity.sha256[:12]}")
             try:
-                write_dicom_seg(volume, segments, staging / "seg.dcm", algorithm)
+                headers, assigned = read_source_headers_with_uids(volume, getattr(options, "assign_uids", False))
+                if assigned is not None and assigned.assigned:  # recorded, so the user can find them again
+                    extra = {**(extra or {}), "assigned_uids": assigned.to_dict()}
+                write_dicom_seg(volume, segments, staging / "seg.dcm", algorithm, source=headers)
                 outputs["seg"] = "seg.dcm"
             except SourceNotReferenceableError as exc:  # the mask is still good: keep it, say why no SEG
                 warnings.append(f"no seg.dcm: {exc}")
@@ -112,5 +120,9 @@ def print_summary(result: dict, out: Path) -> None:
                 print(f"  propagation {direction} stopped{' at' if why.startswith('slice ') else ':'} {why}")
     written = [name for name in result["outputs"].values() if name]
     print(f"wrote {', '.join(written)} to {out}")
+    if result.get("assigned_uids"):
+        from .export.assigned_uids import describe_record
+
+        print(f"  {describe_record(result['assigned_uids'])}; seg.dcm references them (result.json: assigned_uids)")
     for warning in result["warnings"]:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)

@@ -174,3 +174,36 @@ def test_consistency_with_the_referenced_entity(relation, mask, passes):
     reference = CompactMask.from_dense(_blob(5, 15, 20, 30, 20, 30))
     check = _checks(_candidate(mask), reference=reference, reference_id="E1", relation=relation)["relation"]
     assert check.status == ("pass" if passes else "fail"), check.detail
+
+
+def test_a_key_slice_only_mask_is_not_judged_as_a_whole_organ():
+    """Regression (#16): ``--no-propagate`` on a liver gave "UNCERTAIN … mL is less than a liver can plausibly hold"."""
+    one_slice = _blob(12, 12, 20, 40, 20, 40)  # ~7 mL: a cross-section, far below a liver's volume
+    asked_whole = judge(_candidate(one_slice, propagated=False), GEOMETRY, SHAPE, _expect("liver"))
+    size = {c.name: c for c in asked_whole.checks}["size"]
+    assert size.failed  # a correction's key-slice fallback when the whole liver was asked for: still implausible
+    asked_slice = judge(_candidate(one_slice, propagated=False), GEOMETRY, SHAPE, _expect("liver", whole=False))
+    size = {c.name: c for c in asked_slice.checks}["size"]
+    assert size.status == "skip" and "key slice only" in size.detail
+    assert asked_slice.accepted, asked_slice.reasons()
+
+
+def test_a_no_propagate_round_is_judged_as_one_slice():
+    """The round knows what was asked: a ``propagate=False`` target's first attempt (one kidney slice, a few mL) is
+    accepted, its size check skipped; before #16 it failed "less than a kidney can plausibly hold"."""
+    volume, labels = abdomen_volume(), abdomen_labels()
+    k = int(np.argmax((labels == KIDNEY).sum(axis=(1, 2))))
+    jj, ii = np.nonzero(labels[k] == KIDNEY)
+    prompt = VoxelPrompt(
+        k, (int(ii.min()), int(jj.min()), int(ii.max()), int(jj.max())), ((int(ii.mean()), int(jj.mean())),), (1,)
+    )
+    plan = RoundPlan(targets=(TargetSpec("left kidney", prompt, propagate=False),))
+    rnd = run_round(Session.for_volume(volume), volume, LabelOracle(labels), WINDOW, "the left kidney", plan)
+    first = rnd.targets[0].judgments[0]
+    assert not first.propagated and first.accepted, first.reasons()
+    assert {c.name: c for c in first.checks}["size"].status == "skip"
+
+
+def _expect(label, whole=True):
+    coded = TERM.match(label, use_embedding=False)
+    return Expectation(TERM.type_of(coded), coded.modifier.value if coded.modifier else None, whole_structure=whole)

@@ -7,7 +7,8 @@ almost always returns *something*. So each candidate is checked against what can
 - ``score``: the segmenter's own quality estimate (predicted IoU) on the key slice;
 - ``size``: volume in mL against the plausible range of its label (``volume_ml`` in ``data/terminology.json``;
   unknown labels get no size check; only the upper bound applies when the mask touches the edge of the scanned
-  volume, because the structure may continue outside it);
+  volume, because the structure may continue outside it; skipped where the user asked for the key slice only
+  (``Expectation.whole_structure``), since one slice of a liver is not a liver);
 - ``connected``: one 3D piece (two for a "right and left" structure);
 - ``propagation``: it ran away: propagation stopped at a leak, or stopped after one slice although the mask is
   much wider than a slice is thick;
@@ -91,6 +92,9 @@ class Expectation:
     reference: CompactMask | None = None
     reference_id: str | None = None
     relation: str | None = None  # inside | contains | adjacent | disjoint | None
+    # what was asked: the whole structure (propagated), or its key slice only (``--no-propagate``). Only a whole
+    # structure is judged against the label's plausible volume; a correction's key-slice fallback is not "asked".
+    whole_structure: bool = True
 
     def __post_init__(self) -> None:
         if self.relation is not None and self.relation not in RELATIONS:
@@ -244,6 +248,15 @@ def _check_size(mask: CompactMask, volume_ml: float, shape: tuple[int, int, int]
     value = round(volume_ml, 3)
     if bounds is None:
         return Check("size", SKIP, value, "no typical volume for this label", "no size check for this label")
+    if not e.whole_structure:  # one slice was asked for: a cross-section's volume says nothing of the whole's
+        lo, hi = bounds
+        return Check(
+            "size",
+            SKIP,
+            value,
+            f"{lo:g}-{hi:g} mL (for a propagated 3D mask)",
+            "key slice only (not propagated): the volume of one slice is not judged against the whole structure's",
+        )
     lo, hi = bounds
     expected = f"{lo:g}-{hi:g} mL"
     assert e.term is not None

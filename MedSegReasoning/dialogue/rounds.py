@@ -313,6 +313,7 @@ def _run_target(
         reference=session.entity(ref).mask if ref else None,
         reference_id=ref,
         relation=record.relation,
+        whole_structure=target.propagate,
     )
     record.timings["terminology_s"] = time.perf_counter() - t0
 

@@ -80,6 +80,12 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seg-type", choices=("auto", "binary", "labelmap"), default="auto", help="DICOM-SEG encoding")
     parser.add_argument(
+        "--assign-uids",
+        action="store_true",
+        help="for a source series with blank Study/Series UIDs: reference it by UIDs derived from the voxels' content "
+        "hash (the same ones `ask --assign-uids` records)",
+    )
+    parser.add_argument(
         "--deidentify", action="store_true", help="de-identify the SEG and SR (PS3.15 Annex E basic profile)"
     )
     parser.add_argument("--deid-map", type=Path, metavar="FILE", help="local UID/pseudonym remapping file")
@@ -167,13 +173,15 @@ def _build_dicom(export_set, formats: list[str], args: argparse.Namespace, notes
         if series:
             notes.append("--series is only read for seg and sr: left unused.")
         return {}
-    from .dicom_seg import build_dicom_seg, read_source_headers
+    from .dicom_seg import build_dicom_seg, read_source_headers_with_uids
     from .source_check import load_checked_source
     from .sr import build_measurement_report
 
     seg_type = _seg_type(args.seg_type, formats)
     volume = load_checked_source(export_set, series=series, notes=notes)
-    headers = read_source_headers(volume)
+    headers, assigned = read_source_headers_with_uids(volume, getattr(args, "assign_uids", False))
+    if assigned is not None:
+        notes.append(assigned.describe() if assigned.assigned else "--assign-uids: the series has its own UIDs, kept.")
     seg = build_dicom_seg(volume, export_set.seg_specs(), export_set.models.algorithm(), seg_type, headers)
     objects: dict[str, Any] = {"seg": seg}
     if "sr" in formats:

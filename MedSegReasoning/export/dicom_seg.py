@@ -33,6 +33,7 @@ from ..dialogue.records import PALETTE
 from ..terminology.codes import Code
 from ..volume.core import Volume
 from ..wire.errors import InputError
+from .assigned_uids import AssignedUids, derive_uids, fill_blank_uids
 
 SERIES_DESCRIPTION = "MedSegReasoning SEG - research use only"
 MANUFACTURER = "MedSegReasoning"
@@ -90,9 +91,11 @@ def write_dicom_seg(
     out_path: Path,
     algorithm: AlgorithmInfo,
     seg_type: str = "binary",
+    source: Sequence[Any] | None = None,
 ) -> Path:
-    """Write ``segments`` as a DICOM-SEG referencing ``volume``'s source series; returns ``out_path``."""
-    seg = build_dicom_seg(volume, segments, algorithm, seg_type)
+    """Write ``segments`` as a DICOM-SEG referencing ``volume``'s source series (``source``: its headers, e.g. with
+    assigned UIDs, when the caller has read them); returns ``out_path``."""
+    seg = build_dicom_seg(volume, segments, algorithm, seg_type, source)
     with atomic_output(out_path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     return out_path
@@ -187,13 +190,20 @@ def _check_segments(volume: Volume, segments: Sequence[SegmentSpec]) -> None:
 def read_source_headers(volume: Volume) -> list:
     """The source images' headers (no pixels: a SEG and an SR only reference them), checked to be the very files
     the volume was read from."""
+    return read_source_headers_with_uids(volume, assign_uids=False)[0]
+
+
+def read_source_headers_with_uids(volume: Volume, assign_uids: bool) -> tuple[list, AssignedUids | None]:
+    """``read_source_headers``; with ``assign_uids``, blank Study/Series/Frame of Reference UIDs are filled in
+    (in memory) with UIDs derived from the volume's content hash (``assigned_uids.py``), returned with the headers."""
     import pydicom
 
     info = volume.source.dicom
     if info is None:
         raise InputError(
             f"DICOM-SEG needs a DICOM input, but {volume.source.path or 'this volume'} is {volume.source.kind}: "
-            "use the NIfTI mask (mask.nii.gz) or a .seg.nrrd instead."
+            "use the NIfTI mask (mask.nii.gz) or a .seg.nrrd instead, or, with the DICOM series this image was "
+            "made from, `medseg-reasoning export RESULT_DIR --format seg --series DICOM_DIR`."
         )
     datasets = []
     for path in info.files:
@@ -213,13 +223,16 @@ def read_source_headers(volume: Volume) -> list:
                 f"the source file {ds.filename} changed since it was read (its SOP Instance UID differs): "
                 "run the segmentation again on the current series."
             )
+    assigned = fill_blank_uids(datasets, derive_uids(volume)) if assign_uids else None
     missing = [name for name in ("StudyInstanceUID", "SeriesInstanceUID") if not datasets[0].get(name)]
     if missing:
         raise SourceNotReferenceableError(
             f"the source series has no {' or '.join(missing)} (it was probably anonymised with its UIDs blanked), "
-            "so a DICOM-SEG could not reference it: use mask.nii.gz, or give the series proper UIDs first."
+            "so a DICOM-SEG could not reference it: add --assign-uids (UIDs derived from the voxels, recorded in "
+            "result.json), or give the series proper UIDs and run `medseg-reasoning export RESULT_DIR --format seg "
+            "--series DICOM_DIR`; mask.nii.gz needs no UIDs."
         )
-    return datasets
+    return datasets, assigned
 
 
 def _fill_instance_identity_from_file_meta(ds) -> None:

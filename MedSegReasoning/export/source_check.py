@@ -57,7 +57,7 @@ def load_checked_source(
     from ..volume.loader import load_volume
 
     if series:
-        volume = _load_given_series([Path(p).expanduser() for p in series], export_set, load_volume)
+        volume = _load_given_series([Path(p).expanduser() for p in series], export_set, load_volume, notes)
         how = _check_given_series(export_set, volume)
         export_set.volume = volume
         if notes is not None:
@@ -78,28 +78,32 @@ def load_checked_source(
                 f"the source image {path} of {export_set.origin} no longer exists: restore it there (DICOM-SEG and "
                 "SR must reference it), or export seg-nrrd or nifti, which need no source."
             )
-        volume = _load_local(path, export_set, load_volume)
+        volume = _load_local(path, export_set, load_volume, notes)
     _check_same_source(export_set, volume)
     export_set.volume = volume
     return volume
 
 
-def _load_local(path: str, export_set: ExportSet, load_volume) -> Volume:
+def _load_local(path: str, export_set: ExportSet, load_volume, notes: list[str] | None = None) -> Volume:
     try:
         return load_volume(path)
     except InputError:
         uid = export_set.recorded_uids.get("series_instance_uid")
         if not uid:
             raise
-        return load_volume(path, series_uid=uid)  # a folder with several series: the recorded one
+        volume = load_volume(path, series_uid=uid)  # a folder with several series: the recorded one, said aloud
+        if notes is not None:
+            notes.append(f"{path} holds several series: used {uid}, the one {export_set.origin} was segmented on.")
+        return volume
 
 
 def _check_same_source(export_set: ExportSet, volume: Volume) -> None:
     path = export_set.source_path
     if volume.source.dicom is None:
         raise InputError(
-            f"DICOM-SEG and SR need a DICOM source, but {path} is {volume.source.kind}: "
-            "export seg-nrrd or nifti instead (--format seg-nrrd,nifti)."
+            f"DICOM-SEG and SR need a DICOM source, but {path} is {volume.source.kind}: give the DICOM series it "
+            "was made from with --series DICOM_DIR (its voxels must match), or export seg-nrrd or nifti instead "
+            "(--format seg-nrrd,nifti)."
         )
     mismatch = _uid_mismatch(export_set, volume)
     if mismatch is not None:
@@ -123,12 +127,12 @@ def _check_same_source(export_set: ExportSet, volume: Volume) -> None:
 # A series given with --series
 
 
-def _load_given_series(paths: list[Path], export_set: ExportSet, load_volume) -> Volume:
+def _load_given_series(paths: list[Path], export_set: ExportSet, load_volume, notes: list[str] | None = None) -> Volume:
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise InputError(f"--series {missing[0]} does not exist: give the DICOM series folder, or its files.")
     if len(paths) == 1:
-        return _load_local(str(paths[0]), export_set, load_volume)
+        return _load_local(str(paths[0]), export_set, load_volume, notes)
     folders = [p for p in paths if p.is_dir()]
     if folders:
         raise InputError(

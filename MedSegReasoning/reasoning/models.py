@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..wire.errors import InputError, ModelError, ServiceError
+from .replay import without_weights_hint
 
 MODELS_DIR_ENV = "MEDSEG_MODELS_DIR"
 ALLOW_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json", "*.txt", "*.jinja", "tokenizer*")
@@ -255,9 +256,10 @@ def resolve_hf_spec(
     if allow_download:
         return pull_model(repo_id, cache_dir, progress), known
     pull_name = known.name if known else repo_id
+    size = f" ({known.size_gb:g} GB)" if known else ""
     raise ModelError(
-        f"the reasoner model {repo_id} is not downloaded (looked in {_cache(cache_dir)}): fetch it with "
-        f"`medseg-reasoning models pull {pull_name}`, or pass --allow-download."
+        f"the reasoner model {repo_id} is not downloaded (looked in {_cache(cache_dir)}): fetch it{size} with "
+        f"`medseg-reasoning models pull {pull_name}`, or pass --allow-download; {without_weights_hint()}."
     )
 
 
@@ -340,8 +342,8 @@ def read_model_type(folder: Path, pull_hint: str = "NAME") -> str:
     if not folder.is_dir():
         raise ModelError(
             f"the reasoner model folder {folder} does not exist: download the model with "
-            f"`medseg-reasoning models pull {pull_hint}` (see `medseg-reasoning models list`), or pass the folder "
-            "that holds it."
+            f"`medseg-reasoning models pull {pull_hint}` (see `medseg-reasoning models list` for sizes), or pass "
+            f"the folder that holds it; {without_weights_hint()}."
         )
     config_path = folder / "config.json"
     if not config_path.is_file():

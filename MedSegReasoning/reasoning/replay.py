@@ -30,6 +30,35 @@ from .prompts import PromptSet
 
 _CHUNK = 24  # characters per streamed chunk: the chat panel shows replayed text arriving like live text
 
+# The shipped example: two recorded answers (key slice, then box) for the demo series that `medseg-reasoning demo`
+# builds in ./medseg-sample, so the reasoner path can be tried before downloading any reasoner model.
+EXAMPLE_FILE = "demo-caudate.jsonl"
+EXAMPLE_SERIES = "medseg-sample/dicom"
+EXAMPLE_QUESTION = "Segment the head of the left caudate nucleus."
+
+
+def example_replay_path() -> Path:
+    """The installed path of the shipped replay example (package data)."""
+    return Path(__file__).resolve().parent.parent / "data" / "replay" / EXAMPLE_FILE
+
+
+def example_command() -> str:
+    """The ``ask`` command that runs the shipped replay example on the demo series (after ``demo`` built it)."""
+    import shlex
+
+    return (
+        f"medseg-reasoning ask {EXAMPLE_SERIES} {shlex.quote(EXAMPLE_QUESTION)} "
+        f"--reasoner {shlex.quote('replay:' + str(example_replay_path()))}"
+    )
+
+
+def without_weights_hint() -> str:
+    """What works without a reasoner model, for the messages that say one is missing."""
+    return (
+        "without any reasoner model, `--box I0,J0,I1,J1,K` segments a box you give, and the shipped replay example "
+        f"tries the reasoner path on the demo series (built by `medseg-reasoning demo`): `{example_command()}`"
+    )
+
 
 class ReplayReasoner(ChatReasoner):
     """Answers from ``path``; see the module docstring for the file format."""

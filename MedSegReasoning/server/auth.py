@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,45 @@ class TokenStore:
             if hmac.compare_digest(given, token.secret):
                 found = token.name
         return found
+
+    def hint(self, presented: str | None) -> str | None:
+        """Why a refused token may have been refused, when the mistake is recognisable: the whole ``name:token``
+        line of the token file sent instead of its token. Says nothing about any token's value."""
+        if not presented or ":" not in presented:
+            return None
+        name, _, rest = presented.partition(":")
+        if self.identify(rest.strip()) is not None:
+            return (
+                f"the token carries the name prefix '{name}:' from the token file's 'name:token' line: "
+                "send only the part after the first ':'"
+            )
+        return (
+            "the token contains ':' like a whole 'name:token' line of the token file: "
+            "send only the part after the first ':'"
+        )
+
+
+def shell_token_expression(path: Path) -> str:
+    """A shell expression (``$(...)``) that reads the first token of ``path``, so a ready-to-paste command can use
+    the token without the token itself ever being printed."""
+    quoted = shlex.quote(str(path))
+    try:
+        lines = Path(path).expanduser().read_text("utf-8").splitlines()
+    except OSError:
+        return f"$(cut -d: -f2- {quoted})"
+    meaningful = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    first = meaningful[0] if meaningful else ""
+    if len(lines) == 1 and ":" in first:
+        return f"$(cut -d: -f2- {quoted})"
+    if ":" in first:
+        name = first.partition(":")[0].strip().replace(".", "\\.")
+        return f"$(grep -m1 '^{name}:' {quoted} | cut -d: -f2-)"
+    return f"$(grep -m1 -v -e '^#' -e '^[[:space:]]*$' {quoted})"
+
+
+def curl_example(url: str, token_file: Path) -> str:
+    """A ``curl`` line that asks the server for its health, with the token read from the file at run time."""
+    return f'curl -H "Authorization: Bearer {shell_token_expression(token_file)}" {url}/v1/health'
 
 
 def default_token_file() -> Path:

@@ -164,6 +164,7 @@ def serve(
     import uvicorn
 
     from .app import create_app
+    from .auth import curl_example
 
     sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]
@@ -182,6 +183,10 @@ def serve(
             file=sys.stderr,
             flush=True,
         )
+        if token_path is not None:  # the token is read from the file by the shell, never printed
+            print(
+                f"medseg-reasoning serve: try it: {curl_example(ready['url'], token_path)}", file=sys.stderr, flush=True
+            )
         (announce or _print_stdout)(READY_PREFIX + json.dumps(ready))
 
     server = _AnnouncingServer(

@@ -48,24 +48,11 @@ class Guard:
         headers = _headers(scope)
         path = scope.get("path", "")
         status_box = {"status": 0}
-        token_name = self.tokens.identify(_bearer(headers.get("authorization")))
+        presented = _bearer(headers.get("authorization"))
+        token_name = self.tokens.identify(presented)
         try:
             if token_name is None:
-                missing = not headers.get("authorization")
-                await _send_error(
-                    send,
-                    ApiError(
-                        401,
-                        "token_missing" if missing else "token_invalid",
-                        "the request carries no token: send the header 'Authorization: Bearer <token>' with a token "
-                        "from the server's token file."
-                        if missing
-                        else "the token is not valid for this server: use a token from the file the server was "
-                        "started with (--token-file, or the file it printed at start).",
-                        {"WWW-Authenticate": "Bearer"},
-                    ),
-                    status_box,
-                )
+                await _send_error(send, self._refusal(headers, presented), status_box)
                 return
             send = _with_version_headers(send)
             refusal = _version_refusal(headers)
@@ -108,6 +95,23 @@ class Guard:
                 client=(scope.get("client") or ("?",))[0],
                 session=match.group(1) if match else None,
             )
+
+    def _refusal(self, headers: dict[str, str], presented: str | None) -> ApiError:
+        """401, with a hint where the mistake is recognisable (the whole ``name:token`` line sent)."""
+        if not headers.get("authorization"):
+            message = (
+                "the request carries no token: send the header 'Authorization: Bearer <token>' with a token "
+                "from the server's token file."
+            )
+            return ApiError(401, "token_missing", message, {"WWW-Authenticate": "Bearer"})
+        hint = self.tokens.hint(presented)
+        message = (
+            f"the token is not valid for this server: {hint}."
+            if hint
+            else "the token is not valid for this server: use a token from the file the server was "
+            "started with (--token-file, or the file it printed at start)."
+        )
+        return ApiError(401, "token_invalid", message, {"WWW-Authenticate": "Bearer"})
 
 
 def _version_refusal(headers: dict[str, str]) -> ApiError | None:

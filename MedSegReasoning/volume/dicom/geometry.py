@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -150,6 +152,15 @@ def _sort_along_normal(headers: Sequence[_Header]) -> list[_Header]:
     return [headers[int(i)] for i in order]
 
 
+def _distinct_names(a: Path, b: Path) -> tuple[str, str]:
+    """The two paths relative to their common folder: two copies of a series often share file names."""
+    try:
+        root = os.path.commonpath([a.parent, b.parent])
+    except ValueError:
+        return str(a), str(b)
+    return os.path.relpath(a, root), os.path.relpath(b, root)
+
+
 def _check_stack(ordered: Sequence[_Header]) -> None:
     """Sorted slices must be distinct, evenly spaced, and stacked straight along their normal."""
     normal = _slice_normal(ordered[0].orientation)
@@ -159,10 +170,12 @@ def _check_stack(ordered: Sequence[_Header]) -> None:
     duplicates = np.flatnonzero(steps < _DUPLICATE_MM)
     if duplicates.size:
         k = int(duplicates[0])
+        first, second = _distinct_names(ordered[k].path, ordered[k + 1].path)
+        copies = sum(1 for step in steps if step < _DUPLICATE_MM)
         raise InputError(
             f"two slices lie at the same position ({distances[k]:.3f} mm along the slice normal): "
-            f"{ordered[k].path.name} and {ordered[k + 1].path.name}; the folder holds a duplicated slice or several "
-            "acquisitions: remove the duplicates, or split them into separate series."
+            f"{first} and {second} ({copies} such pair(s)); the folder holds a duplicated slice or several "
+            "acquisitions, e.g. two copies of the series: remove the duplicates, or split them into separate series."
         )
     usual = float(np.median(steps))
     for k, step in enumerate(steps):

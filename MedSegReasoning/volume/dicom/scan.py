@@ -135,7 +135,7 @@ def _group_by_series(headers: Sequence[_Header]) -> dict[str, list[_Header]]:
 
 
 def _select_series(folder: Path, groups: dict[str, list[_Header]], series_uid: str | None) -> list[_Header]:
-    if series_uid:
+    if series_uid is not None:  # '' picks the series without a UID (a blanked copy beside one with UIDs)
         if series_uid in groups:
             return groups[series_uid]
         raise InputError(
@@ -155,7 +155,8 @@ def _list_series(groups: dict[str, list[_Header]]) -> str:
         ds = members[0].ds
         modality = getattr(ds, "Modality", "") or "?"
         description = getattr(ds, "SeriesDescription", "") or "no description"
-        items.append(f"{uid or '(no UID)'} ({modality}, '{description}', {len(members)} file(s))")
+        name = uid or "(no UID: --series '')"
+        items.append(f"{name} ({modality}, '{description}', {len(members)} file(s))")
     return "; ".join(items)
 
 
