@@ -88,7 +88,7 @@ def parse_round_request(body: Any, *, max_chars: int, max_prompts: int) -> Round
             raise bad_request("invalid_prompt", f"prompt {n} needs a box or at least one foreground point.")
         prompt = VoxelPrompt(
             k=p.slice,
-            box=tuple(p.box) if p.box is not None else None,  # type: ignore[arg-type]
+            box=tuple(p.box) if p.box is not None else None,
             points=tuple((int(x), int(y)) for x, y in p.points),
             labels=tuple(labels),
             orientation=p.orientation,
@@ -173,6 +173,7 @@ class RoundRun:
         """The request's own checks against the session (``prepare`` has checked its state): a reasoner for a bare
         question, the window's name, the prompts' bounds. A subclass for another kind of round replaces this."""
         s = self.session
+        assert s.volume is not None  # checked by ``prepare``
         if not self.request.prompts and not self.engine.has_reasoner:
             raise ApiError(
                 503,
@@ -197,7 +198,7 @@ class RoundRun:
             self.ctx.cancel.set()
 
     cancel_reason = ""
-    on_finished: Callable[[], None] | None = None
+    on_finished: Callable[[], object] | None = None
 
     # -- events (thread-safe) ---------------------------------------------------------------------------------------
     def emit(self, event: str, data: dict) -> None:
@@ -297,12 +298,14 @@ class RoundRun:
         """The round's work on its thread: the reasoner where the request has no prompts, then ``run_round``.
         ``models`` collects the names of the models used (for the audit log). A subclass replaces this."""
         s = self.session
+        assert s.dialogue is not None and s.volume is not None and self.window is not None  # set by ``prepare``
         reasoner = None
         if not self.request.prompts:
             if s.reasoner is None:
-                s.reasoner = self.engine.reasoner_factory()  # type: ignore[misc]
+                assert self.engine.reasoner_factory is not None  # ``check_request``: no prompts needs a reasoner
+                s.reasoner = self.engine.reasoner_factory()
             reasoner = s.reasoner
-            models["reasoner"] = reasoner.identity.name  # type: ignore[attr-defined]
+            models["reasoner"] = reasoner.identity.name
         self.audit.record("round.start", self.token, session=s.id, round=self.index, round_id=self.id, **models)
         with s.lock:
             return run_round(
@@ -332,10 +335,11 @@ class RoundRun:
         s = self.session
 
         def plan(question: str, context: dict) -> RoundPlan:
+            assert s.dialogue is not None and s.volume is not None and self.window is not None  # set by ``prepare``
             self._progress("reasoning", 0.02)
-            with encoding_ahead(self.engine.encode_ahead, s.volume, self.window, owner=self.id) as on_views:  # type: ignore[arg-type]
+            with encoding_ahead(self.engine.encode_ahead, s.volume, self.window, owner=self.id) as on_views:
                 answer = run_reasoning(
-                    s.volume,  # type: ignore[arg-type]
+                    s.volume,
                     QueuedReasoner(self.workers["reasoner"], reasoner, self.ctx),
                     question,
                     self.engine.strategy,
