@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .wire.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SERVICE, InputError, MedSegError
@@ -502,7 +503,7 @@ class _progress_bar:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar once the first update arrives (tqdm is imported then)
 
     def __enter__(self):
         if not self.enabled:
