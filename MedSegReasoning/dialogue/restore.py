@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..terminology.matcher import Terminology
 from ..volume.core import Volume
@@ -39,7 +40,7 @@ def load_session(folder: str | Path, *, terminology: Terminology | None = None) 
         )
     masks: dict[str, CompactMask] = {}
 
-    def mask_of(d: dict) -> CompactMask:
+    def mask_of(d: dict[str, Any]) -> CompactMask:
         name = d["mask"]["file"]
         if name not in masks:
             masks[name] = _read_mask(folder, name)

@@ -12,8 +12,9 @@ The format is documented in ``docs/session-format.md``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ def _read_mask(folder: Path, name: str) -> CompactMask:
     return mask
 
 
-def _round_to_dict(r: Round, mask_file) -> dict:
+def _round_to_dict(r: Round, mask_file: Callable[[CompactMask], str]) -> dict[str, Any]:
     return {
         "index": r.index,
         "question": r.question,
@@ -103,7 +104,7 @@ def _round_to_dict(r: Round, mask_file) -> dict:
     }
 
 
-def _round_from_dict(d: dict, mask_of) -> Round:
+def _round_from_dict(d: dict[str, Any], mask_of: Callable[[dict[str, Any]], CompactMask]) -> Round:
     return Round(
         index=int(d["index"]),
         question=d["question"],
