@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import PROG, __version__
 from .console import PropagationBar, demo_next_steps, status

@@ -11,13 +11,14 @@ pixel per voxel would look three times flatter than the anatomy.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .dialogue.records import PALETTE
-from .volume.core import PLANE_ORIENTATIONS, Volume, flips_to_superior_up, plane_array_axes, plane_volume
+from .volume.core import PLANE_ORIENTATIONS, Orientation, Volume, flips_to_superior_up, plane_array_axes, plane_volume
 from .volume.windowing import Window, render_slice
 
 PANEL_HEIGHT = 256  # pixels; a panel is narrower or wider as its physical extent requires
@@ -41,10 +42,11 @@ class OverviewTarget(NamedTuple):
     color: tuple[int, int, int] | None = None
 
 
-class Panel(NamedTuple):
+@dataclass(frozen=True)
+class Panel:  # not a NamedTuple: its ``index`` field would shadow tuple.index
     """Where a panel lies in the picture (``x0, y0, width, height``) and which plane of which orientation it shows."""
 
-    orientation: str
+    orientation: Orientation
     index: int
     box: tuple[int, int, int, int]
 
@@ -68,7 +70,7 @@ def render_overview_panels(
     key_slice = min(max(int(key_slice), 0), volume.shape[0] - 1)
     views = {o: plane_volume(volume, o, superior_up=True) for o in PLANE_ORIENTATIONS}
     flips = {o: flips_to_superior_up(volume, o) for o in PLANE_ORIENTATIONS}
-    rows: list[list[tuple[str, int, str]]] = [[("axial", key_slice, f"key slice: axial K={key_slice}")]]
+    rows: list[list[tuple[Orientation, int, str]]] = [[("axial", key_slice, f"key slice: axial K={key_slice}")]]
     for target, mask in zip(targets, masks, strict=True):
         centre = _centre(mask, volume.geometry.spacing)
         rows.append(
@@ -144,7 +146,7 @@ def _centre(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[int,
     voxels are still mask voxels): listing every voxel of a liver would take hundreds of MB."""
     count = int(np.count_nonzero(mask))
     if count == 0:
-        return tuple(n // 2 for n in mask.shape)  # type: ignore[return-value]
+        return tuple(n // 2 for n in mask.shape)
     axes = ((1, 2), (0, 2), (0, 1))
     centroid = np.array([np.arange(n) @ mask.sum(axis=a) / count for n, a in zip(mask.shape, axes, strict=True)])
     step = max(1, int(np.ceil((count / _CENTRE_SAMPLES) ** (1.0 / 3.0))))

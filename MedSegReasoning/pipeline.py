@@ -169,8 +169,8 @@ def check_prompt(volume: Volume, prompt: VoxelPrompt, window: Window | None = No
     if prompt.labels and not any(lab == 1 for lab in prompt.labels) and prompt.box is None:
         raise InputError("the prompt has only background points: add a box or at least one foreground point.")
     if window is not None:
-        plane = PlaneView.of(volume, prompt)
-        _check_region_has_content(render_slice(plane.volume, plane.prompt.k, window), plane.prompt.box, prompt)
+        view = PlaneView.of(volume, prompt)
+        _check_region_has_content(render_slice(view.volume, view.prompt.k, window), view.prompt.box, prompt)
 
 
 def _check_region_has_content(image: np.ndarray, box: tuple[int, int, int, int] | None, prompt: VoxelPrompt) -> None:

@@ -162,7 +162,7 @@ WORK_FIELDS = ("encoder_calls", "embedding_cache_hits", "segmented_slices", "int
 
 def work_fields(work: TargetWork | None) -> dict[str, int | None]:
     """A target's segmenter counts (``segmentation.base.TargetWork``) as result.json fields; null where unknown."""
-    return work.to_dict() if work is not None else dict.fromkeys(WORK_FIELDS)
+    return dict(work.to_dict()) if work is not None else dict.fromkeys(WORK_FIELDS)
 
 
 def _slice_range(mask) -> list[int] | None:

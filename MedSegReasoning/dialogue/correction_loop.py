@@ -148,7 +148,7 @@ def judge_and_correct(
 def _best(attempts: list[tuple[Candidate, Judgment]]) -> tuple[Candidate, Judgment]:
     """Passed beats failed; then fewer failed checks, a non-empty mask, a higher score; ties keep the earlier."""
 
-    def key(item: tuple[int, tuple[Candidate, Judgment]]):
+    def key(item: tuple[int, tuple[Candidate, Judgment]]) -> tuple[bool, int, bool, float, int]:
         n, (c, j) = item
         score = float(c.score) if np.isfinite(c.score) else 0.0
         return (j.accepted, -len(j.failures), j.voxels > 0, score, -n)

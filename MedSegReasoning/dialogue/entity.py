@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..terminology.codes import CodedTerminology
 from ..volume.core import PLANE_ORIENTATIONS
@@ -62,7 +63,7 @@ class Entity:
         """The coded name when there is one ("Left kidney"), else the label as given."""
         return self.terminology.display_name if self.terminology.coded else self.label
 
-    def to_dict(self, mask_file: str) -> dict:
+    def to_dict(self, mask_file: str) -> dict[str, Any]:
         return {
             "id": self.id,
             "label": self.label,
@@ -86,14 +87,14 @@ class Entity:
         }
 
     @staticmethod
-    def from_dict(d: dict, mask: CompactMask) -> Entity:
+    def from_dict(d: dict[str, Any], mask: CompactMask) -> Entity:
         return Entity(
             id=str(d["id"]),
             label=str(d["label"]),
             terminology=CodedTerminology.from_dict(d["terminology"]),
             mask=mask,
             key_slice=int(d["key_slice"]),
-            box=tuple(d["box"]) if d.get("box") else None,  # type: ignore[arg-type]
+            box=tuple(d["box"]) if d.get("box") else None,
             findings=str(d["findings"]),
             round=int(d["round"]),
             color=check_color(d["color"]),
@@ -110,7 +111,7 @@ class Entity:
         )
 
 
-def key_plane_json(plane: tuple[str, int] | None) -> dict | None:
+def key_plane_json(plane: tuple[str, int] | None) -> dict[str, Any] | None:
     """``{"orientation": "coronal", "slice": 250}``: the form ``session.json``, the wire and ``result.json`` share."""
     return None if plane is None else {"orientation": plane[0], "slice": int(plane[1])}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -34,7 +35,7 @@ class Measurements:
     max_diameter_mm: float | None  # on the key slice, edge to edge
     slice_range: tuple[int, int] | None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "voxels": self.voxels,
             "volume_ml": self.volume_ml,
@@ -44,13 +45,13 @@ class Measurements:
         }
 
     @staticmethod
-    def from_dict(d: dict) -> Measurements:
+    def from_dict(d: dict[str, Any]) -> Measurements:
         return Measurements(
             voxels=int(d["voxels"]),
             volume_ml=float(d["volume_ml"]),
             key_slice=d.get("key_slice"),
             max_diameter_mm=None if d.get("max_diameter_mm") is None else float(d["max_diameter_mm"]),
-            slice_range=tuple(d["slice_range"]) if d.get("slice_range") else None,  # type: ignore[arg-type]
+            slice_range=tuple(d["slice_range"]) if d.get("slice_range") else None,
         )
 
 

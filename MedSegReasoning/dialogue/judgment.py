@@ -22,6 +22,7 @@ Correction when a candidate fails is ``correction_loop.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -48,13 +49,13 @@ class Check:
     value: float | int | str | None
     expected: str
     detail: str = ""
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
         return self.status == FAIL
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "status": self.status,
@@ -65,7 +66,7 @@ class Check:
         }
 
     @staticmethod
-    def from_dict(d: dict) -> Check:
+    def from_dict(d: dict[str, Any]) -> Check:
         return Check(d["name"], d["status"], d["value"], d["expected"], d.get("detail", ""), dict(d.get("data", {})))
 
 
@@ -78,7 +79,7 @@ class Candidate:
     prompt: VoxelPrompt
     propagated: bool
     strategy: str = "initial"
-    stop_reasons: dict = field(default_factory=dict)
+    stop_reasons: dict[str, Any] = field(default_factory=dict)
     segmented_slices: int = 1  # slices the segmenter ran on for this mask (key plane + propagation's visits)
     interpolated_slices: int = 0  # slices skip-and-interpolate filled without the segmenter
 
@@ -124,7 +125,7 @@ class Judgment:
 
     attempt: int
     strategy: str
-    prompt: dict
+    prompt: dict[str, Any]
     propagated: bool
     checks: list[Check]
     voxels: int
@@ -147,7 +148,7 @@ class Judgment:
     def reasons(self) -> list[str]:
         return [f"{c.name}: {c.detail}" for c in self.failures]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "attempt": self.attempt,
             "strategy": self.strategy,
@@ -162,7 +163,7 @@ class Judgment:
         }
 
     @staticmethod
-    def from_dict(d: dict) -> Judgment:
+    def from_dict(d: dict[str, Any]) -> Judgment:
         return Judgment(
             attempt=int(d["attempt"]),
             strategy=str(d["strategy"]),

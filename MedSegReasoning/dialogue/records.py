@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from ..volume.core import Geometry, Volume
 from .entity import Color, Entity
@@ -63,7 +64,7 @@ class VolumeRecord:
             frame_of_reference_uid=dicom.frame_of_reference_uid if dicom else "",
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "content_sha256": self.content_hash,
@@ -75,7 +76,7 @@ class VolumeRecord:
             "dicom": self._dicom_dict(),
         }
 
-    def _dicom_dict(self) -> dict | None:
+    def _dicom_dict(self) -> dict[str, Any] | None:
         uids = {
             "study_instance_uid": self.study_instance_uid or None,
             "series_instance_uid": self.series_instance_uid or None,
@@ -84,7 +85,7 @@ class VolumeRecord:
         return uids if any(uids.values()) else None
 
     @staticmethod
-    def from_dict(d: dict) -> VolumeRecord:
+    def from_dict(d: dict[str, Any]) -> VolumeRecord:
         dicom = d.get("dicom") or {}
         return VolumeRecord(
             path=str(d["path"]),
@@ -103,7 +104,7 @@ class TargetRecord:
     """One target of a round: what was asked for, what it referred to, every judgment, and what came of it."""
 
     label: str
-    prompt: dict
+    prompt: dict[str, Any]
     ref: str | None = None  # resolved entity id
     ref_text: str | None = None  # as the reasoner wrote it
     relation: str | None = None
@@ -115,7 +116,7 @@ class TargetRecord:
     timings: dict[str, float] = field(default_factory=dict)
     work: dict[str, int] = field(default_factory=dict)  # segmentation.base.TargetWork.to_dict(); {} when unknown
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "prompt": self.prompt,
@@ -132,7 +133,7 @@ class TargetRecord:
         }
 
     @staticmethod
-    def from_dict(d: dict) -> TargetRecord:
+    def from_dict(d: dict[str, Any]) -> TargetRecord:
         return TargetRecord(
             label=d["label"],
             prompt=d["prompt"],
@@ -157,14 +158,15 @@ class Round:
     question: str
     reasoning: str = ""
     targets: list[TargetRecord] = field(default_factory=list)
-    references: list[dict] = field(default_factory=list)
-    clarification: dict | None = None
+    references: list[dict[str, Any]] = field(default_factory=list)
+    clarification: dict[str, Any] | None = None
     created: list[str] = field(default_factory=list)
     superseded: list[Entity] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     started: str = ""
     finished: str = ""
-    models: dict[str, dict] = field(default_factory=dict)  # role (segmenter, reasoner) -> identity used this round
+    # role (segmenter, reasoner) -> identity used this round
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def judgments(self) -> list[Judgment]:
@@ -179,9 +181,9 @@ class EditRecord:
     entity_id: str
     after_round: int
     time: str
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "entity_id": self.entity_id,
@@ -191,5 +193,5 @@ class EditRecord:
         }
 
     @staticmethod
-    def from_dict(d: dict) -> EditRecord:
+    def from_dict(d: dict[str, Any]) -> EditRecord:
         return EditRecord(d["kind"], d["entity_id"], int(d["after_round"]), d["time"], dict(d.get("detail", {})))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..terminology.matcher import Terminology
 from ..terminology.text import normalise, split_laterality
@@ -104,7 +105,7 @@ class Resolution:
     label: str | None = None
     related: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
             "entity_ids": list(self.entity_ids),
@@ -122,7 +123,7 @@ class Clarification:
     question: str
     candidates: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "question": self.question, "candidates": list(self.candidates)}
 
 
@@ -167,8 +168,8 @@ def find_references(question: str, entities: Sequence[Entity], terminology: Term
     found: list[tuple[int, Reference]] = []
     q = question.lower()
     for m in _ID_RE.finditer(question):
-        ref = _by_id(m.group(0), [f"E{m.group(1)}"], entities)
-        found.append((m.start(), ref))
+        by_id = _by_id(m.group(0), [f"E{m.group(1)}"], entities)
+        found.append((m.start(), by_id))
     for m in _PHRASE_RE.finditer(q):
         det, modifier, w1, w2 = m.groups()
         if is_entity_id(w1):
@@ -186,11 +187,11 @@ def find_references(question: str, entities: Sequence[Entity], terminology: Term
                 found.append((m.start(), ref))
                 break
     if not found and entities:
-        m = _IT_RE.search(q)
-        if m:
+        it = _IT_RE.search(q)
+        if it:
             ref = resolve_reference("it", entities, terminology)
             if ref is not None:
-                found.append((m.start(), ref))
+                found.append((it.start(), ref))
     found.sort(key=lambda item: item[0])
     return [ref for _, ref in found]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from ..terminology.matcher import Terminology
 from ..volume.core import Volume
@@ -57,7 +58,7 @@ def _load(folder: Path, path: Path, terminology: Terminology | None) -> Session:
         )
     masks: dict[str, CompactMask] = {}
 
-    def mask_of(d: dict) -> CompactMask:
+    def mask_of(d: dict[str, Any]) -> CompactMask:
         name = d["mask"]["file"]
         if name not in masks:
             masks[name] = _read_mask(folder, name)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..pipeline import VoxelPrompt, check_prompt, segment_prompt
 from ..propagation import DEFAULT_PROPAGATION, ProgressCallback, PropagationConfig, segment_slice
@@ -28,7 +30,7 @@ from ..volume.windowing import Window
 from ..wire.errors import InputError
 from ..wire.masks import CompactMask
 from .correction_loop import AskAgainFn, judge_and_correct
-from .judgment import DEFAULT_JUDGMENT, RELATIONS, Candidate, Expectation, JudgmentConfig, judge
+from .judgment import DEFAULT_JUDGMENT, RELATIONS, Candidate, Expectation, Judgment, JudgmentConfig, judge
 from .reasoner_correction import ProposalFn, reasoner_proposals
 from .records import Round, TargetRecord
 from .references import Clarification, Resolution, infer_relation
@@ -135,7 +137,7 @@ def segment_candidate(
     )
 
 
-def slice_to_compact(k: int, mask2d) -> CompactMask:
+def slice_to_compact(k: int, mask2d: np.ndarray) -> CompactMask:
     """A 2D mask on slice ``k`` as a compact 3D mask, without building the full volume."""
     flat = CompactMask.from_dense(mask2d[None])
     if flat.box is None:
@@ -238,12 +240,13 @@ def _slice_progress(
     return for_attempt
 
 
-def round_models(segmenter: Segmenter, reasoner_identity: Mapping[str, Any] | None) -> dict[str, dict]:
+def round_models(segmenter: Segmenter, reasoner_identity: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """The identities of the models a round uses, as plain JSON (role -> identity)."""
-    models: dict[str, dict] = {}
+    models: dict[str, dict[str, Any]] = {}
     identity = getattr(segmenter, "identity", None)
     if identity is not None:
-        models["segmenter"] = dataclasses.asdict(identity) if dataclasses.is_dataclass(identity) else dict(identity)
+        is_record = dataclasses.is_dataclass(identity) and not isinstance(identity, type)
+        models["segmenter"] = dataclasses.asdict(identity) if is_record else dict(identity)
     if reasoner_identity is not None:
         models["reasoner"] = dict(reasoner_identity)
     return models
@@ -254,7 +257,7 @@ def _finish(session: Session, rnd: Round, t0: float) -> Round:
     return session.finish_round(rnd)
 
 
-def _single_reference(references: list) -> str | None:
+def _single_reference(references: Sequence[object]) -> str | None:
     """The one entity a question referred to, if exactly one: targets without their own ``ref`` relate to it."""
     ids = {i for r in references if isinstance(r, Resolution) for i in r.entity_ids}
     return next(iter(ids)) if len(ids) == 1 else None
@@ -321,7 +324,7 @@ def _run_target(
         on_slice = on_slices(strategy) if on_slices else None
         return segment_candidate(volume, segmenter, window, prompt, prop, strategy, config.propagation, on_slice)
 
-    def judge_fn(candidate: Candidate, attempt: int):
+    def judge_fn(candidate: Candidate, attempt: int) -> Judgment:
         return judge(candidate, session.geometry, session.shape, expectation, config.judgment, attempt)
 
     t1 = time.perf_counter()
@@ -396,7 +399,9 @@ def _proposals(ask_again, target: TargetSpec, volume, segmenter, window, config)
     )
 
 
-def _bind(ask_again, target: TargetSpec) -> AskAgainFn | None:
+def _bind(
+    ask_again: Callable[[TargetSpec, list[str]], VoxelPrompt | None] | None, target: TargetSpec
+) -> AskAgainFn | None:
     if ask_again is None:
         return None
     return lambda reasons: ask_again(target, reasons)

@@ -49,7 +49,7 @@ class Session:
         self.edits: list[EditRecord] = []
         self.next_number = 1
         # role (segmenter, reasoner) -> identity of the model that last answered: export checks what made the masks
-        self.models: dict[str, dict] = {}
+        self.models: dict[str, dict[str, Any]] = {}
         self._terminology = terminology
         self._open_round: Round | None = None
         self._decoded: tuple[CompactMask, np.ndarray] | None = None  # the last entity mask unpacked for drawing
@@ -350,7 +350,7 @@ class Session:
         out[j0 : j1 + 1, i0 : i1 + 1] = decoded[1][k - k0]
         return out
 
-    def entities_on_slice(self, k: int) -> list[dict]:
+    def entities_on_slice(self, k: int) -> list[dict[str, Any]]:
         """Entities visible on slice ``k`` with their 2D masks: for drawing tagged outlines on what the reasoner sees."""
         out = []
         for e in self.entities.values():
@@ -430,7 +430,7 @@ class Session:
                 return c
         return PALETTE[len(self.entities) % len(PALETTE)]
 
-    def _log(self, kind: str, entity_id: str, detail: dict) -> None:
+    def _log(self, kind: str, entity_id: str, detail: dict[str, Any]) -> None:
         self.edits.append(EditRecord(kind, entity_id, len(self.rounds), now_iso(), detail))
         self.save()
 

@@ -14,6 +14,7 @@ surfaces). ``Testing/test_dialogue_findings.py`` checks the two agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -41,7 +42,7 @@ class SpatialRelation:
     distance_mm: float
     touching: bool
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "overlap_of_a": round(self.overlap_of_a, 4),
@@ -66,7 +67,7 @@ DEFAULT_RELATION = RelationThresholds()
 
 def index_matrix(geometry: Geometry) -> np.ndarray:
     """3x3 matrix mapping ``(k, j, i)`` index offsets to LPS millimetres (the affine's linear part, reordered)."""
-    m = geometry.direction_matrix * np.asarray(geometry.spacing)[None, :]  # columns: i, j, k
+    m: np.ndarray = geometry.direction_matrix * np.asarray(geometry.spacing)[None, :]  # columns: i, j, k
     return m[:, ::-1]  # columns: k, j, i
 
 
@@ -155,7 +156,8 @@ def _touching(a: CompactMask, b: CompactMask) -> bool:
 def _surface_points_mm(voxels: np.ndarray, offset: np.ndarray, geometry: Geometry) -> np.ndarray:
     """LPS positions (N x 3, mm) of the voxels of a bool block that have a 26-neighbour outside it."""
     interior = ndimage.binary_erosion(voxels, structure=_FULL, border_value=0)
-    return (np.argwhere(voxels & ~interior) + offset) @ index_matrix(geometry).T
+    points: np.ndarray = (np.argwhere(voxels & ~interior) + offset) @ index_matrix(geometry).T
+    return points
 
 
 def surface_voxels_mm(mask: CompactMask, geometry: Geometry) -> np.ndarray:
@@ -171,9 +173,9 @@ def surface_distance_mm(a: CompactMask, b: CompactMask, geometry: Geometry) -> f
     grown by a margin, and the distance found in it is the true one as soon as it is within that margin (any
     closer voxel would lie inside the window); otherwise the margin grows to the distance found and it repeats.
     """
-    assert a.box is not None and b.box is not None
     if np.prod(a.crop_shape) > np.prod(b.crop_shape):
         a, b = b, a
+    assert a.box is not None and b.box is not None
     tree = cKDTree(surface_voxels_mm(a, geometry))
     step = np.array([geometry.spacing[2], geometry.spacing[1], geometry.spacing[0]])  # mm per k, j, i
     a_lo, a_hi = np.asarray(a.box[:3]), np.asarray(a.box[3:])

@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -120,7 +120,7 @@ def _read_mask(folder: Path, name: str) -> CompactMask:
     return mask
 
 
-def _round_to_dict(r: Round, mask_file) -> dict:
+def _round_to_dict(r: Round, mask_file: Callable[[CompactMask], str]) -> dict[str, Any]:
     return {
         "index": r.index,
         "question": r.question,
@@ -137,7 +137,7 @@ def _round_to_dict(r: Round, mask_file) -> dict:
     }
 
 
-def _round_from_dict(d: dict, mask_of) -> Round:
+def _round_from_dict(d: dict[str, Any], mask_of: Callable[[dict[str, Any]], CompactMask]) -> Round:
     return Round(
         index=int(d["index"]),
         question=d["question"],

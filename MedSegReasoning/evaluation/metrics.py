@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -127,9 +128,10 @@ def ciou(counts: Sequence[tuple[int, int]]) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- boxes
-def _finite_numbers(value: object, count: int, what: str) -> list[float]:
+def _finite_numbers(value: Any, count: int, what: str) -> list[float]:
+    """``value``: whatever a JSON file or caller gave (hence ``Any``), checked here."""
     try:
-        numbers = [float(v) for v in value]  # type: ignore[union-attr]
+        numbers = [float(v) for v in value]
     except (TypeError, ValueError):
         raise InputError(f"The {what} must be {count} numbers, got {value!r}.") from None
     if len(numbers) != count or not all(math.isfinite(v) for v in numbers):

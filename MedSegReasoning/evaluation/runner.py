@@ -99,7 +99,13 @@ def _feeds(unit: Unit, mode: str) -> list[str | None]:
     reasoner-only mode has no predicted masks, so those run once (oracle: no feed; reasoner: the truth)."""
     if not unit.dialogue:
         return [None]
-    return {"full": ["true", "predicted"], "oracle": [None], "reasoner": ["true"], "interactive": [None]}[mode]
+    feeds: dict[str, list[str | None]] = {
+        "full": ["true", "predicted"],
+        "oracle": [None],
+        "reasoner": ["true"],
+        "interactive": [None],
+    }
+    return feeds[mode]
 
 
 def _run_unit(unit: Unit, feed: str | None, options: EvalOptions, models: Models) -> list[dict]:

@@ -220,7 +220,7 @@ def read_source_headers_with_uids(volume: Volume, assign_uids: bool) -> tuple[li
     for ds, uid in zip(datasets, expected, strict=True):
         if ds.SOPInstanceUID != uid:
             raise InputError(
-                f"the source file {ds.filename} changed since it was read (its SOP Instance UID differs): "
+                f"the source file {ds.filename!s} changed since it was read (its SOP Instance UID differs): "
                 "run the segmentation again on the current series."
             )
     assigned = fill_blank_uids(datasets, derive_uids(volume)) if assign_uids else None
@@ -315,9 +315,10 @@ def segment_description(spec: SegmentSpec, index: int, algo):
     import highdicom as hd
 
     color = spec.color or DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
-    tracking = {}
-    if spec.tracking_id and spec.tracking_uid:
-        tracking = {"tracking_id": spec.tracking_id[:64], "tracking_uid": spec.tracking_uid}
+    tracking_id: str | None = None
+    tracking_uid: str | None = None
+    if spec.tracking_id and spec.tracking_uid:  # highdicom wants both or neither
+        tracking_id, tracking_uid = spec.tracking_id[:64], spec.tracking_uid
     description = hd.seg.SegmentDescription(
         segment_number=spec.number,
         segment_label=spec.label[:64],
@@ -329,7 +330,8 @@ def segment_description(spec: SegmentSpec, index: int, algo):
         algorithm_identification=algo,
         anatomic_regions=[_code(spec.region)] if spec.region else None,
         display_color=hd.color.CIELabColor.from_rgb(*color),
-        **tracking,
+        tracking_id=tracking_id,
+        tracking_uid=tracking_uid,
     )
     if spec.modifier is not None:
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..volume.core import Geometry, Volume
+from ..volume.core import DicomSeriesInfo, Geometry, Volume
 from ..wire.errors import InputError
 from ..wire.filelinks import link_files
 from ..wire.hashing import content_hasher
@@ -105,7 +105,7 @@ def _check_same_source(export_set: ExportSet, volume: Volume) -> None:
             "was made from with --series DICOM_DIR (its voxels must match), or export seg-nrrd or nifti instead "
             "(--format seg-nrrd,nifti)."
         )
-    mismatch = _uid_mismatch(export_set, volume)
+    mismatch = _uid_mismatch(export_set, volume.source.dicom)
     if mismatch is not None:
         name, now, recorded = mismatch
         raise InputError(
@@ -151,9 +151,8 @@ def _linked_folder(files: list[Path]) -> Path:
     return link_files(files, parent / "series")
 
 
-def _uid_mismatch(export_set: ExportSet, volume: Volume) -> tuple[str, str, str] | None:
+def _uid_mismatch(export_set: ExportSet, info: DicomSeriesInfo) -> tuple[str, str, str] | None:
     """The first recorded UID the DICOM volume does not carry: (its name, the volume's value, the recorded one)."""
-    info = volume.source.dicom
     now = {
         "study_instance_uid": info.study_instance_uid,
         "series_instance_uid": info.series_instance_uid,
@@ -172,7 +171,7 @@ def _check_given_series(export_set: ExportSet, volume: Volume) -> str:
         raise InputError(
             f"--series {where} is {volume.source.kind}, not DICOM: give the DICOM series the masks were made on."
         )
-    mismatch = _uid_mismatch(export_set, volume)
+    mismatch = _uid_mismatch(export_set, volume.source.dicom)
     if mismatch is not None:
         name, now, recorded = mismatch
         raise InputError(

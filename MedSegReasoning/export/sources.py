@@ -143,9 +143,9 @@ def _reasoner_placed(rnd: Any) -> bool:
 def _session_models(doc: dict) -> ModelNames:
     """``session.json`` may carry ``"models": {"reasoner": {...}, "segmenter": {...}}`` (ReasonerIdentity /
     ModelIdentity dicts); older sessions do not, and the export command's --reasoner/--segmenter fill in."""
-    models = doc.get("models") if isinstance(doc.get("models"), dict) else {}
-    reasoner = models.get("reasoner") if isinstance(models.get("reasoner"), dict) else {}
-    segmenter = models.get("segmenter") if isinstance(models.get("segmenter"), dict) else {}
+    models = found if isinstance(found := doc.get("models"), dict) else {}
+    reasoner = found if isinstance(found := models.get("reasoner"), dict) else {}
+    segmenter = found if isinstance(found := models.get("segmenter"), dict) else {}
     return ModelNames(
         reasoner=reasoner.get("name") or None,
         segmenter=segmenter.get("name") or None,
@@ -193,7 +193,7 @@ def _from_result(folder: Path) -> ExportSet:
         raise InputError(f"{folder / RESULT_FILE} lists no targets: there is nothing to export.")
     terminology = default_terminology()
     reasoner = doc.get("reasoner") if isinstance(doc.get("reasoner"), dict) else None
-    round_doc = doc.get("round") if isinstance(doc.get("round"), dict) else {}
+    round_doc = found if isinstance(found := doc.get("round"), dict) else {}
     round_index = int(round_doc.get("index", 1)) if round_doc else (1 if doc.get("question") else None)
     segments = []
     for number, target in enumerate(targets, start=1):
@@ -232,7 +232,7 @@ def _from_result(folder: Path) -> ExportSet:
         reasoner_version=str(reasoner.get("revision") or "") if reasoner else "",
         segmenter_version=_weights_version(segmenter),
     )
-    rounds = ()
+    rounds: tuple[RoundText, ...] = ()
     if doc.get("question"):
         rounds = (RoundText(round_index or 1, str(doc["question"]), str(round_doc.get("reasoning") or "")),)
     return ExportSet(

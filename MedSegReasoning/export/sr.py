@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..terminology.codes import Code
+from ..wire.errors import InputError
 from .dicom_seg import MANUFACTURER
 from .model import ExportSegment, ExportSet
 
@@ -281,6 +282,11 @@ def read_measurement_report(path_or_dataset: str | Path | Any) -> SRContent:
     )
     c = _codes()
     report = sr.content
+    if not isinstance(report, hd.sr.MeasurementReport):  # highdicom reads other root templates as plain content
+        raise InputError(
+            f"{path_or_dataset if isinstance(path_or_dataset, (str, Path)) else 'the dataset'} is a structured report "
+            "but not a TID 1500 measurement report: it has no findings to read."
+        )
     texts = _root_texts(report, c)
     by_entity = _entity_texts(texts)
     findings = [_read_group(g, c, by_entity) for g in report.get_volumetric_roi_measurement_groups()]

@@ -176,7 +176,7 @@ class Target:
             orientation=self.orientation,
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "orientation": self.orientation,
             "slice": self.slice,
@@ -230,7 +230,7 @@ class Answer:
     def voxel_prompts(self) -> list[VoxelPrompt]:
         return [t.to_voxel_prompt() for t in self.targets]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "reasoning": self.reasoning,
             "targets": [t.to_dict() for t in self.targets],

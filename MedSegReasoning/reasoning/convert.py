@@ -136,8 +136,9 @@ def _choose_tile(
     if len(hit) > 1:
         captions = ", ".join(sorted(t.caption for t in hit if t is not None))
         raise ReasonerOutputError(f"{where} spreads over several montage tiles ({captions})", raw)
-    tile = hit.pop()
-    assert tile is not None
+    found = hit.pop()
+    assert found is not None  # None was refused above
+    tile = found
     if target.slice is not None and target.slice != tile.slice:
         raise ReasonerOutputError(
             f"{where} names slice {target.slice}, but its coordinates lie on the tile of {tile.caption}", raw

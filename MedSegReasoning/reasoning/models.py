@@ -17,7 +17,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ class LocalModel:
 
 @lru_cache(maxsize=1)
 def known_models() -> tuple[KnownModel, ...]:
-    text = resources.files("MedSegReasoning").joinpath("data", "models.json").read_text(encoding="utf-8")
+    text = (resources.files("MedSegReasoning") / "data" / "models.json").read_text(encoding="utf-8")
     return tuple(KnownModel(**entry) for entry in json.loads(text)["models"])
 
 
@@ -300,7 +300,7 @@ def weights_revision(folder: Path) -> str:
         for f in files:
             digest.update(f.name.encode())
             with f.open("rb") as handle:
-                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                for block in iter(partial(handle.read, 1 << 20), b""):
                     digest.update(block)
         return "sha256:" + digest.hexdigest()
     for f in files:
@@ -315,7 +315,7 @@ def weights_revision(folder: Path) -> str:
 def _silent_tqdm() -> type:
     from tqdm.auto import tqdm
 
-    class SilentTqdm(tqdm):  # type: ignore[misc, valid-type]
+    class SilentTqdm(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

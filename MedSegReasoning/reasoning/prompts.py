@@ -62,7 +62,8 @@ class PromptSet:
 @lru_cache(maxsize=32)
 def load_template(name: str, version: str = PROMPT_VERSION) -> str:
     """The text of ``data/prompts/<name>_<version>.txt`` from the installed package."""
-    path = resources.files("MedSegReasoning").joinpath("data", "prompts", f"{name}_{version}.txt")
+    # ``/``, not ``joinpath(a, b, c)``: a Traversable's joinpath takes one part before Python 3.11
+    path = resources.files("MedSegReasoning") / "data" / "prompts" / f"{name}_{version}.txt"
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

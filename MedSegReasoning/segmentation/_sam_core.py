@@ -17,6 +17,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,7 +96,7 @@ class PromptableSegmenter(EmbeddingSegmenter):
         self,
         *,
         identity: ModelIdentity,
-        prompt_encoder: torch.nn.Module,
+        prompt_encoder: Any,  # SAM's PromptEncoder (untyped): get_dense_pe() is called on it
         mask_decoder: torch.nn.Module,
         device: torch.device,
         cache: EmbeddingCache,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -87,7 +87,7 @@ class TargetWork:
         }
 
     @staticmethod
-    def from_dict(data: dict | None) -> TargetWork | None:
+    def from_dict(data: dict[str, Any] | None) -> TargetWork | None:
         """The counts a session or result file recorded, or ``None`` where they were not recorded (older files)."""
         if not data:
             return None
@@ -118,7 +118,7 @@ class ModelIdentity:
     name: str
     weights: str
     sha256: str
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

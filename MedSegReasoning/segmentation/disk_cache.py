@@ -88,13 +88,17 @@ class DiskEmbeddingStore:
                 embedding = np.array(data["embedding"])
                 frame = {name: int(v) for name, v in zip(_FRAME_FIELDS, data["frame"].tolist(), strict=True)}
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
-            return self._refuse(path, f"unreadable ({type(exc).__name__})")
+            self._refuse(path, f"unreadable ({type(exc).__name__})")
+            return None
         if stored_key != key_text(key) or stored_namespace != self.namespace_text:
-            return self._refuse(path, "it belongs to another slice, volume or model")
+            self._refuse(path, "it belongs to another slice, volume or model")
+            return None
         if embedding.ndim != 4 or embedding.shape[0] != 1 or embedding.dtype != np.float32:
-            return self._refuse(path, f"its embedding has shape {embedding.shape} and dtype {embedding.dtype}")
+            self._refuse(path, f"its embedding has shape {embedding.shape} and dtype {embedding.dtype}")
+            return None
         if not np.isfinite(embedding).all():
-            return self._refuse(path, "its embedding holds non-finite values")
+            self._refuse(path, "its embedding holds non-finite values")
+            return None
         try:
             os.utime(path)  # least recently used: a read counts as a use
         except OSError:
@@ -163,7 +167,6 @@ class DiskEmbeddingStore:
         self.refused += 1
         log.warning("embedding file %s refused (%s): encoding the slice again", path.name, why)
         path.unlink(missing_ok=True)
-        return None
 
 
 _FRAME_FIELDS = ("original_h", "original_w", "resized_h", "resized_w", "input_size")

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +158,7 @@ def build_sam(arch: SamArchitecture) -> torch.nn.Module:
     )
 
 
-def load_sam(path: Path, model_type: str | None = None) -> tuple[torch.nn.Module, SamArchitecture]:
+def load_sam(path: Path, model_type: str | None = None) -> tuple[Any, SamArchitecture]:  # Sam: untyped
     """Read, check and build a segment-anything model from a local checkpoint (eval mode, on CPU)."""
     state = load_state_dict(path, "Segment-anything")
     arch = infer_architecture(state)

@@ -22,9 +22,13 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..wire.headers import READY_PREFIX
 from .config import Limits, MiB, ServerConfig
+
+if TYPE_CHECKING:  # uvicorn is imported when the server starts
+    import uvicorn
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -189,7 +193,7 @@ def serve(
             )
         (announce or _print_stdout)(READY_PREFIX + json.dumps(ready))
 
-    server = _AnnouncingServer(
+    server = _announcing_server(
         uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, lifespan="on"),
         say_ready,
     )
@@ -224,19 +228,17 @@ def _print_stdout(line: str) -> None:
     print(line, flush=True)
 
 
-class _AnnouncingServer:
+def _announcing_server(config: uvicorn.Config, on_started: Callable[[], None]) -> uvicorn.Server:
     """uvicorn's Server, announcing readiness once the application's start-up has finished."""
+    import uvicorn
 
-    def __new__(cls, config, on_started: Callable[[], None]):
-        import uvicorn
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                on_started()
 
-        class Server(uvicorn.Server):
-            async def startup(self, sockets=None) -> None:
-                await super().startup(sockets=sockets)
-                if self.started:
-                    on_started()
-
-        return Server(config)
+    return Server(config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..dialogue.rounds import DEFAULT_ROUND, RoundConfig
-from ..reasoning.base import Reasoner
-from ..reasoning.views import DEFAULT_STRATEGY, ReasoningStrategy
+from ..reasoning.answer import Answer
+from ..reasoning.base import EMPTY_CONTEXT, Reasoner, ReasoningContext
+from ..reasoning.views import DEFAULT_STRATEGY, ReasoningStrategy, ViewSet
 from ..segmentation.base import Prediction, Prompt2D, Segmenter
 from ..terminology import Terminology
 from .workers import ModelWorker, RoundContext
@@ -168,7 +169,14 @@ class QueuedReasoner:
         self._reasoner = reasoner
         self._ctx = ctx
 
-    def reason(self, views, question, context, on_text=None, cancel: threading.Event | None = None):
+    def reason(
+        self,
+        views: ViewSet,
+        question: str,
+        context: ReasoningContext = EMPTY_CONTEXT,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Answer:
         cancel = cancel or self._ctx.cancel
         return self._worker.call(lambda: self._reasoner.reason(views, question, context, on_text, cancel), self._ctx)
 

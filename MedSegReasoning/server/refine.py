@@ -99,7 +99,7 @@ def parse_refine_request(body: RefineIn, entity_id: str) -> RefineRequest:
             )
         points.append((point[0], point[1]))
         labels.append(label)
-    orientation = "axial"
+    orientation: Orientation = "axial"
     if body.view is not None:
         if body.view.slice != k:
             raise bad_request(
@@ -138,6 +138,7 @@ class RefineRun(RoundRun):
         nothing or an erase box that holds none of the mask fails the round (``error`` event, status 400); the
         session is then as before."""
         s = self.session
+        assert s.dialogue is not None and s.volume is not None and self.window is not None  # set by ``prepare``
         entity_id = self.request.entity_id.upper()
         self.audit.record(
             "round.start", self.token, session=s.id, round=self.index, round_id=self.id, entity=entity_id, **models

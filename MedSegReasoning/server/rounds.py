@@ -91,7 +91,7 @@ def parse_round_request(body: Any, *, max_chars: int, max_prompts: int) -> Round
             raise bad_request("invalid_prompt", f"prompt {n} needs a box or at least one foreground point.")
         prompt = VoxelPrompt(
             k=p.slice,
-            box=tuple(p.box) if p.box is not None else None,  # type: ignore[arg-type]
+            box=tuple(p.box) if p.box is not None else None,
             points=tuple((int(x), int(y)) for x, y in p.points),
             labels=tuple(labels),
             orientation=p.orientation,
@@ -177,6 +177,7 @@ class RoundRun:
         """The request's own checks against the session (``prepare`` has checked its state): a reasoner for a bare
         question, the window's name, the prompts' bounds. A subclass for another kind of round replaces this."""
         s = self.session
+        assert s.volume is not None  # checked by ``prepare``
         if not self.request.prompts and not self.engine.has_reasoner:
             raise ApiError(
                 503,
@@ -201,7 +202,7 @@ class RoundRun:
             self.ctx.cancel.set()
 
     cancel_reason = ""
-    on_finished: Callable[[], None] | None = None
+    on_finished: Callable[[], object] | None = None
 
     # -- events (thread-safe) ---------------------------------------------------------------------------------------
     def emit(self, event: str, data: dict) -> None:
@@ -308,7 +309,8 @@ class RoundRun:
         reasoner = None
         if not self.request.prompts:
             if s.reasoner is None:
-                s.reasoner = self.engine.reasoner_factory()  # type: ignore[misc]
+                assert self.engine.reasoner_factory is not None  # ``check_request``: no prompts needs a reasoner
+                s.reasoner = self.engine.reasoner_factory()
             reasoner = QueuedReasoner(self.workers["reasoner"], s.reasoner, self.ctx)
             models["reasoner"] = reasoner.identity.name
         self.audit.record("round.start", self.token, session=s.id, round=self.index, round_id=self.id, **models)

@@ -80,4 +80,4 @@ async def session_of(rt: Runtime, session_id: str, token: str) -> ServerSession:
     session = rt.store.get(session_id, token, load=False)
     if session is None:
         session = await run_in_threadpool(rt.store.get, session_id, token)
-    return session  # type: ignore[return-value]
+    return session

@@ -128,7 +128,7 @@ VOLUME_BODY = {
         }
     ],
 }
-SSE = {
+SSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-Sent Events: progress, reasoning, target, error, done (docs/wire-format.md)",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},

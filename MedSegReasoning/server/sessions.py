@@ -23,14 +23,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 from ..dialogue.records import now_iso
 from ..dialogue.restore import load_session
 from ..dialogue.session import Session
-from ..dialogue.store import SESSION_FILE
+from ..reasoning.base import Reasoner
 from ..terminology import Terminology
 from ..volume.core import Volume
 from ..wire.errors import MedSegError
+from ..wire.session_archive import SESSION_FILE
 from .errors import ApiError, bad_request, conflict, not_found
 from .wire import entity_json
 
@@ -59,7 +61,7 @@ class ServerSession:
     volume: Volume | None = None
     volume_hash: str | None = None
     dialogue: Session | None = None
-    reasoner: object | None = None
+    reasoner: Reasoner | None = None
     active: ActiveRound | None = None
     last_used: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -265,6 +267,11 @@ class SessionStore:
             session.volume_hash = dialogue.volume.content_hash
             session.volume = self.volumes.get(owner, session.volume_hash)
         return session
+
+    @overload
+    def get(self, sid: str, owner: str, *, load: Literal[True] = True) -> ServerSession: ...
+    @overload
+    def get(self, sid: str, owner: str, *, load: bool) -> ServerSession | None: ...
 
     def get(self, sid: str, owner: str, *, load: bool = True) -> ServerSession | None:
         """The caller's session ``sid`` (from memory, else from the shared state folder), or 404.

@@ -16,6 +16,7 @@ import threading
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -177,7 +178,7 @@ def _geometry(meta: dict) -> Geometry:
     return Geometry.from_arrays(origin, spacing, direction)
 
 
-def _is_rows(value: object) -> bool:
+def _is_rows(value: object) -> TypeGuard[list[list[Any]]]:
     return isinstance(value, list) and len(value) == 3 and all(isinstance(r, list) and len(r) == 3 for r in value)
 
 

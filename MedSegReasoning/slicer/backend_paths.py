@@ -27,8 +27,8 @@ def data_dir(platform: str | None = None, env: Mapping[str, str] | None = None, 
     if platform.startswith("win"):
         home_w = PureWindowsPath(home or env.get("USERPROFILE") or str(Path.home()))
         base = env.get("LOCALAPPDATA")
-        root = PureWindowsPath(base) if base else home_w / "AppData" / "Local"
-        return root / APP_DIR_NAME
+        root_w = PureWindowsPath(base) if base else home_w / "AppData" / "Local"
+        return root_w / APP_DIR_NAME
     home_p = PurePosixPath(home or env.get("HOME") or str(Path.home()))
     if platform == "darwin":
         return home_p / "Library" / "Application Support" / APP_DIR_NAME

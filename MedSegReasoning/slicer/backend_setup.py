@@ -70,7 +70,7 @@ class BackendSetup:
     @classmethod
     def in_folder(cls, venv_dir: str | Path | None) -> BackendSetup:
         """The set-up for the venv in ``venv_dir`` (Slicer's setting), or in the per-user default when it is empty."""
-        return cls(venv_dir=venv_dir or str(default_venv_dir()))
+        return cls(venv_dir=Path(venv_dir or default_venv_dir()))
 
     def __post_init__(self) -> None:
         self.venv_dir = Path(self.venv_dir)

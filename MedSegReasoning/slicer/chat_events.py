@@ -54,7 +54,9 @@ def answer_text(targets: list[dict], clarification: Any = None, names: dict[str,
             return str(clarification.get("question") or clarification.get("text") or "Please say which one you mean.")
         return str(clarification)
     names = names or {}
-    found, uncertain, failed = [], [], []
+    found: list[str] = []
+    uncertain: list[str] = []
+    failed: list[str] = []
     for target in targets:
         eid, label = target.get("entity_id"), str(target.get("label") or "target")
         if eid:

@@ -84,7 +84,7 @@ def qt_namespace(prefer: str | None = None) -> SimpleNamespace:
     for name in order:
         try:
             if name == "qt":
-                import qt  # type: ignore[import-not-found]
+                import qt
 
                 if not hasattr(qt, "QWidget"):
                     continue
@@ -286,7 +286,7 @@ class ChatPanel:
 
     def cancel(self) -> None:
         """Stop the round: tell the backend, and drop whatever of this round still arrives."""
-        if not self.busy:
+        if not self.busy or self.backend is None:  # a round only starts with a backend
             return
         round_id = self._active_round
         # Mark the round cancelled before the backend hears of it, so nothing it still sends can be applied.

@@ -99,7 +99,9 @@ class Chip:
 def make_input_box(Q: SimpleNamespace, parent: Any, on_send: Callable[[], None]) -> Any:
     """A plain-text box where Enter sends and Shift+Enter inserts a new line (subclassing works in both bindings)."""
 
-    class InputBox(Q.QPlainTextEdit):
+    text_edit: Any = Q.QPlainTextEdit  # the binding's class, chosen at run time (Slicer's qt or PySide2)
+
+    class InputBox(text_edit):
         def keyPressEvent(self, event) -> None:
             enter = _as_int(event.key()) in (_as_int(Q.Qt.Key_Return), _as_int(Q.Qt.Key_Enter))
             if enter and not _as_int(event.modifiers()) & _as_int(Q.Qt.ShiftModifier):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -69,7 +70,7 @@ def round_with_replay_reasoner_on_sample_data(test: Any, venv: str) -> None:
     replay = os.path.join(tempfile.mkdtemp(prefix="medseg-selftest-"), "answers.jsonl")
     with open(replay, "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(a) + "\n" for a in answers))
-    setup = BackendSetup(venv_dir=venv, server_args=["--reasoner", f"replay:{replay}"])
+    setup = BackendSetup(venv_dir=Path(venv), server_args=["--reasoner", f"replay:{replay}"])
     test.delayDisplay("Starting the local backend with the replay reasoner")
     try:
         client = setup.start()

@@ -49,6 +49,8 @@ def current_sync(link: BackendLink, sync: SceneSync | None, volume: Any) -> Scen
     """The scene side of the link's session. When the link continued an expired session in a restored one (same
     entity ids), the session's nodes are re-bound to the new id rather than duplicated."""
     sid = link.session_id
+    if sid is None:
+        raise RuntimeError("the backend link has no session yet: start one before showing its entities")
     if sync is not None and sync.session_id != sid and sync.session_id == link.restored_from:
         sync.scene.rebind(sid)
     if sync is None or sync.session_id != sid:

@@ -57,11 +57,11 @@ class Code(PydicomCode):
     def to_slicer(self) -> str:
         return f"{self.scheme}^{self.value}^{self.meaning}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str]:
         return {"scheme": self.scheme, "value": self.value, "meaning": self.meaning}
 
     @staticmethod
-    def from_dict(d: dict | None) -> Code | None:
+    def from_dict(d: dict[str, Any] | None) -> Code | None:
         return None if d is None else Code(str(d["value"]), str(d["scheme"]), str(d["meaning"]))
 
     def __str__(self) -> str:
@@ -182,7 +182,7 @@ class CodedTerminology:
             ]
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
             "category": self.category.to_dict() if self.category else None,
@@ -200,7 +200,7 @@ class CodedTerminology:
         }
 
     @staticmethod
-    def from_dict(d: dict) -> CodedTerminology:
+    def from_dict(d: dict[str, Any]) -> CodedTerminology:
         return CodedTerminology(
             text=str(d["text"]),
             category=Code.from_dict(d.get("category")),

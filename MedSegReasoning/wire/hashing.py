@@ -17,7 +17,7 @@ import numpy as np
 from .geometry import Geometry
 
 
-def content_hasher(dtype: Any, shape: Sequence[int], affine: np.ndarray) -> Any:
+def content_hasher(dtype: Any, shape: Sequence[int], affine: np.ndarray) -> hashlib._Hash:
     """A SHA-256 primed with everything but the voxels (dtype name, shape, affine rounded to 6 decimals): feed it
     the C-order voxel bytes (all at once, or as they arrive over the network) and take ``hexdigest()``."""
     h = hashlib.sha256()

@@ -121,6 +121,7 @@ _IMAGE_TOKEN = re.compile(r"<image>\s*")
 
 
 def _umrg_question(prompt: Any, sample_id: str) -> str:
+    text: object  # the parquet's prompt, checked below
     if isinstance(prompt, str):
         text = prompt
     elif isinstance(prompt, list | tuple) and prompt:

