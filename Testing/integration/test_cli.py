@@ -146,7 +146,7 @@ def test_help_documents_exit_codes_and_indices():
 @pytest.mark.slow
 def test_ask_on_real_ct_writes_mask_seg_and_result(shared_ct, litemedsam, tmp_path, monkeypatch, capsys):
     import SimpleITK as sitk
-    from ct_reference import reference_on_ct_grid
+    from support.ct_reference import reference_on_ct_grid
 
     from MedSegReasoning.segmentation import factory
     from MedSegReasoning.volume import load_volume
@@ -189,7 +189,7 @@ def test_ask_on_real_ct_writes_mask_seg_and_result(shared_ct, litemedsam, tmp_pa
 
 
 def test_failed_export_keeps_the_previous_outputs(tmp_path, small_series, monkeypatch, capsys):
-    from fakes import OracleSegmenter
+    from support.fakes import OracleSegmenter
 
     from MedSegReasoning.export import dicom_seg
     from MedSegReasoning.segmentation import factory
@@ -214,8 +214,8 @@ def test_failed_export_keeps_the_previous_outputs(tmp_path, small_series, monkey
 
 
 def test_oracle_propagation_through_cli_on_a_series(tmp_path, small_series, monkeypatch, capsys):
-    from external_tools import dciodvfy_errors
-    from fakes import OracleSegmenter
+    from support.external_tools import dciodvfy_errors
+    from support.fakes import OracleSegmenter
 
     from MedSegReasoning.segmentation import factory
     from MedSegReasoning.volume import load_volume
@@ -256,7 +256,7 @@ LOCATE_REF = (
 
 
 def test_question_is_answered_by_the_reasoner_and_recorded(tmp_path, small_series, monkeypatch, capsys):
-    from fakes import OracleSegmenter
+    from support.fakes import OracleSegmenter
 
     from MedSegReasoning.segmentation import factory
     from MedSegReasoning.volume import load_volume
@@ -281,7 +281,7 @@ def test_question_is_answered_by_the_reasoner_and_recorded(tmp_path, small_serie
 
 
 def test_session_carries_entities_across_asks(tmp_path, small_series, monkeypatch, capsys):
-    from fakes import OracleSegmenter
+    from support.fakes import OracleSegmenter
 
     from MedSegReasoning.dialogue import load_session
     from MedSegReasoning.segmentation import factory

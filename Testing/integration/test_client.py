@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from server_fixtures import BOX_A, live_server, scripted_engine, small_volume, write_replay, write_tokens
+from support.server import BOX_A, live_server, scripted_engine, small_volume, write_replay, write_tokens
 
 from MedSegReasoning.server.auth import TokenStore, ensure_default_token_file
 from MedSegReasoning.server.cli import main as serve_main
@@ -37,8 +37,8 @@ from MedSegReasoning.wire.hashing import volume_content_sha256
 from MedSegReasoning.wire.process import LocalServer, connect_or_start
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-FIXTURES = HERE / "server_fixtures.py"
+ROOT = HERE.parents[1]
+FIXTURES = HERE.parent / "support" / "server.py"  # run as a script: the scripted engine behind the real serve path
 
 
 def _upload(client: MedSegClient, sid: str, volume: Volume, **kw) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ct_reference import reference_labels_on_ct_grid
+from support.ct_reference import reference_labels_on_ct_grid
 
 from MedSegReasoning.conversation import ask_reasoner_again, reasoner_planner
 from MedSegReasoning.dialogue import Session, load_session, run_round

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dialogue_fixtures import run_script
+from support.dialogue import run_script
 
 import MedSegReasoning.dialogue.store as store
 from MedSegReasoning.dialogue import load_session
 from MedSegReasoning.wire.errors import InputError
 
-FIXTURES = Path(__file__).with_name("dialogue_fixtures.py")
+FIXTURES = Path(__file__).resolve().parents[1] / "support" / "dialogue.py"
 
 
 def test_folder_layout_and_format(tmp_path):

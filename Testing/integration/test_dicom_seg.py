@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from external_tools import dciodvfy_errors, dcmqi_read_segments
+from support.external_tools import dciodvfy_errors, dcmqi_read_segments
 
 from MedSegReasoning.export.dicom_seg import AlgorithmInfo, SegmentSpec, write_dicom_seg
 from MedSegReasoning.volume import load_volume, write_dicom_series

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from volume_fixtures import dciodvfy_errors, dciodvfy_warnings, distinct_array, oblique_flipped_geometry, write_series
+from support.volume import dciodvfy_errors, dciodvfy_warnings, distinct_array, oblique_flipped_geometry, write_series
 
 from MedSegReasoning.volume import SeriesDescriptors, load_volume, write_dicom_series
 from MedSegReasoning.volume.core import Volume

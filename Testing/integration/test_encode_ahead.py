@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import OracleSegmenter
-from reasoning_fixtures import blob_volume
+from support.fakes import OracleSegmenter
+from support.reasoning import blob_volume
 
 from MedSegReasoning.conversation import reasoner_planner
 from MedSegReasoning.dialogue import Session, run_round
@@ -124,7 +124,7 @@ def test_reasoners_on_this_cpu_get_no_encoding_ahead():
 # -- the real LiteMedSAM on the real CT ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ct(shared_ct):
-    from ct_reference import reference_on_ct_grid
+    from support.ct_reference import reference_on_ct_grid
 
     volume = load_volume(shared_ct / "dicom")
     liver = reference_on_ct_grid(shared_ct, volume, "liver")
@@ -281,7 +281,7 @@ def test_encoding_ahead_without_a_worker_is_a_no_op():
 def test_a_server_round_encodes_the_shown_slices_while_the_reasoner_thinks(tmp_path, litemedsam):
     """Over real HTTP: the montage shows all three slices, so the round (key slice, propagation to both neighbours)
     finds every embedding cached and the encoder never runs after the answer."""
-    from server_fixtures import live_server, offline_terminology, small_volume, write_replay
+    from support.server import live_server, offline_terminology, small_volume, write_replay
 
     from MedSegReasoning.server.engine import Engine
     from MedSegReasoning.wire.client import MedSegClient

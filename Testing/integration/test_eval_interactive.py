@@ -121,7 +121,7 @@ def test_the_report_gives_means_and_one_row_per_structure(interactive_run):
     ],
 )
 def test_interactive_usage_errors_exit_2_with_a_sentence(tmp_path, extra, message, capsys):
-    from eval_fixtures import write_folder
+    from support.eval_data import write_folder
 
     dataset = write_folder(tmp_path / "ds", dialogue=False)
     assert main(["eval", str(dataset), *extra, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
@@ -131,7 +131,7 @@ def test_interactive_usage_errors_exit_2_with_a_sentence(tmp_path, extra, messag
 
 def test_resume_refuses_another_correction_budget(tmp_path, capsys):
     """A resumed interactive run must place as many corrections as the run it continues (checked before any model)."""
-    from eval_fixtures import write_folder
+    from support.eval_data import write_folder
 
     dataset = write_folder(tmp_path / "ds", dialogue=False)
     out = tmp_path / "out"

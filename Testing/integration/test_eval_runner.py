@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from eval_fixtures import (
+from support.eval_data import (
     MR_FIRST,
     MR_SECOND,
     UMRG_SHAPES,
@@ -205,7 +205,7 @@ def test_resume_refuses_another_mode(tmp_path, segmenter, capsys):
 def test_a_failing_sample_does_not_stop_the_run(tmp_path, segmenter):
     rows = umrg_rows()
     rows[0]["masks"] = [{"bytes": rows[0]["masks"][0]["bytes"], "path": None}]
-    from eval_fixtures import mask_png
+    from support.eval_data import mask_png
 
     rows[0]["masks"][0]["bytes"] = mask_png(np.zeros((64, 64), dtype=bool))  # blank truth
     rows[1]["images"] = [{"bytes": b"not a png", "path": None}]  # undecodable image
@@ -257,7 +257,7 @@ def test_an_unusable_reasoner_answer_fails_only_its_question(tmp_path, segmenter
 
 def test_folder_3d_full_pipeline_dialogue(tmp_path, segmenter):
     """3D questions take the two-look strategy (key-slice montage, then the slice): two replayed answers each."""
-    from eval_fixtures import blob_volume_and_labels
+    from support.eval_data import blob_volume_and_labels
 
     _, labels = blob_volume_and_labels()
 

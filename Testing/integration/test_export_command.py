@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dialogue_fixtures import KIDNEY, abdomen_labels, abdomen_volume, prompt_on
-from export_fixtures import export, export_parser, folder_digest, run_session, write_ct
-from external_tools import dciodvfy_errors, dcmqi_segment_points
+from support.dialogue import KIDNEY, abdomen_labels, abdomen_volume, prompt_on
+from support.export import export, export_parser, folder_digest, run_session, write_ct
+from support.external_tools import dciodvfy_errors, dcmqi_segment_points
 
 from MedSegReasoning.export.command import parse_formats
 from MedSegReasoning.export.sr import read_measurement_report
@@ -32,7 +32,7 @@ def session_case(tmp_path):
 @pytest.fixture
 def result_case(tmp_path, monkeypatch):
     """A real ``ask`` output folder (CLI, box prompt, a scripted segmenter that answers with the true kidney)."""
-    from fakes import OracleSegmenter
+    from support.fakes import OracleSegmenter
 
     from MedSegReasoning.cli import main
     from MedSegReasoning.segmentation import factory

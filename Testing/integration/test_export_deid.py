@@ -8,8 +8,8 @@ import stat
 
 import pydicom
 import pytest
-from export_fixtures import export, folder_digest, run_session, write_ct
-from external_tools import dciodvfy_errors
+from support.export import export, folder_digest, run_session, write_ct
+from support.external_tools import dciodvfy_errors
 
 from MedSegReasoning.export.deidentify import DeidentificationMap
 from MedSegReasoning.export.sr import read_measurement_report

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dialogue_fixtures import DUODENUM, KIDNEY, LESION, VEIN, abdomen_labels
-from export_fixtures import index_set, mask_points, run_session, write_ct
-from external_tools import dciodvfy_errors, dcmqi_meta, dcmqi_segment_points
+from support.dialogue import DUODENUM, KIDNEY, LESION, VEIN, abdomen_labels
+from support.export import index_set, mask_points, run_session, write_ct
+from support.external_tools import dciodvfy_errors, dcmqi_meta, dcmqi_segment_points
 
 from MedSegReasoning.export.dicom_seg import (
     AlgorithmInfo,

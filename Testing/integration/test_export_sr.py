@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pydicom
 import pytest
-from export_fixtures import run_session, write_ct
-from external_tools import dciodvfy_errors
+from support.export import run_session, write_ct
+from support.external_tools import dciodvfy_errors
 
 from MedSegReasoning.export.dicom_seg import build_dicom_seg, read_source_headers
 from MedSegReasoning.export.model import ModelNames

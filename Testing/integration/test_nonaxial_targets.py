@@ -283,7 +283,7 @@ def test_a_coronal_born_entity_is_an_ordinary_entity_in_later_rounds(tmp_path):
 
 @pytest.fixture(scope="module")
 def real_ct(shared_ct):
-    from ct_reference import reference_labels_on_ct_grid
+    from support.ct_reference import reference_labels_on_ct_grid
 
     from MedSegReasoning.volume.loader import load_volume
     from MedSegReasoning.volume.windowing import default_window
@@ -428,7 +428,7 @@ def test_targets_of_any_orientation_become_prompts_and_only_promptless_ones_are_
 def test_a_coronal_prompt_sent_to_the_server_lands_on_its_plane(tmp_path):
     """A box drawn in Slicer's coronal view travels as a coronal prompt (plane j, box in (i, k)) and its mask lies
     on that plane, on the bright structure inside the box, across the slices the box spans."""
-    from server_fixtures import ThresholdSegmenter, live_server, scripted_engine, small_volume, truth_masks
+    from support.server import ThresholdSegmenter, live_server, scripted_engine, small_volume, truth_masks
 
     from MedSegReasoning.slicer.backend_link import round_request
     from MedSegReasoning.wire.client import MedSegClient

@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pydicom
 import pytest
-from dialogue_fixtures import KIDNEY, WINDOW, LabelOracle, abdomen_labels, prompt_on
-from export_fixtures import (
+from support.dialogue import KIDNEY, WINDOW, LabelOracle, abdomen_labels, prompt_on
+from support.export import (
     DUODENUM,
     RefusingDicomweb,
     export,
@@ -25,7 +25,7 @@ from export_fixtures import (
     running_orthanc,
     write_ct,
 )
-from external_tools import dciodvfy_errors, dcmqi_segment_points
+from support.external_tools import dciodvfy_errors, dcmqi_segment_points
 
 from MedSegReasoning.export.pacs import find_instances, retrieve_instance
 from MedSegReasoning.export.sr import read_measurement_report

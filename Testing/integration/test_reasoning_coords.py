@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reasoning_fixtures import tiny_models  # noqa: F401  (session fixture)
 
 from MedSegReasoning.reasoning.coords import (
     QWEN2_5_VL_RULE,
@@ -56,7 +55,7 @@ def test_resize_rule_matches_the_real_processor(width, height, patch, rule):
     assert _seen_size(_processor(patch, rule), width, height, patch) == rule.resized_size(width, height)
 
 
-def test_rule_read_from_a_saved_processor_matches_its_resizing(tiny_models):  # noqa: F811
+def test_rule_read_from_a_saved_processor_matches_its_resizing(tiny_models):
     from transformers import AutoProcessor
 
     from MedSegReasoning.reasoning.hf import processor_resize_rule

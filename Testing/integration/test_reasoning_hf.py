@@ -13,7 +13,7 @@ import shutil
 import threading
 
 import pytest
-from reasoning_fixtures import blob_volume, force, tiny_models  # noqa: F401  (session fixture)
+from support.reasoning import blob_volume, force
 
 from MedSegReasoning.reasoning import (
     EMPTY_CONTEXT,
@@ -45,7 +45,7 @@ CONVENTIONS = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "
 
 
 @pytest.fixture(scope="module")
-def reasoners(tiny_models):  # noqa: F811
+def reasoners(tiny_models):
     return {kind: create_reasoner(f"hf:{folder}", max_new_tokens=400) for kind, folder in tiny_models.items()}
 
 
@@ -95,7 +95,7 @@ def test_forced_answer_lands_on_the_voxels_it_points_at(reasoners, slice_views, 
     assert answer.stats.finish_reason == "stop" and answer.stats.tokens_per_second > 0
 
 
-def test_medreasoner_style_checkpoint_sees_840x840(tiny_models):  # noqa: F811
+def test_medreasoner_style_checkpoint_sees_840x840(tiny_models):
     reasoner = create_reasoner(
         f"hf:{tiny_models['qwen2_5_vl']}", convention="fixed-840", prompt_style="segzero", max_new_tokens=300
     )
@@ -212,7 +212,7 @@ def test_failing_callback_stops_generation_and_propagates(reasoners, slice_views
     assert reasoner.reason(slice_views, "where?").targets[0].box == EXPECTED_BOX
 
 
-def test_sampling_records_its_seed_and_is_reproducible(tiny_models, slice_views):  # noqa: F811
+def test_sampling_records_its_seed_and_is_reproducible(tiny_models, slice_views):
     a = create_reasoner(f"hf:{tiny_models['qwen2_vl']}", do_sample=True, max_new_tokens=24)
     assert a.identity.decoding["strategy"] == "sample" and isinstance(a.identity.decoding["seed"], int)
     b = create_reasoner(f"hf:{tiny_models['qwen2_vl']}", do_sample=True, seed=a.seed, max_new_tokens=24)
@@ -224,7 +224,7 @@ def test_sampling_records_its_seed_and_is_reproducible(tiny_models, slice_views)
     assert raws[0] == raws[1]
 
 
-def test_bfloat16_on_cpu(tiny_models, slice_views):  # noqa: F811
+def test_bfloat16_on_cpu(tiny_models, slice_views):
     reasoner = create_reasoner(f"hf:{tiny_models['qwen3_vl']}", dtype="bfloat16", max_new_tokens=300)
     assert reasoner.identity.decoding["dtype"] == "bfloat16"
     force(reasoner, ANSWERS["grid"])
@@ -239,7 +239,7 @@ def test_missing_folder_names_the_pull_command(tmp_path):
     assert info.value.exit_code == 3
 
 
-def test_folder_without_safetensors_or_of_another_architecture_is_refused(tiny_models, tmp_path):  # noqa: F811
+def test_folder_without_safetensors_or_of_another_architecture_is_refused(tiny_models, tmp_path):
     folder = tmp_path / "no-weights"
     folder.mkdir()
     shutil.copy(tiny_models["qwen2_vl"] / "config.json", folder)
@@ -253,7 +253,7 @@ def test_folder_without_safetensors_or_of_another_architecture_is_refused(tiny_m
         create_reasoner(f"hf:{folder}")
 
 
-def test_device_and_dtype_choices_are_checked(tiny_models):  # noqa: F811
+def test_device_and_dtype_choices_are_checked(tiny_models):
     import torch
 
     from MedSegReasoning.reasoning.hf import resolve_device

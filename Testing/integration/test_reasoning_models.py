@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from reasoning_fixtures import FakeHub, blob_volume, fake_hub, force, tiny_models  # noqa: F401  (fixtures)
+from support.reasoning import FakeHub, blob_volume, force
 
 from MedSegReasoning.reasoning import CONVENTION_NAMES, ReasoningStrategy, create_reasoner
 from MedSegReasoning.reasoning import models as models_module
@@ -24,7 +24,7 @@ REPO = "Qwen/Qwen2-VL-2B-Instruct"  # a known model, served by the fake hub from
 
 
 @pytest.fixture(scope="module")
-def hub(fake_hub, tiny_models):  # noqa: F811
+def hub(fake_hub, tiny_models):
     fake_hub.add_folder(REPO, tiny_models["qwen2_vl"], extra={"pytorch_model.bin": b"PICKLE", "README.md": b"# card"})
     fake_hub.repos["someone/bin-only"] = {"config.json": b'{"model_type": "qwen2_vl"}', "pytorch_model.bin": b"PICKLE"}
     return fake_hub
@@ -126,7 +126,7 @@ def test_a_path_that_is_not_an_id_is_a_missing_folder(tmp_path):
         create_reasoner("hf:")
 
 
-def test_weights_revision_hashes_small_and_fingerprints_large(tiny_models, tmp_path, monkeypatch):  # noqa: F811
+def test_weights_revision_hashes_small_and_fingerprints_large(tiny_models, tmp_path, monkeypatch):
     import shutil
 
     folder = tmp_path / "copy"

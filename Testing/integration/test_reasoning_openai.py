@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from reasoning_fixtures import Behaviour, blob_volume, chat_server, closed_port  # noqa: F401  (module fixture)
+from support.reasoning import Behaviour, blob_volume, closed_port
 
 from MedSegReasoning.reasoning import (
     ReasonerOutputError,
@@ -43,7 +43,7 @@ def reasoner_for(server, model="qwen2.5vl:7b", **options):
     return create_reasoner(f"openai:{server.base_url}#{model}", **options)
 
 
-def test_non_streaming_success_sends_images_inline_and_converts(chat_server, views):  # noqa: F811
+def test_non_streaming_success_sends_images_inline_and_converts(chat_server, views):
     chat_server.queue(Behaviour("json", ANSWER))
     reasoner = reasoner_for(chat_server, stream=False)
     answer = reasoner.reason(views, "where is the blob?")
@@ -63,7 +63,7 @@ def test_non_streaming_success_sends_images_inline_and_converts(chat_server, vie
     assert "Authorization" not in chat_server.headers[0] and "authorization" not in chat_server.headers[0]
 
 
-def test_streaming_delivers_chunks_and_reasoning_content(chat_server, views):  # noqa: F811
+def test_streaming_delivers_chunks_and_reasoning_content(chat_server, views):
     chunks = [ANSWER[i : i + 17] for i in range(0, len(ANSWER), 17)]
     chat_server.queue(Behaviour("stream", chunks=chunks, reasoning="The blob is bright."))
     received: list[str] = []
@@ -76,14 +76,14 @@ def test_streaming_delivers_chunks_and_reasoning_content(chat_server, views):  #
     assert chat_server.requests[0]["stream"] is True
 
 
-def test_api_key_comes_from_the_environment(chat_server, views, monkeypatch):  # noqa: F811
+def test_api_key_comes_from_the_environment(chat_server, views, monkeypatch):
     monkeypatch.setenv(API_KEY_ENV, "secret-token")
     chat_server.queue(Behaviour("json", ANSWER))
     reasoner_for(chat_server, stream=False).reason(views, "where?")
     assert chat_server.headers[0]["authorization"] == "Bearer secret-token"
 
 
-def test_server_without_json_schema_support_is_asked_again_without_it(chat_server, views):  # noqa: F811
+def test_server_without_json_schema_support_is_asked_again_without_it(chat_server, views):
     chat_server.queue(
         Behaviour("status", "response_format json_schema is not supported by this server", status=400),
         Behaviour("json", ANSWER),
@@ -97,7 +97,7 @@ def test_server_without_json_schema_support_is_asked_again_without_it(chat_serve
     assert "response_format" not in chat_server.requests[0]  # remembered
 
 
-def test_segzero_style_models_are_not_constrained_to_our_schema(chat_server, views):  # noqa: F811
+def test_segzero_style_models_are_not_constrained_to_our_schema(chat_server, views):
     raw = '<think>blob</think><answer>{"bbox": [210, 210, 420, 420], "points_1": [315, 315], "points_2": [320, 320]}</answer>'
     chat_server.queue(Behaviour("json", raw))
     reasoner = reasoner_for(chat_server, model="MedReasoner-7B", stream=False)
@@ -106,7 +106,7 @@ def test_segzero_style_models_are_not_constrained_to_our_schema(chat_server, vie
     assert "response_format" not in chat_server.requests[0]
 
 
-def test_http_500_is_retried_then_a_service_error(chat_server, views):  # noqa: F811
+def test_http_500_is_retried_then_a_service_error(chat_server, views):
     chat_server.queue(Behaviour("status", "CUDA out of memory", status=500))
     with pytest.raises(ServiceError) as info:
         reasoner_for(chat_server, retries=2).reason(views, "where?")
@@ -115,7 +115,7 @@ def test_http_500_is_retried_then_a_service_error(chat_server, views):  # noqa: 
     assert info.value.exit_code == 4
 
 
-def test_a_transient_500_is_recovered_by_a_retry(chat_server, views):  # noqa: F811
+def test_a_transient_500_is_recovered_by_a_retry(chat_server, views):
     chat_server.queue(Behaviour("status", "busy", status=503), Behaviour("json", ANSWER))
     answer = reasoner_for(chat_server, stream=False, retries=1).reason(views, "where?")
     assert answer.targets[0].box == EXPECTED_BOX and len(chat_server.requests) == 2
@@ -125,7 +125,7 @@ def test_a_transient_500_is_recovered_by_a_retry(chat_server, views):  # noqa: F
     ("status", "detail"),
     [(401, "MEDSEG_REASONER_API_KEY"), (404, "usually ends in /v1"), (413, r"rejected the request \(HTTP 413")],
 )
-def test_client_errors_are_not_retried_and_say_what_to_do(chat_server, views, status, detail):  # noqa: F811
+def test_client_errors_are_not_retried_and_say_what_to_do(chat_server, views, status, detail):
     chat_server.queue(Behaviour("status", "nope", status=status))
     with pytest.raises(ServiceError, match=detail):
         reasoner_for(chat_server, retries=3).reason(views, "where?")
@@ -143,7 +143,7 @@ def test_client_errors_are_not_retried_and_say_what_to_do(chat_server, views, st
     ],
     ids=["not-json", "no-choices", "content-not-text", "bad-sse", "model-garbage"],
 )
-def test_malformed_responses_are_reasoner_output_errors(chat_server, views, behaviour, detail):  # noqa: F811
+def test_malformed_responses_are_reasoner_output_errors(chat_server, views, behaviour, detail):
     chat_server.queue(behaviour)
     with pytest.raises(ReasonerOutputError) as info:
         reasoner_for(chat_server).reason(views, "where?")
@@ -151,14 +151,14 @@ def test_malformed_responses_are_reasoner_output_errors(chat_server, views, beha
     assert info.value.exit_code == 3
 
 
-def test_stream_cut_without_finish_is_a_service_error(chat_server, views):  # noqa: F811
+def test_stream_cut_without_finish_is_a_service_error(chat_server, views):
     event = '{"choices": [{"index": 0, "delta": {"content": "{\\"targets\\": ["}, "finish_reason": null}]}'
     chat_server.queue(Behaviour("stream-raw", chunks=[f"data: {event}\n\n"]))
     with pytest.raises(ServiceError, match="closed the stream before the answer was complete"):
         reasoner_for(chat_server).reason(views, "where?")
 
 
-def test_timeout_is_a_service_error_naming_the_url(chat_server, views):  # noqa: F811
+def test_timeout_is_a_service_error_naming_the_url(chat_server, views):
     chat_server.queue(Behaviour("json", ANSWER, delay_s=2.0))
     start = time.monotonic()
     with pytest.raises(ServiceError) as info:
@@ -177,7 +177,7 @@ def test_refused_connection_is_a_service_error_after_bounded_retries(views):
     assert info.value.exit_code == 4
 
 
-def test_cancel_while_streaming(chat_server, views):  # noqa: F811
+def test_cancel_while_streaming(chat_server, views):
     chunks = ["thinking "] * 50 + [ANSWER]
     chat_server.queue(Behaviour("stream", chunks=chunks))
     cancel = threading.Event()
@@ -193,7 +193,7 @@ def test_cancel_while_streaming(chat_server, views):  # noqa: F811
     assert len(received) == 3
 
 
-def test_two_step_run_over_http(chat_server):  # noqa: F811
+def test_two_step_run_over_http(chat_server):
     volume = blob_volume()
     pick = '{"reasoning": "slice 7", "targets": [{"slice": 7, "label": "blob", "ref": null}], "clarification": null}'
     chat_server.queue(Behaviour("json", pick), Behaviour("json", ANSWER))

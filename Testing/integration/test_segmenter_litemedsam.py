@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from segmenter_fixtures import ORGAN_DICE_FLOORS, dice, innermost_point, load_ct_case, organ_case
+from support.segmenter import ORGAN_DICE_FLOORS, dice, innermost_point, load_ct_case, organ_case
 
 from MedSegReasoning.segmentation.base import Prompt2D, box_from_mask
 from MedSegReasoning.wire.errors import InputError, ModelError

@@ -69,7 +69,7 @@ def int8_segmenter():
 def test_int8_encoder_masks_agree_with_fp32_on_a_real_ct_slice(litemedsam, int8_segmenter, shared_ct):
     """The int8 encoder's masks match fp32's (Dice >= 0.99) and keep the fp32 Dice against the reference."""
     import onnx
-    from segmenter_fixtures import dice, load_ct_case, organ_case
+    from support.segmenter import dice, load_ct_case, organ_case
 
     from MedSegReasoning.segmentation.base import Prompt2D, box_from_mask
 

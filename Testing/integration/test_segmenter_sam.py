@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from segmenter_fixtures import TINY_SAM, save_tiny_sam
+from support.segmenter import TINY_SAM, save_tiny_sam
 
 from MedSegReasoning.segmentation.base import Prompt2D
 from MedSegReasoning.segmentation.factory import create_segmenter
@@ -187,6 +187,6 @@ def test_importing_the_segmentation_package_does_not_import_torch():
         "MedSegReasoning.segmentation.cache, MedSegReasoning.segmentation.base; "
         "print('torch' in sys.modules)"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

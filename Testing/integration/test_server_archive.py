@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from server_fixtures import live_server, scripted_engine, small_volume, write_replay, zip_bytes
+from support.server import live_server, scripted_engine, small_volume, write_replay, zip_bytes
 
 from MedSegReasoning.wire.client import MedSegClient
 from MedSegReasoning.wire.errors import ClientError

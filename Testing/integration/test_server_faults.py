@@ -16,7 +16,7 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-from server_fixtures import (
+from support.server import (
     BOX_A,
     live_server,
     offline_terminology,

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from external_tools import require_tool
-from server_fixtures import BOX_A, live_server, scripted_engine, small_volume, write_replay, write_tokens
+from support.external_tools import require_tool
+from support.server import BOX_A, live_server, scripted_engine, small_volume, write_replay, write_tokens
 
 from MedSegReasoning.wire.client import MedSegClient
 from MedSegReasoning.wire.errors import Conflict, ServerUnreachable
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _documented_nginx_block() -> str:

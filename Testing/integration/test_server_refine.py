@@ -4,16 +4,16 @@ refused or failed refine leaves the session (in memory and on disk) as it was.""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from server_fixtures import (
+from support.server import (
     BOX_A,
     BOX_B,
-    ScriptedSegmenter,
+    HALF_A,
+    engine_refine,
     live_server,
     offline_terminology,
     scripted_engine,
@@ -23,13 +23,9 @@ from server_fixtures import (
 
 from MedSegReasoning.correction import Correction
 from MedSegReasoning.dialogue import load_session
-from MedSegReasoning.dialogue.refine import refine_entity
 from MedSegReasoning.pipeline import VoxelPrompt
-from MedSegReasoning.volume.windowing import default_window
 from MedSegReasoning.wire.client import MedSegClient
 from MedSegReasoning.wire.errors import NotFound, RequestRejected, RoundFailed
-
-HALF_A = [12, 12, 22, 32]  # the left half of structure A: round 1 makes E1 from it, on slice 1 only
 
 
 def _start(client: MedSegClient) -> str:
@@ -41,19 +37,6 @@ def _start(client: MedSegClient) -> str:
     result = client.ask(sid, "mass", prompts=[{"slice": 1, "box": HALF_A, "label": "mass"}], propagate=False)
     assert [e.id for e in result.entities] == ["E1"]
     return sid
-
-
-def engine_refine(server, sid: str, tmp_path: Path, correction: Correction, owner: str = "alice") -> np.ndarray:
-    """The engine's own answer: ``refine_entity`` on a copy of the server's saved session, on the volume the server
-    holds, its default window and the same scripted segmenter. The server's copy is left untouched."""
-    state = server.runtime.store.get(sid, owner)
-    copy = tmp_path / f"engine-{len(list(tmp_path.glob('engine-*')))}"
-    shutil.copytree(state.folder, copy)
-    session = load_session(copy, terminology=offline_terminology())
-    a, b = truth_masks(state.volume.shape)
-    window = default_window(state.volume)
-    refine_entity(session, state.volume, ScriptedSegmenter(a | b), window, "E1", correction)
-    return session.dense_mask("E1")
 
 
 def _server_state(server, sid: str):

@@ -9,7 +9,7 @@ import threading
 import httpx
 import numpy as np
 import pytest
-from server_fixtures import (
+from support.server import (
     BOX_A,
     BOX_B,
     live_server,

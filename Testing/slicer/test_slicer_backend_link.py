@@ -4,7 +4,8 @@ The volume is three slices (17-19) of the shared abdominal CT with its real geom
 through real anatomy in a few seconds. The replay file answers in the pixels of the rendered views, which show
 an axial slice 1:1 (pixel = voxel i, j); boxes come from the reference labels.
 
-Also used by ``test_slicer_chat_panel.py``: ``ct3``, ``write_answers``, ``start_server``, ``box_of``.
+Also used by ``test_slicer_chat_panel.py``: ``write_answers``, ``start_server``, ``box_of`` (``ct3`` is in
+``Testing/slicer/conftest.py``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from ct_reference import reference_labels_on_ct_grid
-from server_fixtures import live_server, offline_terminology
+from support.server import live_server, offline_terminology
 
 from MedSegReasoning.slicer.backend_link import BackendLink, chat_backend, round_request
 from MedSegReasoning.slicer.backend_link import chat_backend as connect_backend  # was chat_panel.connect_backend
@@ -30,36 +29,8 @@ from MedSegReasoning.wire.errors import InputError, NotFound
 from MedSegReasoning.wire.masks import CompactMask
 from MedSegReasoning.wire.session_archive import session_json
 
-ROOT = Path(__file__).resolve().parents[1]
-FIRST = 17  # the crop: slices 17, 18, 19 of the series
+ROOT = Path(__file__).resolve().parents[2]
 K = 1  # the key slice in the crop (slice 18 of the series)
-
-
-@dataclass
-class CT3:
-    array: np.ndarray
-    origin: tuple[float, float, float]
-    spacing: tuple[float, float, float]
-    direction: np.ndarray
-    truth: dict[str, np.ndarray]  # organ -> [k, j, i] bool on the crop
-
-    def send_to(self, link: BackendLink) -> None:
-        link.set_volume(self.array, self.origin, self.spacing, self.direction, "CT")
-
-
-@pytest.fixture(scope="session")
-def ct3(shared_ct) -> CT3:
-    from MedSegReasoning.volume import load_volume
-
-    volume = load_volume(shared_ct / "dicom")
-    labels = reference_labels_on_ct_grid(shared_ct, volume)[FIRST : FIRST + 3]
-    names = {v: int(k) for k, v in json.loads((shared_ct / "labels.json").read_text()).items()}
-    g = volume.geometry
-    direction = np.asarray(g.direction, dtype=float)
-    origin = np.asarray(g.origin) + direction @ (np.asarray(g.spacing) * np.array([0.0, 0.0, FIRST]))
-    truth = {name: labels == names[name] for name in ("spleen", "liver", "aorta", "stomach")}
-    array = np.ascontiguousarray(volume.array[FIRST : FIRST + 3])
-    return CT3(array, tuple(float(x) for x in origin), tuple(g.spacing), direction, truth)
 
 
 def box_of(mask2d: np.ndarray, pad: int = 3) -> list[int]:

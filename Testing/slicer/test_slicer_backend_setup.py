@@ -30,7 +30,7 @@ from MedSegReasoning.slicer.backend_setup import (
     venv_python,
 )
 
-TESTING = Path(__file__).resolve().parent
+TESTING = Path(__file__).resolve().parents[1]
 
 
 # -- paths per OS ---------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_cancel_kills_a_long_install_and_its_children(tmp_path: Path) -> None:
 
 
 def test_start_goes_to_ready_through_local_server(tmp_path: Path) -> None:
-    from server_fixtures import write_tokens
+    from support.server import write_tokens
 
     from MedSegReasoning.wire.process import LocalServer
 
@@ -264,7 +264,7 @@ def test_start_goes_to_ready_through_local_server(tmp_path: Path) -> None:
         commands.append(list(command))
         child = [
             sys.executable,
-            str(TESTING / "server_fixtures.py"),
+            str(TESTING / "support" / "server.py"),
             "--state-dir",
             str(tmp_path / "state"),
             "--token-file",
@@ -349,7 +349,7 @@ def test_start_the_real_server_from_an_environment_and_run_a_replayed_round(tmp_
     with the replay reasoner and real LiteMedSAM, started through ``LocalServer``, one round, then stopped.
     This project's own venv plays the installed backend environment."""
     pytest.importorskip("torch")
-    from server_fixtures import BOX_A, small_volume, write_tokens
+    from support.server import BOX_A, small_volume, write_tokens
 
     venv = Path(sys.prefix)
     if not is_installed_here(venv):

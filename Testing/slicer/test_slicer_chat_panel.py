@@ -21,7 +21,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from test_slicer_backend_link import (  # the real-CT volume, replay answers and a live server
     K,
     box_of,
-    ct3,  # noqa: F401 (a fixture)
     saved_session,
     segmenter_held,
     start_server,
@@ -32,7 +31,7 @@ from MedSegReasoning.slicer.backend_link import chat_backend
 from MedSegReasoning.slicer.chat_panel import ChatPanel, RoundEvent, qt_namespace
 from MedSegReasoning.wire.session_archive import session_json
 
-OUTPUT = Path(__file__).parent / "_output"
+OUTPUT = Path(__file__).resolve().parents[1] / "_output"  # Testing/_output, as docs/slicer.md says
 
 
 def _binding():
@@ -229,7 +228,7 @@ def test_context_line_shows_what_goes_with_the_question_and_clears_after_sending
 # against a real backend on loopback
 
 
-def test_panel_against_a_real_backend_then_restore(ct3, litemedsam, tmp_path, request) -> None:  # noqa: F811
+def test_panel_against_a_real_backend_then_restore(ct3, litemedsam, tmp_path, request) -> None:
     answers = write_answers(
         tmp_path / "answers.jsonl",
         [
@@ -317,7 +316,7 @@ def test_panel_against_a_real_backend_then_restore(ct3, litemedsam, tmp_path, re
     panel.shutdown()
 
 
-def test_cancel_in_the_panel_cancels_the_server_round(ct3, litemedsam, tmp_path) -> None:  # noqa: F811
+def test_cancel_in_the_panel_cancels_the_server_round(ct3, litemedsam, tmp_path) -> None:
     answers = write_answers(
         tmp_path / "answers.jsonl", [{"targets": [{"label": "spleen", "box": box_of(ct3.truth["spleen"][K])}]}]
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from slicer_fixtures import (
+from support.slicer import (
     blob_mask,
     load_volume_node,
     new_scene,

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dialogue_fixtures import KIDNEY, abdomen_labels, abdomen_volume, prompt_on
-from export_fixtures import index_set, mask_points, oblique_abdomen_geometry, write_ct
-from external_tools import dciodvfy_errors
-from fakes import OracleSegmenter
-from server_fixtures import live_server, offline_terminology, zip_bytes
-from slicer_fixtures import new_scene, paint_segment, require_slicer_core
+from support.dialogue import KIDNEY, abdomen_labels, abdomen_volume, prompt_on
+from support.export import index_set, mask_points, oblique_abdomen_geometry, write_ct
+from support.external_tools import dciodvfy_errors
+from support.fakes import OracleSegmenter
+from support.server import live_server, offline_terminology, zip_bytes
+from support.slicer import new_scene, paint_segment, require_slicer_core
 
 from MedSegReasoning.slicer.local_export import (
     LocalExportFailed,
@@ -333,7 +333,7 @@ def test_series_uids_travel_with_the_volume_and_old_servers_still_take_it(ct, cl
 
 def test_seg_and_sr_go_to_a_pacs(ct, client, tmp_path, monkeypatch):
     """``dicomweb=``: the backend's STOW-RS (credentials from the environment) to a real Orthanc on loopback."""
-    from export_fixtures import running_orthanc
+    from support.export import running_orthanc
 
     from MedSegReasoning.export.pacs import find_instances
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "scripted_module.py"
 UI = ROOT / "Resources" / "UI" / "MedSegReasoningChat.ui"
 API_NAMES = ROOT / "MedSegReasoning" / "slicer" / "slicer_api_names.json"
@@ -197,7 +197,7 @@ def _chat_round(logic, params, question: str) -> list:
 
 
 def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path: Path, monkeypatch) -> None:
-    from slicer_fixtures import (
+    from support.slicer import (
         load_volume_node,
         new_scene,
         oblique_geometry,
@@ -208,7 +208,7 @@ def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path
 
     require_slicer_core()
     import numpy as np
-    from server_fixtures import live_server, scripted_engine, small_volume, truth_masks, write_replay
+    from support.server import live_server, scripted_engine, small_volume, truth_masks, write_replay
 
     from MedSegReasoning.wire.client import MedSegClient
 
@@ -278,10 +278,10 @@ def test_a_reloaded_scene_shows_the_chat_and_continues_it_after_the_server_forgo
     """Round 1 on one server; the scene keeps the conversation (record + archive). A new Logic on a server that never
     saw the session (expired, restarted elsewhere) shows the saved chat and continues it: same segmentation node,
     same entity ids, numbering on, nothing duplicated."""
-    from slicer_fixtures import load_volume_node, new_scene, oblique_geometry, require_slicer_core, write_nrrd_lps
+    from support.slicer import load_volume_node, new_scene, oblique_geometry, require_slicer_core, write_nrrd_lps
 
     require_slicer_core()
-    from server_fixtures import live_server, scripted_engine, small_volume, write_replay
+    from support.server import live_server, scripted_engine, small_volume, write_replay
 
     from MedSegReasoning.wire.client import MedSegClient
 
@@ -325,7 +325,7 @@ def test_a_reloaded_scene_shows_the_chat_and_continues_it_after_the_server_forgo
 
 def test_clicks_boxes_and_the_view_go_with_the_question(tmp_path: Path, monkeypatch) -> None:
     """The Logic reads the markups the user placed and the slice view under the crosshair (else the red one)."""
-    from slicer_fixtures import (
+    from support.slicer import (
         load_volume_node,
         new_scene,
         oblique_geometry,
@@ -387,10 +387,10 @@ def test_clicks_boxes_and_the_view_go_with_the_question(tmp_path: Path, monkeypa
 def test_choosing_another_input_volume_starts_a_new_conversation_on_it(tmp_path: Path, monkeypatch) -> None:
     """Questions must be about the volume the user now shows: a new session with the new volume; the old session's
     segments stay in the scene."""
-    from slicer_fixtures import load_volume_node, new_scene, oblique_geometry, require_slicer_core, write_nrrd_lps
+    from support.slicer import load_volume_node, new_scene, oblique_geometry, require_slicer_core, write_nrrd_lps
 
     require_slicer_core()
-    from server_fixtures import live_server, scripted_engine, small_volume, write_replay
+    from support.server import live_server, scripted_engine, small_volume, write_replay
 
     from MedSegReasoning.wire.client import MedSegClient
 
@@ -437,7 +437,7 @@ def test_the_build_installs_the_module_file_as_medsegreasoningchat() -> None:
 
 
 def test_the_module_loads_under_both_names_and_its_prompt_roles_are_the_librarys(monkeypatch) -> None:
-    from slicer_fixtures import new_scene, require_slicer_core
+    from support.slicer import new_scene, require_slicer_core
 
     require_slicer_core()
     from MedSegReasoning.slicer import prompt_markups
@@ -456,7 +456,7 @@ def test_the_module_loads_under_both_names_and_its_prompt_roles_are_the_librarys
 def test_a_scene_saved_under_the_old_module_name_keeps_its_session() -> None:
     """The parameter node (input volume, session id) of a scene saved when the module was scripted_module is taken
     over: re-tagged when the module has none, moved into a blank one (as after a scene close), never over one in use."""
-    from slicer_fixtures import new_scene, require_slicer_core
+    from support.slicer import new_scene, require_slicer_core
 
     require_slicer_core()
     from MedSegReasoning.slicer.module_name import MODULE_NAME, OLD_MODULE_NAME, adopt_old_parameter_node

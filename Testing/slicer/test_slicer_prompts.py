@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_fixtures import (
+from support.slicer import (
     flipped_geometry,
     load_volume_node,
     new_scene,

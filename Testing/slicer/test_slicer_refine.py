@@ -151,13 +151,12 @@ def test_the_refine_button_sends_the_placed_box_for_the_selected_chip() -> None:
 
 
 def test_refine_in_the_panel_rewrites_the_segment_in_place_with_the_engines_voxels(tmp_path: Path, monkeypatch):
-    from slicer_fixtures import load_volume_node, new_scene, require_slicer_core, write_nrrd_lps
+    from support.slicer import load_volume_node, new_scene, require_slicer_core, write_nrrd_lps
 
     require_slicer_core()
     import slicer
     import vtk
-    from server_fixtures import BOX_A, live_server, scripted_engine, small_volume
-    from test_server_refine import HALF_A, engine_refine
+    from support.server import BOX_A, HALF_A, engine_refine, live_server, scripted_engine, small_volume
     from test_slicer_module import _logic_module
 
     from MedSegReasoning.correction import Correction

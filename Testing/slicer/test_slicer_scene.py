@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_fixtures import (
+from support.slicer import (
     blob_mask,
     flipped_geometry,
     load_volume_node,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from server_fixtures import live_server, offline_terminology, small_volume, truth_masks, write_replay
-from slicer_fixtures import (
+from support.server import live_server, offline_terminology, small_volume, truth_masks, write_replay
+from support.slicer import (
     load_volume_node,
     new_scene,
     oblique_geometry,

@@ -1,7 +1,7 @@
 """Builders for the dialogue tests: a small synthetic abdomen, scripted segmenters, and the three-round script.
 
-Not a conftest (the lead owns that): test modules import what they use from here. The crash test runs
-``python dialogue_fixtures.py FOLDER MODE`` in a child process, so the script lives here too.
+Plain builders, imported as ``support.dialogue``. The crash test runs ``python Testing/support/dialogue.py FOLDER
+MODE`` in a child process, so the script lives here too.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-if __package__ in (None, ""):  # run as a script by the crash test
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fakes import SliceLookup
+if __package__ in (None, ""):  # run as a script by the crash test: the repository and Testing/, not support/ itself
+    sys.path[0:1] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 from MedSegReasoning.pipeline import VoxelPrompt
 from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
 from MedSegReasoning.volume.core import Geometry, Volume
 from MedSegReasoning.volume.windowing import Window
+from support.fakes import SliceLookup
 
 WINDOW = Window("test", 100.0, 300.0)
 SHAPE = (24, 80, 80)  # k, j, i

@@ -1,7 +1,7 @@
 """Builders for the export and PACS tests: a small oblique CT series, a session made on it by the scripted
 dialogue, a real Orthanc on loopback, and a DICOMweb server that refuses.
 
-Not a conftest (the lead owns that): test modules import what they use from here. The benchmark imports the
+Plain builders, imported as ``support.export``. The benchmark imports the
 Orthanc runner too.
 """
 
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dialogue_fixtures import KIDNEY, SPACING, WINDOW, LabelOracle, abdomen_labels, abdomen_volume, script
-from volume_fixtures import oblique_flipped_geometry
 
 from MedSegReasoning.volume import load_volume, write_dicom_series
 from MedSegReasoning.volume.core import Geometry
+from support.dialogue import KIDNEY, SPACING, WINDOW, LabelOracle, abdomen_labels, abdomen_volume, script
+from support.volume import oblique_flipped_geometry
 
 DUODENUM = 3
 

@@ -1,6 +1,7 @@
 """Builders for the reasoner tests and benchmark: tiny Qwen-VL checkpoints, forced answers, a fake chat server.
 
-Not a conftest (the lead owns that): test modules import what they use from here.
+Plain builders, imported as ``support.reasoning``; the fixtures on top of them (``tiny_models``, ``chat_server``,
+``fake_hub``) are in ``Testing/integration/conftest.py``.
 
 No vision-language weights can be downloaded here, so each Qwen-VL generation is built from a small config with
 random weights (DESIGN.md section 4 lists the traps), saved with ``save_pretrained`` and loaded back through the
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from MedSegReasoning.volume.core import Geometry, Volume
 
@@ -173,14 +173,6 @@ def tiny_model_dir(kind: str, root: Path) -> Path:
         if kind not in _BUILT:
             _BUILT[kind] = build_tiny_qwen(kind, root / kind)
         return _BUILT[kind]
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """Folders of the three tiny checkpoints: ``{"qwen2_vl": ..., "qwen2_5_vl": ..., "qwen3_vl": ...}``."""
-    pytest.importorskip("torchvision", reason="the Qwen-VL processors need torchvision (their video processor)")
-    root = tmp_path_factory.mktemp("tiny-qwen")
-    return {kind: tiny_model_dir(kind, root) for kind in TINY_KINDS}
 
 
 class ForcedAnswers:
@@ -355,15 +347,6 @@ def _sse(body: dict[str, Any], b: Behaviour) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-@pytest.fixture(scope="module")
-def chat_server() -> Iterator[FakeChatServer]:
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
-    server = FakeChatServer().start()
-    yield server
-    server.stop()
-
-
 def closed_port() -> int:
     """A loopback port nobody listens on (bound, then released)."""
     sock = socket.socket()
@@ -471,12 +454,3 @@ class FakeHub:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def fake_hub() -> Iterator[FakeHub]:
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
-    hub = FakeHub().start()
-    yield hub
-    hub.stop()

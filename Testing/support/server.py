@@ -1,7 +1,7 @@
 """Builders for the server and client tests: a real uvicorn on loopback, small volumes, replay files, scripted models.
 
-Not a conftest (the lead owns that): test modules import what they use from here. The client's start-or-connect
-tests run ``python server_fixtures.py --state-dir D --token-file F [--delay S]``, which serves the scripted engine
+Plain builders, imported as ``support.server``. The client's start-or-connect tests run
+``python Testing/support/server.py --state-dir D --token-file F [--delay S]``, which serves the scripted engine
 below through the real ``serve`` path (socket, ready line, signals) without loading a real model.
 """
 
@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script by the client tests
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __package__ in (None, ""):  # run as a script by the client tests: the repository and Testing/, not support/ itself
+    sys.path[0:1] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from fakes import SliceLookup
-
+from MedSegReasoning.correction import Correction
 from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
 from MedSegReasoning.server.auth import TokenStore
 from MedSegReasoning.server.config import Limits, ServerConfig
@@ -34,6 +32,7 @@ from MedSegReasoning.server.engine import Engine
 from MedSegReasoning.terminology.matcher import Terminology
 from MedSegReasoning.volume.core import Geometry, Volume
 from MedSegReasoning.wire.errors import ModelError
+from support.fakes import SliceLookup
 
 SHAPE = (3, 64, 64)  # k, j, i: three slices keep a real-model propagation to three encoder runs
 SPACING = (1.5, 1.5, 3.0)  # si, sj, sk
@@ -341,3 +340,28 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             z.writestr(name, data)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# refine: the engine's own answer, to compare the server's with (test_server_refine, test_slicer_refine)
+
+HALF_A = [12, 12, 22, 32]  # the left half of structure A: round 1 makes E1 from it, on slice 1 only
+
+
+def engine_refine(server, sid: str, tmp_path: Path, correction: Correction, owner: str = "alice") -> np.ndarray:
+    """The engine's own answer: ``refine_entity`` on a copy of the server's saved session, on the volume the server
+    holds, its default window and the same scripted segmenter. The server's copy is left untouched."""
+    import shutil
+
+    from MedSegReasoning.dialogue import load_session
+    from MedSegReasoning.dialogue.refine import refine_entity
+    from MedSegReasoning.volume.windowing import default_window
+
+    state = server.runtime.store.get(sid, owner)
+    copy = tmp_path / f"engine-{len(list(tmp_path.glob('engine-*')))}"
+    shutil.copytree(state.folder, copy)
+    session = load_session(copy, terminology=offline_terminology())
+    a, b = truth_masks(state.volume.shape)
+    window = default_window(state.volume)
+    refine_entity(session, state.volume, ScriptedSegmenter(a | b), window, "E1", correction)
+    return session.dense_mask("E1")

@@ -1,6 +1,6 @@
 """Shared builders for the volume tests: small synthetic series with a geometry known exactly.
 
-Not a conftest (the lead owns that): test modules import what they use from here.
+Plain builders, imported as ``support.volume``.
 """
 
 from __future__ import annotations

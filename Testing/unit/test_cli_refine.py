@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import OracleSegmenter
+from support.fakes import OracleSegmenter
 
 from MedSegReasoning.cli import main
 

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from fakes import SliceLookup
-from reasoning_fixtures import blob_volume
+from support.fakes import SliceLookup
+from support.reasoning import blob_volume
 
 from MedSegReasoning.conversation import ask_reasoner_again, correction_question, reasoner_planner
 from MedSegReasoning.dialogue import Session, run_round

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakes import OracleSegmenter
+from support.fakes import OracleSegmenter
 
 from MedSegReasoning.correction import Correction, correct_mask
 from MedSegReasoning.pipeline import VoxelPrompt

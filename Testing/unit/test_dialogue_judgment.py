@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dialogue_fixtures import DUODENUM, KIDNEY, WINDOW, LabelOracle, abdomen_labels, abdomen_volume, prompt_on
-from fakes import OracleSegmenter
+from support.dialogue import DUODENUM, KIDNEY, WINDOW, LabelOracle, abdomen_labels, abdomen_volume, prompt_on
+from support.fakes import OracleSegmenter
 
 from MedSegReasoning.dialogue import RoundPlan, Session, TargetSpec, run_round
 from MedSegReasoning.dialogue.correction_loop import judge_and_correct

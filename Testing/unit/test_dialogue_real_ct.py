@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 import pytest
-from ct_reference import reference_labels_on_ct_grid
-from dialogue_fixtures import LabelOracle, inside_point, prompt_on
+from support.ct_reference import reference_labels_on_ct_grid
+from support.dialogue import LabelOracle, inside_point, prompt_on
 
 from MedSegReasoning.dialogue import RoundPlan, Session, TargetSpec, load_session, run_round
 from MedSegReasoning.volume import default_window, load_volume

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from dialogue_fixtures import run_script
+from support.dialogue import run_script
 
 from MedSegReasoning.dialogue import Clarification, Resolution, infer_relation
 

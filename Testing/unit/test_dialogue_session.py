@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dialogue_fixtures import (
+from support.dialogue import (
     DUODENUM,
     KIDNEY,
     LESION,

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from eval_fixtures import (
+from support.eval_data import (
     MR_FIRST,
     MR_SECOND,
     UMRG_SHAPES,

@@ -23,7 +23,7 @@ from MedSegReasoning.evaluation.metrics import (
 )
 from MedSegReasoning.wire.errors import EXIT_BAD_INPUT, InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------- masks

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from export_fixtures import run_session, write_ct
+from support.export import run_session, write_ct
 
 from MedSegReasoning.export.model import ModelNames, layers
 from MedSegReasoning.export.nifti import write_nifti_labels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakes import OracleSegmenter
+from support.fakes import OracleSegmenter
 
 from MedSegReasoning.pipeline import VoxelPrompt, segment_target
 from MedSegReasoning.propagation import PropagationConfig, largest_component, propagate
@@ -152,7 +152,7 @@ def test_second_prompt_on_a_slice_reuses_the_embedding():
 def test_real_litemedsam_propagation_on_real_ct(shared_ct, litemedsam):
     """Spleen from a reference box on its largest slice, propagated with LiteMedSAM over 7 slices (to keep CI
     fast; benchmarks/propagation.py runs the whole volume): Dice against the reference on those slices."""
-    from ct_reference import reference_on_ct_grid
+    from support.ct_reference import reference_on_ct_grid
 
     from MedSegReasoning.volume import default_window, load_volume
 

@@ -7,7 +7,7 @@ exactly where the overlay went, and that it went nowhere else.
 from __future__ import annotations
 
 import numpy as np
-from reasoning_fixtures import blob_volume
+from support.reasoning import blob_volume
 
 from MedSegReasoning.reasoning import DEFAULT_STRATEGY, Answer, EntityRef, ReasoningContext, run_reasoning
 from MedSegReasoning.reasoning.base import ReasonerIdentity

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reasoning_fixtures import blob_volume
+from support.reasoning import blob_volume
 
 from MedSegReasoning.pipeline import VoxelPrompt
 from MedSegReasoning.reasoning import (
@@ -204,13 +204,13 @@ def test_importing_reasoning_and_replaying_never_imports_torch(tmp_path):
         "import sys; sys.path.insert(0, 'Testing')\n"
         "import MedSegReasoning.reasoning as r\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import at package import'\n"
-        "from reasoning_fixtures import blob_volume\n"
+        "from support.reasoning import blob_volume\n"
         f"a = r.run_reasoning(blob_volume(), r.create_reasoner('replay:{replay}'), 'blob')\n"
         "assert a.targets[0].box == (75, 54, 150, 108)\n"
         "heavy = [m for m in ('torch', 'transformers', 'httpx', 'huggingface_hub') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
 
@@ -218,7 +218,7 @@ def test_importing_reasoning_and_replaying_never_imports_torch(tmp_path):
 @pytest.mark.slow
 def test_replay_with_real_litemedsam_on_the_real_ct(shared_ct, litemedsam, tmp_path):
     """Issue 3's end-to-end check: recorded answers -> run_reasoning -> VoxelPrompt -> LiteMedSAM on a real series."""
-    from ct_reference import reference_on_ct_grid
+    from support.ct_reference import reference_on_ct_grid
 
     from MedSegReasoning.pipeline import segment_target
     from MedSegReasoning.volume.loader import load_volume

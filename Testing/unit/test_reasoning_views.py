@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from reasoning_fixtures import blob_volume
+from support.reasoning import blob_volume
 
 from MedSegReasoning.reasoning import (
     DEFAULT_STRATEGY,

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from volume_fixtures import (
+from support.volume import (
     SHAPE_KJI,
     distinct_array,
     left_handed_geometry,

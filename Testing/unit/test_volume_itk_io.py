@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from volume_fixtures import distinct_array, oblique_flipped_geometry
+from support.volume import distinct_array, oblique_flipped_geometry
 
 from MedSegReasoning.volume import load_volume
 from MedSegReasoning.volume.core import Geometry, Volume

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from volume_fixtures import distinct_array, write_series
+from support.volume import distinct_array, write_series
 
 from MedSegReasoning.volume import load_volume
 from MedSegReasoning.wire.errors import EXIT_BAD_INPUT, InputError
