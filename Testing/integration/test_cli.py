@@ -189,14 +189,15 @@ def test_ask_on_real_ct_writes_mask_seg_and_result(shared_ct, litemedsam, tmp_pa
 
 
 def test_failed_export_keeps_the_previous_outputs(tmp_path, small_series, monkeypatch, capsys):
-    from support.fakes import OracleSegmenter
+    from support.fakes import oracle
 
     from MedSegReasoning.export import dicom_seg
     from MedSegReasoning.segmentation import factory
     from MedSegReasoning.volume import load_volume
 
-    truth = load_volume(small_series).array > 0
-    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(truth))
+    voxels = load_volume(small_series).array
+    truth = voxels > 0
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: oracle(voxels, truth))
     out = tmp_path / "o"
     argv = ["ask", str(small_series), "--box", "10,8,38,32,2", "--out", str(out), "--force"]
     assert main(argv) == 0
@@ -215,13 +216,14 @@ def test_failed_export_keeps_the_previous_outputs(tmp_path, small_series, monkey
 
 def test_oracle_propagation_through_cli_on_a_series(tmp_path, small_series, monkeypatch, capsys):
     from support.external_tools import dciodvfy_errors
-    from support.fakes import OracleSegmenter
+    from support.fakes import oracle
 
     from MedSegReasoning.segmentation import factory
     from MedSegReasoning.volume import load_volume
 
-    truth = load_volume(small_series).array > 0
-    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(truth))
+    voxels = load_volume(small_series).array
+    truth = voxels > 0
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: oracle(voxels, truth))
     assert main(["ask", str(small_series), "--box", "10,8,38,32,2", "--out", str(tmp_path / "o")]) == 0
     result = json.loads((tmp_path / "o" / "result.json").read_text())
     assert result["targets"][0]["slice_range"] == [1, 4]
@@ -256,13 +258,14 @@ LOCATE_REF = (
 
 
 def test_question_is_answered_by_the_reasoner_and_recorded(tmp_path, small_series, monkeypatch, capsys):
-    from support.fakes import OracleSegmenter
+    from support.fakes import oracle
 
     from MedSegReasoning.segmentation import factory
     from MedSegReasoning.volume import load_volume
 
-    truth = load_volume(small_series).array > 0
-    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(truth))
+    voxels = load_volume(small_series).array
+    truth = voxels > 0
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: oracle(voxels, truth))
     replay = _replay_file(tmp_path / "answers.jsonl", [(PICK_2, LOCATE_2)])
     out = tmp_path / "o"
     argv = ["ask", str(small_series), "segment the liver", "--reasoner", f"replay:{replay}", "--out", str(out)]
@@ -281,14 +284,15 @@ def test_question_is_answered_by_the_reasoner_and_recorded(tmp_path, small_serie
 
 
 def test_session_carries_entities_across_asks(tmp_path, small_series, monkeypatch, capsys):
-    from support.fakes import OracleSegmenter
+    from support.fakes import oracle
 
     from MedSegReasoning.dialogue import load_session
     from MedSegReasoning.segmentation import factory
     from MedSegReasoning.volume import load_volume
 
-    truth = load_volume(small_series).array > 0
-    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(truth))
+    voxels = load_volume(small_series).array
+    truth = voxels > 0
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: oracle(voxels, truth))
     replay = _replay_file(tmp_path / "answers.jsonl", [(PICK_2, LOCATE_2), (PICK_2, LOCATE_REF)])
     session = tmp_path / "session"
     base = ["ask", str(small_series), "--reasoner", f"replay:{replay}", "--session", str(session)]

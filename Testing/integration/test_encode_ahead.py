@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.fakes import OracleSegmenter
+from support.fakes import FakeSegmenter, oracle, truth_in_box
 from support.reasoning import blob_volume
 
 from MedSegReasoning.conversation import reasoner_planner
@@ -109,7 +109,7 @@ def test_a_background_call_waits_while_a_foreground_call_runs():
 
 def test_a_segmenter_that_cannot_prefetch_is_left_alone():
     volume = blob_volume()
-    ahead = EncodeAhead(OracleSegmenter(volume.array >= 200))
+    ahead = EncodeAhead(oracle(volume.array, volume.array >= 200))
     assert not ahead.supported
     assert ahead.submit(volume, default_window(volume), [7]) == 0
     ahead.close()
@@ -230,11 +230,11 @@ def test_cancelling_drops_pending_slices_and_interrupts_the_running_one(ct, lite
 
 
 # -- a failing encoder never fails the round ---------------------------------------------------------------------
-class PrefetchCrashes(OracleSegmenter):
+class PrefetchCrashes(FakeSegmenter):
     """The scripted segmenter with a ``prefetch`` that always fails (a broken runtime in the background)."""
 
-    def __init__(self, truth: np.ndarray) -> None:
-        super().__init__(truth)
+    def __init__(self, voxels: np.ndarray, truth: np.ndarray) -> None:
+        super().__init__(voxels, truth_in_box(truth), name="oracle")
         self.prefetches = 0
 
     def prefetch(self, image, cache_key, interrupt=None, *, min_idle_s=0.0) -> bool:
@@ -246,7 +246,7 @@ def test_an_encoder_failure_while_encoding_ahead_does_not_fail_the_round(tmp_pat
     volume = blob_volume()
     window = default_window(volume)
     truth = volume.array >= 200
-    segmenter = PrefetchCrashes(truth)
+    segmenter = PrefetchCrashes(volume.array, truth)
     rows, cols = np.nonzero(truth[7])
     target = {"slice": 7, "label": "blob", "bbox": [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())]}
     lines = [

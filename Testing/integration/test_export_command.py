@@ -32,14 +32,16 @@ def session_case(tmp_path):
 @pytest.fixture
 def result_case(tmp_path, monkeypatch):
     """A real ``ask`` output folder (CLI, box prompt, a scripted segmenter that answers with the true kidney)."""
-    from support.fakes import OracleSegmenter
+    from support.fakes import oracle
 
     from MedSegReasoning.cli import main
     from MedSegReasoning.segmentation import factory
+    from MedSegReasoning.volume import load_volume
 
     series = write_ct(tmp_path / "ct")
     labels = abdomen_labels()
-    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(labels == KIDNEY))
+    voxels = load_volume(series).array
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: oracle(voxels, labels == KIDNEY))
     p = prompt_on(labels, KIDNEY, 12)
     box = f"{p.box[0]},{p.box[1]},{p.box[2]},{p.box[3]},{p.k}"
     assert main(["ask", str(series), "--box", box, "--label", "left kidney", "--out", str(tmp_path / "ask")]) == 0

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pydicom
 import pytest
-from support.dialogue import KIDNEY, WINDOW, LabelOracle, abdomen_labels, prompt_on
+from support.dialogue import KIDNEY, WINDOW, abdomen_labels, prompt_on
 from support.export import (
     DUODENUM,
     RefusingDicomweb,
@@ -26,6 +26,7 @@ from support.export import (
     write_ct,
 )
 from support.external_tools import dciodvfy_errors, dcmqi_segment_points
+from support.fakes import label_oracle
 
 from MedSegReasoning.export.pacs import find_instances, retrieve_instance
 from MedSegReasoning.export.sr import read_measurement_report
@@ -90,7 +91,9 @@ def test_replay_round_on_a_pacs_series_then_seg_and_sr_back_to_the_pacs(pacs, tm
         return plan_from_answer(answer, question)
 
     session = Session.for_volume(volume, folder=tmp_path / "session")
-    rnd = run_round(session, volume, LabelOracle(labels), WINDOW, "Segment the left kidney.", planner)
+    rnd = run_round(
+        session, volume, label_oracle(volume.array, labels, window=WINDOW), WINDOW, "Segment the left kidney.", planner
+    )
     assert [t.status for t in rnd.targets] == ["accepted"], session.entity("E1").uncertainty
     assert rnd.reasoning.startswith("The left kidney")
     kidney = session.dense_mask("E1")

@@ -161,11 +161,11 @@ def test_two_concurrent_sessions_are_isolated(tmp_path):
     """Alice and Bob ask at the same time on different volumes: each gets their own entities, neither sees the
     other's session, and the shared segmenter queue shows its positions."""
     replay = write_replay(tmp_path / "answers.jsonl")
-    engine = scripted_engine(replay, delay_s=0.02)
+    volumes = {"alice": small_volume(), "bob": small_volume()}
+    volumes["bob"].array[:, :4, :4] = 7  # different content, different hash
+    engine = scripted_engine(replay, delay_s=0.02, voxels=[v.array for v in volumes.values()])
     with live_server(tmp_path, engine) as (server, tokens):
         alice, bob = MedSegClient(server.url, tokens["alice"]), MedSegClient(server.url, tokens["bob"])
-        volumes = {"alice": small_volume(), "bob": small_volume()}
-        volumes["bob"].array[:, :4, :4] = 7  # different content, different hash
         sessions, results, queued = {}, {}, []
         for name, client in (("alice", alice), ("bob", bob)):
             sessions[name] = client.create_session()

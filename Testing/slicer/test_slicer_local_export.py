@@ -24,7 +24,7 @@ import pytest
 from support.dialogue import KIDNEY, abdomen_labels, abdomen_volume, prompt_on
 from support.export import index_set, mask_points, oblique_abdomen_geometry, write_ct
 from support.external_tools import dciodvfy_errors
-from support.fakes import OracleSegmenter
+from support.fakes import oracle
 from support.server import live_server, offline_terminology, zip_bytes
 from support.slicer import new_scene, paint_segment, require_slicer_core
 
@@ -115,7 +115,8 @@ def ct(tmp_path_factory):
 def client(ct):
     from MedSegReasoning.server.engine import Engine
 
-    engine = Engine(segmenter=OracleSegmenter(ct["labels"] == KIDNEY), terminology=offline_terminology())
+    voxels = slicer.util.arrayFromVolume(ct["node"])  # what the Slicer side sends
+    engine = Engine(segmenter=oracle(voxels, ct["labels"] == KIDNEY), terminology=offline_terminology())
     (ct["root"] / "server").mkdir()
     with live_server(ct["root"] / "server", engine) as (server, tokens):
         yield MedSegClient(server.url, tokens["alice"])

@@ -12,16 +12,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 if __package__ in (None, ""):  # run as a script by the crash test: the repository and Testing/, not support/ itself
     sys.path[0:1] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 from MedSegReasoning.pipeline import VoxelPrompt
-from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
 from MedSegReasoning.volume.core import Geometry, Volume
 from MedSegReasoning.volume.windowing import Window
-from support.fakes import SliceLookup
+from support.fakes import label_oracle
 
 WINDOW = Window("test", 100.0, 300.0)
 SHAPE = (24, 80, 80)  # k, j, i
@@ -49,68 +47,13 @@ def abdomen_labels() -> np.ndarray:
 
 
 def abdomen_volume(labels: np.ndarray | None = None) -> Volume:
+    """The label map as a CT: each structure its intensity; the background -2 HU a slice deeper (0 to -46 HU), so no
+    two slices render alike (the organs are symmetric about slice 12) and the fake segmenter can tell them apart."""
     labels = abdomen_labels() if labels is None else labels
-    array = np.zeros(SHAPE, dtype=np.int16)
+    array = np.broadcast_to(-2 * np.arange(SHAPE[0], dtype=np.int16)[:, None, None], SHAPE).copy()
     for value, hu in INTENSITY.items():
         array[labels == value] = hu
     return Volume(array, Geometry.from_arrays((-80.0, -80.0, 0.0), SPACING, np.eye(3)), modality="CT")
-
-
-class LabelOracle(SliceLookup):
-    """A deterministic stand-in for a box-prompted SAM model on a label map.
-
-    A prompt with a foreground point chooses the structure (the label under the point; if that is background, the
-    most frequent label in the box) and whether it leaks: without a background point it also takes the labels in
-    ``leaks_into[label]``, as SAM bleeds into an adjacent organ of similar intensity until given a negative click.
-    Box-only prompts (those propagation makes) follow the last chosen structure. The answer is cut to the box.
-    """
-
-    identity = ModelIdentity(name="label-oracle", weights="none", sha256="0" * 64)
-
-    def __init__(
-        self, labels: np.ndarray, leaks_into: dict[int, set[int]] | None = None, runaway_from: int | None = None
-    ) -> None:
-        self.labels = labels
-        self.leaks_into = leaks_into or {}
-        self.runaway_from = runaway_from  # leaking box-only prompts on slices >= this spill far beyond their box
-        self.stats = SegmenterStats()
-        self._k: int | None = None
-        self._label = 0
-        self._leak = False
-        self.prompts: list[tuple[int, Prompt2D]] = []
-
-    def set_image(self, image: np.ndarray, cache_key=None) -> None:
-        self.look(image, cache_key, self.labels.shape[1:])
-        self.stats.encoder_calls += 1
-
-    def predict(self, prompt: Prompt2D) -> Prediction:
-        assert self._k is not None
-        self.stats.decoder_calls += 1
-        prompt = self.on_slice(prompt)
-        self.prompts.append((self._k, prompt))
-        slice_labels = self.labels[self._k]
-        box = np.zeros(slice_labels.shape, dtype=bool)
-        if prompt.box is not None:
-            x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
-            box[y0 : y1 + 1, x0 : x1 + 1] = True
-        else:
-            box[:] = True
-        fg = [p for p, lab in zip(prompt.points, prompt.labels, strict=True) if lab == 1]
-        if fg:
-            x, y = (int(round(v)) for v in fg[0])
-            label = int(slice_labels[y, x])
-            if label == 0:
-                inside = slice_labels[box]
-                inside = inside[inside > 0]
-                label = int(np.bincount(inside).argmax()) if inside.size else 0
-            self._label = label
-            self._leak = not any(lab == 0 for lab in prompt.labels)
-        if self.runaway_from is not None and not fg and self._leak and self._k >= self.runaway_from:
-            spill = ndimage.binary_dilation(box, iterations=max(box.sum(axis=1).max() // 4, 1))
-            return Prediction(mask=self.as_seen(spill), score=0.9)
-        wanted = {self._label} | (self.leaks_into.get(self._label, set()) if self._leak else set())
-        mask = np.isin(slice_labels, list(wanted)) & box & (self._label > 0)
-        return Prediction(mask=self.as_seen(mask), score=0.95)
 
 
 def inside_point(labels: np.ndarray, value: int, k: int) -> tuple[int, int]:
@@ -176,7 +119,7 @@ def run_script(folder: Path | None, rounds: int = 3, on_round=None):
 
     labels = abdomen_labels()
     volume = abdomen_volume(labels)
-    segmenter = LabelOracle(labels, leaks_into={KIDNEY: {DUODENUM}})
+    segmenter = label_oracle(volume.array, labels, leaks_into={KIDNEY: {DUODENUM}}, window=WINDOW)
     session = Session.for_volume(volume, path="synthetic-abdomen", folder=folder)
     for n, (question, plan) in enumerate(script(labels)[:rounds], start=1):
         if on_round is not None:

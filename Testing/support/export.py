@@ -26,7 +26,8 @@ import pytest
 
 from MedSegReasoning.volume import load_volume, write_dicom_series
 from MedSegReasoning.volume.core import Geometry
-from support.dialogue import KIDNEY, SPACING, WINDOW, LabelOracle, abdomen_labels, abdomen_volume, script
+from support.dialogue import KIDNEY, SPACING, WINDOW, abdomen_labels, abdomen_volume, script
+from support.fakes import label_oracle
 from support.volume import oblique_flipped_geometry
 
 DUODENUM = 3
@@ -94,7 +95,7 @@ def run_session(session_dir: Path, series: str | Path, volume=None):
 
     volume = volume if volume is not None else load_volume(series)
     labels = abdomen_labels()
-    segmenter = LabelOracle(labels, leaks_into={KIDNEY: {DUODENUM}})
+    segmenter = label_oracle(volume.array, labels, leaks_into={KIDNEY: {DUODENUM}}, window=WINDOW)
     session = Session.for_volume(volume, path=series, folder=session_dir)
     for question, plan in script(labels):
         run_round(session, volume, segmenter, WINDOW, question, plan)

@@ -25,14 +25,13 @@ if __package__ in (None, ""):  # run as a script by the client tests: the reposi
     sys.path[0:1] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 from MedSegReasoning.correction import Correction
-from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
 from MedSegReasoning.server.auth import TokenStore
 from MedSegReasoning.server.config import Limits, ServerConfig
 from MedSegReasoning.server.engine import Engine
 from MedSegReasoning.terminology.matcher import Terminology
 from MedSegReasoning.volume.core import Geometry, Volume
 from MedSegReasoning.wire.errors import ModelError
-from support.fakes import SliceLookup
+from support.fakes import FakeSegmenter, ThresholdSegmenter, truth_in_box
 
 SHAPE = (3, 64, 64)  # k, j, i: three slices keep a real-model propagation to three encoder runs
 SPACING = (1.5, 1.5, 3.0)  # si, sj, sk
@@ -121,75 +120,23 @@ def offline_terminology() -> Terminology:
     return Terminology(_shipped_data(), embedder=_no_embedding)
 
 
-class ScriptedSegmenter(SliceLookup):
-    """The true mask cut to the box (like ``fakes.OracleSegmenter``), with scripted delays, failures and a gate.
-
-    ``delay_s`` per predict makes rounds last long enough to disconnect or kill mid-round; ``fail_at`` (1-based
-    predict count) raises like a model crashing; ``gate`` (an Event) blocks predictions until set.
-    """
-
-    identity = ModelIdentity(name="scripted-oracle", weights="none", sha256="0" * 64)
-
-    def __init__(self, truth: np.ndarray, *, delay_s: float = 0.0, fail_at: int | None = None) -> None:
-        self.truth = truth
-        self.delay_s = delay_s
-        self.fail_at = fail_at
-        self.gate: threading.Event | None = None
-        self.stats = SegmenterStats()
-        self.calls = 0
-        self.started = threading.Event()
-
-    def set_image(self, image: np.ndarray, cache_key=None) -> None:
-        self.look(image, cache_key, self.truth.shape[1:])
-        self.stats.encoder_calls += 1
-
-    def predict(self, prompt: Prompt2D) -> Prediction:
-        self.calls += 1
-        self.started.set()
-        if self.gate is not None:
-            self.gate.wait(30)
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.fail_at is not None and self.calls >= self.fail_at:
-            raise RuntimeError("simulated CUDA error: device-side assert triggered")
-        prompt = self.on_slice(prompt)
-        assert self._k is not None and prompt.box is not None
-        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
-        mask = np.zeros(self.truth.shape[1:], dtype=bool)
-        mask[y0 : y1 + 1, x0 : x1 + 1] = self.truth[self._k, y0 : y1 + 1, x0 : x1 + 1]
-        return Prediction(mask=self.as_seen(mask), score=0.95)
+def scripted_segmenter(voxels, truth: np.ndarray, **kwargs) -> FakeSegmenter:
+    """The true mask cut to the box (``support.fakes``), as the server tests' model "scripted-oracle": ``delay_s`` per
+    prediction makes rounds last long enough to disconnect or kill mid-round, ``fail_at`` (1-based prediction) raises
+    like a model crashing, ``gate`` (an Event) blocks predictions until set."""
+    return FakeSegmenter(voxels, truth_in_box(truth, need_box=True), name="scripted-oracle", **kwargs)
 
 
-class ThresholdSegmenter:
-    """Any volume: the bright pixels (rendered grey > 160) inside the box, after ``delay_s`` of simulated model time.
-
-    Used where the volume is not known in advance (the benchmark's server child process)."""
-
-    identity = ModelIdentity(name="threshold", weights="none", sha256="0" * 64)
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
-        self.stats = SegmenterStats()
-        self._image: np.ndarray | None = None
-
-    def set_image(self, image: np.ndarray, cache_key=None) -> None:
-        self._image = image[..., 0]
-
-    def predict(self, prompt: Prompt2D) -> Prediction:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        assert self._image is not None and prompt.box is not None
-        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
-        mask = np.zeros(self._image.shape, dtype=bool)
-        mask[y0 : y1 + 1, x0 : x1 + 1] = self._image[y0 : y1 + 1, x0 : x1 + 1] > 160
-        return Prediction(mask=mask, score=0.95)
-
-
-def scripted_engine(replay: Path | None, segmenter=None, shape: tuple[int, int, int] = SHAPE, **kwargs) -> Engine:
+def scripted_engine(
+    replay: Path | None, segmenter=None, shape: tuple[int, int, int] = SHAPE, voxels=None, **kwargs
+) -> Engine:
+    """The server's engine with the scripted segmenter (the truth of ``truth_masks``, shown ``small_volume`` or the
+    ``voxels`` given: an array or a list of the volumes clients will send) and, with ``replay``, a replay reasoner."""
     from MedSegReasoning.reasoning.spec import create_reasoner
 
     a, b = truth_masks(shape)
-    segmenter = segmenter if segmenter is not None else ScriptedSegmenter(a | b, **kwargs)
+    if segmenter is None:
+        segmenter = scripted_segmenter(small_volume(shape).array if voxels is None else voxels, a | b, **kwargs)
     factory = None
     if replay is not None:
 
@@ -363,5 +310,5 @@ def engine_refine(server, sid: str, tmp_path: Path, correction: Correction, owne
     session = load_session(copy, terminology=offline_terminology())
     a, b = truth_masks(state.volume.shape)
     window = default_window(state.volume)
-    refine_entity(session, state.volume, ScriptedSegmenter(a | b), window, "E1", correction)
+    refine_entity(session, state.volume, scripted_segmenter(state.volume.array, a | b), window, "E1", correction)
     return session.dense_mask("E1")

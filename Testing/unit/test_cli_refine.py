@@ -1,5 +1,5 @@
 """``ask INPUT --session DIR --refine E1 --box|--erase ...``: a correction of an entity as a round, through the CLI,
-with a segmenter that answers from the truth (``fakes.OracleSegmenter``): OUT gets the corrected entity under the same
+with a segmenter that answers from the truth (``support.fakes.oracle``): OUT gets the corrected entity under the same
 id, result.json counts the segmenter's work, and every usage error exits 2 with one sentence and no traceback."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.fakes import OracleSegmenter
+from support.fakes import oracle
 
 from MedSegReasoning.cli import main
 
@@ -35,8 +35,9 @@ def session(series, tmp_path, monkeypatch) -> Path:
     from MedSegReasoning.segmentation import factory
     from MedSegReasoning.volume import load_volume
 
-    truth = load_volume(series).array > 0
-    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: OracleSegmenter(truth))
+    voxels = load_volume(series).array
+    truth = voxels > 0
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kw: oracle(voxels, truth))
     folder = tmp_path / "session"
     assert main(["ask", str(series), "--box", FIRST_BOX, "--session", str(folder), "--out", str(tmp_path / "r1")]) == 0
     return folder

@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from support.fakes import SliceLookup
+from support.fakes import FakeSegmenter
 from support.reasoning import blob_volume
 
 from MedSegReasoning.conversation import ask_reasoner_again, correction_question, reasoner_planner
 from MedSegReasoning.dialogue import Session, run_round
 from MedSegReasoning.reasoning import create_reasoner
-from MedSegReasoning.segmentation.base import ModelIdentity, Prediction, Prompt2D, SegmenterStats
+from MedSegReasoning.segmentation.base import Prediction, Prompt2D
 from MedSegReasoning.volume.windowing import default_window
 
 K = 7
@@ -32,25 +32,16 @@ def box_of(mask: np.ndarray) -> list[int]:
     return [int(ii.min()), int(jj.min()), int(ii.max()), int(jj.max())]
 
 
-class LeaksUnlessGoodBox(SliceLookup):
+def leaks_unless_good_box(volume, good: list[int]) -> FakeSegmenter:
     """The blob for exactly ``good`` (i0, j0, i1, j1); the whole slice for any other prompt (a runaway leak)."""
+    exact = tuple(float(v) for v in good)
 
-    identity = ModelIdentity(name="leaky", weights="none", sha256="0" * 64)
+    def answer(k: int, prompt: Prompt2D) -> Prediction:
+        if prompt.box is not None and tuple(prompt.box) == exact:
+            return Prediction(mask=blob_on(volume, k), score=0.95)
+        return Prediction(mask=np.ones(volume.shape[1:], dtype=bool), score=0.95)
 
-    def __init__(self, volume, good: list[int]) -> None:
-        self.volume = volume
-        self.good = tuple(float(v) for v in good)
-        self.stats = SegmenterStats()
-
-    def set_image(self, image: np.ndarray, cache_key=None) -> None:
-        self.look(image, cache_key, self.volume.shape[1:])
-
-    def predict(self, prompt: Prompt2D) -> Prediction:
-        assert self._k is not None
-        prompt = self.on_slice(prompt)
-        if prompt.box is not None and tuple(prompt.box) == self.good:
-            return Prediction(mask=self.as_seen(blob_on(self.volume, self._k)), score=0.95)
-        return Prediction(mask=self.as_seen(np.ones(self.volume.shape[1:], dtype=bool)), score=0.95)
+    return FakeSegmenter(volume.array, answer, name="leaky")
 
 
 def answer(box: list[int] | None, reasoning: str) -> str:
@@ -93,7 +84,7 @@ def run(tmp_path: Path, *boxes: list[int]):
     rnd = run_round(
         session,
         volume,
-        LeaksUnlessGoodBox(volume, good),
+        leaks_unless_good_box(volume, good),
         window,
         QUESTION,
         reasoner_planner(volume, window, reasoner, session, propagate=False),
@@ -140,7 +131,7 @@ def test_the_session_records_the_models_and_a_non_dicom_volume_has_no_uids(tmp_p
     good = box_of(blob_on(volume, K))
     reasoner = create_reasoner(f"replay:{replay_file(tmp_path / 'a.jsonl', good)}")
     session = Session.for_volume(volume, folder=tmp_path / "s")
-    segmenter = LeaksUnlessGoodBox(volume, good)
+    segmenter = leaks_unless_good_box(volume, good)
     run_round(
         session,
         volume,

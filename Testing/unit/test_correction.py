@@ -1,4 +1,4 @@
-"""``correction.correct_mask`` with a segmenter that answers from the truth (``fakes.OracleSegmenter``), so what a
+"""``correction.correct_mask`` with a segmenter that answers from the truth (``support.fakes.oracle``), so what a
 correction replaces, keeps and removes can be checked voxel by voxel: an add rejoins the mask and replaces only the
 slices it corrected, an erase removes its box's voxels and what grew from them, and locked slices never change."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.fakes import OracleSegmenter
+from support.fakes import FakeSegmenter, oracle, truth_in_box
 
 from MedSegReasoning.correction import Correction, correct_mask
 from MedSegReasoning.pipeline import VoxelPrompt
@@ -34,7 +34,9 @@ def truth() -> np.ndarray:
 
 
 def _volume(truth: np.ndarray) -> Volume:
-    array = np.where(truth, 80, 0).astype(np.int16)
+    """The structure at 80 HU; the background k HU on slice k, so that no two slices render alike (the structure is
+    symmetric) and the fake segmenter can tell them apart."""
+    array = np.where(truth, 80, np.arange(truth.shape[0])[:, None, None]).astype(np.int16)
     return Volume(array, Geometry.from_arrays((0, 0, 0), (1, 1, 2), np.eye(3)), modality="CT")
 
 
@@ -54,7 +56,7 @@ def _shrunk(truth: np.ndarray, slices: range) -> np.ndarray:
 def test_add_rejoins_the_mask_and_replaces_only_the_corrected_slices(truth):
     mask = _shrunk(truth, range(10, 13))
     before = mask.copy()
-    seg = OracleSegmenter(truth)
+    seg = oracle(_volume(truth).array, truth, window=WINDOW)
     correction = Correction(VoxelPrompt(k=11, box=_box(truth[11])))
     result = correct_mask(_volume(truth), seg, WINDOW, mask, correction, key_slice=KEY)
     assert result.changed_slices == [10, 11, 12]
@@ -67,21 +69,24 @@ def test_add_rejoins_the_mask_and_replaces_only_the_corrected_slices(truth):
     assert result.segmented_slices == [9, 10, 11, 12, 13] and sorted(set(seg.encoded)) == [9, 10, 11, 12, 13]
 
 
-class _SelfAwareOracle(OracleSegmenter):
+def _self_aware_oracle(truth: np.ndarray) -> FakeSegmenter:
     """The oracle, scoring each mask by how well it matches the truth: a model whose quality estimate is right."""
+    in_box = truth_in_box(truth)
 
-    def predict(self, prompt):
-        prediction = super().predict(prompt)
-        seen = self.truth[self._k]
+    def answer(k, prompt):
+        prediction = in_box(k, prompt)
+        seen = truth[k]
         overlap = 2.0 * (prediction.mask & seen).sum() / max(int(prediction.mask.sum() + seen.sum()), 1)
         return type(prediction)(mask=prediction.mask, score=0.95 * float(overlap))
+
+    return FakeSegmenter(_volume(truth).array, answer, name="oracle", window=WINDOW)
 
 
 def test_add_keeps_neighbours_the_model_scores_higher(truth):
     """A box over half the structure re-segments its slice, but the half mask it would grow on the neighbours scores
     lower than the good mask already there, so the correction changes its own slice only."""
     correction = Correction(VoxelPrompt(k=11, box=(22, 20, 30, 44)))
-    result = correct_mask(_volume(truth), _SelfAwareOracle(truth), WINDOW, truth.copy(), correction, key_slice=KEY)
+    result = correct_mask(_volume(truth), _self_aware_oracle(truth), WINDOW, truth.copy(), correction, key_slice=KEY)
     assert result.changed_slices == [11]
     assert "scores the mask there higher" in result.stop_reasons["up"]
     assert "scores the mask there higher" in result.stop_reasons["down"]
@@ -92,7 +97,9 @@ def test_add_keeps_neighbours_the_model_scores_higher(truth):
 def test_add_never_overwrites_a_locked_slice(truth):
     mask = _shrunk(truth, range(10, 13))
     correction = Correction(VoxelPrompt(k=11, box=_box(truth[11])))
-    result = correct_mask(_volume(truth), OracleSegmenter(truth), WINDOW, mask, correction, locked={12})
+    result = correct_mask(
+        _volume(truth), oracle(_volume(truth).array, truth, window=WINDOW), WINDOW, mask, correction, locked={12}
+    )
     assert result.changed_slices == [10, 11]
     np.testing.assert_array_equal(result.mask[12], mask[12])
     assert result.stop_reasons["up"] == "slice 12: an earlier correction"
@@ -103,7 +110,9 @@ def test_add_past_the_end_extends_the_structure(truth):
     mask = truth.copy()
     mask[13:] = False
     correction = Correction(VoxelPrompt(k=14, box=_box(truth[14])))
-    result = correct_mask(_volume(truth), OracleSegmenter(truth), WINDOW, mask, correction, key_slice=KEY)
+    result = correct_mask(
+        _volume(truth), oracle(_volume(truth).array, truth, window=WINDOW), WINDOW, mask, correction, key_slice=KEY
+    )
     np.testing.assert_array_equal(result.mask, truth)
     assert result.changed_slices == [13, 14, 15]
     assert "ended" in result.stop_reasons["up"]
@@ -123,7 +132,7 @@ LEAK_BOX = (49, 49, 59, 59)
 def test_erase_removes_the_box_and_what_grew_from_it_away_from_the_key_slice(truth):
     mask = _with_leak(truth, range(11, 18))
     before = mask.copy()
-    seg = OracleSegmenter(truth)
+    seg = oracle(_volume(truth).array, truth, window=WINDOW)
     result = correct_mask(
         _volume(truth), seg, WINDOW, mask, Correction(VoxelPrompt(k=13, box=LEAK_BOX), erase=True), key_slice=KEY
     )
@@ -138,7 +147,15 @@ def test_erase_removes_the_box_and_what_grew_from_it_away_from_the_key_slice(tru
 def test_erase_stops_at_a_locked_slice(truth):
     mask = _with_leak(truth, range(11, 18))
     correction = Correction(VoxelPrompt(k=13, box=LEAK_BOX), erase=True)
-    result = correct_mask(_volume(truth), OracleSegmenter(truth), WINDOW, mask, correction, key_slice=KEY, locked={15})
+    result = correct_mask(
+        _volume(truth),
+        oracle(_volume(truth).array, truth, window=WINDOW),
+        WINDOW,
+        mask,
+        correction,
+        key_slice=KEY,
+        locked={15},
+    )
     assert result.changed_slices == [13, 14]
     np.testing.assert_array_equal(result.mask[15:], mask[15:])
     assert result.stop_reasons["up"] == "slice 15: an earlier correction"
@@ -155,4 +172,11 @@ def test_erase_stops_at_a_locked_slice(truth):
 )
 def test_corrections_that_cannot_apply_say_why(truth, correction, message):
     with pytest.raises(InputError, match=message):
-        correct_mask(_volume(truth), OracleSegmenter(truth), WINDOW, truth.copy(), correction, key_slice=KEY)
+        correct_mask(
+            _volume(truth),
+            oracle(_volume(truth).array, truth, window=WINDOW),
+            WINDOW,
+            truth.copy(),
+            correction,
+            key_slice=KEY,
+        )

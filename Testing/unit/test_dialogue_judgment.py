@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.dialogue import DUODENUM, KIDNEY, WINDOW, LabelOracle, abdomen_labels, abdomen_volume, prompt_on
-from support.fakes import OracleSegmenter
+from support.dialogue import DUODENUM, KIDNEY, WINDOW, abdomen_labels, abdomen_volume, prompt_on
+from support.fakes import label_oracle, oracle
 
 from MedSegReasoning.dialogue import RoundPlan, Session, TargetSpec, run_round
 from MedSegReasoning.dialogue.correction_loop import judge_and_correct
@@ -38,7 +38,9 @@ def _run(volume, segmenter, prompt, label="left kidney", config=None, **expect):
 def test_a_leaked_propagation_is_caught_and_a_negative_click_fixes_it():
     labels = abdomen_labels()
     volume = abdomen_volume(labels)
-    seg = LabelOracle(labels, runaway_from=14)  # from slice 14 up, a leaking mask spills far beyond its box
+    seg = label_oracle(
+        volume.array, labels, runaway_from=14, window=WINDOW
+    )  # from slice 14 up, a leaking mask spills far beyond its box
     # judgment's own leak check, without propagation's tissue cut (which already trims this fake's leak)
     no_cut = PropagationConfig(tissue_quantile=None)
     outcome = _run(volume, seg, prompt_on(labels, KIDNEY, 12), config=no_cut)
@@ -90,7 +92,7 @@ def test_a_mask_that_fills_the_volume_is_kept_only_as_uncertain_and_says_so(tmp_
 def test_an_empty_mask_is_caught_and_a_larger_box_is_tried():
     labels = abdomen_labels()
     volume = abdomen_volume(labels)
-    seg = OracleSegmenter(labels == KIDNEY)
+    seg = oracle(volume.array, labels == KIDNEY, window=WINDOW)
     beside = VoxelPrompt(12, (2, 30, 13, 50))  # on the vein, left of the kidney: the kidney is not in the box
     outcome = _run(volume, seg, beside)
     first = outcome.judgments[0]
@@ -104,7 +106,7 @@ def test_a_leak_into_a_big_neighbour_fails_the_size_check_and_is_corrected():
     labels = abdomen_labels()
     labels[:, :, 47:][labels[:, :, 47:] == 0] = DUODENUM  # a huge neighbour of kidney intensity
     volume = abdomen_volume(labels)
-    seg = LabelOracle(labels, leaks_into={KIDNEY: {DUODENUM}})
+    seg = label_oracle(volume.array, labels, leaks_into={KIDNEY: {DUODENUM}}, window=WINDOW)
     outcome = _run(volume, seg, prompt_on(labels, KIDNEY, 12, pad=8))
     size = next(c for c in outcome.judgments[0].checks if c.name == "size")
     assert size.failed and size.expected == "80-300 mL"

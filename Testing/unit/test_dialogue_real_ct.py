@@ -11,7 +11,8 @@ import json
 import numpy as np
 import pytest
 from support.ct_reference import reference_labels_on_ct_grid
-from support.dialogue import LabelOracle, inside_point, prompt_on
+from support.dialogue import inside_point, prompt_on
+from support.fakes import label_oracle
 
 from MedSegReasoning.dialogue import RoundPlan, Session, TargetSpec, load_session, run_round
 from MedSegReasoning.volume import default_window, load_volume
@@ -31,8 +32,8 @@ def test_three_rounds_on_the_real_ct(ct, tmp_path):
         names[n] for n in ("liver", "stomach", "inferior_vena_cava", "portal_vein_and_splenic_vein")
     )
     k = 10
-    segmenter = LabelOracle(labels, leaks_into={liver: {stomach}})
     window = default_window(volume)
+    segmenter = label_oracle(volume.array, labels, leaks_into={liver: {stomach}}, window=window)
     session = Session.for_volume(volume, path="ct-abdomen-dicom", folder=tmp_path / "s")
     rounds = [
         ("Segment the liver.", (TargetSpec("liver", prompt_on(labels, liver, k, pad=40)),)),

@@ -10,12 +10,12 @@ from support.dialogue import (
     LESION,
     VEIN,
     WINDOW,
-    LabelOracle,
     abdomen_labels,
     abdomen_volume,
     prompt_on,
     run_script,
 )
+from support.fakes import label_oracle
 
 from MedSegReasoning.dialogue import Clarification, RoundPlan, Session, TargetSpec, load_session, run_round
 from MedSegReasoning.wire.errors import InputError
@@ -107,7 +107,7 @@ def test_replace_mask_is_recorded_and_used_later(tmp_path):
     assert load_session(tmp_path / "s") == session  # saved at once
     # a later round that refers to E3 is judged against the edited mask
     plan = RoundPlan(targets=(TargetSpec("lesion", prompt_on(labels, LESION, 12), ref="E3", relation="adjacent"),))
-    seg = LabelOracle(labels)
+    seg = label_oracle(volume.array, labels, window=WINDOW)
     rnd = run_round(session, volume, seg, WINDOW, "Segment the lesion next to E3 again.", plan)
     relation = next(c for c in rnd.judgments[0].checks if c.name == "relation")
     assert relation.status == "pass"
@@ -153,7 +153,7 @@ def test_an_ambiguous_reference_asks_back_instead_of_segmenting(tmp_path):
     labels = abdomen_labels()
     volume = abdomen_volume(labels)
     session = Session.for_volume(volume, folder=tmp_path / "s")
-    seg = LabelOracle(labels)
+    seg = label_oracle(volume.array, labels, window=WINDOW)
     two = RoundPlan(
         targets=(TargetSpec("lesion", prompt_on(labels, LESION, 12)), TargetSpec("cyst", prompt_on(labels, VEIN, 12)))
     )

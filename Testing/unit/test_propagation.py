@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.fakes import OracleSegmenter
+from support.fakes import oracle
 
 from MedSegReasoning.pipeline import VoxelPrompt, segment_target
 from MedSegReasoning.propagation import PropagationConfig, largest_component, propagate
@@ -15,7 +15,9 @@ WINDOW = Window(name="test", level=50.0, width=100.0)
 
 
 def _volume(truth: np.ndarray) -> Volume:
-    array = np.where(truth, 80, 0).astype(np.int16)
+    """The structure at 80 HU; the background k HU on slice k, so that no two slices render alike (the cones are
+    symmetric) and the fake segmenter can tell them apart."""
+    array = np.where(truth, 80, np.arange(truth.shape[0])[:, None, None]).astype(np.int16)
     return Volume(array, Geometry.from_arrays((0, 0, 0), (1, 1, 2), np.eye(3)), modality="CT")
 
 
@@ -31,7 +33,7 @@ def _cone(nk: int = 30, first: int = 8, last: int = 21) -> np.ndarray:
 
 def test_follows_the_structure_and_stops_where_it_ends():
     truth = _cone()
-    seg = OracleSegmenter(truth)
+    seg = oracle(_volume(truth).array, truth, window=WINDOW)
     result = propagate(_volume(truth), seg, WINDOW, 14, truth[14])
     np.testing.assert_array_equal(result.mask, truth)
     assert result.slice_range == (8, 21)
@@ -43,7 +45,7 @@ def test_follows_the_structure_and_stops_where_it_ends():
 
 def test_stops_on_low_confidence_and_reports_why():
     truth = _cone()
-    seg = OracleSegmenter(truth, scores={18: 0.1})
+    seg = oracle(_volume(truth).array, truth, scores={18: 0.1}, window=WINDOW)
     result = propagate(_volume(truth), seg, WINDOW, 14, truth[14])
     assert result.slice_range == (8, 17)
     assert "slice 18" in result.stop_reasons["up"] and "confidence" in result.stop_reasons["up"]
@@ -53,7 +55,7 @@ def test_stops_when_the_mask_leaks():
     truth = _cone()
     leaked = truth.copy()
     leaked[17, 5:60, 5:60] = True  # slice 17 suddenly covers most of the field
-    seg = OracleSegmenter(leaked)
+    seg = oracle(_volume(truth).array, leaked, window=WINDOW)
     result = propagate(
         _volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0, tissue_quantile=None)
     )
@@ -66,7 +68,7 @@ def test_stops_when_the_box_slides_onto_another_structure():
     moved = truth.copy()
     moved[17] = False
     moved[17, 40:50, 12:22] = True  # inside the grown box, but not where the structure was
-    seg = OracleSegmenter(moved)
+    seg = oracle(_volume(truth).array, moved, window=WINDOW)
     result = propagate(
         _volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=1.0, tissue_quantile=None)
     )
@@ -78,7 +80,7 @@ def test_a_leak_into_another_tissue_is_cut_away_and_propagation_goes_on():
     truth = _cone()
     leaked = truth.copy()
     leaked[17, 5:60, 5:60] = True  # the model fills its box with the (darker) neighbourhood on slice 17
-    seg = OracleSegmenter(leaked)
+    seg = oracle(_volume(truth).array, leaked, window=WINDOW)
     result = propagate(_volume(truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
     np.testing.assert_array_equal(result.mask, truth)
 
@@ -88,7 +90,14 @@ def test_a_leak_into_the_same_tissue_still_stops_on_the_growth_rule():
     leaked = truth.copy()
     leaked[17, 5:60, 5:60] = True
     volume = _volume(leaked)  # the neighbourhood has the structure's own value: nothing to cut by
-    result = propagate(volume, OracleSegmenter(leaked), WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
+    result = propagate(
+        volume,
+        oracle(volume.array, leaked, window=WINDOW),
+        WINDOW,
+        14,
+        truth[14],
+        PropagationConfig(margin_fraction=3.0),
+    )
     assert result.slice_range == (8, 16)
     assert "leak" in result.stop_reasons["up"]
 
@@ -97,7 +106,7 @@ def test_a_tissue_cut_keeps_only_the_parts_touching_the_previous_slice():
     truth = _cone()
     volume_truth = truth.copy()
     volume_truth[16, 2:6, 2:6] = True  # same tissue, inside the grown box, not connected to the structure
-    seg = OracleSegmenter(volume_truth)
+    seg = oracle(_volume(volume_truth).array, volume_truth, window=WINDOW)
     result = propagate(_volume(volume_truth), seg, WINDOW, 14, truth[14], PropagationConfig(margin_fraction=3.0))
     assert not result.mask[16, 2:6, 2:6].any()
     assert result.mask[16].sum() == truth[16].sum()
@@ -106,16 +115,23 @@ def test_a_tissue_cut_keeps_only_the_parts_touching_the_previous_slice():
 def test_a_small_structure_is_not_ended_by_an_absolute_pixel_count():
     truth = np.zeros((12, 32, 32), dtype=bool)
     truth[2:10, 14:17, 14:17] = True  # 9 pixels a slice: a small structure at low resolution
-    result = propagate(_volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5])
+    result = propagate(_volume(truth), oracle(_volume(truth).array, truth, window=WINDOW), WINDOW, 5, truth[5])
     assert result.slice_range == (2, 9)
 
 
 def test_reaches_the_volume_ends_and_honours_the_slice_limit():
     truth = _cone(nk=12, first=0, last=11)
-    result = propagate(_volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5])
+    result = propagate(_volume(truth), oracle(_volume(truth).array, truth, window=WINDOW), WINDOW, 5, truth[5])
     assert result.slice_range == (0, 11)
     assert result.stop_reasons == {"up": "reached the end of the volume", "down": "reached the end of the volume"}
-    limited = propagate(_volume(truth), OracleSegmenter(truth), WINDOW, 5, truth[5], PropagationConfig(max_slices=4))
+    limited = propagate(
+        _volume(truth),
+        oracle(_volume(truth).array, truth, window=WINDOW),
+        WINDOW,
+        5,
+        truth[5],
+        PropagationConfig(max_slices=4),
+    )
     assert int(limited.mask.any(axis=(1, 2)).sum()) == 4
 
 
@@ -132,7 +148,7 @@ def test_largest_component_drops_islands():
 
 def test_segment_target_without_propagation_touches_one_slice():
     truth = _cone()
-    seg = OracleSegmenter(truth)
+    seg = oracle(_volume(truth).array, truth, window=WINDOW)
     result = segment_target(_volume(truth), seg, WINDOW, VoxelPrompt(k=14, box=(10, 10, 60, 50)), propagate_3d=False)
     assert seg.encoded == [14]
     np.testing.assert_array_equal(result.mask[14], truth[14])
@@ -141,7 +157,7 @@ def test_segment_target_without_propagation_touches_one_slice():
 
 def test_second_prompt_on_a_slice_reuses_the_embedding():
     truth = _cone()
-    seg = OracleSegmenter(truth)
+    seg = oracle(_volume(truth).array, truth, window=WINDOW)
     volume = _volume(truth)
     segment_target(volume, seg, WINDOW, VoxelPrompt(k=14, box=(10, 10, 60, 50)), propagate_3d=False)
     segment_target(volume, seg, WINDOW, VoxelPrompt(k=14, box=(20, 15, 50, 45)), propagate_3d=False)
