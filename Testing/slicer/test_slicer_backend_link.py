@@ -29,6 +29,8 @@ from MedSegReasoning.wire.errors import InputError, NotFound
 from MedSegReasoning.wire.masks import CompactMask
 from MedSegReasoning.wire.session_archive import session_json
 
+pytestmark = pytest.mark.slow  # the real LiteMedSAM behind a live server, and child processes
+
 ROOT = Path(__file__).resolve().parents[2]
 K = 1  # the key slice in the crop (slice 18 of the series)
 

@@ -251,6 +251,7 @@ def test_cancel_kills_a_long_install_and_its_children(tmp_path: Path) -> None:
 # -- starting the server through the client's launcher ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a server child process
 def test_start_goes_to_ready_through_local_server(tmp_path: Path) -> None:
     from support.server import write_tokens
 

@@ -48,6 +48,8 @@ from MedSegReasoning.slicer.backend_link import BackendLink  # noqa: E402
 from MedSegReasoning.slicer.scene import SessionScene, volume_geometry_lps  # noqa: E402
 from MedSegReasoning.slicer.scene_sync import SceneSync  # noqa: E402
 
+pytestmark = pytest.mark.slow  # live servers, a private Orthanc, dciodvfy: out of the fast lane
+
 PYTHON = Path(sys.executable)  # this venv's interpreter: the "backend venv" of these tests
 VERIFIER = "Curie^Marie"
 
