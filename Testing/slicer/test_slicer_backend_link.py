@@ -4,23 +4,20 @@ The volume is three slices (17-19) of the shared abdominal CT with its real geom
 through real anatomy in a few seconds. The replay file answers in the pixels of the rendered views, which show
 an axial slice 1:1 (pixel = voxel i, j); boxes come from the reference labels.
 
-Also used by ``test_slicer_chat_panel.py``: ``write_answers``, ``start_server``, ``box_of`` (``ct3`` is in
-``Testing/slicer/conftest.py``).
+The server, the answers and the volume are shared with ``test_slicer_chat_panel.py``: ``support.live_backend`` and
+the ``ct3`` fixture (``Testing/slicer/conftest.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support.server import live_server, offline_terminology
+from support.live_backend import K, box_of, saved_session, segmenter_held, start_server, write_answers
 
 from MedSegReasoning.slicer.backend_link import BackendLink, chat_backend, round_request
 from MedSegReasoning.slicer.backend_link import chat_backend as connect_backend  # was chat_panel.connect_backend
@@ -32,70 +29,6 @@ from MedSegReasoning.wire.session_archive import session_json
 pytestmark = pytest.mark.slow  # the real LiteMedSAM behind a live server, and child processes
 
 ROOT = Path(__file__).resolve().parents[2]
-K = 1  # the key slice in the crop (slice 18 of the series)
-
-
-def box_of(mask2d: np.ndarray, pad: int = 3) -> list[int]:
-    jj, ii = np.nonzero(mask2d)
-    nj, ni = mask2d.shape
-    return [max(int(ii.min()) - pad, 0), max(int(jj.min()) - pad, 0), min(int(ii.max()) + pad, ni - 1),
-            min(int(jj.max()) + pad, nj - 1)]  # fmt: skip
-
-
-def write_answers(path: Path, rounds: list[dict]) -> Path:
-    """Per round ``{"targets": [{"label", "box"}], "text": ..., "this_slice": bool}``: a key-slice pick then the
-    boxes, or (``this_slice``) only the boxes, as the server asks for a question about the current view."""
-    lines = []
-    for n, rnd in enumerate(rounds, start=1):
-        text = rnd.get("text", "Boxed it.")
-        if not rnd.get("this_slice"):
-            pick = [{"slice": K, "label": t["label"]} for t in rnd["targets"]]
-            raw = json.dumps({"reasoning": f"Best seen on slice {K}.", "targets": pick})
-            lines.append({"round": n, "step": "pick_slice", "raw": raw})
-        located = [{"slice": K, "bbox": t["box"], "points": [], "label": t["label"]} for t in rnd["targets"]]
-        lines.append({"round": n, "step": "locate", "raw": json.dumps({"reasoning": text, "targets": located})})
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    return path
-
-
-@contextlib.contextmanager
-def start_server(tmp_path: Path, litemedsam, answers: Path):
-    """A real uvicorn on 127.0.0.1 serving the real LiteMedSAM and the replay reasoner; yields (server, token)."""
-    from MedSegReasoning.reasoning import create_reasoner
-    from MedSegReasoning.server.engine import Engine
-
-    engine = Engine(
-        segmenter=litemedsam,
-        reasoner_factory=lambda: create_reasoner(f"replay:{answers}"),
-        terminology=offline_terminology(),
-    )
-    with live_server(tmp_path, engine) as (server, tokens):
-        yield server, tokens["alice"]
-
-
-def saved_session(server, sid: str) -> dict:
-    """The session.json the server wrote for ``sid`` (what it records, read from its state folder)."""
-    return json.loads((server.runtime.store.get(sid, "alice").folder / "session.json").read_text())
-
-
-@contextlib.contextmanager
-def segmenter_held(server):
-    """Occupy the server's segmenter slot (its real FIFO queue) until the block ends: a round's next segmenter call
-    waits in the queue, deterministically, however fast the machine."""
-    release, holding = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        holding.set()
-        release.wait(60)
-
-    thread = threading.Thread(target=server.runtime.workers["segmenter"].call, args=(hold,), daemon=True)
-    thread.start()
-    assert holding.wait(10)
-    try:
-        yield
-    finally:
-        release.set()
-        thread.join(10)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -8,87 +8,20 @@ Screenshots go to ``Testing/_output/<test name>/chat_panel.png``.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-from test_slicer_backend_link import (  # the real-CT volume, replay answers and a live server
-    K,
-    box_of,
-    saved_session,
-    segmenter_held,
-    start_server,
-    write_answers,
-)
+from support.live_backend import K, box_of, saved_session, segmenter_held, start_server, write_answers
+from support.qt_panel import APP, KIDNEY, LIVER, FakeBackend, Q, qtest, widgets
+from support.qt_panel import wait_until as _wait
 
 from MedSegReasoning.slicer.backend_link import chat_backend
-from MedSegReasoning.slicer.chat_panel import ChatPanel, RoundEvent, qt_namespace
+from MedSegReasoning.slicer.chat_panel import ChatPanel, RoundEvent
 from MedSegReasoning.wire.session_archive import session_json
 
 OUTPUT = Path(__file__).resolve().parents[1] / "_output"  # Testing/_output, as docs/slicer.md says
-
-
-def _binding():
-    for name in ("PySide2", "PySide6"):
-        try:
-            return name, qt_namespace(name)
-        except ImportError:
-            continue
-    pytest.skip("no PySide: pip install PySide2==5.13.2 (or PySide6-Essentials)")
-
-
-BINDING, Q = _binding()
-widgets = __import__(f"{BINDING}.QtWidgets", fromlist=["QtWidgets"])
-qtest = __import__(f"{BINDING}.QtTest", fromlist=["QtTest"]).QTest
-APP = widgets.QApplication.instance() or widgets.QApplication([])
-
-LIVER = {"entity": {"id": "E1", "name": "Liver", "color": [221, 130, 101], "review": "proposed"}}
-KIDNEY = {"entity": {"id": "E2", "name": "Left kidney", "color": [185, 102, 83], "review": "proposed"}}
-
-
-class FakeBackend:
-    """Streams a scripted round; ``gate`` (when set) holds the stream after the first chunk until cancel()."""
-
-    def __init__(self, events: list[RoundEvent], hold_after_first: bool = False) -> None:
-        self.events = events
-        self.hold = threading.Event() if hold_after_first else None
-        self.cancelled = threading.Event()
-        self.asked: list[tuple[str, dict, str]] = []
-        self.reviews: list[tuple[str, str]] = []
-
-    def ask(self, question: str, context: dict) -> Iterator[RoundEvent]:
-        self.asked.append((question, context, threading.current_thread().name))
-        for n, event in enumerate(self.events):
-            if self.cancelled.is_set():
-                return
-            yield event
-            time.sleep(0.01)
-            if n == 0 and self.hold is not None:
-                self.hold.wait(5)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        if self.hold is not None:
-            self.hold.set()
-
-    def set_review(self, entity_id: str, review: str) -> None:
-        self.reviews.append((entity_id, review))
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        APP.processEvents()
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 def _round() -> list[RoundEvent]:

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from support.slicer import logic_module
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "scripted_module.py"
@@ -141,50 +142,6 @@ def test_cmake_builds_the_module_with_its_resources() -> None:
 # -- the Logic's wiring, run for real: slicer-core's MRML as ``slicer``, a live server, the chat's BackendLink ---------
 
 
-class _Settings:
-    """``qt.QSettings`` for the test: one dict shared by every instance, as the real settings file is."""
-
-    store: dict = {}
-
-    def value(self, key, default=None):
-        return self.store.get(key, default)
-
-    def setValue(self, key, value):
-        self.store[key] = value
-
-
-def _logic_module(monkeypatch, scene):
-    """``scripted_module`` imported with slicer-core as ``slicer`` and stand-ins only for what needs the application."""
-    import importlib
-    import types
-
-    import slicer
-
-    ns = types.SimpleNamespace
-    qt_stub = types.ModuleType("qt")
-    qt_stub.QSettings = _Settings
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class Logic:
-        def __init__(self):
-            pass
-
-    slm.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {})
-    slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
-    slm.ScriptedLoadableModuleLogic, slm.ScriptedLoadableModuleTest = Logic, type("ScriptedLoadableModuleTest", (), {})
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    pnw.parameterNodeWrapper = lambda cls: cls
-    monkeypatch.setitem(sys.modules, "qt", qt_stub)
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
-    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    monkeypatch.delitem(sys.modules, "scripted_module", raising=False)
-    monkeypatch.syspath_prepend(str(ROOT))
-    module = importlib.import_module("scripted_module")
-    monkeypatch.delitem(sys.modules, "scripted_module")
-    return module, ns
-
-
 def _chat_round(logic, params, question: str) -> list:
     """What ChatPanel does: edits from before_round into the context, targets to on_entity, then done."""
     events = list(logic.link.ask(question, {"edits": logic.pendingEdits()}))
@@ -214,7 +171,7 @@ def test_logic_runs_rounds_edits_undo_and_export_through_the_submodules(tmp_path
 
     scene = new_scene()
     volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", small_volume().array, oblique_geometry()))
-    module, ns = _logic_module(monkeypatch, scene)
+    module, ns = logic_module(monkeypatch, scene)
     params = ns(inputVolume=volume, sessionId="")
     logic = module.MedSegReasoningChatLogic()
     logic.getParameterNode = lambda: params
@@ -287,7 +244,7 @@ def test_a_reloaded_scene_shows_the_chat_and_continues_it_after_the_server_forgo
 
     scene = new_scene()
     volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", small_volume().array, oblique_geometry()))
-    module, ns = _logic_module(monkeypatch, scene)
+    module, ns = logic_module(monkeypatch, scene)
     params = ns(inputVolume=volume, sessionId="")
     replay = write_replay(tmp_path / "answers.jsonl")
     for name in ("first", "second"):
@@ -341,7 +298,7 @@ def test_clicks_boxes_and_the_view_go_with_the_question(tmp_path: Path, monkeypa
 
     scene = new_scene()
     volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", ramp_array((6, 20, 24)), oblique_geometry()))
-    module, ns = _logic_module(monkeypatch, scene)
+    module, ns = logic_module(monkeypatch, scene)
     monkeypatch.setattr(
         slicer.util,
         "getNodesByClass",
@@ -399,7 +356,7 @@ def test_choosing_another_input_volume_starts_a_new_conversation_on_it(tmp_path:
     second = load_volume_node(
         scene, write_nrrd_lps(tmp_path / "b.nrrd", small_volume().array + 5, oblique_geometry()), name="second"
     )
-    module, ns = _logic_module(monkeypatch, scene)
+    module, ns = logic_module(monkeypatch, scene)
     params = ns(inputVolume=first, sessionId="")
     logic = module.MedSegReasoningChatLogic()
     logic.getParameterNode = lambda: params
@@ -442,7 +399,7 @@ def test_the_module_loads_under_both_names_and_its_prompt_roles_are_the_librarys
     require_slicer_core()
     from MedSegReasoning.slicer import prompt_markups
 
-    module, _ = _logic_module(monkeypatch, new_scene())
+    module, _ = logic_module(monkeypatch, new_scene())
     for suffix in ("", "Widget", "Logic", "Test"):  # loaded from the repository folder, Slicer looks for these
         assert getattr(module, "scripted_module" + suffix) is getattr(module, "MedSegReasoningChat" + suffix)
     logic = module.MedSegReasoningChatLogic

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_slicer_chat_panel import APP, LIVER, FakeBackend, Q, _wait
+from support.qt_panel import APP, LIVER, FakeBackend, Q
+from support.qt_panel import wait_until as _wait
 
 from MedSegReasoning.slicer.backend_link import refine_answer, refine_request
 from MedSegReasoning.slicer.chat_panel import ChatPanel, RoundEvent
@@ -157,7 +158,7 @@ def test_refine_in_the_panel_rewrites_the_segment_in_place_with_the_engines_voxe
     import slicer
     import vtk
     from support.server import BOX_A, HALF_A, engine_refine, live_server, scripted_engine, small_volume
-    from test_slicer_module import _logic_module
+    from support.slicer import logic_module
 
     from MedSegReasoning.correction import Correction
     from MedSegReasoning.pipeline import VoxelPrompt
@@ -166,7 +167,7 @@ def test_refine_in_the_panel_rewrites_the_segment_in_place_with_the_engines_voxe
     scene = new_scene()
     engine_volume = small_volume()
     volume = load_volume_node(scene, write_nrrd_lps(tmp_path / "v.nrrd", engine_volume.array, engine_volume.geometry))
-    module, ns = _logic_module(monkeypatch, scene)
+    module, ns = logic_module(monkeypatch, scene)
     monkeypatch.setattr(
         slicer.util,
         "getNodesByClass",

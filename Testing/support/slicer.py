@@ -8,6 +8,7 @@ RAS grid of the volume node comes from Slicer, not from ``MedSegReasoning.slicer
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,52 @@ def save_and_reload(scene, folder: Path):
     reloaded.SetURL(str(folder / "scene.mrml"))
     assert reloaded.Import()
     return reloaded
+
+
+# -- the module's Logic without the Slicer application ---------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Settings:
+    """``qt.QSettings`` for the test: one dict shared by every instance, as the real settings file is."""
+
+    store: dict = {}
+
+    def value(self, key, default=None):
+        return self.store.get(key, default)
+
+    def setValue(self, key, value):
+        self.store[key] = value
+
+
+def logic_module(monkeypatch, scene):
+    """``scripted_module`` imported with slicer-core as ``slicer`` and stand-ins only for what needs the application."""
+    import importlib
+    import types
+
+    import slicer
+
+    ns = types.SimpleNamespace
+    qt_stub = types.ModuleType("qt")
+    qt_stub.QSettings = _Settings
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class Logic:
+        def __init__(self):
+            pass
+
+    slm.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {})
+    slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
+    slm.ScriptedLoadableModuleLogic, slm.ScriptedLoadableModuleTest = Logic, type("ScriptedLoadableModuleTest", (), {})
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+    pnw.parameterNodeWrapper = lambda cls: cls
+    monkeypatch.setitem(sys.modules, "qt", qt_stub)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.delitem(sys.modules, "scripted_module", raising=False)
+    monkeypatch.syspath_prepend(str(ROOT))
+    module = importlib.import_module("scripted_module")
+    monkeypatch.delitem(sys.modules, "scripted_module")
+    return module, ns
