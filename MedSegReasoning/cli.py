@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import PROG, __version__
 from .console import PropagationBar, demo_next_steps, status
@@ -534,8 +533,6 @@ def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> d
     )
     print_summary(result, options.out)
     return result
-
-
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

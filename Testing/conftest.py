@@ -1,4 +1,10 @@
-"""Shared fixtures: real data beside the project, and models loaded once per test run."""
+"""Shared fixtures (real data beside the project, models loaded once per test run) and the fast lane's marks.
+
+The folders: ``unit/`` (no real model, server, external tool or child process), ``integration/`` (real models,
+live servers, external validators, child processes, the style gates) and ``slicer/`` (the Slicer side: slicer-core,
+PySide2, the backend link). Plain builders and the one fake segmenter are the ``support`` package (``support/``, on
+``sys.path`` through pyproject's ``pythonpath``); fixtures are in the conftest.py of the folder that uses them.
+"""
 
 from __future__ import annotations
 
@@ -38,3 +44,15 @@ def small_volume_cases(tmp_path_factory, shared_ct) -> Path:
     from MedSegReasoning.evaluation.volume_cases import SMALL_CASE_NAMES, build_cases
 
     return build_cases(tmp_path_factory.mktemp("small-volume-cases"), shared_ct, SMALL_CASE_NAMES)
+
+
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` on every test under ``integration/`` and on any test that loads the real LiteMedSAM (the
+    ``litemedsam`` fixture), wherever it is: ``pytest -m "not slow" Testing`` is the fast lane. The default run is
+    everything."""
+    for item in items:
+        if INTEGRATION in item.path.parents or "litemedsam" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

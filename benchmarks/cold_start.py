@@ -221,7 +221,7 @@ def answer_to_first_mask(volume, window, segmenter, k: int, box, think_s: float,
 
 def encode_ahead_figures(ct: Path, repeats: int, think_s: float) -> dict:
     sys.path[:0] = [str(ROOT / "Testing")]
-    from ct_reference import reference_on_ct_grid
+    from support.ct_reference import reference_on_ct_grid
 
     from MedSegReasoning.segmentation.base import box_from_mask
     from MedSegReasoning.segmentation.encode_ahead import EncodeAhead

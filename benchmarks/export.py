@@ -11,7 +11,7 @@ What it measures, in one process:
 - ``write_dicom_seg`` with 10 non-overlapping ellipsoids (reading the 300 source headers, building, saving): as a
   label map SEG (``auto``, the export default without an SR) and as a binary SEG (the default with an SR), median
   of N runs each; once with 10 *overlapping* segments (binary, highdicom's per-segment frame stack: the slow path);
-- a private Orthanc on loopback (``Testing/export_fixtures.Orthanc``; needs the Debian packages ``orthanc`` and
+- a private Orthanc on loopback (``Testing/support/export.py``, ``Orthanc``; needs the Debian packages ``orthanc`` and
   ``orthanc-dicomweb``): STOW-RS of the series once, then N rounds of ``load_dicomweb_series`` (WADO-RS into a
   fresh folder, then the same DICOM reader) against ``load_volume`` on the original folder.
 
@@ -102,7 +102,7 @@ def bench_seg(volume, out: Path, repeats: int) -> dict:
 def bench_dicomweb(folder: Path, work: Path, repeats: int) -> dict:
     import os
 
-    from export_fixtures import Orthanc, push_series
+    from support.export import Orthanc, push_series
 
     from MedSegReasoning.volume import load_volume
     from MedSegReasoning.volume.dicomweb import load_dicomweb_series

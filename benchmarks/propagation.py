@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "Testing"))
 
-from ct_reference import reference_labels_on_ct_grid  # noqa: E402
+from support.ct_reference import reference_labels_on_ct_grid  # noqa: E402
 
 from MedSegReasoning.pipeline import VoxelPrompt, segment_target  # noqa: E402
 from MedSegReasoning.propagation import segment_slice  # noqa: E402

@@ -50,7 +50,7 @@ def load_volume(ct: Path | None):
         from MedSegReasoning.volume.loader import load_volume as load
 
         return load(ct / "dicom"), f"real CT {ct.name}"
-    from reasoning_fixtures import blob_volume
+    from support.reasoning import blob_volume
 
     return blob_volume((120, 512, 512)), "synthetic CT"
 
@@ -141,7 +141,7 @@ def bench_ours(volume, repeats: int) -> dict[str, float]:
 
 
 def bench_tiny_model(volume, repeats: int) -> dict[str, float]:
-    from reasoning_fixtures import build_tiny_qwen, force
+    from support.reasoning import build_tiny_qwen, force
 
     from MedSegReasoning.reasoning import create_reasoner, run_reasoning
     from MedSegReasoning.reasoning.views import DEFAULT_STRATEGY, key_slice_views

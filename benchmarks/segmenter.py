@@ -27,7 +27,7 @@ What it measures, in one process:
 
 Goals: encoder <= 1.5x the bound, cached prompt -> mask <= 0.1 s, peak RSS <= 1.5 GB. Prints a table and
 writes ``benchmarks/_output/segmenter.json`` (or ``--json PATH``). The CT is read by the test helpers
-(``Testing/segmenter_fixtures``).
+(``Testing/support/segmenter.py``).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def encoder_gflops(segmenter) -> float:
 
 def rss_probe(ct: Path) -> None:
     """Child process: default segmenter, one slice, one prompt; print peak RSS in bytes."""
-    from segmenter_fixtures import load_ct_case, organ_case
+    from support.segmenter import load_ct_case, organ_case
 
     from MedSegReasoning.segmentation.base import Prompt2D, box_from_mask
     from MedSegReasoning.segmentation.factory import create_segmenter
@@ -94,7 +94,7 @@ def slice_accuracy(case, segmenters: dict, step: int) -> dict[str, dict]:
     Per backend: the mean Dice against the reference over all those slices, and on the slices the fp32 ``onnx``
     masks get right (Dice >= ``WELL_SEGMENTED``) the mean and minimum Dice against those masks.
     """
-    from segmenter_fixtures import ORGAN_DICE_FLOORS, dice, window_rgb
+    from support.segmenter import ORGAN_DICE_FLOORS, dice, window_rgb
 
     from MedSegReasoning.segmentation.base import Prompt2D, box_from_mask
 
@@ -134,7 +134,7 @@ def run(ct: Path, repeats: int, slice_step: int = 4) -> dict:
     peak_rss = int(probe.stdout.strip().splitlines()[-1])
 
     import torch
-    from segmenter_fixtures import ORGAN_DICE_FLOORS, dice, load_ct_case, organ_case
+    from support.segmenter import ORGAN_DICE_FLOORS, dice, load_ct_case, organ_case
 
     from MedSegReasoning.segmentation import _onnx
     from MedSegReasoning.segmentation.base import Prompt2D, box_from_mask

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "Testing"))
 
-from server_fixtures import (  # noqa: E402
+from support.server import (  # noqa: E402
     ThresholdSegmenter,
     locate,
     offline_terminology,
@@ -53,7 +53,7 @@ from MedSegReasoning.wire.masks import CompactMask  # noqa: E402
 from MedSegReasoning.wire.process import LocalServer  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "_output" / "server.json"
-FIXTURES = ROOT / "Testing" / "server_fixtures.py"
+FIXTURES = ROOT / "Testing" / "support" / "server.py"
 ROUNDS = 30
 CLIENTS = 8
 ROUNDS_PER_CLIENT = 12

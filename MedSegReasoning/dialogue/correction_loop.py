@@ -126,20 +126,20 @@ def judge_and_correct(
         new_prompt = ask_again(reasons)
         if new_prompt is not None:
             try:
-                cand = segment(new_prompt, propagate, "asked the reasoner again")
-                j = judge_fn(cand, len(judgments) + 1)
+                asked = segment(new_prompt, propagate, "asked the reasoner again")
+                j = judge_fn(asked, len(judgments) + 1)
                 judgments.append(j)
-                attempts.append((cand, j))
+                attempts.append((asked, j))
             except InputError:
                 pass
     best, best_j = _best(attempts)
     if propose is not None:
         proposed = propose(best, best_j)
         if proposed is not None:
-            corrected, record = proposed
-            j = replace(judge_fn(corrected, len(judgments) + 1), strategy=STRATEGY)  # also when refused
+            proposal_candidate, record = proposed
+            j = replace(judge_fn(proposal_candidate, len(judgments) + 1), strategy=STRATEGY)  # also when refused
             if decide(best_j, j, record):
-                best, best_j = corrected, j
+                best, best_j = proposal_candidate, j
             j.proposal = record
             judgments.append(j)
     return Outcome(best, best_j, judgments)

@@ -131,7 +131,7 @@ class Judgment:
     voxels: int
     volume_ml: float
     score: float | None  # None when the segmenter gave no finite estimate (keeps equality and JSON exact)
-    proposal: dict | None = None  # a reasoner's correction this attempt judged (``reasoner_correction.py``)
+    proposal: dict[str, Any] | None = None  # a reasoner's correction this attempt judged (``reasoner_correction.py``)
 
     @property
     def accepted(self) -> bool:

@@ -387,7 +387,14 @@ def _run_target(
     return record
 
 
-def _proposals(ask_again, target: TargetSpec, volume, segmenter, window, config) -> ProposalFn | None:
+def _proposals(
+    ask_again: Callable[[TargetSpec, list[str]], VoxelPrompt | None] | None,
+    target: TargetSpec,
+    volume: Volume,
+    segmenter: Segmenter,
+    window: Window,
+    config: PropagationConfig,
+) -> ProposalFn | None:
     """The reasoner's corrections during judgment, when the hook offers them: an ``ask_again`` with a
     ``propose_correction(target, views, reasons) -> Correction | None`` method (``reasoner_correction.py``); a plain
     ``ask_again`` function keeps its meaning."""

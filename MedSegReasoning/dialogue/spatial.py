@@ -8,7 +8,7 @@ Distance between two separate masks is the smallest distance between their surfa
 (``scipy.spatial.cKDTree``). A Euclidean distance transform with ``sampling=spacing`` gives the same number, but it
 must cover the union of both boxes: about 9 s for two abdominal organs at CT resolution on one core, against well
 under a second for the tree on surface voxels only (the nearest pair of two disjoint sets always lies on their
-surfaces). ``Testing/test_dialogue_findings.py`` checks the two agree.
+surfaces). ``Testing/unit/test_dialogue_findings.py`` checks the two agree.
 """
 
 from __future__ import annotations

@@ -150,7 +150,9 @@ class ReasonerOptions:
         extra: dict[str, Any] = {}
         if self.timeout_s is not None:
             if not self.spec.strip().lower().startswith("openai:"):
-                raise InputError("--reasoner-timeout applies to openai: reasoners (a server): leave it out for this one.")
+                raise InputError(
+                    "--reasoner-timeout applies to openai: reasoners (a server): leave it out for this one."
+                )
             extra["timeout_s"] = self.timeout_s
         return create_reasoner(
             self.spec,

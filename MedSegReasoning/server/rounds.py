@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..dialogue.ask import RoundIO, ask_round
 from ..console import split_slice_stage
+from ..dialogue.ask import RoundIO, ask_round
 from ..dialogue.records import Round
 from ..dialogue.rounds import TargetSpec
 from ..pipeline import VoxelPrompt, check_prompt

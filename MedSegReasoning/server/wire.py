@@ -203,8 +203,8 @@ def check_body_size(meta: VolumeMeta, encoding: str, content_length: int | None)
 def content_hasher(meta: VolumeMeta):
     """The content hash (``wire.hashing``) primed for the announced volume, so the voxels can be hashed as they
     arrive instead of in a second pass over 150 MB (0.6-0.8 s on this project's machines). The dtype is named in
-    native byte order, as the ``Volume`` built from the buffer will hold it.
-    ``Testing/test_server_faults.py`` and ``test_server_session.py`` check it equals ``Volume.content_hash``."""
+    native byte order, as the ``Volume`` built from the buffer will hold it. ``Testing/integration/test_server_faults.py``
+    and ``test_server_session.py`` check it equals ``Volume.content_hash``."""
     return wire_content_hasher(meta.dtype.newbyteorder("="), meta.shape, meta.geometry.affine)
 
 

@@ -94,7 +94,7 @@ def _with_stored_non_finite(path: Path, array: np.ndarray) -> np.ndarray:
         return array
     import nibabel
 
-    stored = np.asanyarray(nibabel.load(path).dataobj)
+    stored = np.asanyarray(nibabel.load(path).dataobj)  # type: ignore[attr-defined]  # NIfTI images have it; the base stub lacks it
     if stored.size != array.size:  # not the layout assumed below: keep ITK's reading
         return array
     bad = ~np.isfinite(stored.reshape(-1, order="F").reshape(array.shape))  # NIfTI stores i fastest, as [k, j, i]

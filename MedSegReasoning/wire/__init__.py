@@ -2,7 +2,7 @@
 
 Numpy and the standard library only (no torch, no FastAPI, no SimpleITK), and nothing else of the package: the
 wire sits below every other layer (the import-linter contracts in pyproject.toml enforce it, and
-``Testing/test_architecture.py`` runs them). One job per module:
+``Testing/integration/test_architecture.py`` runs them). One job per module:
 
 - ``errors``: the user-facing ``MedSegError`` family (exit codes) and the client's ``ClientError`` family;
 - ``geometry``: ``[k, j, i]`` arrays in LPS (``Geometry``), plane orientations;

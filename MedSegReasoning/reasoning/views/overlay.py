@@ -20,12 +20,18 @@ DEFAULT_ENTITY_COLOR = (255, 255, 0)
 class DrawableEntity(Protocol):
     """What drawing needs of an entity (``base.EntityRef`` fits; a Protocol keeps this module free of it)."""
 
-    id: str
-    slice: int | None
-    box: tuple[int, int, int, int] | None
-    color: tuple[int, int, int] | None
-    slices: tuple[int, int] | None
-    slice_mask: Callable[[int], np.ndarray | None] | None
+    @property
+    def id(self) -> str: ...
+    @property
+    def slice(self) -> int | None: ...
+    @property
+    def box(self) -> tuple[int, int, int, int] | None: ...
+    @property
+    def color(self) -> tuple[int, int, int] | None: ...
+    @property
+    def slices(self) -> tuple[int, int] | None: ...
+    @property
+    def slice_mask(self) -> Callable[[int], np.ndarray | None] | None: ...
 
 
 def draw_entities(views: ViewSet, entities: Sequence[DrawableEntity]) -> ViewSet:

@@ -1,0 +1,153 @@
+"""Issue 15, the ``openai:`` reasoner against hostile servers: a total deadline, and a bad reply is exit 3 or 4.
+
+The servers here are a few lines of ``http.server`` started in the test, so each can misbehave exactly one way:
+keep the stream alive with SSE comments and never answer, cut a data line in the middle, or send fields of the
+wrong type.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from support.reasoning import blob_volume
+
+from MedSegReasoning.cli import main
+from MedSegReasoning.reasoning import ReasonerOutputError, ReasoningStrategy, create_reasoner
+from MedSegReasoning.reasoning.views import refine_views
+from MedSegReasoning.volume.windowing import default_window
+from MedSegReasoning.wire.errors import EXIT_SERVICE, ServiceError
+
+ANSWER = '{"reasoning": "r", "targets": [], "clarification": "which one?"}'
+
+
+def _event(obj) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+def _replies(kind: str, stop: threading.Event) -> Iterator[bytes]:
+    """What the server sends after its headers, per misbehaviour."""
+    if kind == "keepalive":  # a comment every 20 ms, never an answer, until the client hangs up
+        while not stop.is_set():
+            yield b": keep-alive\n\n"
+            time.sleep(0.02)
+    elif kind == "cut-mid-line":
+        yield _event({"choices": [{"delta": {"content": ANSWER[:20]}}]})
+        yield b'data: {"choices": [{"delta": {"content": "ab'
+    elif kind == "usage-lots":
+        yield _event({"choices": [{"delta": {"content": ANSWER}, "finish_reason": "stop"}], "usage": "lots"})
+        yield b"data: [DONE]\n\n"
+    elif kind == "choices-abc":
+        yield _event({"choices": "abc"})
+    elif kind == "delta-list":
+        yield _event({"choices": [{"delta": ["content", "x"]}]})
+
+
+class _Server:
+    def __init__(self, kind: str) -> None:
+        self.stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                try:
+                    for piece in _replies(kind, outer.stop):
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(request):
+    s = _Server(request.param)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def views():
+    volume = blob_volume()
+    return refine_views(volume, default_window(volume), ReasoningStrategy(pad_to_multiple=0), "axial", 7)
+
+
+def _reasoner(server, **options):
+    return create_reasoner(f"openai:{server.base_url}#qwen2.5vl:7b", retries=0, **options)
+
+
+@pytest.mark.parametrize("server", ["keepalive"], indirect=True)
+def test_a_keep_alive_server_is_cut_off_at_the_total_deadline(server, views):
+    with pytest.raises(ServiceError, match=r"did not finish its answer within 0.5 s.*--reasoner-timeout"):
+        _reasoner(server, timeout_s=0.5).reason(views, "where?")
+
+
+@pytest.mark.parametrize("server", ["keepalive"], indirect=True)
+def test_the_cli_option_sets_the_deadline_and_exits_4(server, tmp_path, capsys, monkeypatch):
+    from MedSegReasoning.segmentation import factory
+    from MedSegReasoning.volume.itk_io import write_label_image
+
+    monkeypatch.setattr(factory, "create_segmenter", lambda *a, **kw: _NoSegmenter())
+    monkeypatch.setattr(factory, "preload", lambda *a, **kw: None)
+    volume = blob_volume()
+    path = tmp_path / "blob.nrrd"
+    write_label_image(path, (volume.array > 0).astype(np.uint8) * 100, volume.geometry)
+    argv = ["ask", str(path), "where is the blob?", "--reasoner", f"openai:{server.base_url}#m", "--out"]
+    code = main([*argv, str(tmp_path / "o"), "--reasoner-timeout", "0.5"])
+    assert code == EXIT_SERVICE
+    assert "within 0.5 s" in capsys.readouterr().err
+
+
+class _NoSegmenter:
+    """The segmenter a reasoner failure never reaches (encoding ahead is off for it)."""
+
+    identity = None
+    supports_batch = False
+
+
+def test_the_deadline_option_is_checked_by_argparse(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ask", "x.nii", "q", "--reasoner-timeout", "-3"])
+    assert exit_info.value.code == 2 and "positive number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("server", ["cut-mid-line"], indirect=True)
+def test_a_stream_cut_mid_line_is_the_services_fault(server, views):
+    with pytest.raises(ServiceError, match="closed the stream before the answer was complete"):
+        _reasoner(server).reason(views, "where?")
+
+
+@pytest.mark.parametrize("server", ["usage-lots"], indirect=True)
+def test_usage_of_the_wrong_type_is_ignored(server, views):
+    answer = _reasoner(server).reason(views, "where?")
+    assert answer.clarification == "which one?"
+
+
+@pytest.mark.parametrize("server", ["choices-abc", "delta-list"], indirect=True)
+def test_choices_or_delta_of_the_wrong_type_are_a_bad_reply(server, views):
+    with pytest.raises(ReasonerOutputError, match="not a list of objects|delta is not an object"):
+        _reasoner(server).reason(views, "where?")
