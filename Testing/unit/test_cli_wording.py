@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from MedSegReasoning.cli import main, print_summary
+from MedSegReasoning.cli import main
 from MedSegReasoning.console import demo_next_steps
+from MedSegReasoning.output import print_summary
 
 
 @pytest.mark.parametrize("command", ["sample", "ask", "demo", "eval"])

@@ -20,7 +20,8 @@ FULL = replace(DEFAULT_PROPAGATION, skip=1)
 
 
 def _volume(truth: np.ndarray) -> Volume:
-    array = np.where(truth, 80, 0).astype(np.int16)
+    background = np.arange(truth.shape[0], dtype=np.int16)[:, None, None]  # every slice renders differently
+    array = np.where(truth, 80, background).astype(np.int16)
     return Volume(array, Geometry.from_arrays((0, 0, 0), (1, 1, 2), np.eye(3)), modality="CT")
 
 
