@@ -16,7 +16,9 @@ The data path of a round, top to bottom, with the file of each stage:
 5. **Segment the key slice, propagate**: ``dialogue/rounds.py`` (``segment_candidate``) → ``pipeline.py``
    (``segment_prompt``, any orientation) → ``propagation.py`` (``segment_slice``, ``propagate``).
 6. **Judge and correct**: ``dialogue/judgment.py`` and ``dialogue/correction_loop.py``: the segmenter's own
-   re-prompts, then the reasoner asked again with the reasons (``ReasonerPlanning.ask_again`` here).
+   re-prompts, then the reasoner asked again with the reasons (``ReasonerPlanning.ask_again`` here), then, for a
+   mask still refused, the reasoner shown its outline on the worst slices to add or erase a part
+   (``ReasonerPlanning.propose_correction`` here, ``dialogue/reasoner_correction.py``).
 7. **Entities**: ``dialogue/session.py`` (``add_entity``, ``redo_entity``; terminology, findings).
 8. **Save**: ``dialogue/store.py`` (``Session.finish_round``; a failed or cancelled round is undone instead).
 9. **Out** (the front end's): CLI ``conversation.write_round_outputs`` → ``output.py``; server
@@ -34,16 +36,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..correction import Correction
 from ..pipeline import VoxelPrompt
 from ..reasoning.answer import Answer, ReasonerOutputError
 from ..reasoning.base import ReasoningContext, TextCallback
 from ..reasoning.run import run_reasoning
 from ..reasoning.views import DEFAULT_STRATEGY, CurrentView, ReasoningStrategy
+from ..reasoning.views.model import ViewSet
 from ..segmentation.base import Segmenter
 from ..segmentation.encode_ahead import encoding_ahead
 from ..volume.core import Volume
 from ..volume.windowing import Window
 from ..wire.errors import InputError
+from .reasoner_correction import OutlineView
 from .records import Round
 from .rounds import DEFAULT_ROUND, ProgressFn, RoundConfig, RoundPlan, TargetSpec, plan_from_answer, run_round
 from .session import Session
@@ -137,7 +142,7 @@ def ask_round(
         question,
         plan,
         config=config,
-        ask_again=planning.ask_again if planning is not None else None,
+        ask_again=planning,  # called to re-ask; its ``propose_correction`` is the reasoner's correction
         progress=io.progress,
         reasoner_identity=reasoner.identity.to_dict() if planning is not None else None,
     )
@@ -217,6 +222,67 @@ class ReasonerPlanning:
                 self.io.on_warning(f"asking the reasoner again for '{target.label}' gave nothing usable: {exc}")
             return None
         return matching_prompt(answer, target.label)
+
+    def __call__(self, target: TargetSpec, reasons: list[str]) -> VoxelPrompt | None:
+        """``run_round``'s ``ask_again`` hook is this object: the call re-asks, ``propose_correction`` corrects."""
+        return self.ask_again(target, reasons)
+
+    def propose_correction(self, target: TargetSpec, views: list[OutlineView], reasons: list[str]) -> Correction | None:
+        """The reasoner shown the mask's outline on its worst slices (``reasoner_correction.reasoner_proposals``)
+        answers with a box to add or a box to erase, or with no correction.
+
+        Asked only for a mask that still fails judgment (``reasons`` not empty): an accepted mask costs no reasoner
+        call. An answer that cannot be used gives None, as in ``ask_again``; cancelling still stops the round.
+        """
+        if not reasons or not views:
+            return None
+        shown = ViewSet(task="locate", views=tuple(v.view for v in views), volume_shape=self.volume.shape)
+        context = self.session.reasoning_context()
+        if self.round_number is not None:
+            context = dataclasses.replace(context, round=self.round_number)
+        question = proposal_question(target.label, [v.k for v in views], reasons)
+        try:
+            answer = self.reasoner.reason(shown, question, context, self.io.on_text, self.io.cancel)
+        except (ReasonerOutputError, InputError) as exc:
+            if self.io.on_warning is not None:
+                self.io.on_warning(f"the reasoner's correction of '{target.label}' gave nothing usable: {exc}")
+            return None
+        self.answers.append(answer)
+        if self.io.on_answer is not None:
+            self.io.on_answer(answer)
+        return proposed_correction(answer, [v.k for v in views])
+
+
+NO_CORRECTION = "no correction"
+ERASE_LABEL = "erase"
+
+
+def proposal_question(label: str, slices: list[int], reasons: list[str]) -> str:
+    """What the reasoner is asked about a refused mask: the reasons, what the views show, and the three ways to
+    answer within the answer format it already knows (a target's label says add or erase)."""
+    why = "; ".join(reasons)
+    shown = ", ".join(str(k) for k in slices)
+    return (
+        f"The mask of '{label}' failed these checks: {why}. The views show its outline (yellow, tagged 'mask') on "
+        f"slices {shown}. If part of the {label} lies outside the outline, answer one target on one of these "
+        f"slices: a box around the missing part, labelled '{label}'. If the outline covers something that is not "
+        f"the {label}, answer one target: a box around that wrong part, labelled '{ERASE_LABEL}'. If the outline "
+        f"is right, answer only the clarification '{NO_CORRECTION}'."
+    )
+
+
+def proposed_correction(answer: Answer, slices: list[int]) -> Correction | None:
+    """The answer to ``proposal_question`` as a correction: its first boxed target on a shown slice (labelled
+    ``erase``: an erase; any other label is an add, the reasoner may name the structure its own way); None for a
+    clarification (no correction) or nothing usable."""
+    for t in answer.targets:
+        if t.box is None or not t.has_prompt:
+            continue
+        prompt = t.to_voxel_prompt()
+        if prompt.is_axial and prompt.k not in slices:
+            continue
+        return Correction(prompt, erase=t.label.strip().lower() == ERASE_LABEL)
+    return None
 
 
 def correction_question(question: str, label: str, reasons: list[str]) -> str:
