@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import PROG, __version__
+from .wire.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +127,23 @@ def print_summary(result: dict, out: Path) -> None:
         print(f"  {describe_record(result['assigned_uids'])}; seg.dcm references them (result.json: assigned_uids)")
     for warning in result["warnings"]:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
+
+
+def prepare_out_dir(out: Path, force: bool) -> None:
+    """Refuse to mix results into a non-empty folder unless asked to (nothing is deleted either way)."""
+    from .atomic import STAGING_PREFIX
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: give a folder.")
+    # a hidden staging folder is the leftover of a run that was killed mid-write: never a result, never in the way
+    if out.is_dir() and any(not p.name.startswith(STAGING_PREFIX) for p in out.iterdir()) and not force:
+        raise InputError(
+            f"the output folder {out} is not empty: choose another --out, or add --force to write into it."
+        )
+    for name in OUTPUT_FILES:  # checked now, so a model never runs for outputs that could not be put in place
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise InputError(
+                f"{out} holds a folder named {name} where this run writes a file: move or rename that folder, "
+                "or choose another --out."
+            )
+    out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ MEDIA_TYPE = "application/zip"
 _MASK_NAME = re.compile(rf"{MASK_DIR}/[0-9a-f]{{32}}\.npz")  # always with fullmatch: "$" would accept a final "\n"
 
 
-# What zipfile raises for damaged bytes besides BadZipFile (found by Testing/test_fuzz.py): a bad CRC is a
+# What zipfile raises for damaged bytes besides BadZipFile (found by Testing/unit/test_fuzz.py): a bad CRC is a
 # BadZipFile too, but only when the member is read; a cut deflate stream is zlib.error or EOFError.
 _DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, RuntimeError, OSError)
 

@@ -99,7 +99,7 @@ def test_typed_errors_and_reuse_by_hash(tmp_path):
 
 
 def test_model_missing_and_cancel(tmp_path):
-    engine = scripted_engine(None, shape=(12, 64, 64), delay_s=0.05)  # no reasoner: questions alone cannot be answered
+    engine = scripted_engine(None, shape=(12, 64, 64), delay_s=0.3)  # no reasoner: questions alone cannot be answered
     with live_server(tmp_path, engine) as (server, tokens):
         client = MedSegClient(server.url, tokens["bob"])
         sid = client.create_session()

@@ -155,9 +155,12 @@ def test_rounds_view_prompts_edits_review_and_an_expired_session(ct3, litemedsam
         prompts = {"boxes": [[i0, j0, K, i1, j1, K]], "points": [inside]}
         events = list(link.ask("stomach", {"prompts": prompts, "propagate": False}))
         assert events[-1].data["status"] == "ok", events
-        assert events[-1].data["answer"] == "Uncertain, please check: E4 (Stomach)."
+        assert events[-1].data["answer"] == "Found E4 (Stomach)."
         target = saved_session(server, sid)["rounds"][2]["targets"][0]
-        assert target["status"] == "uncertain"  # one slice of a stomach is too small to pass judgment: rightly said
+        # asked for one slice (propagate: False), the mask is judged as a slice: no whole-stomach volume is expected
+        assert target["status"] == "accepted"
+        size = [c for j in target["judgments"] for c in j["checks"] if c["name"] == "size"]
+        assert size and all(c["status"] == "skip" for c in size), size
         prompt = target["prompt"]
         assert prompt["slice"] == K and prompt["box"] == [i0, j0, i1, j1]
         assert [p[:2] for p in prompt["points"]] == [inside[:2]]
