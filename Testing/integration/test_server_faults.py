@@ -29,6 +29,7 @@ from support.server import (
 
 from MedSegReasoning.dialogue import load_session
 from MedSegReasoning.server.config import Limits
+from MedSegReasoning.volume.core import Volume
 
 SMALL_LIMITS = Limits(max_upload_bytes=64 * 1024, max_voxels=20_000, max_json_bytes=64 * 1024)
 
@@ -171,6 +172,20 @@ def test_volume_checks(served):
     assert http.get(f"/v1/sessions/{sid}").json()["volume"] is None
     ok = put(zlib.compress(raw), {"Content-Encoding": "deflate"})
     assert ok.status_code == 200 and ok.json()["content_sha256"] == volume.content_hash()
+    assert ok.json()["non_finite_voxels"] == 0 and ok.json()["warnings"] == []
+    # some NaN voxels: accepted, counted and said (the CLI's rule), in a session of their own
+    sid = http.post("/v1/sessions").json()["id"]
+    some = volume.array.astype(np.float32)
+    some[0, :2, :] = np.nan
+    nan_volume = Volume(some, volume.geometry, volume.modality)
+    answer = http.put(
+        f"/v1/sessions/{sid}/volume",
+        content=some.tobytes(),
+        headers={"X-MedSeg-Volume": json.dumps(volume_meta(nan_volume))},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["non_finite_voxels"] == 2 * some.shape[2]
+    assert f"{2 * some.shape[2]:,} of" in answer.json()["warnings"][0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from ...volume.finite import non_finite_warning
 from ...wire.headers import VOLUME_HEADER
 from ...wire.session_archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
 from ...wire.session_archive import pack_session
@@ -94,11 +95,14 @@ def add_routes(app: FastAPI, rt: Runtime) -> None:
             bytes=length,
             outcome="cached" if cached else ("stored" if changed else "unchanged"),
         )
+        warning = non_finite_warning(volume)  # the CLI's rule: counted, said, and the volume used anyway
         return {
             "content_sha256": volume.content_hash(),
             "shape": list(volume.shape),
             "dtype": str(volume.array.dtype),
             "reused": cached or not changed,
+            "non_finite_voxels": volume.non_finite_voxels,
+            "warnings": [warning] if warning else [],
             "session": session.summary(),
         }
 
