@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from . import PROG, __version__
 from .wire.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SERVICE
@@ -38,7 +39,7 @@ outputs (in --out, default ./medseg-out):
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one sentence with exit code 2 (its default code, kept)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 

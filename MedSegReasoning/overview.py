@@ -153,7 +153,8 @@ def _centre(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[int,
     points = np.argwhere(mask[::step, ::step, ::step]) * step
     mm = np.asarray(spacing, dtype=float)[::-1]  # (sk, sj, si) for (k, j, i)
     nearest = points[np.argmin((((points - centroid) * mm) ** 2).sum(axis=1))]
-    return tuple(int(x) for x in nearest)  # type: ignore[return-value]
+    k, j, i = nearest  # a row of argwhere on the 3-D mask
+    return (int(k), int(j), int(i))
 
 
 def _caption(orientation: str, centre: tuple[int, int, int], label: str) -> str:

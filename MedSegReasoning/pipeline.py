@@ -69,7 +69,7 @@ class VoxelPrompt:
     def to_prompt2d(self) -> Prompt2D:
         """The same prompt in the pixel coordinates of its plane (x = u, y = v), as the segmenter takes it."""
         return Prompt2D(
-            box=tuple(float(v) for v in self.box) if self.box else None,  # type: ignore[arg-type]
+            box=tuple(float(v) for v in self.box) if self.box else None,  # type: ignore[arg-type]  # the 4-tuple box, as floats
             points=tuple((float(i), float(j)) for i, j in self.points),
             labels=tuple(self.labels),
         )

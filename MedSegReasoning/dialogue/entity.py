@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..terminology.codes import CodedTerminology
 from ..volume.core import PLANE_ORIENTATIONS
@@ -11,7 +11,8 @@ from ..wire.errors import InputError
 from ..wire.masks import CompactMask
 from .findings import Measurements
 
-REVIEW_STATES = ("proposed", "confirmed", "rejected")
+ReviewState = Literal["proposed", "confirmed", "rejected"]
+REVIEW_STATES: tuple[ReviewState, ...] = get_args(ReviewState)
 """Set by the user: a new entity is *proposed*; rejected entities stay in the record but are not referred to."""
 
 Color = tuple[int, int, int]

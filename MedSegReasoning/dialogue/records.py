@@ -90,7 +90,7 @@ class VolumeRecord:
         return VolumeRecord(
             path=str(d["path"]),
             content_hash=str(d["content_sha256"]),
-            shape=tuple(int(x) for x in d["shape_kji"]),  # type: ignore[arg-type]
+            shape=tuple(int(x) for x in d["shape_kji"]),  # type: ignore[arg-type]  # to_dict writes a 3-D shape; not re-checked on load
             geometry=Geometry.from_arrays(d["origin_lps_mm"], d["spacing_mm"], d["direction"]),
             modality=str(d.get("modality", "")),
             study_instance_uid=str(dicom.get("study_instance_uid") or ""),

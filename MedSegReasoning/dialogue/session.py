@@ -378,7 +378,7 @@ class Session:
             and self.models == other.models
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # Python's way to say unhashable (mutable, with __eq__)
 
     # -- helpers ------------------------------------------------------------------------------------------------------
     def _require_idle(self) -> None:
@@ -424,7 +424,7 @@ class Session:
     def _pick_color(self, preferred: Color | None) -> Color:
         used = {e.color for e in self.entities.values()}
         if preferred is not None and tuple(preferred) not in used:
-            return tuple(preferred)  # type: ignore[return-value]
+            return tuple(preferred)  # type: ignore[return-value]  # a copy of the Color given, same length
         for c in PALETTE:
             if c not in used:
                 return c

@@ -114,7 +114,7 @@ def _read_mask(folder: Path, name: str) -> CompactMask:
     with np.load(path, allow_pickle=False) as z:
         box = z["box"]
         bits = z["bits"].tobytes()
-    mask = CompactMask(tuple(int(v) for v in box) if box.size else None, bits)  # type: ignore[arg-type]
+    mask = CompactMask(tuple(int(v) for v in box) if box.size else None, bits)  # type: ignore[arg-type]  # CompactMask checks it is 6 ints
     if mask_file_digest(mask) != path.stem:
         raise InputError(f"{path} does not hold the mask its name promises: the session folder is damaged.")
     return mask

@@ -117,12 +117,12 @@ def build_cases(out_dir: str | Path, shared_ct: str | Path | None, names: tuple[
 
 
 def _ct_full(case_dir: Path, shared_ct: str | Path | None) -> list[CaseStructure]:
-    volume, labels, names = _read_ct(Path(shared_ct))  # type: ignore[arg-type]
+    volume, labels, names = _read_ct(shared_ct)
     return _write_ct_case(case_dir, volume, labels, names)
 
 
 def _ct_3mm(case_dir: Path, shared_ct: str | Path | None) -> list[CaseStructure]:
-    volume, labels, names = _read_ct(Path(shared_ct))  # type: ignore[arg-type]
+    volume, labels, names = _read_ct(shared_ct)
     si, sj, sk = volume.geometry.spacing
     target = Geometry.from_arrays(volume.geometry.origin, (3.0, 3.0, sk), volume.geometry.direction_matrix)
     ni, nj = (int(math.floor(n * s / 3.0)) for n, s in ((volume.shape[2], si), (volume.shape[1], sj)))
@@ -134,7 +134,7 @@ def _ct_3mm(case_dir: Path, shared_ct: str | Path | None) -> list[CaseStructure]
 
 def _ct_spleen_crop(case_dir: Path, shared_ct: str | Path | None) -> list[CaseStructure]:
     """``CROP_SLICES`` slices through the middle of the spleen, cut in-plane to it plus ``CROP_MARGIN_PX``."""
-    volume, labels, names = _read_ct(Path(shared_ct))  # type: ignore[arg-type]
+    volume, labels, names = _read_ct(shared_ct)
     value = next(v for v, name in names.items() if name == "spleen")
     crop = _crop_around(labels == value, CROP_SLICES, CROP_MARGIN_PX)
     small = _cropped_volume(volume, crop)
@@ -143,7 +143,7 @@ def _ct_spleen_crop(case_dir: Path, shared_ct: str | Path | None) -> list[CaseSt
 
 def _ct_spleen_slab(case_dir: Path, shared_ct: str | Path | None) -> list[CaseStructure]:
     """``SLAB_SLICES`` whole slices through the middle of the spleen."""
-    volume, labels, names = _read_ct(Path(shared_ct))  # type: ignore[arg-type]
+    volume, labels, names = _read_ct(shared_ct)
     value = next(v for v, name in names.items() if name == "spleen")
     crop = _crop_around(labels == value, SLAB_SLICES, None)
     small = _cropped_volume(volume, crop)
@@ -174,11 +174,13 @@ def _cropped_volume(volume: Volume, crop: tuple[slice, slice, slice]) -> Volume:
     return Volume(np.ascontiguousarray(volume.array[crop]), geometry, modality=volume.modality)
 
 
-def _read_ct(shared_ct: Path) -> tuple[Volume, np.ndarray, dict[int, str]]:
+def _read_ct(shared_folder: str | Path | None) -> tuple[Volume, np.ndarray, dict[int, str]]:
     import SimpleITK as sitk
 
     from ..volume.loader import load_volume
 
+    assert shared_folder is not None  # build_cases leaves the CT cases out without the shared CT folder
+    shared_ct = Path(shared_folder)
     volume = load_volume(shared_ct / "dicom")
     reference = sitk.ReadImage(str(shared_ct / "reference-labels.nii.gz"))
     g = volume.geometry
@@ -317,9 +319,9 @@ def _grid_around(
     local = points @ direction  # coordinates along the new axes (direction is orthonormal)
     margin = np.broadcast_to(np.asarray(margin_mm, dtype=float), (3,))
     low, high = local.min(axis=0) - margin, local.max(axis=0) + margin
-    size = tuple(int(math.ceil((h - lo) / s)) + 1 for lo, h, s in zip(low, high, spacing, strict=True))
+    ni, nj, nk = (int(math.ceil((h - lo) / s)) + 1 for lo, h, s in zip(low, high, spacing, strict=True))
     origin = direction @ low
-    return Geometry.from_arrays(origin, spacing, direction), size  # type: ignore[return-value]
+    return Geometry.from_arrays(origin, spacing, direction), (ni, nj, nk)
 
 
 # -- shared -------------------------------------------------------------------------------------------------------

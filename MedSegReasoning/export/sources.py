@@ -98,7 +98,7 @@ def _from_session(folder: Path) -> ExportSet:
                 name=entity.name,
                 mask=mask,
                 terminology=entity.terminology,
-                color=tuple(entity.color),  # type: ignore[arg-type]
+                color=tuple(entity.color),  # type: ignore[arg-type]  # a copy of the entity's Color (R, G, B)
                 automatic=placed_by_reasoner and not entity.edited,
                 tracking_uid=_tracking_uid(session.created, entity.id),
                 review=entity.review,

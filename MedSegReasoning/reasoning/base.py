@@ -126,8 +126,8 @@ class ReasoningContext:
                     label=name,
                     orientation=item.get("orientation") or "axial",
                     slice=item.get("key_slice"),
-                    box=tuple(int(v) for v in box) if box else None,  # type: ignore[arg-type]
-                    color=tuple(int(c) for c in color) if color else None,  # type: ignore[arg-type]
+                    box=tuple(int(v) for v in box) if box else None,  # type: ignore[arg-type]  # to_dict's 4 ints; length not re-checked
+                    color=tuple(int(c) for c in color) if color else None,  # type: ignore[arg-type]  # to_dict's RGB; length not re-checked
                     slices=(int(slices[0]), int(slices[1])) if slices else None,
                     slice_mask=bind_slice_mask(slice_mask, entity_id),
                     given_label=str(label) if label and label != name else None,

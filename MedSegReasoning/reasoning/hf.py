@@ -28,7 +28,7 @@ from .base import ReasonerIdentity, TextCallback
 from .chat import ChatReasoner, ChatRequest
 from .coords import CONVENTION_BY_MODEL_TYPE, ResizeRule, get_convention
 from .models import MODEL_CLASSES, read_model_type, weights_revision
-from .prompts import PromptSet
+from .prompts import prompt_set
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -80,7 +80,7 @@ class HFReasoner(ChatReasoner):
         self.processor, self.model, self.dtype = self._load(dtype)
         rule = processor_resize_rule(self.processor)
         conv = get_convention(convention or CONVENTION_BY_MODEL_TYPE[self.model_type], rule)
-        prompts = PromptSet(prompt_style)  # type: ignore[arg-type]
+        prompts = prompt_set(prompt_style)
         identity = ReasonerIdentity(
             name=name or self.folder.name,
             backend="hf",

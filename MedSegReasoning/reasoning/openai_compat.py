@@ -39,7 +39,7 @@ from .answer import GenerationStats, ReasonerOutputError, ReasoningCancelled, qu
 from .base import ReasonerIdentity, TextCallback
 from .chat import ChatReasoner, ChatRequest
 from .coords import SERVER_SAFE_RULE, get_convention, guess_convention, is_grey, resize_for_model
-from .prompts import PromptSet
+from .prompts import prompt_set
 
 API_KEY_ENV = "MEDSEG_REASONER_API_KEY"
 # The total time one answer may take, retries and keep-alive comments included (``ask --reasoner-timeout``).
@@ -169,7 +169,7 @@ class OpenAIReasoner(ChatReasoner):
         self._png_level = 0 if is_loopback_url(self.base_url) else 1  # bytes are free on loopback, time is not
         name = convention or guess_convention(self.model)
         conv = get_convention(name, SERVER_SAFE_RULE if name == "qwen2.5-vl" else None)
-        prompts = PromptSet(prompt_style)  # type: ignore[arg-type]
+        prompts = prompt_set(prompt_style)
         decoding: dict[str, Any] = {
             "strategy": "greedy" if self.temperature == 0 else "sample",
             "temperature": self.temperature,

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .views import View, ViewSet
 
 PromptStyle = Literal["contract", "segzero"]
-PROMPT_STYLES: tuple[str, ...] = ("contract", "segzero")
+PROMPT_STYLES: tuple[PromptStyle, ...] = ("contract", "segzero")
 PROMPT_VERSION = "v1"
 _TEMPLATE_FILES = {
     ("contract", "pick_slice"): "pick_slice",
@@ -49,7 +49,7 @@ class PromptSet:
 
     def __post_init__(self) -> None:
         if self.style not in PROMPT_STYLES:
-            raise InputError(f"unknown prompt style '{self.style}': use one of {', '.join(PROMPT_STYLES)}.")
+            raise _unknown_style(self.style)
 
     @property
     def identity(self) -> str:
@@ -57,6 +57,18 @@ class PromptSet:
 
     def template(self, task: str) -> Template:
         return Template(load_template(_TEMPLATE_FILES[(self.style, task)], self.version))
+
+
+def prompt_set(style: str) -> PromptSet:
+    """The prompt set of a style named as text (a CLI option, ``models.json``): checked here, so that the type
+    checker sees a ``PromptStyle`` and an unknown name is the same ``InputError`` as ``PromptSet``'s."""
+    if style not in PROMPT_STYLES:
+        raise _unknown_style(style)
+    return PromptSet(style)
+
+
+def _unknown_style(style: str) -> InputError:
+    return InputError(f"unknown prompt style '{style}': use one of {', '.join(PROMPT_STYLES)}.")
 
 
 @lru_cache(maxsize=32)

@@ -26,7 +26,7 @@ from .answer import GenerationStats
 from .base import ReasonerIdentity, TextCallback
 from .chat import ChatReasoner, ChatRequest
 from .coords import get_convention
-from .prompts import PromptSet
+from .prompts import prompt_set
 
 _CHUNK = 24  # characters per streamed chunk: the chat panel shows replayed text arriving like live text
 
@@ -68,16 +68,17 @@ class ReplayReasoner(ChatReasoner):
         meta, entries = _read_replay_file(self.path)
         name = convention or meta.get("convention") or "pixels"
         conv = get_convention(name)
+        prompts = prompt_set(prompt_style)
         recorded = meta.get("identity") or {}
         identity = ReasonerIdentity(
             name=f"replay of {recorded.get('name', self.path.name)}",
             backend="replay",
             revision=_file_digest(self.path),
             convention=conv.name,
-            prompt_version=recorded.get("prompt_version", PromptSet(prompt_style).identity),  # type: ignore[arg-type]
+            prompt_version=recorded.get("prompt_version", prompts.identity),
             decoding={"source": str(self.path)},
         )
-        super().__init__(identity, conv, PromptSet(prompt_style))  # type: ignore[arg-type]
+        super().__init__(identity, conv, prompts)
         self._by_round: dict[int | None, list[dict]] = defaultdict(list)
         for entry in entries:
             self._by_round[entry.get("round")].append(entry)

@@ -84,7 +84,9 @@ def parse_refine_request(body: RefineIn, entity_id: str) -> RefineRequest:
             "(remove what lies in the box).",
         )
     erase = body.erase is not None
-    u0, v0, u1, v1, k = body.erase if erase else body.box  # type: ignore[misc]
+    drawn = body.erase if body.erase is not None else body.box
+    assert drawn is not None  # exactly one of box and erase is set: checked just above
+    u0, v0, u1, v1, k = drawn
     if len(body.points) > MAX_POINTS:
         raise bad_request("invalid_correction", f"a refine takes at most {MAX_POINTS} points, got {len(body.points)}.")
     points, labels = [], []

@@ -6,11 +6,11 @@ their names, fields and descriptions are part of the published API.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..dialogue.entity import REVIEW_STATES
+from ..dialogue.entity import ReviewState
 from ..wire.geometry import Orientation
 
 API = "/v1"  # the prefix of every route
@@ -79,7 +79,7 @@ class EntityPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str | None = Field(None, min_length=1, max_length=200)
     color: Annotated[list[int], Field(min_length=3, max_length=3)] | None = None
-    review: Literal[REVIEW_STATES] | None = None  # type: ignore[valid-type]
+    review: ReviewState | None = None
 
 
 class ExportIn(BaseModel):

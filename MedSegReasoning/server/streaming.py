@@ -21,10 +21,11 @@ from .wire import HEARTBEAT, sse
 async def launch(rt: Runtime, session: ServerSession, kind: type[RoundRun], request: Any, token: str) -> Response:
     """Prepare a round of ``kind`` (a question, or a refine) and stream it: one path, so both are checked, queued,
     cancelled and undone alike. Checks that fail answer with their own status before the stream starts."""
-    if session.busy:
+    active = session.active  # read once: ``session.busy`` is ``active is not None``
+    if active is not None:
         raise conflict(
             "round_running",
-            f"round {session.active.index} of this session is still running: wait for it, or cancel it first.",  # type: ignore[union-attr]
+            f"round {active.index} of this session is still running: wait for it, or cancel it first.",
         )
     run = kind(session, request, rt.engine, rt.workers, rt.audit, token, asyncio.get_running_loop())
     if session.lock.acquire(blocking=False):  # usual case: prepare (cheap) right here, no thread hop

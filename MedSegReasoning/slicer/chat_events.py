@@ -39,7 +39,7 @@ class EntityChip:
         return EntityChip(
             id=str(entity["id"]),
             label=str(entity.get("name") or entity.get("label") or entity["id"]),
-            color=tuple(int(c) for c in entity.get("color", (128, 128, 128))),  # type: ignore[arg-type]
+            color=tuple(int(c) for c in entity.get("color", (128, 128, 128))),  # type: ignore[arg-type]  # the server's (R, G, B); length not checked here
             review=str(entity.get("review", "proposed")),
         )
 

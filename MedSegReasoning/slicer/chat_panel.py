@@ -243,7 +243,7 @@ class ChatPanel:
         if not question or self.busy:
             return
         backend = self.backend
-        if self._begin_round(question, lambda context: backend.ask(question, context)):  # type: ignore[union-attr]
+        if self._begin_round(question, lambda context: backend.ask(question, context)):  # type: ignore[union-attr]  # _begin_round runs it only with a backend
             self.input.setPlainText("")
 
     def refine(self, erase: bool = False) -> None:
@@ -255,7 +255,7 @@ class ChatPanel:
             self.status.setText(state.tooltip)
             return
         entity_id, backend = self.selected_entity, self.backend
-        self._begin_round(state.text, lambda context: backend.refine(entity_id, context, erase=erase))  # type: ignore[union-attr]
+        self._begin_round(state.text, lambda context: backend.refine(entity_id, context, erase=erase))  # type: ignore[union-attr]  # _begin_round runs it only with a backend
 
     def _begin_round(self, shown: str, start: Callable[[dict], Iterator[RoundEvent]]) -> bool:
         """Show ``shown`` as the user's message and run ``start(context)`` (a backend call that streams a round) on

@@ -62,8 +62,8 @@ def terminology_codes(entry: str) -> dict[str, tuple[str, str, str] | None]:
     out: dict[str, tuple[str, str, str] | None] = {}
     for name, index in (("category", 1), ("type", 2), ("modifier", 3)):
         fields = parts[index].split("^") if index < len(parts) else []
-        code = tuple((fields + ["", "", ""])[:3])
-        out[name] = code if code[0] and code[1] else None  # type: ignore[assignment]
+        scheme, value, meaning = (fields + ["", "", ""])[:3]
+        out[name] = (scheme, value, meaning) if scheme and value else None
     return out
 
 

@@ -116,7 +116,8 @@ def export_session_locally(
         if dicomweb is not None:
             argv += ["--dicomweb", dicomweb]
         else:
-            out = Path(out_dir)  # type: ignore[arg-type]
+            assert out_dir is not None  # exactly one of out_dir and dicomweb is given: checked above
+            out = Path(out_dir)
             argv += ["--to", str(out), "--force"]
         if verifier:
             argv += ["--verifier", verifier]

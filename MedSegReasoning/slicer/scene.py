@@ -78,7 +78,7 @@ class SceneEntity:
             id=str(entity.id),
             name=str(entity.name),
             mask=entity.mask,
-            color=tuple(int(c) for c in entity.color),  # type: ignore[arg-type]
+            color=tuple(int(c) for c in entity.color),  # type: ignore[arg-type]  # an (R, G, B) on both entity kinds; not re-checked here
             key_slice=int(entity.key_slice),
             findings=str(entity.findings),
             terminology=terminology,
@@ -157,7 +157,7 @@ class SessionScene:
         seg.SetAttribute(ATTR_SESSION_ID, session_id)
         seg.SetAttribute(ATTR_ROLE, ROLE_SEGMENTATION)
         _place_beside(scene, seg, volume_node)
-        return SessionScene(scene, volume_node, seg, session_id, geometry, shape)  # type: ignore[arg-type]
+        return SessionScene(scene, volume_node, seg, session_id, geometry, shape)  # type: ignore[arg-type]  # check_same_grid matched it to the node's 3-D shape
 
     @staticmethod
     def find(scene: Any, session_id: str) -> SessionScene | None:

@@ -8,7 +8,7 @@ mapping steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from pydicom.sr.coding import Code as PydicomCode
 
@@ -60,6 +60,12 @@ class Code(PydicomCode):
     def to_dict(self) -> dict[str, str]:
         return {"scheme": self.scheme, "value": self.value, "meaning": self.meaning}
 
+    @overload
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Code: ...
+    @overload
+    @staticmethod
+    def from_dict(d: dict[str, Any] | None) -> Code | None: ...
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> Code | None:
         return None if d is None else Code(str(d["value"]), str(d["scheme"]), str(d["meaning"]))
@@ -211,7 +217,7 @@ class CodedTerminology:
             region_modifier=Code.from_dict(d.get("region_modifier")),
             similarity=None if d.get("similarity") is None else float(d["similarity"]),
             key=d.get("key"),
-            color=tuple(int(c) for c in d["color"]) if d.get("color") else None,  # type: ignore[arg-type]
+            color=tuple(int(c) for c in d["color"]) if d.get("color") else None,  # type: ignore[arg-type]  # to_dict writes an RGB; not re-checked on load
             slicer_context=str(d.get("slicer_context", "")),
             note=str(d.get("note", "")),
         )

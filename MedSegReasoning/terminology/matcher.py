@@ -38,19 +38,19 @@ class Terminology:
         for e in data["types"]:
             t = TermType(
                 key=e["key"],
-                category=self.categories[e["category"]],  # type: ignore[arg-type]
-                code=Code.from_dict(e["code"]),  # type: ignore[arg-type]
+                category=self.categories[e["category"]],
+                code=Code.from_dict(e["code"]),
                 cid=str(e.get("cid", "")),
                 slicer_context=str(e.get("slicer_context", "")),
                 source=str(e.get("source", "")),
                 laterality=tuple(e.get("laterality", ())),
-                color=tuple(int(c) for c in e["color"]),  # type: ignore[arg-type]
+                color=tuple(int(c) for c in e["color"]),  # type: ignore[arg-type]  # the file's RGB; length not checked here
                 synonyms=tuple(e.get("synonyms", ())),
                 groups=tuple(e.get("groups", ())),
                 region=Code.from_dict({k: e["region"][k] for k in ("scheme", "value", "meaning")})
                 if e.get("region")
                 else None,
-                volume_ml=tuple(float(v) for v in e["volume_ml"]) if e.get("volume_ml") else None,  # type: ignore[arg-type]
+                volume_ml=tuple(float(v) for v in e["volume_ml"]) if e.get("volume_ml") else None,  # type: ignore[arg-type]  # the file's (low, high); length not checked here
             )
             if t.key in self.types:
                 raise InputError(f"the terminology file lists {t.key!r} twice.")

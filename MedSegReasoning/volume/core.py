@@ -77,7 +77,8 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(nk, nj, ni)``: slices, rows, columns."""
-        return tuple(int(x) for x in self.array.shape)  # type: ignore[return-value]
+        nk, nj, ni = self.array.shape  # 3-D: checked in __post_init__
+        return (int(nk), int(nj), int(ni))
 
     @property
     def size_ijk(self) -> tuple[int, int, int]:

@@ -107,7 +107,7 @@ class HttpTransport:
                 if reused and attempt == 0:  # a kept-alive connection the server had closed: try a fresh one
                     continue
                 raise
-            conn._medseg_used = True  # type: ignore[attr-defined]
+            conn._medseg_used = True  # type: ignore[attr-defined]  # our own marker on the stdlib connection, read with getattr
             if not idempotent or response.will_close:
                 self._drop(conn)
             if response.status >= 400:

@@ -55,17 +55,17 @@ def _draw_on_view(view: View, entities: Sequence[DrawableEntity]) -> View:
     tags: list[tuple[float, float, str, tuple[int, int, int], Tile]] = []
     for tile in view.tiles:
         for entity in entities:
-            color = tuple(entity.color) if entity.color else DEFAULT_ENTITY_COLOR
+            color: tuple[int, int, int] = tuple(entity.color) if entity.color else DEFAULT_ENTITY_COLOR  # type: ignore[assignment]  # a copy of the entity's (R, G, B)
             outline = _outline_on_tile(entity, tile)
             if outline is not None:
                 rows, cols = np.nonzero(outline)
                 image[tile.y0 + rows, tile.x0 + cols] = color
-                tags.append((tile.x0 + cols.min(), tile.y0 + rows.min(), entity.id, color, tile))  # type: ignore[arg-type]
+                tags.append((tile.x0 + cols.min(), tile.y0 + rows.min(), entity.id, color, tile))
                 continue
             rect = _box_on_tile(entity, tile)
             if rect is not None:
-                boxes.append((rect, color))  # type: ignore[arg-type]
-                tags.append((rect[0], rect[1], entity.id, color, tile))  # type: ignore[arg-type]
+                boxes.append((rect, color))
+                tags.append((rect[0], rect[1], entity.id, color, tile))
     if not boxes and not tags:
         return view
     canvas = Image.fromarray(image)

@@ -43,7 +43,8 @@ def add_routes(app: FastAPI, rt: Runtime) -> None:
         """The entity's current mask: box + packed bits (docs/wire-format.md)."""
         session = rt.store.get(session_id, token_of(request))
         entity = entity_of(session, entity_id)
-        return JSONResponse({**mask_json(entity), "shape": list(session.dialogue.shape), "revision": entity.revision})  # type: ignore[union-attr]
+        assert session.dialogue is not None  # entity_of found the entity in it
+        return JSONResponse({**mask_json(entity), "shape": list(session.dialogue.shape), "revision": entity.revision})
 
     @app.post(f"{base}/{{entity_id}}/refine", tags=["entities", "rounds"], responses={**ERRORS, **SSE})
     async def refine(session_id: str, entity_id: str, body: RefineIn, request: Request) -> Response:
