@@ -246,3 +246,23 @@ def test_grey_images_travel_as_one_channel_png():
     grey = np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
     png = Image.open(io.BytesIO(base64.b64decode(png_data_url(grey).split(",", 1)[1])))
     assert png.mode == "L" and np.array_equal(np.asarray(png), grey[..., 0])
+
+
+def test_text_only_sends_the_prompt_alone_as_a_string_and_says_so_in_the_identity(chat_server, views):
+    chat_server.queue(Behaviour("json", ANSWER))
+    reasoner = reasoner_for(chat_server, stream=False, text_only=True)
+    assert reasoner.identity.decoding["text_only"] is True
+    assert reasoner.reason(views, "where is the blob?").targets[0].box == EXPECTED_BOX
+    (body,) = chat_server.requests
+    content = body["messages"][0]["content"]
+    assert isinstance(content, str) and "where is the blob?" in content  # no image parts: a text model's template
+    assert "text_only" not in reasoner_for(chat_server).identity.decoding  # the default identity is unchanged
+
+
+def test_an_answer_leaves_the_reasoner_unchanged_so_threads_can_share_it(chat_server, views):
+    """The total deadline was an attribute set per answer: a second thread's answer moved the first one's."""
+    chat_server.queue(Behaviour("stream", chunks=[ANSWER]))
+    reasoner = reasoner_for(chat_server)
+    before = dict(vars(reasoner))
+    reasoner.reason(views, "where?")
+    assert vars(reasoner) == before
