@@ -7,8 +7,10 @@ ended by ``data: [DONE]``). Servers that run a reasoning parser (vLLM ``--reason
 in ``reasoning_content``; it is put back in ``<think>`` tags so the one parser sees the whole answer.
 
 For our own prompt contract the request carries a JSON schema as ``response_format`` (vLLM, llama.cpp and
-recent Ollama enforce it); a server that rejects the field with HTTP 400/422 is asked once more without it,
-and the adapter remembers. ``segzero``-style models keep their trained ``<think>/<answer>`` format, unconstrained.
+recent Ollama enforce it); a server that rejects the field (HTTP 400/422/500 naming it) is asked once more with
+the older ``{"type": "json_object", "schema": ...}`` form when its refusal names that (llama-cpp-python's
+server), else without a schema, and the adapter remembers. ``segzero``-style models keep their trained
+``<think>/<answer>`` format, unconstrained.
 
 Patient data: the request holds only the rendered pixels and the question text, never DICOM header fields. A
 base URL that is not on this machine (loopback) is refused unless ``allow_remote`` is given, with a message that
@@ -27,7 +29,7 @@ import json
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -54,6 +56,7 @@ API_KEY_ENV = "MEDSEG_REASONER_API_KEY"
 # The total time one answer may take, retries and keep-alive comments included (``ask --reasoner-timeout``).
 DEFAULT_TIMEOUT_S = 300.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+SchemaForm = Literal["json_schema", "json_object"]
 _WIRE_EXPECTED = "an OpenAI chat completion: JSON with choices[0].message.content, or SSE lines 'data: {...}'"
 
 
@@ -81,7 +84,8 @@ def check_base_url(base_url: str, allow_remote: bool) -> str:
 
 
 def answer_schema(task: str) -> dict[str, Any]:
-    """The JSON schema of our answer contract for ``response_format`` (key-slice step: no coordinates)."""
+    """The JSON schema of our answer contract for ``response_format`` (key-slice step: no coordinates): what it
+    admits, the parser takes, as far as a schema can say it (coordinates in the image are checked after)."""
     point = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
     target: dict[str, Any] = {
         "type": "object",
@@ -95,18 +99,24 @@ def answer_schema(task: str) -> dict[str, Any]:
     if task == "locate":
         target["properties"].update(
             bbox={"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
-            points={"type": "array", "items": point},
-            negative_points={"type": "array", "items": point},
+            # bounded as the prompt says (one to three): a looping model cannot run to the token limit in a list
+            points={"type": "array", "items": point, "minItems": 1, "maxItems": 3},
+            negative_points={"type": "array", "items": point, "maxItems": 3},
         )
         target["required"] = ["bbox", "points", "label", "ref"]
+    # Targets or a clarification question, never both (the parser refuses both): two alternatives, as a grammar
+    # can only enforce it that way (a 135M model under llama.cpp answered with both).
+    answering = {"type": "array", "items": target, "minItems": 1}
+    asking = {"type": "array", "items": target, "maxItems": 0}
     return {
-        "type": "object",
-        "properties": {
-            "reasoning": {"type": "string"},
-            "targets": {"type": "array", "items": target},
-            "clarification": {"type": ["string", "null"]},
-        },
-        "required": ["reasoning", "targets", "clarification"],
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"reasoning": {"type": "string"}, "targets": targets, "clarification": clarification},
+                "required": ["reasoning", "targets", "clarification"],
+            }
+            for targets, clarification in ((answering, {"type": "null"}), (asking, {"type": "string"}))
+        ]
     }
 
 
@@ -174,6 +184,7 @@ class OpenAIReasoner(ChatReasoner):
         self.seed = seed
         self.stream = stream
         self.structured_output = structured_output and prompt_style == "contract"
+        self.schema_form: SchemaForm = "json_schema"  # "json_object" once a server says it knows only that one
         self.retries = max(0, int(retries))
         self.backoff_s = float(backoff_s)
         self.timeout_s = float(timeout_s)
@@ -220,7 +231,7 @@ class OpenAIReasoner(ChatReasoner):
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return httpx.Client(timeout=timeout, headers=headers, transport=self._transport)
 
-    def _body(self, request: ChatRequest, image_urls: list[str], structured: bool) -> dict[str, Any]:
+    def _body(self, request: ChatRequest, image_urls: list[str], structured: SchemaForm | None) -> dict[str, Any]:
         # text only: a plain string, since a text model's chat template may not know content parts
         content: str | list[dict[str, Any]] = request.prompt
         if not self.text_only:
@@ -235,12 +246,29 @@ class OpenAIReasoner(ChatReasoner):
         }
         if self.seed is not None:
             body["seed"] = self.seed
-        if structured:
+        if structured == "json_object":  # the older form (llama-cpp-python's server): JSON mode with a schema
+            body["response_format"] = {"type": "json_object", "schema": answer_schema(request.task)}
+        elif structured:
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "medseg_answer", "schema": answer_schema(request.task)},
             }
         return body
+
+    def _next_schema_form(self, tried: SchemaForm, refusal: str) -> SchemaForm | None:
+        """The ``response_format`` to ask with after a server refused the form ``tried`` (remembered): the
+        ``json_object`` form when the refusal names it (llama-cpp-python's server refuses ``json_schema`` with HTTP
+        500 and "Input should be 'text' or 'json_object'"), else none. Decided by the form this request tried, not
+        by the shared state: concurrent first requests are all refused, and each must step down once."""
+        if tried == "json_schema" and "json_object" in refusal:
+            if self.schema_form != "json_object":
+                self.schema_form = "json_object"
+                self.with_decoding(response_format="json_object")
+            return "json_object"
+        if self.structured_output:
+            self.structured_output = False
+            self.with_decoding(structured_output=False)
+        return None
 
     # -- the call -----------------------------------------------------------------------------------------------
     def complete(
@@ -248,7 +276,7 @@ class OpenAIReasoner(ChatReasoner):
     ) -> tuple[str, GenerationStats]:
         import httpx
 
-        structured = self.structured_output
+        structured = self.schema_form if self.structured_output else None
         images = () if self.text_only else request.images
         image_urls = [png_data_url(image, self._png_level) for image in images]  # once, not per attempt
         attempt = 0
@@ -263,11 +291,10 @@ class OpenAIReasoner(ChatReasoner):
                     with client.stream(
                         "POST", self.endpoint, json=self._body(request, image_urls, structured)
                     ) as response:
-                        if response.status_code in (400, 422) and structured:
+                        if response.status_code in (400, 422, 500) and structured:
                             response.read()
                             if mentions_response_format(response.text):
-                                structured = self.structured_output = False
-                                self.with_decoding(structured_output=False)
+                                structured = self._next_schema_form(structured, response.text)
                                 continue
                         if response.status_code in RETRY_STATUSES and attempt < self.retries:
                             response.read()
