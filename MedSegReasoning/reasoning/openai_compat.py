@@ -399,12 +399,14 @@ class OpenAIReasoner(ChatReasoner):
         usage: dict[str, Any] = {}
         chunks = 0
         in_think = False
+        done = False
         lines = lines_or_service_error(response, self.base_url, lambda: self._check_deadline(deadline))
         for payload in sse_data(lines):
             if cancel is not None and cancel.is_set():
                 response.close()
                 raise ReasoningCancelled("the question was cancelled while the reasoner was answering.")
             if payload == "[DONE]":
+                done = True
                 break
             try:
                 event = json.loads(payload)
@@ -449,12 +451,17 @@ class OpenAIReasoner(ChatReasoner):
                         first = time.perf_counter() - start
                     if on_text is not None:
                         on_text(out)
-        else:
-            if finish is None:
-                raise ServiceError(
-                    f"the reasoner at {self.base_url} closed the stream before the answer was complete "
-                    f"(received {quote(''.join(content), 120)}): try again."
-                )
+        if finish is None:  # a whole answer ends with a finish_reason, [DONE] or not
+            why = (
+                "; llama-cpp-python's server ends a running answer this way when another request arrives: start "
+                "it with --interrupt_requests False"
+                if done
+                else ""
+            )
+            raise ServiceError(
+                f"the reasoner at {self.base_url} {'ended' if done else 'closed'} the stream before the answer was "
+                f"complete (received {quote(''.join(content), 120)}{why}): try again."
+            )
         seconds = time.perf_counter() - start
         text = with_thinking("".join(thinking), "".join(content))
         stats = GenerationStats(

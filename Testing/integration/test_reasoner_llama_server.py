@@ -67,7 +67,7 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     @classmethod
-    def start(cls, model: Path, log: Path) -> LlamaServer:
+    def start(cls, model: Path, log: Path, interrupt_requests: bool = False) -> LlamaServer:
         import httpx
         from support.export import free_port
 
@@ -76,7 +76,7 @@ class LlamaServer:
             sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", ALIAS,
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
             # its default (True) ends a running stream with [DONE] as soon as another request waits
-            "--interrupt_requests", "False",
+            "--interrupt_requests", str(interrupt_requests),
         ]  # fmt: skip
         with log.open("wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -162,6 +162,27 @@ def test_a_concurrent_batch_shares_one_reasoner(server, montage):
         answers = list(pool.map(lambda _: reasoner.reason(montage, SHORT_QUESTION), range(4)))
     assert all(a.targets and a.stats.finish_reason == "stop" for a in answers)
     assert len({a.raw for a in answers}) == 1  # greedy decoding: the same question, the same answer, queued or not
+
+
+def test_an_answer_the_server_interrupts_is_a_service_error_not_an_empty_answer(model, montage, tmp_path):
+    """llama-cpp-python's default: a waiting request ends the running stream with [DONE] and no finish_reason."""
+    interrupting = LlamaServer.start(model, tmp_path / "interrupting.log", interrupt_requests=True)
+    reasoner = _reasoner(interrupting)
+
+    def ask(_: int) -> object:
+        try:
+            return reasoner.reason(montage, SHORT_QUESTION)
+        except Exception as exc:  # the outcome under test
+            return exc
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            outcomes = list(pool.map(ask, range(4)))
+    finally:
+        interrupting.stop()
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    assert errors, "no answer was interrupted"
+    assert all(isinstance(e, ServiceError) and "--interrupt_requests False" in str(e) for e in errors), errors
 
 
 def test_a_server_killed_mid_stream_is_a_service_error(model, slice_view, tmp_path):
