@@ -2,7 +2,8 @@
 # Set up MedSegReasoning on a fresh Debian/Ubuntu machine (Python 3.10+):
 #   - system tools from apt: dicom3tools (dciodvfy, the DICOM validator), orthanc + orthanc-dicomweb (a real PACS
 #     the tests start on loopback with their own storage; the system service the package starts is disabled),
-#     gcc (the tests build a tiny shim that keeps that Orthanc on 127.0.0.1), nginx-light + openssl (the tests
+#     gcc (the tests build a tiny shim that keeps that Orthanc on 127.0.0.1), g++ (llama-cpp-python, a test
+#     dependency, compiles llama.cpp on install), nginx-light + openssl (the tests
 #     run docs/deployment.md's TLS reverse-proxy config in front of two backend replicas);
 #   - a virtual environment in .venv with the engine, its CLI (.venv/bin/medseg-reasoning) and the test tools;
 #     torch's CPU build on Linux without an NVIDIA GPU where PyTorch's CPU index answers ($MEDSEG_TORCH_INDEX
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES="dicom3tools orthanc orthanc-dicomweb gcc nginx-light openssl"
+APT_PACKAGES="dicom3tools orthanc orthanc-dicomweb gcc g++ nginx-light openssl"
 
 install_apt_packages() {
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -60,7 +61,11 @@ main() {
     TORCH_INDEX=""
   fi
   [ -n "$TORCH_INDEX" ] || .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  .venv/bin/python -m pip install -q -e ".[test,sample]"
+  # llama-cpp-python (test extra: a real OpenAI-compatible server for the tests) compiles on install: CPU-only,
+  # portable (no -march=native, no BLAS or OpenMP), without llama.cpp's own tests and examples: about 3.5 min on 2 cores.
+  CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"} \
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)} \
+    .venv/bin/python -m pip install -q -e ".[test,sample]"
   echo "install.sh: ready: .venv/bin/medseg-reasoning --help"
 }
 

@@ -7,8 +7,10 @@ ended by ``data: [DONE]``). Servers that run a reasoning parser (vLLM ``--reason
 in ``reasoning_content``; it is put back in ``<think>`` tags so the one parser sees the whole answer.
 
 For our own prompt contract the request carries a JSON schema as ``response_format`` (vLLM, llama.cpp and
-recent Ollama enforce it); a server that rejects the field with HTTP 400/422 is asked once more without it,
-and the adapter remembers. ``segzero``-style models keep their trained ``<think>/<answer>`` format, unconstrained.
+recent Ollama enforce it); a server that rejects the field (HTTP 400/422/500 naming it) is asked once more with
+the older ``{"type": "json_object", "schema": ...}`` form when its refusal names that (llama-cpp-python's
+server), else without a schema, and the adapter remembers. ``segzero``-style models keep their trained
+``<think>/<answer>`` format, unconstrained.
 
 Patient data: the request holds only the rendered pixels and the question text, never DICOM header fields. A
 base URL that is not on this machine (loopback) is refused unless ``allow_remote`` is given, with a message that
@@ -27,8 +29,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -39,12 +40,23 @@ from .answer import GenerationStats, ReasonerOutputError, ReasoningCancelled, qu
 from .base import ReasonerIdentity, TextCallback
 from .chat import ChatReasoner, ChatRequest
 from .coords import SERVER_SAFE_RULE, get_convention, guess_convention, is_grey, resize_for_model
+from .openai_wire import (
+    error_reason,
+    is_event_stream,
+    lines_or_service_error,
+    mentions_response_format,
+    server_message,
+    sse_data,
+    usage_of,
+    with_thinking,
+)
 from .prompts import prompt_set
 
 API_KEY_ENV = "MEDSEG_REASONER_API_KEY"
 # The total time one answer may take, retries and keep-alive comments included (``ask --reasoner-timeout``).
 DEFAULT_TIMEOUT_S = 300.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+SchemaForm = Literal["json_schema", "json_object"]
 _WIRE_EXPECTED = "an OpenAI chat completion: JSON with choices[0].message.content, or SSE lines 'data: {...}'"
 
 
@@ -72,7 +84,8 @@ def check_base_url(base_url: str, allow_remote: bool) -> str:
 
 
 def answer_schema(task: str) -> dict[str, Any]:
-    """The JSON schema of our answer contract for ``response_format`` (key-slice step: no coordinates)."""
+    """The JSON schema of our answer contract for ``response_format`` (key-slice step: no coordinates): what it
+    admits, the parser takes, as far as a schema can say it (coordinates in the image are checked after)."""
     point = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
     target: dict[str, Any] = {
         "type": "object",
@@ -86,18 +99,24 @@ def answer_schema(task: str) -> dict[str, Any]:
     if task == "locate":
         target["properties"].update(
             bbox={"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
-            points={"type": "array", "items": point},
-            negative_points={"type": "array", "items": point},
+            # bounded as the prompt says (one to three): a looping model cannot run to the token limit in a list
+            points={"type": "array", "items": point, "minItems": 1, "maxItems": 3},
+            negative_points={"type": "array", "items": point, "maxItems": 3},
         )
         target["required"] = ["bbox", "points", "label", "ref"]
+    # Targets or a clarification question, never both (the parser refuses both): two alternatives, as a grammar
+    # can only enforce it that way (a 135M model under llama.cpp answered with both).
+    answering = {"type": "array", "items": target, "minItems": 1}
+    asking = {"type": "array", "items": target, "maxItems": 0}
     return {
-        "type": "object",
-        "properties": {
-            "reasoning": {"type": "string"},
-            "targets": {"type": "array", "items": target},
-            "clarification": {"type": ["string", "null"]},
-        },
-        "required": ["reasoning", "targets", "clarification"],
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"reasoning": {"type": "string"}, "targets": targets, "clarification": clarification},
+                "required": ["reasoning", "targets", "clarification"],
+            }
+            for targets, clarification in ((answering, {"type": "null"}), (asking, {"type": "string"}))
+        ]
     }
 
 
@@ -136,13 +155,18 @@ class OpenAIReasoner(ChatReasoner):
         connect_timeout_s: float = 10.0,
         retries: int = 2,
         backoff_s: float = 1.0,
+        text_only: bool = False,
         transport: Any = None,
     ) -> None:
         """``retries``: further attempts after a connection error or HTTP 429/5xx, waiting ``backoff_s`` doubling.
 
         ``timeout_s`` is the *total* deadline of one answer, from the request to the last token, retries included:
         a server that keeps the connection alive with SSE comments but never answers is cut off at it, as is a
-        silent one (ServiceError, exit 4).
+        silent one (ServiceError, exit 4). It is kept per call, so threads may share one reasoner.
+
+        ``text_only``: send the prompt alone, as a plain string, without the images: for a text-only model (a
+        smoke test of a server, such as llama.cpp's with a small LLM). Such a model cannot see the scan, so its
+        coordinates are guesses; the identity records it (``decoding.text_only``).
         """
         if not timeout_s > 0:
             raise InputError(f"the reasoner timeout must be a positive number of seconds, got {timeout_s}.")
@@ -160,10 +184,11 @@ class OpenAIReasoner(ChatReasoner):
         self.seed = seed
         self.stream = stream
         self.structured_output = structured_output and prompt_style == "contract"
+        self.schema_form: SchemaForm = "json_schema"  # "json_object" once a server says it knows only that one
         self.retries = max(0, int(retries))
         self.backoff_s = float(backoff_s)
         self.timeout_s = float(timeout_s)
-        self._deadline = float("inf")  # set per answer by ``complete``
+        self.text_only = bool(text_only)
         self.connect_timeout_s = float(connect_timeout_s)
         self._transport = transport
         self._png_level = 0 if is_loopback_url(self.base_url) else 1  # bytes are free on loopback, time is not
@@ -177,6 +202,8 @@ class OpenAIReasoner(ChatReasoner):
             "seed": self.seed,
             "structured_output": self.structured_output,
         }
+        if self.text_only:
+            decoding["text_only"] = True
         identity = ReasonerIdentity(
             name=self.model,
             backend="openai",
@@ -204,9 +231,12 @@ class OpenAIReasoner(ChatReasoner):
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return httpx.Client(timeout=timeout, headers=headers, transport=self._transport)
 
-    def _body(self, request: ChatRequest, image_urls: list[str], structured: bool) -> dict[str, Any]:
-        content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
-        content.append({"type": "text", "text": request.prompt})
+    def _body(self, request: ChatRequest, image_urls: list[str], structured: SchemaForm | None) -> dict[str, Any]:
+        # text only: a plain string, since a text model's chat template may not know content parts
+        content: str | list[dict[str, Any]] = request.prompt
+        if not self.text_only:
+            content = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
+            content.append({"type": "text", "text": request.prompt})
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": content}],
@@ -216,12 +246,29 @@ class OpenAIReasoner(ChatReasoner):
         }
         if self.seed is not None:
             body["seed"] = self.seed
-        if structured:
+        if structured == "json_object":  # the older form (llama-cpp-python's server): JSON mode with a schema
+            body["response_format"] = {"type": "json_object", "schema": answer_schema(request.task)}
+        elif structured:
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "medseg_answer", "schema": answer_schema(request.task)},
             }
         return body
+
+    def _next_schema_form(self, tried: SchemaForm, refusal: str) -> SchemaForm | None:
+        """The ``response_format`` to ask with after a server refused the form ``tried`` (remembered): the
+        ``json_object`` form when the refusal names it (llama-cpp-python's server refuses ``json_schema`` with HTTP
+        500 and "Input should be 'text' or 'json_object'"), else none. Decided by the form this request tried, not
+        by the shared state: concurrent first requests are all refused, and each must step down once."""
+        if tried == "json_schema" and "json_object" in refusal:
+            if self.schema_form != "json_object":
+                self.schema_form = "json_object"
+                self.with_decoding(response_format="json_object")
+            return "json_object"
+        if self.structured_output:
+            self.structured_output = False
+            self.with_decoding(structured_output=False)
+        return None
 
     # -- the call -----------------------------------------------------------------------------------------------
     def complete(
@@ -229,36 +276,36 @@ class OpenAIReasoner(ChatReasoner):
     ) -> tuple[str, GenerationStats]:
         import httpx
 
-        structured = self.structured_output
-        image_urls = [png_data_url(image, self._png_level) for image in request.images]  # once, not per attempt
+        structured = self.schema_form if self.structured_output else None
+        images = () if self.text_only else request.images
+        image_urls = [png_data_url(image, self._png_level) for image in images]  # once, not per attempt
         attempt = 0
-        self._deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + self.timeout_s  # local: concurrent answers of one reasoner keep their own
         with self._client() as client:
             while True:
                 if cancel is not None and cancel.is_set():
                     raise ReasoningCancelled("the question was cancelled before the reasoner finished.")
-                self._check_deadline()
+                self._check_deadline(deadline)
                 start = time.perf_counter()
                 try:
                     with client.stream(
                         "POST", self.endpoint, json=self._body(request, image_urls, structured)
                     ) as response:
-                        if response.status_code in (400, 422) and structured:
+                        if response.status_code in (400, 422, 500) and structured:
                             response.read()
-                            if _mentions_response_format(response.text):
-                                structured = self.structured_output = False
-                                self.with_decoding(structured_output=False)
+                            if mentions_response_format(response.text):
+                                structured = self._next_schema_form(structured, response.text)
                                 continue
                         if response.status_code in RETRY_STATUSES and attempt < self.retries:
                             response.read()
                             attempt += 1
-                            self._wait(attempt, cancel)
+                            self._wait(attempt, cancel, deadline)
                             continue
                         if response.status_code >= 400:
                             response.read()
                             raise self._http_error(response)
-                        if _is_event_stream(response):
-                            return self._read_stream(response, start, on_text, cancel)
+                        if is_event_stream(response):
+                            return self._read_stream(response, start, on_text, cancel, deadline)
                         response.read()
                         return self._read_json(response, start, on_text)
                 except httpx.TimeoutException as exc:
@@ -271,23 +318,23 @@ class OpenAIReasoner(ChatReasoner):
                 except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                     if attempt < self.retries:
                         attempt += 1
-                        self._wait(attempt, cancel)
+                        self._wait(attempt, cancel, deadline)
                         continue
                     raise ServiceError(
-                        f"could not reach the reasoner at {self.base_url} ({_reason(exc)}) after {attempt + 1} "
+                        f"could not reach the reasoner at {self.base_url} ({error_reason(exc)}) after {attempt + 1} "
                         "attempts: start the server, or check the URL in --reasoner."
                     ) from None
 
-    def _check_deadline(self) -> None:
-        """``ServiceError`` once the answer's total deadline (``timeout_s``) has passed."""
-        if time.monotonic() > self._deadline:
+    def _check_deadline(self, deadline: float) -> None:
+        """``ServiceError`` once the answer's total deadline (``timeout_s`` after its request) has passed."""
+        if time.monotonic() > deadline:
             raise ServiceError(
                 f"the reasoner at {self.base_url} did not finish its answer within {self.timeout_s:g} s: check that "
                 "the server is not overloaded, or raise the limit with --reasoner-timeout SECONDS."
             )
 
-    def _wait(self, attempt: int, cancel: threading.Event | None) -> None:
-        delay = min(self.backoff_s * 2 ** (attempt - 1), max(0.0, self._deadline - time.monotonic()))
+    def _wait(self, attempt: int, cancel: threading.Event | None, deadline: float) -> None:
+        delay = min(self.backoff_s * 2 ** (attempt - 1), max(0.0, deadline - time.monotonic()))
         if cancel is not None:
             if cancel.wait(delay):
                 raise ReasoningCancelled("the question was cancelled before the reasoner finished.")
@@ -295,7 +342,7 @@ class OpenAIReasoner(ChatReasoner):
             time.sleep(delay)
 
     def _http_error(self, response) -> ServiceError:
-        detail = _server_message(response.text)
+        detail = server_message(response.text)
         status = response.status_code
         if status in (401, 403):
             return ServiceError(
@@ -327,10 +374,10 @@ class OpenAIReasoner(ChatReasoner):
             ) from None
         if not isinstance(content, str):
             raise ReasonerOutputError("the server's message content is not text", response.text, _WIRE_EXPECTED)
-        text = _with_thinking(thinking, content)
+        text = with_thinking(thinking, content)
         if on_text is not None and text:
             on_text(text)
-        usage = _usage(data)
+        usage = usage_of(data)
         seconds = time.perf_counter() - start
         stats = GenerationStats(
             usage.get("prompt_tokens"), usage.get("completion_tokens"), seconds, seconds, choice.get("finish_reason")
@@ -338,7 +385,12 @@ class OpenAIReasoner(ChatReasoner):
         return text, stats
 
     def _read_stream(
-        self, response, start: float, on_text: TextCallback | None, cancel: threading.Event | None
+        self,
+        response,
+        start: float,
+        on_text: TextCallback | None,
+        cancel: threading.Event | None,
+        deadline: float,
     ) -> tuple[str, GenerationStats]:
         content: list[str] = []
         thinking: list[str] = []
@@ -347,12 +399,14 @@ class OpenAIReasoner(ChatReasoner):
         usage: dict[str, Any] = {}
         chunks = 0
         in_think = False
-        lines = _lines_or_service_error(response, self.base_url, self._check_deadline)
-        for payload in _sse_data(lines):
+        done = False
+        lines = lines_or_service_error(response, self.base_url, lambda: self._check_deadline(deadline))
+        for payload in sse_data(lines):
             if cancel is not None and cancel.is_set():
                 response.close()
                 raise ReasoningCancelled("the question was cancelled while the reasoner was answering.")
             if payload == "[DONE]":
+                done = True
                 break
             try:
                 event = json.loads(payload)
@@ -366,9 +420,9 @@ class OpenAIReasoner(ChatReasoner):
                 )
             if "error" in event:
                 raise ServiceError(
-                    f"the reasoner at {self.base_url} failed while answering: {_server_message(payload)}."
+                    f"the reasoner at {self.base_url} failed while answering: {server_message(payload)}."
                 )
-            usage = _usage(event) or usage
+            usage = usage_of(event) or usage
             choices = event.get("choices") or []
             if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
                 raise ReasonerOutputError("a stream event's choices are not a list of objects", payload, _WIRE_EXPECTED)
@@ -397,96 +451,20 @@ class OpenAIReasoner(ChatReasoner):
                         first = time.perf_counter() - start
                     if on_text is not None:
                         on_text(out)
-        else:
-            if finish is None:
-                raise ServiceError(
-                    f"the reasoner at {self.base_url} closed the stream before the answer was complete "
-                    f"(received {quote(''.join(content), 120)}): try again."
-                )
+        if finish is None:  # a whole answer ends with a finish_reason, [DONE] or not
+            why = (
+                "; llama-cpp-python's server ends a running answer this way when another request arrives: start "
+                "it with --interrupt_requests False"
+                if done
+                else ""
+            )
+            raise ServiceError(
+                f"the reasoner at {self.base_url} {'ended' if done else 'closed'} the stream before the answer was "
+                f"complete (received {quote(''.join(content), 120)}{why}): try again."
+            )
         seconds = time.perf_counter() - start
-        text = _with_thinking("".join(thinking), "".join(content))
+        text = with_thinking("".join(thinking), "".join(content))
         stats = GenerationStats(
             usage.get("prompt_tokens"), usage.get("completion_tokens") or chunks, seconds, first, finish
         )
         return text, stats
-
-
-def _usage(data: dict) -> dict[str, Any]:
-    """The reply's token counts; a ``usage`` that is not an object is ignored (the counts are informative only)."""
-    usage = data.get("usage")
-    return usage if isinstance(usage, dict) else {}
-
-
-def _lines_or_service_error(response, base_url: str, check_deadline) -> Iterator[str]:
-    """The stream's lines, the answer's deadline checked at each (keep-alive comments count: they are lines); a
-    connection that breaks once text has been shown is not retried (it would repeat it)."""
-    import httpx
-
-    try:
-        for line in response.iter_lines():
-            check_deadline()
-            yield line
-    except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
-        raise ServiceError(
-            f"the connection to the reasoner at {base_url} broke while it was answering ({_reason(exc)}): ask again."
-        ) from None
-
-
-def _sse_data(lines: Iterator[str]) -> Iterator[str]:
-    """The payloads of ``data:`` lines (comments, ``event:`` and blank lines skipped; multi-line data joined)."""
-    buffer: list[str] = []
-    for line in lines:
-        if line.startswith("data:"):
-            buffer.append(line[5:].lstrip(" "))
-        elif not line.strip() and buffer:
-            yield "\n".join(buffer)
-            buffer = []
-    if buffer:  # the stream ended without the blank line that closes an event: keep it only if it is whole
-        payload = "\n".join(buffer)
-        if payload == "[DONE]" or _is_json(payload):
-            yield payload
-
-
-def _is_json(text: str) -> bool:
-    """True for complete JSON: a line the server cut off in the middle is not (its stream then ends unfinished)."""
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-def _is_event_stream(response) -> bool:
-    return "text/event-stream" in response.headers.get("content-type", "")
-
-
-def _with_thinking(thinking: str, content: str) -> str:
-    return f"<think>{thinking}</think>{content}" if thinking.strip() else content
-
-
-def _mentions_response_format(text: str) -> bool:
-    lowered = text.lower()
-    return any(key in lowered for key in ("response_format", "json_schema", "structured", "guided"))
-
-
-def _server_message(text: str) -> str:
-    """The ``error.message`` of an OpenAI-style error body, else the body itself, shortened."""
-    try:
-        data = json.loads(text)
-        message = data.get("error", data) if isinstance(data, dict) else data
-        if isinstance(message, dict):
-            message = message.get("message") or message.get("detail") or message
-        text = str(message)
-    except (json.JSONDecodeError, TypeError):
-        pass
-    text = " ".join(text.split())
-    return text[:200] + ("..." if len(text) > 200 else "") if text else "no details"
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).lower()
-    if "refused" in text:
-        return "connection refused"
-    if "name or service" in text or "nodename" in text or "getaddrinfo" in text:
-        return "unknown host"
-    return " ".join(str(exc).split())[:120] or type(exc).__name__

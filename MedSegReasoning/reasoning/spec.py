@@ -32,6 +32,7 @@ _OPENAI_OPTIONS = {
     "seed",
     "stream",
     "structured_output",
+    "text_only",
     "timeout_s",
     "connect_timeout_s",
     "retries",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 
@@ -200,12 +201,10 @@ def test_two_step_run_over_http(chat_server):
     answer = run_reasoning(volume, reasoner_for(chat_server, stream=False), "segment the blob", UNPADDED)
     assert answer.targets[0].to_voxel_prompt().box == EXPECTED_BOX
     first, second = chat_server.requests
-    assert first["response_format"]["json_schema"]["schema"]["properties"]["targets"]["items"]["required"] == [
-        "slice",
-        "label",
-        "ref",
-    ]
-    assert "bbox" in second["response_format"]["json_schema"]["schema"]["properties"]["targets"]["items"]["required"]
+    answering = first["response_format"]["json_schema"]["schema"]["anyOf"][0]  # targets, or (anyOf[1]) a question
+    assert answering["properties"]["targets"]["items"]["required"] == ["slice", "label", "ref"]
+    answering = second["response_format"]["json_schema"]["schema"]["anyOf"][0]
+    assert "bbox" in answering["properties"]["targets"]["items"]["required"]
 
 
 @pytest.mark.parametrize(
@@ -246,3 +245,43 @@ def test_grey_images_travel_as_one_channel_png():
     grey = np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
     png = Image.open(io.BytesIO(base64.b64decode(png_data_url(grey).split(",", 1)[1])))
     assert png.mode == "L" and np.array_equal(np.asarray(png), grey[..., 0])
+
+
+def test_text_only_sends_the_prompt_alone_as_a_string_and_says_so_in_the_identity(chat_server, views):
+    chat_server.queue(Behaviour("json", ANSWER))
+    reasoner = reasoner_for(chat_server, stream=False, text_only=True)
+    assert reasoner.identity.decoding["text_only"] is True
+    assert reasoner.reason(views, "where is the blob?").targets[0].box == EXPECTED_BOX
+    (body,) = chat_server.requests
+    content = body["messages"][0]["content"]
+    assert isinstance(content, str) and "where is the blob?" in content  # no image parts: a text model's template
+    assert "text_only" not in reasoner_for(chat_server).identity.decoding  # the default identity is unchanged
+
+
+def test_an_answer_leaves_the_reasoner_unchanged_so_threads_can_share_it(chat_server, views):
+    """The total deadline was an attribute set per answer: a second thread's answer moved the first one's."""
+    chat_server.queue(Behaviour("stream", chunks=[ANSWER]))
+    reasoner = reasoner_for(chat_server)
+    before = dict(vars(reasoner))
+    reasoner.reason(views, "where?")
+    assert vars(reasoner) == before
+
+
+def test_a_refusal_naming_json_object_is_asked_again_in_that_form(chat_server, views):
+    """llama-cpp-python's server: HTTP 500 for ``json_schema``, naming the one form it knows (not retried as a 500)."""
+    refusal = "1 validation error: response_format.type: Input should be 'text' or 'json_object'"
+    chat_server.queue(Behaviour("status", refusal, status=500), Behaviour("json", ANSWER))
+    reasoner = reasoner_for(chat_server, stream=False, retries=2)
+    assert reasoner.reason(views, "where?").targets[0].box == EXPECTED_BOX
+    first, second = chat_server.requests
+    assert first["response_format"]["type"] == "json_schema"
+    assert second["response_format"]["type"] == "json_object" and "anyOf" in second["response_format"]["schema"]
+    assert reasoner.identity.decoding["response_format"] == "json_object"
+
+
+def test_a_stream_ended_by_done_without_a_finish_reason_is_a_service_error(chat_server, views):
+    """llama-cpp-python's server interrupts a running answer with [DONE] when another request arrives."""
+    event = {"choices": [{"index": 0, "delta": {"content": '{"reasoning": "a'}, "finish_reason": None}]}
+    chat_server.queue(Behaviour("stream-raw", chunks=[f"data: {json.dumps(event)}\n\n", "data: [DONE]\n\n"]))
+    with pytest.raises(ServiceError, match="ended the stream before the answer was complete.*--interrupt_requests"):
+        reasoner_for(chat_server).reason(views, "where?")
