@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import PROG, __version__
-from .wire.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SERVICE
+from .wire.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SERVICE, EXIT_STUDIES_FAILED
 
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}  success
   {EXIT_BAD_INPUT}  bad input or usage (the message says what to fix)
   {EXIT_MODEL}  model problem (weights missing or corrupt, segmenter or reasoner failed)
-  {EXIT_SERVICE}  an external service is unreachable or refusing
+  {EXIT_SERVICE}  an external service is unreachable or refusing (a PACS, a reasoner server, a Ray cluster)
+  {EXIT_STUDIES_FAILED}  batch: the run finished, but some studies failed (results.csv and report.html say why)
 """
 
 ASK_EPILOG = (
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.command import add_eval_parser
 
     add_eval_parser(sub, exit_codes_help=EXIT_CODES_HELP, default_reasoner=DEFAULT_REASONER_SPEC)
+    from .batch.command import add_batch_parser
+
+    add_batch_parser(sub, exit_codes_help=EXIT_CODES_HELP, default_reasoner=DEFAULT_REASONER_SPEC)
     return parser
 
 

@@ -22,11 +22,22 @@ __all__ = ["ReasonerOptions", "run_round_ask", "write_round_outputs"]
 
 
 def run_round_ask(
-    volume, prompt, options, reasoner_options: ReasonerOptions, session_dir: Path | None, timings
+    volume,
+    prompt,
+    options,
+    reasoner_options: ReasonerOptions,
+    session_dir: Path | None,
+    timings,
+    *,
+    segmenter=None,
+    reasoner=None,
 ) -> dict:
     """One round on ``volume`` (``dialogue.ask.ask_round``): plan (reasoner or ``prompt``), segment, judge, correct;
     write outputs; return result.json. This function only supplies the CLI's I/O: the reasoner's text streamed to
-    stdout, stages and warnings on stderr, the output files."""
+    stdout, stages and warnings on stderr, the output files.
+
+    ``segmenter`` and ``reasoner``: models already loaded (``batch`` loads them once per worker and runs this for
+    every study); None loads them here, as ``ask`` does."""
     from .dialogue import Session, TargetSpec, open_session
     from .dialogue.ask import ask_round
     from .pipeline import check_prompt
@@ -42,14 +53,17 @@ def run_round_ask(
         if session_dir is not None
         else Session.for_volume(volume, path=source_path)
     )
-    reasoner = None
-    if prompt is None:  # the segmenter opens on a thread while the reasoner loads (the checks above came first)
-        preload(options.segmenter, embedding_store=default_store_root())
+    if prompt is None and reasoner is None:  # the segmenter opens on a thread while the reasoner loads
+        if segmenter is None:  # (the checks above came first)
+            preload(options.segmenter, embedding_store=default_store_root())
         reasoner = _create_reasoner(reasoner_options, timings)
-    status(f"loading the segmenter ({options.segmenter})...")
-    t0 = time.perf_counter()
-    segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
-    timings["model_load_s"] = timings.get("model_load_s", 0.0) + time.perf_counter() - t0
+    elif prompt is not None:
+        reasoner = None  # the user's prompt is the plan
+    if segmenter is None:
+        status(f"loading the segmenter ({options.segmenter})...")
+        t0 = time.perf_counter()
+        segmenter = create_segmenter(options.segmenter, embedding_store=default_store_root())
+        timings["model_load_s"] = timings.get("model_load_s", 0.0) + time.perf_counter() - t0
 
     ahead = _encode_ahead(segmenter, reasoner)
     from .dialogue.store import rolled_back_on_failure

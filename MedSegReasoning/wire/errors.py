@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_MODEL = 3
 EXIT_SERVICE = 4
+EXIT_STUDIES_FAILED = 5  # batch: the run finished, and some studies failed (their rows say why)
 
 
 class MedSegError(Exception):

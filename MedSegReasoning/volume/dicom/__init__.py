@@ -18,6 +18,13 @@ kind of object it is), ``geometry`` (checks and sorting of a single-frame series
 
 from .header import is_dicom_file
 from .multiframe import read_multiframe
-from .scan import read_dicom_file, read_dicom_folder
+from .scan import SeriesSummary, list_series, read_dicom_file, read_dicom_folder
 
-__all__ = ["is_dicom_file", "read_dicom_file", "read_dicom_folder", "read_multiframe"]
+__all__ = [
+    "SeriesSummary",
+    "is_dicom_file",
+    "list_series",
+    "read_dicom_file",
+    "read_dicom_folder",
+    "read_multiframe",
+]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...wire.errors import InputError
@@ -147,6 +148,30 @@ def _select_series(folder: Path, groups: dict[str, list[_Header]], series_uid: s
     raise InputError(
         f"folder {folder} holds {len(groups)} image series: {_list_series(groups)}. Pick one with --series UID."
     )
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """One image series of a folder, as a series filter sees it (``batch --series-filter``)."""
+
+    uid: str
+    modality: str
+    description: str
+    files: int
+
+
+def list_series(folder: Path) -> list[SeriesSummary]:
+    """The image series below ``folder`` (headers only, no pixels), for picking one by rule before reading it."""
+    headers, _skipped = _scan_folder(Path(folder))
+    return [
+        SeriesSummary(
+            uid,
+            str(getattr(members[0].ds, "Modality", "") or ""),
+            str(getattr(members[0].ds, "SeriesDescription", "") or ""),
+            len(members),
+        )
+        for uid, members in _group_by_series(headers).items()
+    ]
 
 
 def _list_series(groups: dict[str, list[_Header]]) -> str:

@@ -1,0 +1,168 @@
+"""Who runs the studies: a pool of Ray actors (each loads the models once), or this process one study at a time.
+
+Ray is imported here only, and only when a run uses it: ``--help`` and the in-process path never load it. Without
+``--ray-address`` a local Ray starts inside the command with ``--workers`` actors; ``auto`` or ``ray://host:port``
+joins a running cluster (the inputs must be readable where the actors run; the outputs come back to this
+process as bytes). An actor that dies in the middle of a study (its process killed, its node lost) is restarted
+once by Ray, and the study goes to another actor once; a study whose second try also loses its worker is a failed
+row. Each runner yields ``(study, outcome)`` as studies finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..wire.errors import InputError, MedSegError, ModelError, ServiceError
+from .cohort import Study
+from .study import JobOptions, StudyOutcome, StudyWorker
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = "the worker running this study was lost twice (process killed or out of memory)"
+
+
+def ray_available() -> bool:
+    """Whether Ray can be imported here (without importing it: that takes seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def default_workers() -> int:
+    """Fit the cores and the memory: one actor per core, at most one per 3 GiB of RAM (a model and a volume)."""
+    cores = os.cpu_count() or 1
+    try:
+        import psutil
+
+        by_memory = max(int(psutil.virtual_memory().available // (3 * 2**30)), 1)
+    except ImportError:
+        by_memory = cores
+    return max(min(cores, by_memory), 1)
+
+
+def run_in_process(
+    studies: Sequence[Study], options: JobOptions, source: Any = None
+) -> Iterator[tuple[Study, StudyOutcome]]:
+    """One worker in this process, one study at a time: what a run without Ray does, with the same outputs."""
+    if not studies:
+        return
+    worker = StudyWorker(options, source, needs_reasoner=any(s.box is None for s in studies))
+    for study in studies:
+        yield study, worker.run(study)
+
+
+class RayPool:
+    """``workers`` ``StudyWorker`` actors on a local Ray or a cluster; ``run`` hands them the studies."""
+
+    def __init__(self, options: JobOptions, *, workers: int, address: str | None, source: Any = None) -> None:
+        import ray
+
+        self.ray = ray
+        self.started_ray = False
+        if not ray.is_initialized():
+            self._init(address, workers)
+        self.options = options
+        self.source = source
+        self.workers = workers
+        self.actors: list[Any] = []
+
+    def _init(self, address: str | None, workers: int) -> None:
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPU is hidden from a CPU-only actor
+        try:
+            if address:
+                self.ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                self.ray.init(
+                    num_cpus=max(workers, os.cpu_count() or 1),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise ServiceError(
+                f"{where} cannot be reached or started ({str(exc).splitlines()[0][:200]}): check the address "
+                "(`ray status` there), or leave out --ray-address for a local run."
+            ) from None
+        self.started_ray = True
+
+    def start(self, needs_reasoner: bool) -> None:
+        """Start the actors and wait until each has loaded its models; a model that cannot load ends the run."""
+        remote = self.ray.remote(num_cpus=1, max_restarts=1, max_task_retries=0)(StudyWorker)
+        self.actors = [
+            remote.remote(self.options, self.source, needs_reasoner, defer_errors=True) for _ in range(self.workers)
+        ]
+        for answer in self.ray.get([a.ready.remote() for a in self.actors]):
+            _raise_load_error(answer)
+
+    def run(self, studies: Sequence[Study]) -> Iterator[tuple[Study, StudyOutcome]]:
+        ray = self.ray
+        queue = deque(studies)
+        tries: dict[str, int] = {}
+        running: dict[Any, tuple[Study, Any]] = {}
+        idle = list(self.actors)
+        try:
+            while queue or running:
+                while queue and idle:
+                    study, actor = queue.popleft(), idle.pop()
+                    tries[study.key] = tries.get(study.key, 0) + 1
+                    running[actor.run.remote(study)] = (study, actor)
+                done, _ = ray.wait(list(running), num_returns=1)
+                for ref in done:
+                    study, actor = running.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                        log.warning("study %s lost its worker: %s", study.key, str(exc).splitlines()[0])
+                        idle.append(actor)  # Ray restarts it (max_restarts); a dead one fails its next study
+                        if tries[study.key] < 2:
+                            queue.appendleft(study)  # to the next free actor: another one where there is
+                            idle.insert(0, idle.pop())
+                            continue
+                        outcome = StudyOutcome(study.key, "failed", error=WORKER_LOST)
+                    else:
+                        idle.append(actor)
+                    yield study, outcome
+        finally:
+            for ref in running:
+                ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:  # an actor already gone
+                log.debug("actor already gone", exc_info=True)
+        if self.started_ray:
+            self.ray.shutdown()
+
+
+def _raise_load_error(answer: Any) -> None:
+    """``StudyWorker.ready``'s answer: the load time, or the load's error as the class the exit code needs."""
+    if isinstance(answer, dict) and answer.get("error"):
+        kind = {"InputError": InputError, "ServiceError": ServiceError}.get(answer.get("kind", ""), ModelError)
+        raise kind(answer["error"])
+
+
+def check_ray_request(address: str | None, in_process: bool) -> bool:
+    """Whether this run uses Ray: yes where it is installed (unless --in-process); --ray-address without Ray is
+    a usage error, not a silent local run."""
+    if in_process:
+        if address:
+            raise InputError("--ray-address and --in-process contradict each other: give one of them.")
+        return False
+    if ray_available():
+        return True
+    if address:
+        raise InputError(
+            "--ray-address needs Ray, which is not installed here: pip install 'medseg-reasoning[batch]', "
+            "or leave out --ray-address to run in this process."
+        )
+    return False
+
+
+__all__ = ["MedSegError", "RayPool", "check_ray_request", "default_workers", "ray_available", "run_in_process"]
