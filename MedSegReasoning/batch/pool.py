@@ -82,6 +82,11 @@ class RayPool:
                     log_to_driver=False,
                     logging_level=logging.WARNING,
                 )
+        except ValueError as exc:  # e.g. ray:// without Ray's client (grpcio)
+            raise InputError(
+                f"--ray-address {address} cannot be used here ({str(exc).splitlines()[0][:200]}): "
+                "pip install 'medseg-reasoning[batch]' installs Ray with its client."
+            ) from None
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise ServiceError(
