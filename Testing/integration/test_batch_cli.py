@@ -209,3 +209,32 @@ def test_help_does_not_import_ray():
         "assert 'ray' not in sys.modules, 'batch --help imported ray'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ctrl_c_keeps_the_studies_done_and_resume_finishes(tmp_path, threshold, monkeypatch, capsys):
+    from MedSegReasoning.batch.study import StudyWorker
+
+    cohort = tmp_path / "cohort"
+    for i in range(3):
+        write_nifti_study(cohort / f"s{i}.nii.gz", i)
+    manifest = _manifest(tmp_path, cohort, [{"input": f"cohort/s{i}.nii.gz", "box": BOX} for i in range(3)])
+    real_round = StudyWorker._round
+    calls = []
+
+    def interrupted_in_the_second_study(self, study, out):
+        calls.append(study.key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of s1
+        return real_round(self, study, out)
+
+    monkeypatch.setattr(StudyWorker, "_round", interrupted_in_the_second_study)
+    out = tmp_path / "out"
+    argv = ["batch", str(manifest), "--out", str(out), "--in-process"]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert [r["study"] for r in _rows(out)] == ["s0"], "the done study is kept, the interrupted one not written"
+    assert not (out / "s1").exists() and not [p for p in out.iterdir() if p.name.startswith(".staging")]
+    monkeypatch.setattr(StudyWorker, "_round", real_round)
+    assert main([*argv, "--resume"]) == 0
+    rows = _rows(out)
+    assert [r["study"] for r in rows] == ["s0", "s1", "s2"] and {r["attempt"] for r in rows} == {"1"}
