@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -180,8 +181,9 @@ class StudyWorker:
                 segmenter=self.segmenter,
                 reasoner=self.reasoner,
             )
-        if picked:
+        if picked:  # recorded in the study's own result.json too (the scratch copy: the driver writes the final one)
             result = {**result, "series_picked": picked}
+            (out / "result.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         return result, picked
 
 

@@ -238,3 +238,24 @@ def test_ctrl_c_keeps_the_studies_done_and_resume_finishes(tmp_path, threshold, 
     assert main([*argv, "--resume"]) == 0
     rows = _rows(out)
     assert [r["study"] for r in rows] == ["s0", "s1", "s2"] and {r["attempt"] for r in rows} == {"1"}
+
+
+def test_series_filter_picks_the_series_of_a_study_and_records_it(tmp_path, threshold):
+    study = tmp_path / "cohort" / "study1"
+    write_dicom_study(study, 0, STUDY_UID, description="abdomen venous", slices=8)
+    write_dicom_study(study, 0, STUDY_UID, description="abdomen scout", slices=5)
+    write_dicom_study(study, 3, STUDY_UID, description="chest", slices=8)
+    manifest = _manifest(tmp_path, study.parent, [{"input": "cohort/study1", "box": BOX}])
+    argv = ["batch", str(manifest), "--in-process"]
+    assert main([*argv, "--out", str(tmp_path / "none")]) == 5, "several series and no filter: the study fails"
+    assert "series" in _rows(tmp_path / "none")[0]["error"]
+    ambiguous = tmp_path / "ambiguous"
+    assert main([*argv, "--out", str(ambiguous), "--series-filter", "modality=CT,description=*abdomen*"]) == 5
+    assert "most-slices" in _rows(ambiguous)[0]["error"]
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--series-filter", "modality=CT,description=*ABDOMEN*,most-slices"]) == 0
+    (row,) = _rows(out)
+    assert "abdomen venous" in row["series_picked"] and "8 files" in row["series_picked"]
+    result = json.loads((out / STUDY_UID / "result.json").read_text())
+    assert result["series_picked"] == row["series_picked"] and result["input"]["shape_ijk"][2] == 8
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--series-filter", "colour=red"]) == 2

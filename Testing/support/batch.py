@@ -29,12 +29,16 @@ def write_nifti_study(path: Path, n: int) -> Path:
     return path
 
 
-def write_dicom_study(folder: Path, n: int, study_uid: str) -> Path:
+def write_dicom_study(folder: Path, n: int, study_uid: str, description: str = "", slices: int = 8) -> Path:
+    """A CT series of ``block_array(n)`` (its first ``slices`` slices) into ``folder``; several calls with one
+    ``study_uid`` make a study folder of several series."""
     from MedSegReasoning.volume.core import Geometry
     from MedSegReasoning.volume.dicom_writer import SeriesDescriptors, write_dicom_series
 
     geometry = Geometry.from_arrays((0.0, 0.0, 0.0), (1.0, 1.0, 2.0), np.eye(3))
-    write_dicom_series(block_array(n), geometry, folder, descriptors=SeriesDescriptors(study_instance_uid=study_uid))
+    descriptors = SeriesDescriptors(study_instance_uid=study_uid, series_description=description)
+    folder = folder / description if description else folder
+    write_dicom_series(block_array(n)[:slices], geometry, folder, descriptors=descriptors)
     return folder
 
 
