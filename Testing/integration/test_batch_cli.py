@@ -259,3 +259,36 @@ def test_series_filter_picks_the_series_of_a_study_and_records_it(tmp_path, thre
     result = json.loads((out / STUDY_UID / "result.json").read_text())
     assert result["series_picked"] == row["series_picked"] and result["input"]["shape_ijk"][2] == 8
     assert main([*argv, "--out", str(tmp_path / "bad"), "--series-filter", "colour=red"]) == 2
+
+
+def test_driver_killed_then_resume_finishes_without_duplicates(tmp_path, threshold):
+    """The command killed (SIGKILL, no clean-up) after its first study: --resume does the rest, each study once."""
+    import os
+    import signal
+    import time
+
+    cohort = tmp_path / "cohort"
+    for i in range(4):
+        write_nifti_study(cohort / f"s{i}.nii.gz", i)
+    manifest = _manifest(tmp_path, cohort, [{"input": f"cohort/s{i}.nii.gz", "box": BOX} for i in range(4)])
+    out = tmp_path / "out"
+    argv = ["batch", str(manifest), "--out", str(out), "--limit", "3", "--in-process"]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-m", "MedSegReasoning.cli", *argv], env=env, stderr=subprocess.PIPE)
+    rows_dir = out / ".batch" / "rows"
+    deadline = time.monotonic() + 120
+    while not (rows_dir.is_dir() and any(rows_dir.glob("*.json"))) and child.poll() is None:
+        assert time.monotonic() < deadline, "the child never finished a study"
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+    done_before = {p.stem for p in rows_dir.glob("*.json")}
+    assert done_before and len(done_before) < 3, "killed in the middle of the run"
+    assert main([*argv, "--resume"]) == 0
+    rows = _rows(out)
+    assert sorted(r["study"] for r in rows) == ["s0", "s1", "s2"], "each study once; --limit 3 left s3 out"
+    assert all(r["status"] == "ok" for r in rows)
+    assert {r["study"] for r in rows if r["attempt"] == "1"} == {"s0", "s1", "s2"}
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["s0", "s1", "s2"]
