@@ -4,8 +4,8 @@ Ray is imported here only, and only when a run uses it: ``--help`` and the in-pr
 ``--ray-address`` a local Ray starts inside the command with ``--workers`` actors; ``auto`` or ``ray://host:port``
 joins a running cluster (the inputs must be readable where the actors run; the outputs come back to this
 process as bytes). An actor that dies in the middle of a study (its process killed, its node lost) is restarted
-once by Ray, and the study goes to another actor once; a study whose second try also loses its worker is a failed
-row. Each runner yields ``(study, outcome)`` as studies finish.
+once by Ray, and the study is tried once more on the next free actor (the restarted one where no other is free);
+a study whose second try also loses its worker is a failed row; when every actor is lost twice the run stops (exit 4). Each runner yields ``(study, outcome)`` as studies finish.
 """
 
 from __future__ import annotations
@@ -108,29 +108,36 @@ class RayPool:
         ray = self.ray
         queue = deque(studies)
         tries: dict[str, int] = {}
-        running: dict[Any, tuple[Study, Any]] = {}
-        idle = list(self.actors)
+        losses: dict[int, int] = {}  # per actor: Ray restarts it once (max_restarts=1); lost twice, it is gone
+        running: dict[Any, tuple[Study, int]] = {}
+        idle = deque(range(len(self.actors)))  # actors free to take a study, the longest free first
         try:
             while queue or running:
                 while queue and idle:
-                    study, actor = queue.popleft(), idle.pop()
+                    study, n = queue.popleft(), idle.popleft()
                     tries[study.key] = tries.get(study.key, 0) + 1
-                    running[actor.run.remote(study)] = (study, actor)
+                    running[self.actors[n].run.remote(study)] = (study, n)
+                if not running:
+                    raise ServiceError(
+                        f"every Ray worker was lost ({len(self.actors)} started, each restarted once): check the "
+                        "nodes' memory and logs (`ray status`); --resume continues with the studies left."
+                    )
                 done, _ = ray.wait(list(running), num_returns=1)
                 for ref in done:
-                    study, actor = running.pop(ref)
+                    study, n = running.pop(ref)
                     try:
                         outcome = ray.get(ref)
                     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                         log.warning("study %s lost its worker: %s", study.key, str(exc).splitlines()[0])
-                        idle.append(actor)  # Ray restarts it (max_restarts); a dead one fails its next study
+                        losses[n] = losses.get(n, 0) + 1
+                        if losses[n] < 2:
+                            idle.append(n)  # restarted by Ray, behind the actors already free
                         if tries[study.key] < 2:
-                            queue.appendleft(study)  # to the next free actor: another one where there is
-                            idle.insert(0, idle.pop())
+                            queue.appendleft(study)  # once more, on the next free actor
                             continue
                         outcome = StudyOutcome(study.key, "failed", error=WORKER_LOST)
                     else:
-                        idle.append(actor)
+                        idle.append(n)
                     yield study, outcome
         finally:
             for ref in running:

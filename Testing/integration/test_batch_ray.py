@@ -1,6 +1,6 @@
 """``batch`` on a real local Ray (``ray.init`` inside the command, 2 worker actors): the same rows as the
-in-process run, a worker process killed in the middle of a study (the study goes to another worker and finishes,
-its row is written once), and the shipped path (the real LiteMedSAM loaded once per actor) through the CLI.
+in-process run, a worker process killed in the middle of a study (the study is tried again on the next free
+worker and finishes, its row is written once), and the shipped path (the real LiteMedSAM loaded once per actor) through the CLI.
 
 The actors build their segmenter from a picklable source (``support.batch``): a monkeypatched factory does not
 reach their processes. Testing/ is put on the workers' PYTHONPATH so they can import it.
