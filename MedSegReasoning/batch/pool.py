@@ -5,7 +5,8 @@ Ray is imported here only, and only when a run uses it: ``--help`` and the in-pr
 joins a running cluster (the inputs must be readable where the actors run; the outputs come back to this
 process as bytes). An actor that dies in the middle of a study (its process killed, its node lost) is restarted
 once by Ray, and the study is tried once more on the next free actor (the restarted one where no other is free);
-a study whose second try also loses its worker is a failed row; when every actor is lost twice the run stops (exit 4). Each runner yields ``(study, outcome)`` as studies finish.
+a study whose second try also loses its worker is a failed row; when every actor is lost twice the run stops
+(exit 4). Each runner yields ``(study, outcome)`` as studies finish.
 """
 
 from __future__ import annotations
