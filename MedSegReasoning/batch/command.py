@@ -189,15 +189,16 @@ def run_batch(
         except KeyboardInterrupt:
             summary.interrupted = True
             progress.note("interrupted: the studies finished so far are kept; --resume does the rest")
-        finally:
+        finally:  # the tables say what is done even when the run stops on an error (Ray lost, a model failing)
             progress.close()
             if pool is not None:
                 pool.close()
-        summary.seconds = time.perf_counter() - t0
-        rows = store.all_rows([s.key for s in studies])
-        summary.written = write_tables(store.out, rows)
-        write_report(store.out, rows, elapsed_s=summary.seconds)
-        summary.written.append("report.html")
+            summary.seconds = time.perf_counter() - t0
+            if store.records or not todo:  # not when the models failed to load before any study (exit 3)
+                rows = store.all_rows([s.key for s in studies])
+                summary.written = write_tables(store.out, rows)
+                write_report(store.out, rows, elapsed_s=summary.seconds)
+                summary.written.append("report.html")
     finally:
         store.close()
     return summary

@@ -160,6 +160,7 @@ def test_model_that_cannot_load_exits_3(tmp_path, monkeypatch):
     write_nifti_study(cohort / "a.nii.gz", 0)
     manifest = _manifest(tmp_path, cohort, [{"input": "cohort/a.nii.gz", "box": BOX}])
     assert main(["batch", str(manifest), "--out", str(tmp_path / "out"), "--in-process"]) == 3
+    assert not (tmp_path / "out" / "results.csv").exists(), "no table of a run that never started"
 
 
 def test_resume_skips_done_retries_failed_and_never_writes_a_study_twice(tmp_path, threshold):
