@@ -17,52 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.fakes import FakeSegmenter
+from support.blob import LEAKING_BOX, QUESTION, K, Recording, blob_on, good_box, leaks_unless_good_box
 from support.reasoning import blob_volume
 
 from MedSegReasoning.reasoning import create_reasoner
-from MedSegReasoning.segmentation.base import Prediction, Prompt2D
 from MedSegReasoning.volume.core import Volume
 
-K = 7  # the blob's largest slice
-QUESTION = "Segment the bright blob."
-LEAKING_BOX = [10, 10, 280, 200]
 RE_ASKED = "Your previous box for 'blob' was rejected:"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def blob_on(volume: Volume, k: int) -> np.ndarray:
-    return volume.array[k] >= 200
-
-
-def good_box(volume: Volume) -> list[int]:
-    jj, ii = np.nonzero(blob_on(volume, K))
-    return [int(ii.min()), int(jj.min()), int(ii.max()), int(jj.max())]
-
-
-def leaks_unless_good_box(volume: Volume) -> FakeSegmenter:
-    """The blob for exactly the good box; the whole slice for any other prompt (a runaway leak)."""
-    good = tuple(float(v) for v in good_box(volume))
-
-    def answer(k: int, prompt: Prompt2D) -> Prediction:
-        if prompt.box is not None and tuple(float(v) for v in prompt.box) == good:
-            return Prediction(mask=blob_on(volume, k), score=0.95)
-        return Prediction(mask=np.ones(volume.shape[1:], dtype=bool), score=0.95)
-
-    return FakeSegmenter(volume.array, answer, name="leaky")
-
-
-class Recording:
-    """Passes calls through to a reasoner and keeps the questions it was asked."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.identity = inner.identity
-        self.questions: list[str] = []
-
-    def reason(self, views, question, context, on_text=None, cancel=None):
-        self.questions.append(question)
-        return self.inner.reason(views, question, context, on_text, cancel)
 
 
 def _answer(box: list[int] | None, reasoning: str) -> str:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from support.blob import Recording
 from support.fakes import FakeSegmenter
 from support.reasoning import blob_volume
 
@@ -59,19 +60,6 @@ def replay_file(path: Path, *boxes: list[int]) -> Path:
         lines.append({"round": 1, "step": "locate", "raw": answer(box, "Bright and round.")})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
-
-
-class Recording:
-    """Passes calls through to a reasoner and keeps the questions it was asked."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.identity = inner.identity
-        self.questions: list[str] = []
-
-    def reason(self, views, question, context, on_text=None, cancel=None):
-        self.questions.append(question)
-        return self.inner.reason(views, question, context, on_text, cancel)
 
 
 def run(tmp_path: Path, *boxes: list[int]):

@@ -8,56 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-from support.fakes import FakeSegmenter
+from support.blob import LEAKING_BOX, QUESTION, K, Recording, good_box, leaks_unless_good_box
 from support.reasoning import blob_volume
 
 from MedSegReasoning.dialogue import Session
 from MedSegReasoning.dialogue.ask import NO_CORRECTION, ask_round, proposed_correction
 from MedSegReasoning.reasoning import create_reasoner
 from MedSegReasoning.reasoning.answer import Answer, Target
-from MedSegReasoning.segmentation.base import Prediction, Prompt2D
-from MedSegReasoning.volume.core import Volume
 from MedSegReasoning.volume.windowing import default_window
 
-K = 7  # the blob's largest slice
-QUESTION = "Segment the bright blob."
-LEAKING_BOX = [10, 10, 280, 200]
 PROPOSAL = "The mask of 'blob' failed these checks"
-
-
-def _blob(volume: Volume, k: int) -> np.ndarray:
-    return volume.array[k] >= 200
-
-
-def _good_box(volume: Volume) -> list[int]:
-    jj, ii = np.nonzero(_blob(volume, K))
-    return [int(ii.min()), int(jj.min()), int(ii.max()), int(jj.max())]
-
-
-def _leaky(volume: Volume) -> FakeSegmenter:
-    """The blob for exactly the good box; the whole slice for any other prompt (a runaway leak)."""
-    good = tuple(float(v) for v in _good_box(volume))
-
-    def answer(k: int, prompt: Prompt2D) -> Prediction:
-        if prompt.box is not None and tuple(float(v) for v in prompt.box) == good:
-            return Prediction(mask=_blob(volume, k), score=0.95)
-        return Prediction(mask=np.ones(volume.shape[1:], dtype=bool), score=0.95)
-
-    return FakeSegmenter(volume.array, answer, name="leaky")
-
-
-class Recording:
-    """Passes calls through to a reasoner and keeps each question with the slices its views showed."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.identity = inner.identity
-        self.calls: list[tuple[str, str, list[int]]] = []
-
-    def reason(self, views, question, context, on_text=None, cancel=None):
-        self.calls.append((views.task, question, [t.slice for v in views.views for t in v.tiles]))
-        return self.inner.reason(views, question, context, on_text, cancel)
 
 
 def _line(step: str, targets: list[dict] | None, clarification: str | None = None) -> dict:
@@ -84,7 +44,13 @@ def test_a_refused_mask_is_shown_to_the_reasoner_and_its_erase_is_judged_and_rec
     reasoner = _replay(tmp_path / "answers.jsonl", lines)
     session = Session.for_volume(volume)
     asked = ask_round(
-        session, volume, _leaky(volume), default_window(volume), QUESTION, reasoner=reasoner, propagate=False
+        session,
+        volume,
+        leaks_unless_good_box(volume),
+        default_window(volume),
+        QUESTION,
+        reasoner=reasoner,
+        propagate=False,
     )
     proposals = [c for c in reasoner.calls if c[1].startswith(PROPOSAL)]
     assert len(proposals) == 1, [c[1][:60] for c in reasoner.calls]
@@ -100,10 +66,16 @@ def test_a_refused_mask_is_shown_to_the_reasoner_and_its_erase_is_judged_and_rec
 
 def test_an_accepted_mask_asks_no_correction(tmp_path):
     volume = blob_volume()
-    reasoner = _replay(tmp_path / "answers.jsonl", _located(_good_box(volume)))
+    reasoner = _replay(tmp_path / "answers.jsonl", _located(good_box(volume)))
     session = Session.for_volume(volume)
     asked = ask_round(
-        session, volume, _leaky(volume), default_window(volume), QUESTION, reasoner=reasoner, propagate=False
+        session,
+        volume,
+        leaks_unless_good_box(volume),
+        default_window(volume),
+        QUESTION,
+        reasoner=reasoner,
+        propagate=False,
     )
     assert asked.round.targets[0].status == "accepted"
     assert not [c for c in reasoner.calls if c[1].startswith(PROPOSAL)]
