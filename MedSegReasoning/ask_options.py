@@ -5,13 +5,14 @@ asks), so it sits below the front ends.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .wire.errors import InputError
 
-__all__ = ["AskOptions", "parse_prompt"]
+__all__ = ["AskOptions", "parse_prompt", "positive_seconds"]
 
 
 def _ints(text: str, what: str, counts: Sequence[int], form: str) -> list[int]:
@@ -65,3 +66,14 @@ class AskOptions:
     segmenter: str = "litemedsam"
     propagate: bool = True
     assign_uids: bool = False  # blank source UIDs get ones derived from the content hash (export/assigned_uids.py)
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of ``--reasoner-timeout`` (``ask``, ``eval``): a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds (e.g. 600)")
+    return value

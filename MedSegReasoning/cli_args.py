@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import PROG, __version__
+from .ask_options import positive_seconds
 from .wire.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SERVICE, EXIT_STUDIES_FAILED
 
 EXIT_CODES_HELP = f"""exit codes:
@@ -198,7 +199,7 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
     reasoner.add_argument(
         "--reasoner-timeout",
         metavar="SECONDS",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=None,
         help="openai: reasoners: the total time one answer may take, retries and keep-alives included "
         "(default 300); past it, exit 4",
@@ -210,14 +211,3 @@ def _add_ask_arguments(ask: argparse.ArgumentParser) -> None:
         help="the slice the user is looking at, e.g. coronal,250 (axial: K, coronal: J, sagittal: I): questions "
         "about 'this slice' are answered on it, and its targets are segmented and propagated in that orientation",
     )
-
-
-def _positive_seconds(text: str) -> float:
-    """argparse type of ``--reasoner-timeout``: a positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds (e.g. 600)")
-    return value

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..ask_options import positive_seconds
 from ..wire.errors import EXIT_OK, InputError
 
 EVAL_EPILOG = """layouts (--layout auto detects them; docs/evaluation.md, "Datasets and modes"):
@@ -72,6 +73,14 @@ def add_eval_parser(sub: Any, *, exit_codes_help: str, default_reasoner: str) ->
     ev.add_argument("--allow-download", action="store_true", help="let hf:<id> download the model")
     ev.add_argument("--device", default=None, help="reasoner device: cuda, mps or cpu (default: best available)")
     ev.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per answer")
+    ev.add_argument(
+        "--reasoner-timeout",
+        metavar="SECONDS",
+        type=positive_seconds,
+        default=None,
+        help="as for ask: openai: reasoners' total time for one answer (default 300); past it the run stops "
+        "with exit 4 (the service's fault) and --resume continues it",
+    )
 
 
 def run_eval_command(args: argparse.Namespace, default_reasoner: str) -> int:
@@ -104,6 +113,7 @@ def run_eval_command(args: argparse.Namespace, default_reasoner: str) -> int:
             device=args.device,
             max_new_tokens=args.max_new_tokens,
             stream=False,
+            timeout_s=args.reasoner_timeout,
         )
     options = EvalOptions(
         out=out,

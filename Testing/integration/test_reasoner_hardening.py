@@ -122,6 +122,27 @@ def test_the_cli_option_sets_the_deadline_and_exits_4(server, tmp_path, capsys, 
     assert "within 0.5 s" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("server", ["keepalive"], indirect=True)
+def test_eval_takes_the_deadline_too_and_exits_4(server, tmp_path, capsys, monkeypatch):
+    """``eval --reasoner-timeout``: the same deadline as ``ask`` (a reasoner that never finishes stops the run with
+    the service's exit code; ``--resume`` continues it)."""
+    from MedSegReasoning.segmentation import factory
+    from MedSegReasoning.volume.itk_io import write_label_image
+
+    monkeypatch.setattr(factory, "create_segmenter", lambda *a, **kw: _NoSegmenter())
+    volume = blob_volume()
+    data = tmp_path / "data"
+    data.mkdir()
+    write_label_image(data / "blob.nrrd", (volume.array > 0).astype(np.uint8) * 100, volume.geometry)
+    write_label_image(data / "labels.nrrd", (volume.array > 0).astype(np.uint8), volume.geometry)
+    line = {"id": "q1", "volume": "blob.nrrd", "labels": "labels.nrrd", "label": 1, "question": "where is the blob?"}
+    (data / "questions.jsonl").write_text(json.dumps(line) + "\n", encoding="utf-8")
+    argv = ["eval", str(data), "--layout", "folder", "--mode", "reasoner", "--out", str(tmp_path / "e")]
+    code = main([*argv, "--reasoner", f"openai:{server.base_url}#m", "--reasoner-timeout", "0.5", "--no-progress"])
+    assert code == EXIT_SERVICE
+    assert "within 0.5 s" in capsys.readouterr().err
+
+
 class _NoSegmenter:
     """The segmenter a reasoner failure never reaches (encoding ahead is off for it)."""
 
