@@ -72,7 +72,7 @@ def add_batch_parser(sub: Any, *, exit_codes_help: str, default_reasoner: str) -
         "--series-filter",
         metavar="RULE",
         default=None,
-        help="which series of a DICOM study folder: modality=CT, description=PATTERN, most-slices (comma-separated); "
+        help="which series of a DICOM study folder or DICOMweb study: modality=CT, description=PATTERN, most-slices (comma-separated); "
         "what was picked is recorded (series_picked)",
     )
     batch.add_argument("--out", type=Path, default=Path("medseg-batch"), help="output folder (default ./medseg-batch)")
@@ -91,7 +91,7 @@ def add_batch_parser(sub: Any, *, exit_codes_help: str, default_reasoner: str) -
         "--ray-address",
         metavar="ADDR",
         default=None,
-        help="join a Ray cluster: auto or ray://host:port (default: a local Ray inside this command)",
+        help="join a Ray cluster: auto, HOST:PORT (its head) or ray://HOST:PORT (default: a local Ray in this command)",
     )
     batch.add_argument(
         "--in-process", action="store_true", help="no Ray: one study at a time in this process (as without Ray)"
