@@ -101,6 +101,23 @@ def test_qido_cohort_with_series_filter_and_seg_sr_stored_back(tmp_path, thresho
         assert stored["SEG"].ReferencedSeriesSequence[0].SeriesInstanceUID == row["series_uid"], "the picked series"
     assert "2 ok, 0 failed" in capsys.readouterr().out
 
+    nothing = f"{orthanc.dicomweb}/studies?ModalitiesInStudy=MR"
+    assert main(["batch", nothing, "--question", "q", "--out", str(tmp_path / "none"), "--in-process"]) == 2
+    assert "found no studies" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists(), "a usage error writes nothing"
+
+
+def test_a_query_that_is_not_one_or_a_pacs_not_there_before_anything_runs(tmp_path, capsys):
+    argv = ["batch", "--question", "q", "--out", str(tmp_path / "out"), "--in-process"]
+    assert main([*argv, "http://127.0.0.1:9/dicom-web/series?Modality=CT"]) == 2
+    assert "not a DICOMweb studies query" in capsys.readouterr().err
+    assert main([*argv, f"http://127.0.0.1:{free_port()}/dicom-web/studies?ModalitiesInStudy=CT"]) == 4
+    said = capsys.readouterr().err
+    assert "not reachable" in said and "Traceback" not in said
+    assert main([*argv, "--dicomweb", "pacs.example.org/dicom-web", str(tmp_path)]) == 2
+    assert "--dicomweb pacs.example.org" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
 
 def test_pacs_that_refuses_or_cannot_be_reached(tmp_path, threshold, orthanc, capsys):
     cohort = tmp_path / "cohort"
