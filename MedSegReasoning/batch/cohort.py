@@ -32,11 +32,17 @@ class Study:
     label: str | None = None
 
 
-def read_cohort(cohort: Path, question: str | None, questions: Sequence[str]) -> list[Study]:
-    """The studies of ``cohort`` (a folder of studies or a manifest), each with its question or box.
+def read_cohort(cohort: str | Path, question: str | None, questions: Sequence[str]) -> list[Study]:
+    """The studies of ``cohort`` (a folder of studies, a manifest, or a DICOMweb QIDO-RS studies query), each with
+    its question or box.
 
     A row's own question or box wins; the rest get ``question``, or ``questions`` (one per study, in order).
     """
+    from ..volume.dicomweb import is_dicomweb_url
+
+    if is_dicomweb_url(str(cohort)):
+        rows = _query_studies(str(cohort))
+        return _studies(rows, question, questions)
     cohort = Path(cohort).expanduser()
     if not cohort.exists():
         raise InputError(f"the cohort {cohort} does not exist: give a folder of studies or a manifest (.csv, .jsonl).")
@@ -53,6 +59,22 @@ def read_cohort(cohort: Path, question: str | None, questions: Sequence[str]) ->
         raise InputError(
             f"{cohort} is neither a folder of studies nor a manifest: give a folder, a .csv or a .jsonl file."
         )
+    return _studies(rows, question, questions)
+
+
+def _query_studies(url: str) -> list[dict[str, str]]:
+    """A QIDO-RS studies query as one row per study found: ``{root}/studies/{StudyInstanceUID}`` (its key is the
+    UID); the study's series is picked when it runs (``--series-filter``)."""
+    from ..volume.dicomweb_query import parse_studies_query, search_studies
+
+    root, _filters = parse_studies_query(url)
+    uids = search_studies(url)
+    if not uids:
+        raise InputError(f"the DICOMweb query {url} found no studies: check its keys and values (QIDO-RS).")
+    return [{"input": f"{root}/studies/{uid}"} for uid in uids]
+
+
+def _studies(rows: list[dict[str, str]], question: str | None, questions: Sequence[str]) -> list[Study]:
     if questions and len(questions) != len(rows):
         raise InputError(
             f"--questions gives {len(questions)} question(s) for {len(rows)} studies: give one line per study, "
@@ -198,11 +220,13 @@ class SeriesFilter:
                 )
         return SeriesFilter(modality, description, most)
 
-    def pick(self, folder: Path) -> tuple[str, str]:
-        """The UID of the series this filter picks in ``folder``, and a sentence on what was picked and why."""
+    def pick(self, folder: Path | str) -> tuple[str, str]:
+        """The UID of the series this filter picks in ``folder`` (or a DICOMweb study URL), and a sentence on what
+        was picked and why."""
         from ..volume.dicom import list_series
+        from ..volume.dicomweb_query import list_study_series
 
-        series = list_series(folder)
+        series = list_study_series(folder) if isinstance(folder, str) else list_series(folder)
         left = [
             s
             for s in series

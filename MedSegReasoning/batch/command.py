@@ -21,12 +21,19 @@ BATCH_EPILOG = """cohort:
   a folder: one study per sub-folder (a DICOM series) or per NIfTI / NRRD file in it
   a manifest: .csv or .jsonl with the columns input, and optionally question, box (I0,J0,I1,J1,K) and label;
               a row's own question or box wins, --question / --questions give the rest theirs
+  a DICOMweb QIDO-RS studies query: http(s)://HOST/PATH/studies?ModalitiesInStudy=CT&StudyDate=20250101-20251231
+              (quote it in a shell); each study's series is picked by --series-filter (without it, a study must
+              hold one series) and read as ask reads .../studies/UID/series/UID; credentials as for ask
 
 outputs (in --out, default ./medseg-batch):
   <study>/         ask's outputs (mask.nii.gz, seg.dcm, overview.png, result.json); <study> is the Study Instance
                    UID where there is one, else the input's name
   results.csv      one row per entity (a failed study: one row, no entity); results.parquet with pyarrow
   report.html      volumes per structure and the failures with their reasons
+
+--dicomweb URL (the service root, e.g. http://localhost:8042/dicom-web) stores each study's SEG and SR there as
+export --dicomweb does (column stored: their WADO-RS URLs). A study the PACS refuses is failed with its reason
+(its outputs are kept; --resume tries it again); a PACS that cannot be reached stops the run, exit 4.
 
 --resume skips the studies already done and tries the failed ones again (once per run).
 
@@ -42,7 +49,9 @@ def add_batch_parser(sub: Any, *, exit_codes_help: str, default_reasoner: str) -
         epilog=BATCH_EPILOG + exit_codes_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    batch.add_argument("cohort", metavar="COHORT", type=Path, help="a folder of studies, or a .csv / .jsonl manifest")
+    batch.add_argument(
+        "cohort", metavar="COHORT", help="a folder of studies, a .csv / .jsonl manifest, or a DICOMweb studies query"
+    )
     asked = batch.add_mutually_exclusive_group()
     asked.add_argument("--question", metavar="TEXT", default=None, help="the question for every study without its own")
     asked.add_argument(
@@ -63,10 +72,16 @@ def add_batch_parser(sub: Any, *, exit_codes_help: str, default_reasoner: str) -
         "--series-filter",
         metavar="RULE",
         default=None,
-        help="which series of a DICOM study folder: modality=CT, description=PATTERN, most-slices (comma-separated); "
+        help="which series of a DICOM study folder or DICOMweb study: modality=CT, description=PATTERN, most-slices (comma-separated); "
         "what was picked is recorded (series_picked)",
     )
     batch.add_argument("--out", type=Path, default=Path("medseg-batch"), help="output folder (default ./medseg-batch)")
+    batch.add_argument(
+        "--dicomweb",
+        metavar="URL",
+        default=None,
+        help="store each study's SEG and SR on this DICOMweb service (STOW-RS)",
+    )
     batch.add_argument("--resume", action="store_true", help="continue the run in --out: skip done, retry failed")
     batch.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N studies")
     batch.add_argument(
@@ -76,7 +91,7 @@ def add_batch_parser(sub: Any, *, exit_codes_help: str, default_reasoner: str) -
         "--ray-address",
         metavar="ADDR",
         default=None,
-        help="join a Ray cluster: auto or ray://host:port (default: a local Ray inside this command)",
+        help="join a Ray cluster: auto, HOST:PORT (its head) or ray://HOST:PORT (default: a local Ray in this command)",
     )
     batch.add_argument(
         "--in-process", action="store_true", help="no Ray: one study at a time in this process (as without Ray)"
@@ -109,6 +124,8 @@ def run_batch_command(args: argparse.Namespace, default_reasoner: str) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give 1 or more.")
     SeriesFilter.parse(args.series_filter)
+    if args.dicomweb is not None and not args.dicomweb.lower().startswith(("http://", "https://")):
+        raise InputError(f"--dicomweb {args.dicomweb}: give the service root, e.g. http://localhost:8042/dicom-web.")
     questions = read_questions(args.questions) if args.questions else []
     studies = read_cohort(args.cohort, args.question, questions)[: args.limit]
     check_spec(args.segmenter)
@@ -134,6 +151,7 @@ def run_batch_command(args: argparse.Namespace, default_reasoner: str) -> int:
         workers=args.workers,
         ray_address=args.ray_address,
         in_process=args.in_process,
+        dicomweb=args.dicomweb,
     )
     print(
         f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped"
@@ -155,11 +173,14 @@ def run_batch(
     ray_address: str | None = None,
     in_process: bool = False,
     source: Any = None,
+    dicomweb: str | None = None,
 ) -> BatchSummary:
     """Run ``studies`` into ``out``; the engine of ``batch``. ``source``: how workers build their segmenter
-    (``study.SegmenterSource`` from the spec unless a test gives its own picklable one)."""
+    (``study.SegmenterSource`` from the spec unless a test gives its own picklable one). ``dicomweb``: the PACS
+    each study's SEG and SR go to (``publish.py``); one that cannot be reached ends the run with its error."""
     from .pool import RayPool, check_ray_request, default_workers, run_in_process
     from .progress import Progress
+    from .publish import publish
     from .report import write_report, write_tables
     from .store import BatchStore
 
@@ -183,9 +204,14 @@ def run_batch(
                 progress.note("loading the models..." if todo else "nothing left to do")
                 finished = run_in_process(todo, options, source)
             for study, outcome in finished:
+                stop = None
+                if dicomweb:
+                    outcome, stop = publish(dicomweb, outcome)
                 store.save(study, outcome)
                 setattr(summary, outcome.status, getattr(summary, outcome.status) + 1)
                 progress.done(study, outcome)
+                if stop is not None:
+                    raise stop
         except KeyboardInterrupt:
             summary.interrupted = True
             progress.note("interrupted: the studies finished so far are kept; --resume does the rest")

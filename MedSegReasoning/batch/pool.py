@@ -84,17 +84,28 @@ class RayPool:
                     logging_level=logging.WARNING,
                 )
         except ValueError as exc:  # e.g. ray:// without Ray's client (grpcio)
+            self._forget_failed_init()
             raise InputError(
                 f"--ray-address {address} cannot be used here ({str(exc).splitlines()[0][:200]}): "
                 "pip install 'medseg-reasoning[batch]' installs Ray with its client."
             ) from None
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            self._forget_failed_init()
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise ServiceError(
                 f"{where} cannot be reached or started ({str(exc).splitlines()[0][:200]}): check the address "
                 "(`ray status` there), or leave out --ray-address for a local run."
             ) from None
         self.started_ray = True
+
+    def _forget_failed_init(self) -> None:
+        """A failed ``ray.init`` (a ``ray://`` client that never connected) leaves Ray's client mode half set up in
+        this process, and the next ``ray.init`` of the process (a library caller's next run) then fails inside Ray:
+        shut it down."""
+        try:
+            self.ray.shutdown()
+        except Exception:  # nothing to shut down
+            log.debug("ray.shutdown after a failed init", exc_info=True)
 
     def start(self, needs_reasoner: bool) -> None:
         """Start the actors and wait until each has loaded its models; a model that cannot load ends the run."""

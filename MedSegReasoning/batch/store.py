@@ -42,6 +42,7 @@ COLUMNS = (
     "versions",
     "series_picked",
     "attempt",
+    "stored",
 )
 STATE_DIR = ".batch"
 
@@ -149,6 +150,7 @@ def study_rows(study: Study, outcome: StudyOutcome, folder: str, attempt: int) -
         "versions": versions,
         "series_picked": outcome.series_picked,
         "attempt": attempt,
+        "stored": outcome.stored,
     }
     empty = {"entity": "", "label": "", "code": "", "volume_ml": None, "key_slice": None, "score": None}
     targets = result.get("targets") or []

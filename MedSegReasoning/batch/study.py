@@ -50,6 +50,7 @@ class StudyOutcome:
     seconds: float = 0.0
     series_picked: str = ""
     worker: str = ""
+    stored: str = ""  # with --dicomweb: the WADO-RS URLs of the SEG and SR the PACS confirmed (publish.py)
 
 
 class SegmenterSource:
@@ -136,11 +137,15 @@ class StudyWorker:
         from ..pipeline import VoxelPrompt
         from ..reasoning.spec import ReasonerOptions
         from ..volume import load_volume
+        from ..volume.dicomweb_query import parse_study_url
 
         series_uid, picked = None, ""
         source = study.input
         rule = SeriesFilter.parse(self.options.series_filter)
-        if rule is not None and Path(source).is_dir():
+        if parse_study_url(source) is not None:  # a study of a DICOMweb cohort: pick its series, then read that
+            series_uid, picked = (rule or SeriesFilter()).pick(source)
+            source = f"{source.rstrip('/')}/series/{series_uid}"
+        elif rule is not None and Path(source).is_dir():
             series_uid, picked = rule.pick(Path(source))
         timings: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -124,3 +124,16 @@ def retrieve_instance(url: str, study: str, series: str, sop: str):
         return client.retrieve_instance(study, series, sop)
     except Exception as exc:
         raise http_failure(exc, base, "send the instance") from exc
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (from a store or search here) means the server could not be reached at all (no
+    connection, timed out), as opposed to a server that answered and refused: a batch stops on the first."""
+    import requests
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

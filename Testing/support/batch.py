@@ -71,3 +71,115 @@ class KillOnceSource:
                 return super().predict(prompt)
 
         return Killing()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A Ray cluster started on its own (``ray start --head``), as an operator starts one
+
+
+def _skip_or_fail(message: str) -> None:
+    import pytest
+
+    if os.environ.get("MEDSEG_REQUIRE_TOOLS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RayHead:
+    """A one-node Ray cluster on loopback, started by the ``ray`` CLI in its own process group, with its own temp
+    folder and free ports (other Rays on this machine are left alone).
+
+    It runs ``ray start --head --block``: stopping it is a signal to that process group, whose Ray processes all
+    belong to it. Not ``ray stop``, which stops every Ray of this user on the machine, other runs' included."""
+
+    def __init__(self, root: Path, env: dict[str, str], num_cpus: int = 2) -> None:
+        self.root = Path(root)
+        self.env = env
+        self.num_cpus = num_cpus
+        self.port = _free_port()
+        self.process = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> RayHead:
+        import shutil
+        import subprocess
+        import sys
+        import tempfile
+        import time
+
+        ray_cli = Path(sys.executable).with_name("ray")
+        if not ray_cli.exists():
+            found = shutil.which("ray")
+            if found is None:
+                _skip_or_fail("the ray CLI is not installed (pip install 'medseg-reasoning[batch]')")
+            ray_cli = Path(str(found))
+        # Ray's socket paths must stay short (a Unix socket path is at most 107 bytes): a short folder in /tmp
+        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+        ports = {
+            "--ray-client-server-port": _free_port(),
+            "--node-manager-port": _free_port(),
+            "--object-manager-port": _free_port(),
+            "--dashboard-agent-grpc-port": _free_port(),
+            "--dashboard-agent-listen-port": _free_port(),
+            "--metrics-export-port": _free_port(),
+            "--runtime-env-agent-port": _free_port(),
+        }
+        argv = [
+            str(ray_cli), "start", "--head", "--block", f"--port={self.port}", f"--num-cpus={self.num_cpus}",
+            "--num-gpus=0", "--disable-usage-stats", "--include-dashboard=false", "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp}", *(f"{flag}={port}" for flag, port in ports.items()),
+        ]  # fmt: skip
+        self.log = self.root / "ray-head.log"
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if "Ray runtime started" in text or "block forever" in text:
+                return self
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = self.log.read_text(errors="replace")[-1500:]
+        self.stop()
+        import pytest
+
+        pytest.fail(f"ray start --head did not come up on {self.address}:\n{tail}")
+
+    def stop(self) -> None:
+        import shutil
+        import signal
+        import subprocess
+
+        if self.process is None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # what the head's group may have left (its workers end with it); only this group, by its id
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process = None
+        shutil.rmtree(self.temp, ignore_errors=True)
