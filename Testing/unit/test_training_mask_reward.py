@@ -168,3 +168,16 @@ def test_bad_samples_and_calls_are_refused_with_a_sentence(scan):
         reward(None, [_answer(TIGHT)] * 2, sample_id=["s"])
     with pytest.raises(InputError, match="chat messages"):
         completion_text(42)
+
+
+def test_zoom_follows_the_runtime_on_small_boxes_at_the_cost_of_an_encoder_call():
+    """Slice 0's structure is 14 x 8 pixels (under 48 px of LiteMedSAM's 256 input): ``ask`` segments it on a zoomed
+    crop too; the reward does so only with ``zoom=True``, where the crop is one more embedding."""
+    volume, truth = _scan()
+    small = (36, 26, 49, 33)  # the truth's box on slice 0
+    for zoom, encodings in ((False, 1), (True, 2)):
+        segmenter = FakeSegmenter(volume.array, truth_in_box(truth), window=WINDOW)
+        sample = RewardSample.on_slice(volume, truth, WINDOW, PIXELS, index=0)
+        reward = MaskReward(segmenter, {"s": sample}, zoom=zoom)
+        assert reward(None, [_answer(small, ((40, 30), (44, 29)))] * 3, sample_id=["s"] * 3) == [pytest.approx(1.0)] * 3
+        assert segmenter.stats.encoder_calls == encodings
