@@ -108,10 +108,17 @@ class RewardSample:
         """A sample whose reasoner sees one slice, rendered by the refine step's own ``refine_views``: slice
         ``index`` of ``orientation``, by default the one where the reference mask is largest."""
         truth = np.asarray(truth, dtype=bool)
+        if truth.ndim == 2:
+            truth = truth[None]
+        axis = _PLANE_AXIS[orientation]
+        areas = truth.sum(axis=tuple(a for a in range(3) if a != axis)) if truth.ndim == 3 else np.zeros(0)
         if index is None:
-            axis = _PLANE_AXIS[orientation]
-            others = tuple(a for a in range(3) if a != axis)
-            index = int(np.argmax(truth.sum(axis=others))) if truth.ndim == 3 else 0
+            index = int(np.argmax(areas)) if areas.size else 0
+        if not 0 <= index < areas.size or not areas[index]:
+            raise InputError(
+                f"the reference mask has nothing on {orientation} slice {index}: show the reasoner a slice through "
+                "the structure (by default the one where it is largest)."
+            )
         views = refine_views(volume, window, strategy, orientation, index)
         return cls(volume, window, views, convention, truth, context)
 

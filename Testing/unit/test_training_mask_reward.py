@@ -161,6 +161,8 @@ def test_bad_samples_and_calls_are_refused_with_a_sentence(scan):
         RewardSample(volume, WINDOW, sample.views, PIXELS, np.zeros_like(truth))
     with pytest.raises(InputError, match="shape"):
         RewardSample(volume, WINDOW, sample.views, PIXELS, truth[:2])
+    with pytest.raises(InputError, match="nothing on axial slice 4"):
+        RewardSample.on_slice(volume, truth & (np.arange(5) != 4)[:, None, None], WINDOW, PIXELS, index=4)
     reward = MaskReward(segmenter, {"s": sample})
     with pytest.raises(InputError, match="sample_id"):
         reward(None, [_answer(TIGHT)], sample_id=["unknown"])
