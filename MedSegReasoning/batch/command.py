@@ -180,7 +180,6 @@ def run_batch(
     each study's SEG and SR go to (``publish.py``); one that cannot be reached ends the run with its error."""
     from .pool import RayPool, check_ray_request, default_workers, run_in_process
     from .progress import Progress
-    from .publish import publish
     from .report import write_report, write_tables
     from .store import BatchStore
 
@@ -199,14 +198,11 @@ def run_batch(
                 pool = RayPool(options, workers=min(n, len(todo)), address=ray_address, source=source)
                 progress.note(f"starting {pool.workers} Ray worker(s), each loading the models once...")
                 pool.start(needs_reasoner=any(s.box is None for s in todo))
-                finished = pool.run(todo)
+                finished = pool.run(todo, dicomweb)
             else:
                 progress.note("loading the models..." if todo else "nothing left to do")
-                finished = run_in_process(todo, options, source)
-            for study, outcome in finished:
-                stop = None
-                if dicomweb:
-                    outcome, stop = publish(dicomweb, outcome)
+                finished = run_in_process(todo, options, source, dicomweb)
+            for study, outcome, stop in finished:  # the driver alone writes OUT: each study once, atomically
                 store.save(study, outcome)
                 setattr(summary, outcome.status, getattr(summary, outcome.status) + 1)
                 progress.done(study, outcome)
