@@ -10,6 +10,7 @@ written at the end of every run, interrupted or not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,12 +203,13 @@ def run_batch(
             else:
                 progress.note("loading the models..." if todo else "nothing left to do")
                 finished = run_in_process(todo, options, source, dicomweb)
-            for study, outcome, stop in finished:  # the driver alone writes OUT: each study once, atomically
-                store.save(study, outcome)
-                setattr(summary, outcome.status, getattr(summary, outcome.status) + 1)
-                progress.done(study, outcome)
-                if stop is not None:
-                    raise stop
+            with contextlib.closing(finished):  # a run that stops cancels what is in flight before the pool goes
+                for study, outcome, stop in finished:  # the driver alone writes OUT: each study once, atomically
+                    store.save(study, outcome)
+                    setattr(summary, outcome.status, getattr(summary, outcome.status) + 1)
+                    progress.done(study, outcome)
+                    if stop is not None:
+                        raise stop
         except KeyboardInterrupt:
             summary.interrupted = True
             progress.note("interrupted: the studies finished so far are kept; --resume does the rest")

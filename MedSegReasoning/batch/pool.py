@@ -177,11 +177,11 @@ class RayPool:
                     storing[store.remote(dicomweb, ref)] = (study, outcome)  # the outputs stay in Ray's store
                     continue
                 yield study, outcome, None
-        finally:
+        finally:  # what is in flight is not saved: --resume does it
             for ref in running:
-                ray.cancel(ref, force=True)
+                _cancel(ray, ref, force=True)
             for ref in [*storing, *(volume for _, volume in ahead)]:
-                ray.cancel(ref)
+                _cancel(ray, ref, force=False)
 
     @staticmethod
     def _stored(ray: Any, ref: Any) -> Publication:
@@ -199,6 +199,13 @@ class RayPool:
                 log.debug("actor already gone", exc_info=True)
         if self.started_ray:
             self.ray.shutdown()
+
+
+def _cancel(ray: Any, ref: Any, force: bool) -> None:
+    try:
+        ray.cancel(ref, force=force)
+    except Exception:  # a task already finished, or its owner gone
+        log.debug("cancelling %s", ref, exc_info=True)
 
 
 def _first(exc: BaseException) -> str:
