@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..ask_options import positive_seconds
 from ..wire.errors import EXIT_OK, EXIT_STUDIES_FAILED, InputError
 
 BATCH_EPILOG = """cohort:
@@ -63,6 +64,14 @@ def add_batch_parser(sub: Any, *, exit_codes_help: str, default_reasoner: str) -
         metavar="SPEC",
         default=None,
         help=f"as for ask (default: {default_reasoner}); an openai: server is the path that scales",
+    )
+    batch.add_argument(
+        "--reasoner-timeout",
+        metavar="SECONDS",
+        type=positive_seconds,
+        default=None,
+        help="as for ask: openai: reasoners' total time for one answer (default 300); a study whose reasoner runs "
+        "past it is failed with that reason, the run goes on (exit 5 at the end)",
     )
     batch.add_argument("--allow-remote", action="store_true", help="allow a non-loopback openai: reasoner server")
     batch.add_argument("--allow-download", action="store_true", help="let hf:<id> download the model")
@@ -134,12 +143,15 @@ def run_batch_command(args: argparse.Namespace, default_reasoner: str) -> int:
     if any(s.box is None for s in studies):
         spec = args.reasoner or default_reasoner
         check_spec_form(spec)
+        if args.reasoner_timeout is not None and not spec.strip().lower().startswith("openai:"):
+            raise InputError("--reasoner-timeout applies to openai: reasoners (a server): leave it out for this one.")
         reasoner = ReasonerOptions(
             spec=spec,
             allow_remote=args.allow_remote,
             allow_download=args.allow_download,
             device=args.device,
             stream=False,
+            timeout_s=args.reasoner_timeout,
         )
     options = JobOptions(
         segmenter=args.segmenter, window=args.window, reasoner=reasoner, series_filter=args.series_filter
