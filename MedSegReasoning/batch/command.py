@@ -39,6 +39,9 @@ export --dicomweb does (column stored: their WADO-RS URLs). A study the PACS ref
 
 --resume skips the studies already done and tries the failed ones again (once per run).
 
+On Ray, --workers N segmenter actors run the rounds; each study is read by a Ray task ahead of them (at most N+1
+ahead), and with --dicomweb its SEG and SR are stored by a Ray task while the actors go on.
+
 """
 
 
