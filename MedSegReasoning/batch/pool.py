@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from ..wire.errors import InputError, MedSegError, ModelError, ServiceError
@@ -52,7 +52,7 @@ def default_workers() -> int:
 
 def run_in_process(
     studies: Sequence[Study], options: JobOptions, source: Any = None, dicomweb: str | None = None
-) -> Iterator[Finished]:
+) -> Generator[Finished, None, None]:
     """One worker in this process, one study at a time (read, round, store back): what a run without Ray does,
     with the same outputs."""
     if not studies:
@@ -123,7 +123,7 @@ class RayPool:
         for answer in self.ray.get([a.ready.remote() for a in self.actors]):
             _raise_load_error(answer)
 
-    def run(self, studies: Sequence[Study], dicomweb: str | None = None) -> Iterator[Finished]:
+    def run(self, studies: Sequence[Study], dicomweb: str | None = None) -> Generator[Finished, None, None]:
         """The studies through the actors, as they finish: each read by a task (at most ``workers + 1`` read ahead
         of the actors: memory stays bounded), its volume's reference handed to the next free actor, and with
         ``dicomweb`` its outputs stored back by a task while the actors go on."""

@@ -105,17 +105,15 @@ class StudyWorker:
         """``ask``'s round on ``read`` (``read.read_study``'s answer for ``study``: on Ray, a task's result that Ray
         hands over here), its outputs as bytes; a study that could not be read is its failed outcome."""
         t0 = time.perf_counter()
-        done = {"series_picked": read.picked, "worker": self.name, "read_by": read.by}
         if read.error:
-            return StudyOutcome(study.key, "failed", error=read.error, seconds=read.seconds, **done)
+            return self._outcome(study, read, "failed", error=read.error)
         scratch = Path(tempfile.mkdtemp(prefix="medseg-batch-"))
         try:
             result = self._round(study, read, scratch / "out")
             files = {p.name: p.read_bytes() for p in sorted((scratch / "out").iterdir()) if p.is_file()}
             status = "ok" if result.get("targets") else "skipped"
             error = "" if status == "ok" else _clarification(result)
-            seconds = read.seconds + time.perf_counter() - t0
-            return StudyOutcome(study.key, status, result, files, error, seconds, **done)
+            return self._outcome(study, read, status, result, files, error, time.perf_counter() - t0)
         except (MedSegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             log.debug("study %s failed", study.key, exc_info=True)
             error = sentence(exc)
@@ -124,7 +122,30 @@ class StudyWorker:
             error = f"internal error ({type(exc).__name__}: {exc})"
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        return StudyOutcome(study.key, "failed", error=error, seconds=read.seconds + time.perf_counter() - t0, **done)
+        return self._outcome(study, read, "failed", error=error, seconds=time.perf_counter() - t0)
+
+    def _outcome(
+        self,
+        study: Study,
+        read: StudyRead,
+        status: str,
+        result: dict[str, Any] | None = None,
+        files: dict[str, bytes] | None = None,
+        error: str = "",
+        seconds: float = 0.0,
+    ) -> StudyOutcome:
+        """The outcome of ``study``: its round's ``seconds`` count its read's too; who read it and ran it."""
+        return StudyOutcome(
+            study.key,
+            status,
+            result,
+            files or {},
+            error,
+            read.seconds + seconds,
+            read.picked,
+            worker=self.name,
+            read_by=read.by,
+        )
 
     def _round(self, study: Study, read: StudyRead, out: Path) -> dict[str, Any]:
         from ..conversation import run_round_ask
