@@ -137,15 +137,20 @@ class RayPool:
         running: dict[Any, tuple[Study, int, Any]] = {}
         storing: dict[Any, tuple[Study, StudyOutcome]] = {}
         idle = deque(range(len(self.actors)))  # actors free to take a study, the longest free first
+
+        def read_ahead() -> None:
+            while queue and len(ahead) <= self.workers:
+                study = queue.popleft()
+                ahead.append((study, read.remote(study, self.options.series_filter)))
+
         try:
             while queue or ahead or running or storing:
-                while queue and len(ahead) <= self.workers:
-                    study = queue.popleft()
-                    ahead.append((study, read.remote(study, self.options.series_filter)))
+                read_ahead()
                 while ahead and idle and len(storing) <= self.workers:
                     (study, volume), n = ahead.popleft(), idle.popleft()
                     tries[study.key] = tries.get(study.key, 0) + 1
                     running[self.actors[n].run.remote(study, volume)] = (study, n, volume)
+                read_ahead()  # the actors are busy: the next studies are read meanwhile
                 if not running and not storing:
                     raise ServiceError(
                         f"every Ray worker was lost ({len(self.actors)} started, each restarted once): check the "
