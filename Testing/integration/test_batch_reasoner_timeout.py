@@ -1,6 +1,6 @@
 """``batch --reasoner-timeout SECONDS``: ``ask``'s total deadline per answer, for every study of a cohort. A study
 whose reasoner runs past it is that study's failed row, with a sentence naming the timeout; the run goes on with
-the next study and ends with exit 5.
+the next study and ends with exit 5; on Ray too, where each actor creates its own reasoner.
 
 The reasoner is an ``openai:`` server written here that keeps its stream alive with SSE comments and never answers
 (as ``test_reasoner_hardening.py``'s ``keepalive``); the segmenter is the tests' ``ThresholdSegmenter``.
@@ -114,3 +114,28 @@ def test_the_timeout_is_checked_before_anything_runs(tmp_path, threshold, capsys
     assert exit_info.value.code == 2
     assert "not a positive number of seconds" in capsys.readouterr().err
     assert not out.exists(), "a usage error writes nothing"
+
+
+def test_the_timeout_reaches_the_ray_actors(tmp_path, slow_reasoner, monkeypatch):
+    """On Ray the reasoner is created in each actor: the deadline travels with the run's options."""
+    pytest.importorskip("ray", reason="the Ray path needs ray: pip install 'medseg-reasoning[batch]'")
+    import os
+
+    from MedSegReasoning.batch.cohort import Study
+    from MedSegReasoning.batch.command import run_batch
+    from MedSegReasoning.batch.study import JobOptions
+    from MedSegReasoning.reasoning.spec import ReasonerOptions
+
+    root = Path(__file__).resolve().parents[2]
+    paths = [str(root), str(root / "Testing"), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))  # the actors import support.*
+    studies = [
+        Study("asks", str(write_nifti_study(tmp_path / "c" / "a.nii.gz", 0)), question="where is the liver?"),
+        Study("boxed", str(write_nifti_study(tmp_path / "c" / "b.nii.gz", 2)), box=BOX),
+    ]
+    reasoner = ReasonerOptions(spec=f"openai:{slow_reasoner.base_url}#m", stream=False, timeout_s=0.5)
+    summary = run_batch(studies, JobOptions(reasoner=reasoner), tmp_path / "out", workers=1, source=ThresholdSource())
+    assert (summary.engine, summary.ok, summary.failed) == ("ray", 1, 1)
+    rows = _rows(tmp_path / "out")
+    assert rows["asks"]["status"] == "failed" and "within 0.5 s" in rows["asks"]["error"]
+    assert rows["boxed"]["status"] == "ok"
