@@ -173,9 +173,10 @@ class RayPool:
                         ahead.appendleft((study, volume))  # once more (its volume is read), on the next free actor
                         continue
                     outcome = StudyOutcome(study.key, "failed", error=WORKER_LOST)
-                except ray.exceptions.RayError as exc:  # its read task failed past Ray's retries
+                except ray.exceptions.RayError as exc:  # e.g. its read task lost past Ray's retries
                     idle.append(n)
-                    outcome = StudyOutcome(study.key, "failed", error=f"the study could not be read ({_first(exc)})")
+                    error = f"Ray lost this study's read or round ({_first(exc)}): --resume tries it again"
+                    outcome = StudyOutcome(study.key, "failed", error=error)
                 else:
                     idle.append(n)
                 if dicomweb and outcome.status == "ok":

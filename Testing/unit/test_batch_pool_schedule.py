@@ -101,6 +101,6 @@ def test_a_read_that_failed_past_rays_retries_is_that_studys_failed_row():
     studies = [Study(f"s{i}", f"s{i}.nii.gz", box="1,1,5,5,0") for i in range(3)]
     outcomes = {s.key: o for s, o, _ in _pool(fake, workers=1).run(studies)}
     assert [outcomes[k].status for k in ("s0", "s1", "s2")] == ["ok", "failed", "ok"], "the run went on"
-    assert "could not be read" in outcomes["s1"].error and "died 4 times" in outcomes["s1"].error
+    assert "lost this study's read" in outcomes["s1"].error and "died 4 times" in outcomes["s1"].error
     assert fake.stores == 0, "no --dicomweb: nothing stored"
     assert max(fake.ahead_at_wait) == 2
