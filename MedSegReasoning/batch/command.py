@@ -10,11 +10,13 @@ written at the end of every run, interrupted or not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..ask_options import positive_seconds
 from ..wire.errors import EXIT_OK, EXIT_STUDIES_FAILED, InputError
 
 BATCH_EPILOG = """cohort:
@@ -36,6 +38,9 @@ export --dicomweb does (column stored: their WADO-RS URLs). A study the PACS ref
 (its outputs are kept; --resume tries it again); a PACS that cannot be reached stops the run, exit 4.
 
 --resume skips the studies already done and tries the failed ones again (once per run).
+
+On Ray, --workers N segmenter actors run the rounds; each study is read by a Ray task ahead of them (at most N+1
+ahead), and with --dicomweb its SEG and SR are stored by a Ray task while the actors go on.
 
 """
 
@@ -62,6 +67,14 @@ def add_batch_parser(sub: Any, *, exit_codes_help: str, default_reasoner: str) -
         metavar="SPEC",
         default=None,
         help=f"as for ask (default: {default_reasoner}); an openai: server is the path that scales",
+    )
+    batch.add_argument(
+        "--reasoner-timeout",
+        metavar="SECONDS",
+        type=positive_seconds,
+        default=None,
+        help="as for ask: openai: reasoners' total time for one answer (default 300); a study whose reasoner runs "
+        "past it is failed with that reason, the run goes on (exit 5 at the end)",
     )
     batch.add_argument("--allow-remote", action="store_true", help="allow a non-loopback openai: reasoner server")
     batch.add_argument("--allow-download", action="store_true", help="let hf:<id> download the model")
@@ -133,12 +146,15 @@ def run_batch_command(args: argparse.Namespace, default_reasoner: str) -> int:
     if any(s.box is None for s in studies):
         spec = args.reasoner or default_reasoner
         check_spec_form(spec)
+        if args.reasoner_timeout is not None and not spec.strip().lower().startswith("openai:"):
+            raise InputError("--reasoner-timeout applies to openai: reasoners (a server): leave it out for this one.")
         reasoner = ReasonerOptions(
             spec=spec,
             allow_remote=args.allow_remote,
             allow_download=args.allow_download,
             device=args.device,
             stream=False,
+            timeout_s=args.reasoner_timeout,
         )
     options = JobOptions(
         segmenter=args.segmenter, window=args.window, reasoner=reasoner, series_filter=args.series_filter
@@ -180,7 +196,6 @@ def run_batch(
     each study's SEG and SR go to (``publish.py``); one that cannot be reached ends the run with its error."""
     from .pool import RayPool, check_ray_request, default_workers, run_in_process
     from .progress import Progress
-    from .publish import publish
     from .report import write_report, write_tables
     from .store import BatchStore
 
@@ -199,19 +214,17 @@ def run_batch(
                 pool = RayPool(options, workers=min(n, len(todo)), address=ray_address, source=source)
                 progress.note(f"starting {pool.workers} Ray worker(s), each loading the models once...")
                 pool.start(needs_reasoner=any(s.box is None for s in todo))
-                finished = pool.run(todo)
+                finished = pool.run(todo, dicomweb)
             else:
                 progress.note("loading the models..." if todo else "nothing left to do")
-                finished = run_in_process(todo, options, source)
-            for study, outcome in finished:
-                stop = None
-                if dicomweb:
-                    outcome, stop = publish(dicomweb, outcome)
-                store.save(study, outcome)
-                setattr(summary, outcome.status, getattr(summary, outcome.status) + 1)
-                progress.done(study, outcome)
-                if stop is not None:
-                    raise stop
+                finished = run_in_process(todo, options, source, dicomweb)
+            with contextlib.closing(finished):  # a run that stops cancels what is in flight before the pool goes
+                for study, outcome, stop in finished:  # the driver alone writes OUT: each study once, atomically
+                    store.save(study, outcome)
+                    setattr(summary, outcome.status, getattr(summary, outcome.status) + 1)
+                    progress.done(study, outcome)
+                    if stop is not None:
+                        raise stop
         except KeyboardInterrupt:
             summary.interrupted = True
             progress.note("interrupted: the studies finished so far are kept; --resume does the rest")

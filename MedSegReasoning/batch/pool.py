@@ -6,7 +6,9 @@ joins a running cluster (the inputs must be readable where the actors run; the o
 process as bytes). An actor that dies in the middle of a study (its process killed, its node lost) is restarted
 once by Ray, and the study is tried once more on the next free actor (the restarted one where no other is free);
 a study whose second try also loses its worker is a failed row; when every actor is lost twice the run stops
-(exit 4). Each runner yields ``(study, outcome)`` as studies finish.
+(exit 4). Reading a study and storing its SEG and SR back on a PACS are Ray tasks around the actors (``run``).
+Each runner yields ``(study, outcome, stop)`` as studies finish: ``stop`` the error that ends the run (a PACS
+that cannot be reached), or None.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from ..wire.errors import InputError, MedSegError, ModelError, ServiceError
 from .cohort import Study
+from .publish import Publication, apply, publish, store_back
+from .read import read_study
 from .study import JobOptions, StudyOutcome, StudyWorker
 
 log = logging.getLogger(__name__)
 
+Finished = tuple[Study, StudyOutcome, MedSegError | None]  # a study, its outcome, the error that stops the run
 WORKER_LOST = "the worker running this study was lost twice (process killed or out of memory)"
 
 
@@ -46,14 +51,16 @@ def default_workers() -> int:
 
 
 def run_in_process(
-    studies: Sequence[Study], options: JobOptions, source: Any = None
-) -> Iterator[tuple[Study, StudyOutcome]]:
-    """One worker in this process, one study at a time: what a run without Ray does, with the same outputs."""
+    studies: Sequence[Study], options: JobOptions, source: Any = None, dicomweb: str | None = None
+) -> Generator[Finished, None, None]:
+    """One worker in this process, one study at a time (read, round, store back): what a run without Ray does,
+    with the same outputs."""
     if not studies:
         return
     worker = StudyWorker(options, source, needs_reasoner=any(s.box is None for s in studies))
     for study in studies:
-        yield study, worker.run(study)
+        outcome = worker.run(study, read_study(study, options.series_filter))
+        yield (study, *publish(dicomweb, outcome)) if dicomweb else (study, outcome, None)
 
 
 class RayPool:
@@ -116,44 +123,79 @@ class RayPool:
         for answer in self.ray.get([a.ready.remote() for a in self.actors]):
             _raise_load_error(answer)
 
-    def run(self, studies: Sequence[Study]) -> Iterator[tuple[Study, StudyOutcome]]:
+    def run(self, studies: Sequence[Study], dicomweb: str | None = None) -> Generator[Finished, None, None]:
+        """The studies through the actors, as they finish: each read by a task (at most ``workers + 1`` read ahead
+        of the actors: memory stays bounded), its volume's reference handed to the next free actor, and with
+        ``dicomweb`` its outputs stored back by a task while the actors go on."""
         ray = self.ray
-        queue = deque(studies)
+        read = ray.remote(num_cpus=0)(read_study)  # I/O: no CPU reserved, or the actors' would starve it
+        store = ray.remote(num_cpus=0)(store_back)
+        queue = deque(studies)  # not read yet
+        ahead: deque[tuple[Study, Any]] = deque()  # read (or being read), waiting for an actor
         tries: dict[str, int] = {}
         losses: dict[int, int] = {}  # per actor: Ray restarts it once (max_restarts=1); lost twice, it is gone
-        running: dict[Any, tuple[Study, int]] = {}
+        running: dict[Any, tuple[Study, int, Any]] = {}
+        storing: dict[Any, tuple[Study, StudyOutcome]] = {}
         idle = deque(range(len(self.actors)))  # actors free to take a study, the longest free first
+
+        def read_ahead() -> None:
+            while queue and len(ahead) <= self.workers:
+                study = queue.popleft()
+                ahead.append((study, read.remote(study, self.options.series_filter)))
+
         try:
-            while queue or running:
-                while queue and idle:
-                    study, n = queue.popleft(), idle.popleft()
+            while queue or ahead or running or storing:
+                read_ahead()
+                while ahead and idle and len(storing) <= self.workers:
+                    (study, volume), n = ahead.popleft(), idle.popleft()
                     tries[study.key] = tries.get(study.key, 0) + 1
-                    running[self.actors[n].run.remote(study)] = (study, n)
-                if not running:
+                    running[self.actors[n].run.remote(study, volume)] = (study, n, volume)
+                read_ahead()  # the actors are busy: the next studies are read meanwhile
+                if not running and not storing:
                     raise ServiceError(
                         f"every Ray worker was lost ({len(self.actors)} started, each restarted once): check the "
                         "nodes' memory and logs (`ray status`); --resume continues with the studies left."
                     )
-                done, _ = ray.wait(list(running), num_returns=1)
-                for ref in done:
-                    study, n = running.pop(ref)
-                    try:
-                        outcome = ray.get(ref)
-                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-                        log.warning("study %s lost its worker: %s", study.key, str(exc).splitlines()[0])
-                        losses[n] = losses.get(n, 0) + 1
-                        if losses[n] < 2:
-                            idle.append(n)  # restarted by Ray, behind the actors already free
-                        if tries[study.key] < 2:
-                            queue.appendleft(study)  # once more, on the next free actor
-                            continue
-                        outcome = StudyOutcome(study.key, "failed", error=WORKER_LOST)
-                    else:
-                        idle.append(n)
-                    yield study, outcome
-        finally:
+                (ref,), _ = ray.wait([*running, *storing], num_returns=1)
+                if ref in storing:
+                    study, outcome = storing.pop(ref)
+                    yield (study, *apply(outcome, self._stored(ray, ref)))
+                    continue
+                study, n, volume = running.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                    log.warning("study %s lost its worker: %s", study.key, str(exc).splitlines()[0])
+                    losses[n] = losses.get(n, 0) + 1
+                    if losses[n] < 2:
+                        idle.append(n)  # restarted by Ray, behind the actors already free
+                    if tries[study.key] < 2:
+                        ahead.appendleft((study, volume))  # once more (its volume is read), on the next free actor
+                        continue
+                    outcome = StudyOutcome(study.key, "failed", error=WORKER_LOST)
+                except ray.exceptions.RayError as exc:  # e.g. its read task lost past Ray's retries
+                    idle.append(n)
+                    error = f"Ray lost this study's read or round ({_first(exc)}): --resume tries it again"
+                    outcome = StudyOutcome(study.key, "failed", error=error)
+                else:
+                    idle.append(n)
+                if dicomweb and outcome.status == "ok":
+                    storing[store.remote(dicomweb, ref)] = (study, outcome)  # the outputs stay in Ray's store
+                    continue
+                yield study, outcome, None
+        finally:  # what is in flight is not saved: --resume does it
             for ref in running:
-                ray.cancel(ref, force=True)
+                _cancel(ray, ref, force=True)
+            for ref in [*storing, *(volume for _, volume in ahead)]:
+                _cancel(ray, ref, force=False)
+
+    @staticmethod
+    def _stored(ray: Any, ref: Any) -> Publication:
+        """A store task's answer; a task lost past Ray's retries is a store that failed (the study can be retried)."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            return Publication(error=f"the store task was lost ({_first(exc)})")
 
     def close(self) -> None:
         for actor in self.actors:
@@ -163,6 +205,17 @@ class RayPool:
                 log.debug("actor already gone", exc_info=True)
         if self.started_ray:
             self.ray.shutdown()
+
+
+def _cancel(ray: Any, ref: Any, force: bool) -> None:
+    try:
+        ray.cancel(ref, force=force)
+    except Exception:  # a task already finished, or its owner gone
+        log.debug("cancelling %s", ref, exc_info=True)
+
+
+def _first(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 def _raise_load_error(answer: Any) -> None:

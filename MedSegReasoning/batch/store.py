@@ -107,6 +107,8 @@ class BatchStore:
             "status": outcome.status,
             "attempt": attempt,
             "worker": outcome.worker,
+            "read_by": outcome.read_by,  # which process read the study and stored it back (pid@host): on Ray, tasks
+            "stored_by": outcome.stored_by,
             "rows": study_rows(study, outcome, folder, attempt),
         }
         write_text_atomic(self.out / STATE_DIR / "rows" / f"{study.key}.json", json.dumps(record, indent=1) + "\n")

@@ -1,4 +1,5 @@
-"""One study of a batch, on a worker that loaded its models once: ``ask``'s round, then its outputs as bytes.
+"""One study of a batch, on a worker that loaded its models once: ``ask``'s round on the study's volume (read
+apart, by ``read.read_study``: on Ray a task, so the worker's time goes to the model), then its outputs as bytes.
 
 The round is ``conversation.run_round_ask``, the function ``ask`` runs, with the worker's segmenter and reasoner
 instead of fresh ones. The outputs are written into a scratch folder on the worker and come back as bytes, so
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..wire.errors import MedSegError
-from .cohort import SeriesFilter, Study
+from .cohort import Study
+from .read import StudyRead, materialise_headers, sentence
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class StudyOutcome:
     series_picked: str = ""
     worker: str = ""
     stored: str = ""  # with --dicomweb: the WADO-RS URLs of the SEG and SR the PACS confirmed (publish.py)
+    read_by: str = ""  # the process (pid@host) that read the study (read.py): on Ray a task, not this actor
+    stored_by: str = ""  # the process that stored its SEG and SR (publish.py): on Ray a task, not the driver
 
 
 class SegmenterSource:
@@ -97,60 +101,59 @@ class StudyWorker:
             return {"error": str(self.load_error), "kind": type(self.load_error).__name__}
         return {"load_s": self.load_s, "worker": self.name}
 
-    def run(self, study: Study) -> StudyOutcome:
+    def run(self, study: Study, read: StudyRead) -> StudyOutcome:
+        """``ask``'s round on ``read`` (``read.read_study``'s answer for ``study``: on Ray, a task's result that Ray
+        hands over here), its outputs as bytes; a study that could not be read is its failed outcome."""
         t0 = time.perf_counter()
+        if read.error:
+            return self._outcome(study, read, "failed", error=read.error)
         scratch = Path(tempfile.mkdtemp(prefix="medseg-batch-"))
-        picked = ""
         try:
-            result, picked = self._round(study, scratch / "out")
+            result = self._round(study, read, scratch / "out")
             files = {p.name: p.read_bytes() for p in sorted((scratch / "out").iterdir()) if p.is_file()}
             status = "ok" if result.get("targets") else "skipped"
             error = "" if status == "ok" else _clarification(result)
-            return StudyOutcome(
-                study.key, status, result, files, error, time.perf_counter() - t0, picked, worker=self.name
-            )
+            return self._outcome(study, read, status, result, files, error, time.perf_counter() - t0)
         except (MedSegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             log.debug("study %s failed", study.key, exc_info=True)
-            return StudyOutcome(
-                study.key,
-                "failed",
-                error=_sentence(exc),
-                seconds=time.perf_counter() - t0,
-                series_picked=picked,
-                worker=self.name,
-            )
+            error = sentence(exc)
         except Exception as exc:  # an unexpected error stays this study's; the traceback goes to the log
             log.warning("study %s: %s", study.key, traceback.format_exc())
-            return StudyOutcome(
-                study.key,
-                "failed",
-                error=f"internal error ({type(exc).__name__}: {exc})",
-                seconds=time.perf_counter() - t0,
-                series_picked=picked,
-                worker=self.name,
-            )
+            error = f"internal error ({type(exc).__name__}: {exc})"
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        return self._outcome(study, read, "failed", error=error, seconds=time.perf_counter() - t0)
 
-    def _round(self, study: Study, out: Path) -> tuple[dict[str, Any], str]:
+    def _outcome(
+        self,
+        study: Study,
+        read: StudyRead,
+        status: str,
+        result: dict[str, Any] | None = None,
+        files: dict[str, bytes] | None = None,
+        error: str = "",
+        seconds: float = 0.0,
+    ) -> StudyOutcome:
+        """The outcome of ``study``: its round's ``seconds`` count its read's too; who read it and ran it."""
+        return StudyOutcome(
+            study.key,
+            status,
+            result,
+            files or {},
+            error,
+            read.seconds + seconds,
+            read.picked,
+            worker=self.name,
+            read_by=read.by,
+        )
+
+    def _round(self, study: Study, read: StudyRead, out: Path) -> dict[str, Any]:
         from ..conversation import run_round_ask
         from ..pipeline import VoxelPrompt
         from ..reasoning.spec import ReasonerOptions
-        from ..volume import load_volume
-        from ..volume.dicomweb_query import parse_study_url
 
-        series_uid, picked = None, ""
-        source = study.input
-        rule = SeriesFilter.parse(self.options.series_filter)
-        if parse_study_url(source) is not None:  # a study of a DICOMweb cohort: pick its series, then read that
-            series_uid, picked = (rule or SeriesFilter()).pick(source)
-            source = f"{source.rstrip('/')}/series/{series_uid}"
-        elif rule is not None and Path(source).is_dir():
-            series_uid, picked = rule.pick(Path(source))
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        volume = load_volume(source, series_uid=series_uid)
-        timings["load_s"] = time.perf_counter() - t0
+        volume = materialise_headers(read, out.parent / "source")
+        timings: dict[str, float] = {"load_s": read.seconds}
         prompt: VoxelPrompt | None = _parse_box(study.box) if study.box else None
         if prompt is None and self.reasoner is None:
             from ..wire.errors import InputError
@@ -186,10 +189,12 @@ class StudyWorker:
                 segmenter=self.segmenter,
                 reasoner=self.reasoner,
             )
-        if picked:  # recorded in the study's own result.json too (the scratch copy: the driver writes the final one)
-            result = {**result, "series_picked": picked}
+        if (
+            read.picked
+        ):  # recorded in the study's own result.json too (the scratch copy: the driver writes the final one)
+            result = {**result, "series_picked": read.picked}
             (out / "result.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        return result, picked
+        return result
 
 
 def _parse_box(text: str):
@@ -202,8 +207,3 @@ def _clarification(result: dict[str, Any]) -> str:
     asked = (result.get("round") or {}).get("clarification") or {}
     question = asked.get("question") or asked.get("text") or ""
     return f"the reasoner asked back: {question}" if question else "nothing was segmented"
-
-
-def _sentence(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]

@@ -222,11 +222,11 @@ def test_ctrl_c_keeps_the_studies_done_and_resume_finishes(tmp_path, threshold, 
     real_round = StudyWorker._round
     calls = []
 
-    def interrupted_in_the_second_study(self, study, out):
+    def interrupted_in_the_second_study(self, study, *rest):
         calls.append(study.key)
         if len(calls) == 2:
             raise KeyboardInterrupt  # Ctrl-C in the middle of s1
-        return real_round(self, study, out)
+        return real_round(self, study, *rest)
 
     monkeypatch.setattr(StudyWorker, "_round", interrupted_in_the_second_study)
     out = tmp_path / "out"
