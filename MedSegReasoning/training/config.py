@@ -130,8 +130,9 @@ class TrainConfig:
                 raise InputError(f"{where}: 'rewards' must map components to weights, e.g. {{format: 0.2, box: 0.8}}.")
             values["rewards"] = RewardWeights.from_mapping(values["rewards"])
         for name in ("learning_rate", "temperature", "beta"):
-            if isinstance(values.get(name), int) and not isinstance(values[name], bool):
-                values[name] = float(values[name])
+            values[name] = _as_float(values[name]) if name in values else None
+            if values[name] is None:
+                del values[name]
         return cls(**values)
 
     def with_overrides(self, **changes: Any) -> TrainConfig:
@@ -151,9 +152,21 @@ def _lora(value: Any, where: str) -> LoraSettings:
         if isinstance(targets, str) or not isinstance(targets, list | tuple):
             raise InputError(f"{where}: lora.targets must be a list of module names such as [q_proj, v_proj].")
         values["targets"] = tuple(targets)
-    if isinstance(values.get("dropout"), int) and not isinstance(values["dropout"], bool):
-        values["dropout"] = float(values["dropout"])
+    if "dropout" in values:
+        values["dropout"] = _as_float(values["dropout"])
     return LoraSettings(**values)
+
+
+def _as_float(value: Any) -> Any:
+    """Whole numbers and numeric text as floats: YAML 1.1 (PyYAML) reads ``3e-5`` as a string, not a number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
