@@ -198,7 +198,7 @@ def load_config(path: str | Path | None) -> TrainConfig:
         except json.JSONDecodeError as exc:
             raise InputError(f"the config file {path} is not valid JSON ({exc}).") from None
     else:
-        import yaml
+        import yaml  # type: ignore[import-untyped, unused-ignore]  # PyYAML ships no types; huggingface_hub needs it
 
         try:
             data = yaml.safe_load(text)
