@@ -110,9 +110,9 @@ def test_sft_checkpoint_is_asked_at_run_time_exactly_as_trained(tiny, data, tmp_
     answer = run_reasoning(case.volume, reasoner, case.turns[0].question, window=default_window(case.volume))
     for request, sample in zip(sent, (pick, locate), strict=True):  # train what you run: the same text and pixels
         assert request.prompt == prompt_text(sample, reasoner.prompts, reasoner.convention)
-        assert all(
-            np.array_equal(a, b) for a, b in zip(request.images, model_images(sample.views, reasoner.convention))
-        )
+        trained = model_images(sample.views, reasoner.convention)
+        assert len(request.images) == len(trained)
+        assert all(np.array_equal(a, b) for a, b in zip(request.images, trained, strict=True))
     (target,) = answer.targets
     assert (target.slice, target.box, target.points) == (locate.slice, locate.box, locate.points)
 
