@@ -106,7 +106,10 @@ def run_train_command(args: argparse.Namespace) -> int:
 
         truncate_log(out / LOGS_FILE, checkpoint_step(resume_from))
         status(f"resuming from {resume_from.relative_to(out)}")
-    trainer = _build_trainer(args, config, base, model_type, run, out)
+    from .runner import resource_errors
+
+    with resource_errors():  # loading the model onto the GPU can run out of memory before the first step
+        trainer = _build_trainer(args, config, base, model_type, run, out)
     status(f"training ({args.method}, {'full' if args.full else 'LoRA'}) for {config.steps} steps in {out}...")
     t0 = time.perf_counter()
     _train(trainer, resume_from, out)
@@ -233,13 +236,10 @@ def _train(trainer, resume_from: Path | None, out: Path) -> None:
 
 def _finish(trainer, run: dict[str, Any], out: Path, record: dict[str, Any], config, base: Path, seconds: float) -> str:
     """Save the model with its runtime record, plot the curves, complete ``training.json``."""
-    import errno
-
     from ..console import status
-    from ..wire.errors import ModelError
     from .checkpoint import CURVES_FILE, LOGS_FILE, TRAINING_FILE, save_model, write_json
     from .logs import plot_curves
-    from .runner import load_processor
+    from .runner import load_processor, resource_errors
 
     status("saving the trained model...")
     runtime = {
@@ -250,16 +250,9 @@ def _finish(trainer, run: dict[str, Any], out: Path, record: dict[str, Any], con
         "trained_from": record["base"],
         "chat_template": "the processor's (saved beside the weights)",
     }
-    try:
+    with resource_errors(lambda: trainer.state.global_step):
         # the base's processor as it is on disk (training may have changed its padding side): the runtime's
         kind = save_model(trainer, load_processor(base), out, merge=config.merge, record=runtime, base=base)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        raise ModelError(
-            f"the disk is full while saving the trained model: free space and run the same command with --resume "
-            f"(the last checkpoint in {out} is kept)."
-        ) from None
     plotted = plot_curves(out / LOGS_FILE, out / CURVES_FILE, f"train {record['method']}: {Path(record['base']).name}")
     write_json(
         out / TRAINING_FILE,

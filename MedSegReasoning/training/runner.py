@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -159,20 +161,30 @@ def _has_mps() -> bool:
 
 def run_trainer(trainer: Any, resume_from: Path | None) -> None:
     """``trainer.train()``, from ``resume_from`` when given; memory and disk failures become one sentence (exit 3)."""
+    with resource_errors(lambda: trainer.state.global_step):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+
+
+@contextmanager
+def resource_errors(step: Callable[[], int | None] = lambda: None) -> Iterator[None]:
+    """Out of memory (GPU or main) and a full disk as ``ModelError`` (exit 3) with what to do; ``step`` says how far
+    training got. Wraps loading the model onto the device, training and saving."""
     import torch
 
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+        yield
     except (torch.OutOfMemoryError, MemoryError) as exc:
         where = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "main"
+        at = step()
+        when = f" at step {at}" if at is not None else ""
         raise ModelError(
-            f"training ran out of {where} memory at step {trainer.state.global_step}: {LESS_MEMORY_HINT}; finished "
-            "checkpoints are kept (add --resume to continue from the last one)."
+            f"training ran out of {where} memory{when}: {LESS_MEMORY_HINT}; finished checkpoints are kept (add "
+            "--resume to continue from the last one)."
         ) from None
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
         raise ModelError(
-            f"the disk is full ({exc.filename or 'while saving'}): free space (or lower save_steps' frequency) and "
-            "run the same command with --resume to continue from the last complete checkpoint."
+            f"the disk is full ({exc.filename or 'while writing'}): free space (or raise save_steps) and run the same "
+            "command with --resume to continue from the last complete checkpoint."
         ) from None

@@ -134,6 +134,20 @@ def test_an_unmerged_adapter_loads_with_its_base(tiny, data, tmp_path):
     assert (target.box, target.points) == (sample.box, sample.points)
 
 
+def test_full_fine_tuning_changes_every_trained_weight_and_saves_a_plain_checkpoint(tiny, data, tmp_path):
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "full"
+    config = _config(tmp_path / "c.json", steps=1, batch=1, learning_rate=0.01)
+    assert train("sft", data["2d"], tiny, out, "--full", "--config", config) == 0
+    record = json.loads((out / "training.json").read_text(encoding="utf-8"))
+    assert (record["full"], record["weights"]) == (True, "full") and not (out / "adapter_config.json").exists()
+    before, after = load_file(tiny / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    name = next(k for k in before if k.endswith("mlp.up_proj.weight") and "visual" not in k)
+    assert not np.array_equal(before[name], after[name])  # LoRA never touches the MLP: --full trained it
+
+
 def test_grpo_logs_each_reward_component_kl_and_lengths(tiny, data, tmp_path, monkeypatch):
     import MedSegReasoning.training.grpo as grpo
 
