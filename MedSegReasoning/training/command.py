@@ -248,7 +248,7 @@ def _finish(trainer, run: dict[str, Any], out: Path, record: dict[str, Any], con
         "prompt_version": record["prompt_version"],
         "method": record["method"],
         "trained_from": record["base"],
-        "chat_template": "the processor's (saved beside the weights)",
+        "chat_template_sha256": _chat_template_digest(run["processor"]),
     }
     with resource_errors(lambda: trainer.state.global_step):
         # the base's processor as it is on disk (training may have changed its padding side): the runtime's
@@ -266,6 +266,14 @@ def _finish(trainer, run: dict[str, Any], out: Path, record: dict[str, Any], con
         },
     )
     return kind
+
+
+def _chat_template_digest(processor: Any) -> str | None:
+    """The digest of the chat template trained with (the template itself is saved with the processor)."""
+    import hashlib
+
+    template = getattr(processor, "chat_template", None)
+    return hashlib.sha256(template.encode("utf-8")).hexdigest() if isinstance(template, str) else None
 
 
 def _skipped_line(run: dict[str, Any]) -> str:

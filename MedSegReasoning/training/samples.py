@@ -108,9 +108,10 @@ def load_samples(
             if reason:
                 result.skipped[reason] += 1
                 continue
-            result.samples.extend(
-                _samples_of(case, turn, f"{unit.id}/{n}", window, strategy, case.volume if keep_volumes else None)
-            )
+            made = _samples_of(case, turn, f"{unit.id}/{n}", window, strategy, case.volume if keep_volumes else None)
+            if case.dimension == 3 and len(made) == 1:
+                result.skipped["key-slice step: the structure is on no montage tile"] += 1
+            result.samples.extend(made)
     if not result.samples:
         detail = f" (skipped: {result.skipped_text()})" if result.skipped else ""
         hint = f"; the first unreadable one: {result.first_error}" if result.first_error else ""

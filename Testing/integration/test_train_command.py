@@ -283,3 +283,14 @@ def test_unusable_samples_are_skipped_and_counted(data, tmp_path):
     found = load_samples(open_dataset(write_umrg(tmp_path / "u", rows)))
     assert [s.id for s in found.samples] == ["u2/0/locate", "u3/0/locate"]
     assert dict(found.skipped) == {"box outside the image": 1}
+
+
+def test_dialogue_rounds_that_refer_to_earlier_ones_are_counted_not_trained(tmp_path):
+    from support.eval_data import write_mrmedseg
+
+    from MedSegReasoning.evaluation.layouts import open_dataset
+    from MedSegReasoning.training.samples import load_samples
+
+    found = load_samples(open_dataset(write_mrmedseg(tmp_path / "mr")))
+    assert [s.task for s in found.samples] == ["locate"] and found.samples[0].id.endswith("/0/locate")
+    assert dict(found.skipped) == {"refers to an earlier round": 1}
