@@ -212,7 +212,7 @@ def _build_trainer(args, config, base: Path, model_type: str, run: dict[str, Any
         run["convention"],
         config.rewards,
         slice_only_picks=run["prompts"].style == "contract",
-        mask_reward=build_mask_reward(config, run["samples"]),
+        mask_reward=build_mask_reward(config, run["samples"], run["convention"]),
     )
     return build_grpo_trainer(model, run["processor"], run["rows"], rewards, config, out, **common)
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..reasoning.coords import Convention
 from .config import TrainConfig
 from .reward_funcs import MaskRewardFn, RewardAssembly
 from .runner import lora_config, trainer_arguments
@@ -20,24 +21,31 @@ from .samples import TrainSample
 log = logging.getLogger(__name__)
 
 
-def build_mask_reward(config: TrainConfig, samples: Mapping[str, TrainSample]) -> MaskRewardFn | None:
+def build_mask_reward(
+    config: TrainConfig, samples: Mapping[str, TrainSample], convention: Convention
+) -> MaskRewardFn | None:
     """The mask-Dice reward: where ``training.mask_reward.MaskReward`` plugs in (``None`` when its weight is 0).
 
-    ``MaskReward(segmenter, samples)`` is called as ``(prompts, completions, *, sample_id, **kwargs)``; ``samples``
-    maps each sample id to its ``TrainSample`` (views, truth masks per shown slice, the volume and window).
-    Until that module is installed, a mask weight above 0 is reported and left out of the total.
+    ``MaskReward(segmenter, samples)`` takes ``{sample_id: RewardSample(volume, window, views, convention, truth)}``
+    and is called as ``(prompts, completions, *, sample_id, **kwargs)``; the segmenter is ``config.segmenter``, with
+    the runtime's embedding store. Without that module, a mask weight above 0 is reported and left out of the total.
     """
     if config.rewards.mask <= 0:
         return None
     try:
-        from .mask_reward import MaskReward  # type: ignore[import-not-found, unused-ignore]
+        from .mask_reward import MaskReward, RewardSample  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         log.warning("the mask reward is not available in this install: its weight is left out of the total")
         return None
     from ..segmentation.factory import create_segmenter, default_store_root
 
+    reward_samples = {
+        sid: RewardSample(s.volume, s.window, s.views, convention, s.truth_volume)
+        for sid, s in samples.items()
+        if s.volume is not None and s.truth_volume is not None
+    }
     segmenter = create_segmenter(config.segmenter, embedding_store=default_store_root())
-    return MaskReward(segmenter, samples)  # type: ignore[no-any-return, unused-ignore]
+    return MaskReward(segmenter, reward_samples)  # type: ignore[no-any-return, unused-ignore]
 
 
 def vision_token_ids(model: Any) -> list[int]:

@@ -120,15 +120,15 @@ class RewardAssembly:
         """All components of every completion, computed once per batch (TRL calls each function on the same list)."""
         if self._cache is not None and self._cache[0] is completions:
             return self._cache[1]
-        rows = []
+        rows, slice_only = [], []
         for completion, sid in zip(completions, sample_id, strict=True):
             sample = self.samples[sid]
-            slice_only = self.slice_only_picks and sample.task == "pick_slice" and sample.views.refine_next
-            rows.append(score_components(sample, completion_text(completion), self.convention, slice_only))
+            slice_only.append(self.slice_only_picks and sample.task == "pick_slice" and sample.views.refine_next)
+            rows.append(score_components(sample, completion_text(completion), self.convention, slice_only[-1]))
         if self.mask_reward is not None:  # the injected mask Dice, one decoder call per completion
             masks = self.mask_reward(prompts, completions, sample_id=list(sample_id), **kwargs)
-            for row, value in zip(rows, masks, strict=True):
-                row["mask"] = value
+            for row, value, only in zip(rows, masks, slice_only, strict=True):
+                row["mask"] = None if only else value  # a step that asks for a slice alone draws no mask
         for row in rows:
             present = {k: v for k, v in row.items() if v is not None and k in self.components}
             row["total"] = self.weights.total(present)

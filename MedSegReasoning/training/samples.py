@@ -47,8 +47,8 @@ class TrainSample:
 
     ``slice`` is the axial slice the target answer names; ``truth`` maps each slice the views show (and the key
     slice) to its 2D truth mask, so a completion that picks another tile is scored on that tile's truth;
-    ``slice_areas`` is the truth's area on every slice (the key-slice reward). ``volume`` is kept only when a reward
-    needs the pixels (the mask reward).
+    ``slice_areas`` is the truth's area on every slice (the key-slice reward). ``volume`` and ``truth_volume`` (the
+    whole bool ``[k, j, i]`` mask) are kept only when a reward needs them (the mask reward).
     """
 
     id: str
@@ -62,6 +62,7 @@ class TrainSample:
     slice_areas: np.ndarray = field(repr=False)
     window: Any = None
     volume: Volume | None = field(default=None, repr=False)
+    truth_volume: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def task(self) -> str:
@@ -172,6 +173,7 @@ def _sample(sample_id, turn, views: ViewSet, k: int, truth, areas, label, window
         slice_areas=areas,
         window=window,
         volume=volume,
+        truth_volume=truth if volume is not None else None,
     )
 
 

@@ -149,19 +149,30 @@ def test_full_fine_tuning_changes_every_trained_weight_and_saves_a_plain_checkpo
 
 
 def test_grpo_logs_each_reward_component_kl_and_lengths(tiny, data, tmp_path, monkeypatch):
-    import MedSegReasoning.training.grpo as grpo
+    import types
 
-    calls = []
+    import MedSegReasoning.segmentation.factory as factory
 
-    def fake_mask_reward(config, samples):  # where training.mask_reward.MaskReward plugs in
-        def reward(prompts, completions, *, sample_id, **kwargs):
+    made, calls = {}, []
+
+    class RewardSample:  # training.mask_reward's interface (issue #18's mask-reward helper), recorded
+        def __init__(self, volume, window, views, convention, truth):
+            assert truth.shape == volume.shape and truth.any() and convention.name == "qwen2.5-vl"
+            self.views = views
+
+    class MaskReward:
+        def __init__(self, segmenter, samples):
+            made.update(segmenter=segmenter, samples=samples)
+
+        def __call__(self, prompts, completions, *, sample_id, **kwargs):
             calls.append(len(completions))
-            assert set(sample_id) <= set(samples)
+            assert set(sample_id) <= set(made["samples"])
             return [0.5] * len(completions)
 
-        return reward
-
-    monkeypatch.setattr(grpo, "build_mask_reward", fake_mask_reward)
+    fake = types.ModuleType("MedSegReasoning.training.mask_reward")
+    fake.MaskReward, fake.RewardSample = MaskReward, RewardSample
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)  # where the real mask reward plugs in
+    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kwargs: f"segmenter {spec}")
     out = tmp_path / "grpo"
     config = _config(
         tmp_path / "g.json",
@@ -179,6 +190,11 @@ def test_grpo_logs_each_reward_component_kl_and_lengths(tiny, data, tmp_path, mo
             assert isinstance(r[name], float), name
         assert r["reward/mask"] == 0.5 and 1 <= r["completion_length"] <= 12
     assert calls == [4, 4]  # once per step's batch of completions
+    assert made["segmenter"] == "segmenter litemedsam" and sorted(made["samples"]) == [
+        "u1/0/locate",
+        "u2/0/locate",
+        "u3/0/locate",
+    ]
     assert (out / "curves.png").is_file() and (out / "model.safetensors").is_file()
 
 

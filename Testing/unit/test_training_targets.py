@@ -169,3 +169,21 @@ def test_completion_text_takes_strings_and_messages():
     assert completion_text([{"role": "assistant", "content": "abc"}]) == "abc"
     assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"text": "b"}]}]) == "ab"
     assert completion_text([]) == ""
+
+
+def test_a_pick_step_that_asks_for_a_slice_alone_gets_no_mask_reward(case):
+    volume, truth, window = case
+    views = key_slice_views(volume, window, DEFAULT_STRATEGY)
+    k = int(np.argmax(truth.sum(axis=(1, 2))))
+    convention = get_convention("qwen2.5-vl")
+    sample = _sample(views, k, truth, "pick")
+    weights = RewardWeights(format=1.0, box=1.0, points=1.0, mask=1.0, key_slice=1.0)
+
+    def fake_mask(prompts, completions, *, sample_id, **kwargs):
+        return [0.25] * len(completions)
+
+    assembly = RewardAssembly({"pick": sample}, convention, weights, slice_only_picks=True, mask_reward=fake_mask)
+    text = answer_text("contract", views, convention, k, None, (), "blob")
+    (row,) = assembly.scores([None], [text], ["pick"])
+    assert row["mask"] is None and row["box"] is None and row["key_slice"] == 1.0
+    assert row["total"] == pytest.approx((row["format"] + 1.0) / 2)  # format and key slice only
