@@ -46,6 +46,7 @@ class TrainConfig:
     completions per step for GRPO (a multiple of ``generations``, TRL's rule). ``merge``: a LoRA run saves the base
     with the adapter merged in (a plain checkpoint); ``false`` saves the adapter alone with a pointer to its base.
     ``prompt_style``/``convention`` ``None``: those of the base model, as ``ask`` would use it.
+    ``gradient_checkpointing`` ``None``: TRL's default (on in TRL 1.16); ``bf16`` ``None``: on a CUDA GPU with bf16.
     """
 
     learning_rate: float | None = None
@@ -65,7 +66,7 @@ class TrainConfig:
     prompt_style: str | None = None
     convention: str | None = None
     segmenter: str = "litemedsam"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None
     bf16: bool | None = None
 
     def __post_init__(self) -> None:
@@ -84,11 +85,11 @@ class TrainConfig:
             _check_int(name, getattr(self, name), low)
         _check_number("temperature", self.temperature, 0.0, 10.0, open_low=True)
         _check_number("beta", self.beta, 0.0, 100.0)
-        for name in ("merge", "gradient_checkpointing"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"'{name}' must be true or false, got {getattr(self, name)!r}.")
-        if self.bf16 is not None and not isinstance(self.bf16, bool):
-            raise InputError(f"'bf16' must be true, false or null (auto), got {self.bf16!r}.")
+        if not isinstance(self.merge, bool):
+            raise InputError(f"'merge' must be true or false, got {self.merge!r}.")
+        for name in ("gradient_checkpointing", "bf16"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise InputError(f"'{name}' must be true, false or null (the default), got {getattr(self, name)!r}.")
         if self.prompt_style is not None:
             from ..reasoning.prompts import prompt_set
 

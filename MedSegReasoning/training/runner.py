@@ -142,13 +142,15 @@ def trainer_arguments(config: TrainConfig, out: Path, *, full: bool, bf16: bool)
     )
 
 
-def _checkpointing(on: bool) -> dict[str, bool]:
+def _checkpointing(on: bool | None) -> dict[str, bool]:
     """Gradient (activation) checkpointing under the name this transformers uses (``activation_checkpointing``
-    from 5.x; ``gradient_checkpointing`` before)."""
+    from 5.x; ``gradient_checkpointing`` before); nothing for ``None`` (TRL's default)."""
     from dataclasses import fields
 
     from transformers import TrainingArguments
 
+    if on is None:
+        return {}
     names = {f.name for f in fields(TrainingArguments)}
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 

@@ -59,6 +59,7 @@ def test_an_empty_file_is_the_defaults(tmp_path):
         ("steps: 2.5", "'steps' must be a whole number"),
         ("learning_rate: -1", "'learning_rate' must be a number above 0"),
         ("merge: maybe", "'merge' must be true or false"),
+        ("bf16: sometimes", "'bf16' must be true, false or null"),
         ("lora: {r: 0}", "'lora.r' must be a whole number >= 1"),
         ("lora: {rank: 4}", "unknown lora setting(s) rank"),
         ("lora: {targets: q_proj}", "lora.targets must be a list"),
