@@ -155,6 +155,8 @@ def save_model(trainer: Any, processor: Any, out: Path, *, merge: bool, record: 
         if is_peft:
             model = model.merge_and_unload()
         model.save_pretrained(staging, safe_serialization=True)
+        if (base / "generation_config.json").is_file():  # TRL may align its eos with the tokenizer's: keep the base's
+            shutil.copy2(base / "generation_config.json", staging / "generation_config.json")
     processor.save_pretrained(staging)
     write_json(staging / REASONER_RECORD, {**record, "weights": kind})
     for path in sorted(staging.iterdir()):

@@ -86,9 +86,8 @@ def test_sft_checkpoint_is_asked_at_run_time_exactly_as_trained(tiny, data, tmp_
     assert (record["method"], record["steps"], record["weights"]) == ("sft", 3, "merged")
     assert record["samples_by_task"] == {"pick_slice": 2, "locate": 2}  # each 3D question: montage, then key slice
     assert json.loads((out / "medseg_reasoner.json").read_text(encoding="utf-8"))["prompt_style"] == "segzero"
-    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == (tiny / "chat_template.jinja").read_text(
-        encoding="utf-8"
-    )
+    for name in ("chat_template.jinja", "generation_config.json"):  # rendered and decoded as the base was
+        assert (out / name).read_text(encoding="utf-8") == (tiny / name).read_text(encoding="utf-8")
 
     reasoner = create_reasoner(f"hf:{out}", max_new_tokens=800)
     # read from medseg_reasoner.json: a plain Qwen2.5-VL folder would be asked with the contract prompts
