@@ -234,6 +234,37 @@ def test_a_killed_run_resumes_without_repeating_a_step(tiny, data, tmp_path, mon
     assert _steps(out) == [1] and not (out / "checkpoints" / "checkpoint-4").exists()
 
 
+def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tiny, data, tmp_path):
+    """A real kill -9 in the middle of a step: the incomplete step's log line goes, the checkpoint stays."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    import MedSegReasoning
+    from MedSegReasoning.training.logs import read_log
+
+    out = tmp_path / "killed"
+    config = _config(tmp_path / "c.json", steps=6, batch=1, save_steps=2)
+    command = [sys.executable, "-m", "MedSegReasoning.cli", "train", "sft", str(data["2d"]), "--base", f"hf:{tiny}"]
+    command += ["--out", str(out), "--config", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(Path(MedSegReasoning.__file__).parent.parent)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while 3 not in [r["step"] for r in read_log(out / "logs.jsonl")]:  # step 2's checkpoint is written by then
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL and not (out / "model.safetensors").exists()
+    assert train("sft", data["2d"], tiny, out, "--resume") == 0
+    assert _steps(out) == [1, 2, 3, 4, 5, 6]
+    assert "checkpoint-" in json.loads((out / "training.json").read_text(encoding="utf-8"))["resumed_from"]
+
+
 def _empty_mask_dataset(root):
     folder = write_folder(root, dialogue=False)
     line = json.loads((folder / "questions.jsonl").read_text(encoding="utf-8"))
