@@ -76,10 +76,11 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 
 def prepare_output(out: Path, *, method: str, force: bool, resume: bool) -> Path | None:
-    """Check ``--out`` for this run and return the checkpoint to resume from (``None``: a fresh start).
+    """Check ``--out`` for this run and return the checkpoint to resume from (``None``: a fresh start); nothing is
+    changed on disk (``begin_output`` does that, once every other check has passed).
 
-    A fresh run needs a missing or empty folder, or ``--force`` (which removes the previous run's outputs, and only
-    those). ``--resume`` needs a folder with a complete checkpoint of the same method.
+    A fresh run needs a missing or empty folder, or ``--force`` (which will remove the previous run's outputs, and
+    only those). ``--resume`` needs a folder with a complete checkpoint of the same method.
     """
     if resume and force:
         raise InputError("--resume continues the run in --out and --force starts it over: give one of them.")
@@ -96,15 +97,19 @@ def prepare_output(out: Path, *, method: str, force: bool, resume: bool) -> Path
                 "same method, or start a new one in another folder."
             )
         return checkpoint
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise InputError(
-                f"the output folder {out} is not empty: choose another --out, add --resume to continue the run in "
-                "it, or --force to start over (the previous run's model, checkpoints and logs are removed)."
-            )
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(
+            f"the output folder {out} is not empty: choose another --out, add --resume to continue the run in "
+            "it, or --force to start over (the previous run's model, checkpoints and logs are removed)."
+        )
+    return None
+
+
+def begin_output(out: Path, *, force: bool) -> None:
+    """Make ``out`` ready for a fresh run: with ``force``, remove the previous run's outputs first."""
+    if force and out.is_dir():
         clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    return None
 
 
 def clear_previous_run(out: Path) -> None:

@@ -2,7 +2,8 @@
 (``run_train_command``), as ``evaluation/command.py`` does for ``eval``.
 
 Checks run in the order that fails fastest: the training packages, the config, the output folder, the base model's
-folder, the dataset; the model loads only when all of them passed.
+folder, the dataset and its samples; the output folder is changed (``--force`` clears the previous run) and the model
+loads only when all of them passed.
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ def run_train_command(args: argparse.Namespace) -> int:
     status(f"preparing the training samples of {dataset.path} ({dataset.layout} layout)...")
     run = _prepare(args, config, base, known, model_type, dataset)
     record = _training_record(args, config, base, run, resume_from)
-    from .checkpoint import write_json
+    from .checkpoint import begin_output, write_json
 
+    if resume_from is None:  # only now: a wrong base or dataset never cost the previous run's outputs (--force)
+        begin_output(out, force=args.force)
     write_json(out / TRAINING_FILE, record)
     if resume_from is not None:
         from .checkpoint import checkpoint_step

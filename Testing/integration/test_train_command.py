@@ -230,6 +230,8 @@ def test_a_killed_run_resumes_without_repeating_a_step(tiny, data, tmp_path, mon
     capsys.readouterr()
     assert train("sft", data["2d"], tiny, out, "--config", config) == 2
     assert "is not empty" in capsys.readouterr().err
+    missing_base = main(["train", "sft", str(data["2d"]), "--base", "hf:/nonexistent", "--out", str(out), "--force"])
+    assert missing_base == 3 and (out / "model.safetensors").is_file()  # a typo never costs the finished model
     assert train("sft", data["2d"], tiny, out, "--config", _config(tmp_path / "one.json", steps=1), "--force") == 0
     assert _steps(out) == [1] and not (out / "checkpoints" / "checkpoint-4").exists()
 

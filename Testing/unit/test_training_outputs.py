@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from MedSegReasoning.training.checkpoint import last_checkpoint, prepare_output
+from MedSegReasoning.training.checkpoint import begin_output, last_checkpoint, prepare_output
 from MedSegReasoning.training.logs import log_record, plot_curves, read_log, truncate_log
 from MedSegReasoning.training.runner import run_trainer
 from MedSegReasoning.wire.errors import InputError, ModelError
@@ -23,7 +23,9 @@ def _checkpoint(out, step, complete=True):
 
 def test_a_fresh_run_needs_an_empty_folder_or_force(tmp_path):
     out = tmp_path / "run"
-    assert prepare_output(out, method="sft", force=False, resume=False) is None and out.is_dir()
+    assert prepare_output(out, method="sft", force=False, resume=False) is None and not out.exists()
+    begin_output(out, force=False)
+    assert out.is_dir()
     (out / "logs.jsonl").write_text("{}\n", encoding="utf-8")
     (out / "model.safetensors").write_bytes(b"x")
     (out / "notes.txt").write_text("mine", encoding="utf-8")
@@ -31,6 +33,8 @@ def test_a_fresh_run_needs_an_empty_folder_or_force(tmp_path):
     with pytest.raises(InputError, match="is not empty: choose another --out, add --resume .* or --force"):
         prepare_output(out, method="sft", force=False, resume=False)
     assert prepare_output(out, method="sft", force=True, resume=False) is None
+    assert len(list(out.iterdir())) == 4  # checked, nothing removed yet
+    begin_output(out, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the previous run's outputs only
     with pytest.raises(InputError, match="give one of them"):
         prepare_output(out, method="sft", force=True, resume=True)
