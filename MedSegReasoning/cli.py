@@ -268,6 +268,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return run_batch_command(args, DEFAULT_REASONER_SPEC)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.command import run_train_command
+
+    return run_train_command(args)
+
+
 COMMANDS = {
     "ask": cmd_ask,
     "batch": cmd_batch,
@@ -277,6 +283,7 @@ COMMANDS = {
     "models": cmd_models,
     "sample": cmd_sample,
     "serve": cmd_serve,
+    "train": cmd_train,
 }
 
 

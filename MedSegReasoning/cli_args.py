@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch.command import add_batch_parser
 
     add_batch_parser(sub, exit_codes_help=EXIT_CODES_HELP, default_reasoner=DEFAULT_REASONER_SPEC)
+    from .training.command import add_train_parser
+
+    add_train_parser(sub, exit_codes_help=EXIT_CODES_HELP)
     return parser
 
 

@@ -27,8 +27,8 @@ from .answer import GenerationStats
 from .base import ReasonerIdentity, TextCallback
 from .chat import ChatReasoner, ChatRequest
 from .coords import CONVENTION_BY_MODEL_TYPE, ResizeRule, get_convention
-from .models import MODEL_CLASSES, read_model_type, weights_revision
-from .prompts import prompt_set
+from .models import MODEL_CLASSES, adapter_base, read_model_type, read_reasoner_record, weights_revision
+from .prompts import PromptSet, prompt_set
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -57,12 +57,14 @@ class HFReasoner(ChatReasoner):
         seed: int | None = None,
         convention: str | None = None,
         prompt_style: str = "contract",
+        prompt_version: str | None = None,
         name: str | None = None,
         revision: str | None = None,
         pull_hint: str = "NAME",
         generate_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        """``generate_kwargs`` go to ``model.generate`` as they are (constrained decoding, tests)."""
+        """``generate_kwargs`` go to ``model.generate`` as they are (constrained decoding, tests). ``prompt_version``
+        pins the templates' version (a trained model's, from its ``medseg_reasoner.json``; default: the current)."""
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         if dtype not in DTYPES:
@@ -81,6 +83,9 @@ class HFReasoner(ChatReasoner):
         rule = processor_resize_rule(self.processor)
         conv = get_convention(convention or CONVENTION_BY_MODEL_TYPE[self.model_type], rule)
         prompts = prompt_set(prompt_style)
+        if prompt_version and prompt_version != prompts.version:
+            prompts = PromptSet(prompts.style, prompt_version)
+            prompts.template("locate")  # a version this install does not ship fails now, not at the first question
         identity = ReasonerIdentity(
             name=name or self.folder.name,
             backend="hf",
@@ -112,11 +117,14 @@ class HFReasoner(ChatReasoner):
                 f"this transformers ({transformers.__version__}) has no {MODEL_CLASSES[self.model_type]}: "
                 "upgrade transformers to run this model."
             )
+        base = adapter_base(self.folder, read_reasoner_record(self.folder))  # a LoRA adapter `train` left unmerged
         try:
             processor = transformers.AutoProcessor.from_pretrained(self.folder, local_files_only=True)
             model = model_class.from_pretrained(
-                self.folder, dtype=torch_dtype, use_safetensors=True, local_files_only=True
+                base or self.folder, dtype=torch_dtype, use_safetensors=True, local_files_only=True
             )
+            if base is not None:
+                _load_adapter(model, self.folder)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(f"the reasoner in {self.folder} could not be loaded ({exc}): download it again.") from None
         model.to(self.device).eval()
@@ -213,6 +221,18 @@ class HFReasoner(ChatReasoner):
                     f"the {self.convention.name} conversion assumes {int(assumed[0])}x{int(assumed[1])}: boxes would "
                     "be misplaced; report this with the model's preprocessor_config.json."
                 )
+
+
+def _load_adapter(model: Any, folder: Path) -> None:
+    """Put the LoRA adapter in ``folder`` on ``model`` (its base), through transformers' peft integration."""
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ModelError(
+            f"{folder} holds a LoRA adapter, which needs peft to load: pip install 'medseg-reasoning[train]' (or "
+            "train again with the adapter merged, the default)."
+        ) from None
+    model.load_adapter(str(folder))
 
 
 class _EventStop:

@@ -29,6 +29,8 @@ MODELS_DIR_ENV = "MEDSEG_MODELS_DIR"
 ALLOW_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json", "*.txt", "*.jinja", "tokenizer*")
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FULL_HASH_LIMIT = 256 * 1024 * 1024  # hash weight contents below this; fingerprint headers above
+REASONER_RECORD = "medseg_reasoner.json"
+"""Written by ``medseg-reasoning train`` into the checkpoint it makes: how the model was trained to be asked."""
 
 
 @dataclass(frozen=True)
@@ -369,3 +371,35 @@ def read_model_type(folder: Path, pull_hint: str = "NAME") -> str:
             "safetensors version of the model."
         )
     return model_type
+
+
+def read_reasoner_record(folder: Path) -> dict[str, Any]:
+    """What ``train`` recorded in ``folder`` (``REASONER_RECORD``): ``convention``, ``prompt_style``,
+    ``prompt_version`` and, for a LoRA adapter saved unmerged, its ``base`` folder; ``{}`` for any other checkpoint.
+
+    The runtime uses these instead of the architecture's defaults, so a trained model is asked and read exactly as
+    it was trained (docs/training.md, "The train command").
+    """
+    path = folder / REASONER_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} cannot be read ({exc}): train the model again or remove the file.") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is not a JSON object: train the model again or remove the file.")
+    return {k: data[k] for k in ("convention", "prompt_style", "prompt_version", "base") if data.get(k)}
+
+
+def adapter_base(folder: Path, record: dict[str, Any]) -> Path | None:
+    """The base model folder of a LoRA adapter that ``train`` saved unmerged (``None`` for a whole checkpoint)."""
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    base = Path(str(record.get("base", ""))).expanduser()
+    if not record.get("base") or not (base / "config.json").is_file():
+        raise ModelError(
+            f"{folder} holds a LoRA adapter whose base model {record.get('base') or '(not recorded)'} is not there: "
+            "put the base back at that path, or train again with the adapter merged (the default)."
+        )
+    return base

@@ -174,12 +174,14 @@ def _entity_box_on_views(entity, views: ViewSet, convention: Convention) -> list
     if (tile.orientation, tile.slice) != (entity.orientation, entity.slice):
         return None
     u0, v0, u1, v1 = entity.box
-    (a0, b0), (a1, b1) = _model_point(tile, view, convention, u0, v0), _model_point(tile, view, convention, u1, v1)
+    (a0, b0), (a1, b1) = model_point(tile, view, convention, u0, v0), model_point(tile, view, convention, u1, v1)
     return [min(a0, a1), min(b0, b1), max(a0, a1), max(b0, b1)]
 
 
-def _model_point(tile, view, convention: Convention, u: int, v: int) -> tuple[int, int]:
-    """Whole model coordinates that read back (as answers are read) to voxel ``(u, v)``, nearest its centre."""
+def model_point(tile, view, convention: Convention, u: int, v: int) -> tuple[int, int]:
+    """Whole model coordinates that read back (as answers are read) to voxel ``(u, v)``, nearest its centre.
+
+    Also how ``training.targets`` writes the answers a model is trained on, so both speak the same coordinates."""
     px, py = tile.from_plane(u + 0.5, v + 0.5)
     cx, cy = convention.from_view_pixels(px, py, view.width, view.height)
     for x in sorted({math.floor(cx), math.ceil(cx)}, key=lambda m: abs(m - cx)):

@@ -87,17 +87,19 @@ def check_spec_form(spec: str) -> None:
 
 def _hf(rest, allow_download, device, dtype, cache_dir, convention, prompt_style, max_new_tokens, progress, options):
     from .hf import DEFAULT_MAX_NEW_TOKENS, HFReasoner
-    from .models import resolve_hf_spec
+    from .models import read_reasoner_record, resolve_hf_spec
 
     _reject_options(options, _HF_OPTIONS, "hf")
     folder, known = resolve_hf_spec(rest, cache_dir, allow_download, progress)
+    trained = read_reasoner_record(folder)  # a model made by `train`: asked as it was trained
     return HFReasoner(
         folder,
         device=device,
         dtype=dtype,
         max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-        convention=convention or (known.convention if known else None),
-        prompt_style=prompt_style or (known.prompt_style if known else "contract"),
+        convention=convention or trained.get("convention") or (known.convention if known else None),
+        prompt_style=prompt_style or trained.get("prompt_style") or (known.prompt_style if known else "contract"),
+        prompt_version=None if prompt_style else trained.get("prompt_version"),
         name=known.name if known else folder.name,
         pull_hint=known.name if known else "NAME",
         **options,

@@ -1,0 +1,97 @@
+"""GRPO with this project's rewards (TRL's ``GRPOTrainer``, LoRA through peft by default).
+
+Each prompt is answered ``generations`` times by the model being trained; ``reward_funcs.RewardAssembly`` scores
+every completion as the runtime would read it, and TRL moves the model towards the completions that beat their
+group's mean, held near the base by a KL penalty of weight ``beta`` (logged as ``kl``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..reasoning.coords import Convention
+from .config import TrainConfig
+from .reward_funcs import MaskRewardFn, RewardAssembly
+from .runner import lora_config, trainer_arguments
+from .samples import TrainSample
+
+log = logging.getLogger(__name__)
+
+
+def build_mask_reward(
+    config: TrainConfig, samples: Mapping[str, TrainSample], convention: Convention
+) -> MaskRewardFn | None:
+    """The mask-Dice reward: where ``training.mask_reward.MaskReward`` plugs in (``None`` when its weight is 0).
+
+    ``MaskReward(segmenter, samples)`` takes ``{sample_id: RewardSample(volume, window, views, convention, truth)}``
+    and is called as ``(prompts, completions, *, sample_id, **kwargs)``; the segmenter is ``config.segmenter``, with
+    the runtime's embedding store. Without that module, a mask weight above 0 is reported and left out of the total.
+    """
+    if config.rewards.mask <= 0:
+        return None
+    try:
+        from .mask_reward import MaskReward, RewardSample  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        log.warning("the mask reward is not available in this install: its weight is left out of the total")
+        return None
+    from ..segmentation.factory import create_segmenter, default_store_root
+
+    reward_samples = {
+        sid: RewardSample(s.volume, s.window, s.views, convention, s.truth_volume)
+        for sid, s in samples.items()
+        if s.volume is not None and s.truth_volume is not None
+    }
+    segmenter = create_segmenter(config.segmenter, embedding_store=default_store_root())
+    return MaskReward(segmenter, reward_samples)  # type: ignore[no-any-return, unused-ignore]
+
+
+def vision_token_ids(model: Any) -> list[int]:
+    """The image/video placeholder and vision start/end tokens: an answer never contains them, and one sampled
+    would make the next forward pass look for an image that is not there (TRL suppresses the image token alone)."""
+    config = getattr(model, "config", None)
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return sorted({int(v) for v in (getattr(config, n, None) for n in names) if isinstance(v, int)})
+
+
+def build_grpo_trainer(
+    model: Any,
+    processor: Any,
+    rows: list[dict[str, Any]],
+    rewards: RewardAssembly,
+    config: TrainConfig,
+    out: Path,
+    *,
+    full: bool,
+    bf16: bool,
+    callbacks: list[Any],
+) -> Any:
+    """A ``GRPOTrainer`` over ``rows`` (``samples.sample_row`` without the answer)."""
+    import datasets
+    from trl import GRPOConfig, GRPOTrainer
+
+    # TRL left-pads the prompts itself; the processor's own padding (its mm_token_type_ids) must agree, or with
+    # prompts of different lengths in one batch the image positions are misread (TRL 1.16, Qwen2.5-VL).
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = "left"
+    funcs, weights = rewards.functions()
+    args = GRPOConfig(
+        **trainer_arguments(config, out, full=full, bf16=bf16),
+        num_generations=config.generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        beta=config.beta,
+        reward_weights=weights,
+        generation_kwargs={"suppress_tokens": vision_token_ids(model)},
+    )
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=processor,
+        peft_config=lora_config(config, full),
+        callbacks=callbacks,
+    )

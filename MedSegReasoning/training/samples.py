@@ -1,0 +1,220 @@
+"""Training samples from the layouts ``eval`` reads, rendered exactly as the reasoner sees them at run time.
+
+Train what you run: a sample's images are made by the same ``reasoning.views`` functions ``ask`` and ``eval`` call,
+with the same window (``default_window``) and strategy (``DEFAULT_STRATEGY``):
+
+- a 2D image (U-MRG, MR-MedSeg) is shown as it is, one ``locate`` call (``evaluation.modes.reasoner_view``);
+- a 3D question (the folder layout) gives two samples: the key-slice montage (``pick_slice``), then the key slice
+  (the truth's largest) at full resolution (``locate``): the two calls ``run_reasoning`` makes.
+
+The prompt is ``render_prompt`` of the model's prompt set, and the images are what ``ChatReasoner.prepare_image``
+hands the model. Questions that cannot teach anything are skipped and counted (an empty mask, a dataset box outside
+its image, a dialogue round that refers to an earlier round's result, a sample that cannot be read); none left is
+an ``InputError``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..evaluation.layouts import Case, Dataset, Turn
+from ..reasoning.base import EMPTY_CONTEXT
+from ..reasoning.coords import Convention, resize_for_model
+from ..reasoning.prompts import PromptSet, render_prompt
+from ..reasoning.views import (
+    DEFAULT_STRATEGY,
+    ReasoningStrategy,
+    View,
+    ViewSet,
+    key_slice_views,
+    refine_views,
+)
+from ..volume.core import Volume
+from ..wire.errors import InputError
+from .targets import VoxelBox, VoxelPoint, answer_text, inner_points, mask_box
+
+TWO_D_STRATEGY = ReasoningStrategy(use_current_view="always")
+"""How ``eval`` shows a 2D image (``evaluation.modes.reasoner_view``): the image itself, no montage."""
+
+
+@dataclass(frozen=True, eq=False)
+class TrainSample:
+    """One reasoner call to learn: the question, the views it is asked about, and the truth on them.
+
+    ``slice`` is the axial slice the target answer names; ``truth`` maps each slice the views show (and the key
+    slice) to its 2D truth mask, so a completion that picks another tile is scored on that tile's truth;
+    ``slice_areas`` is the truth's area on every slice (the key-slice reward). ``volume`` and ``truth_volume`` (the
+    whole bool ``[k, j, i]`` mask) are kept only when a reward needs them (the mask reward).
+    """
+
+    id: str
+    question: str
+    views: ViewSet
+    slice: int
+    box: VoxelBox
+    points: tuple[VoxelPoint, VoxelPoint]
+    label: str
+    truth: dict[int, np.ndarray] = field(repr=False)
+    slice_areas: np.ndarray = field(repr=False)
+    window: Any = None
+    volume: Volume | None = field(default=None, repr=False)
+    truth_volume: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def task(self) -> str:
+        return self.views.task
+
+    def without_pixels(self) -> TrainSample:
+        """The same sample with each view's image replaced by a zero-memory stand-in of its size: conversion needs
+        only the tiles and the image size, and a dataset's pixels are not held twice."""
+        views = tuple(
+            replace(v, image=np.broadcast_to(np.zeros((1, 1, 3), np.uint8), v.image.shape)) for v in self.views.views
+        )
+        return replace(self, views=replace(self.views, views=views))
+
+
+@dataclass
+class SampleSet:
+    """The usable samples and what was skipped, by reason (``"empty mask": 3``)."""
+
+    samples: list[TrainSample]
+    skipped: Counter = field(default_factory=Counter)
+    first_error: str | None = None
+
+    def skipped_text(self) -> str:
+        return ", ".join(f"{n} ({reason})" for reason, n in sorted(self.skipped.items()))
+
+
+def load_samples(
+    dataset: Dataset, *, keep_volumes: bool = False, strategy: ReasoningStrategy = DEFAULT_STRATEGY
+) -> SampleSet:
+    """Every usable training sample of ``dataset``; raises ``InputError`` when none is left."""
+    from ..volume.windowing import default_window
+
+    result = SampleSet([])
+    for unit in dataset:
+        try:
+            case = unit.load()
+        except InputError as exc:
+            result.skipped["unreadable"] += 1
+            result.first_error = result.first_error or str(exc)
+            continue
+        window = default_window(case.volume)
+        for n, turn in enumerate(case.turns):
+            reason = _unusable(case, turn)
+            if reason:
+                result.skipped[reason] += 1
+                continue
+            made = _samples_of(case, turn, f"{unit.id}/{n}", window, strategy, case.volume if keep_volumes else None)
+            if case.dimension == 3 and len(made) == 1:
+                result.skipped["key-slice step: the structure is on no montage tile"] += 1
+            result.samples.extend(made)
+    if not result.samples:
+        detail = f" (skipped: {result.skipped_text()})" if result.skipped else ""
+        hint = f"; the first unreadable one: {result.first_error}" if result.first_error else ""
+        raise InputError(
+            f"the dataset {dataset.path} has no usable training sample{detail}{hint}: each question needs a non-empty "
+            "mask (and a box inside its image)."
+        )
+    return result
+
+
+def _unusable(case: Case, turn: Turn) -> str | None:
+    if turn.references:
+        return "refers to an earlier round"
+    if not turn.truth.any():
+        return "empty mask"
+    if turn.truth_box is not None:
+        x1, y1, x2, y2 = turn.truth_box
+        _nk, nj, ni = case.volume.shape
+        if min(x1, y1) < 0 or x2 > ni or y2 > nj or x1 > x2 or y1 > y2:
+            return "box outside the image"
+    return None
+
+
+def _samples_of(
+    case: Case, turn: Turn, sample_id: str, window, strategy: ReasoningStrategy, volume: Volume | None
+) -> list[TrainSample]:
+    truth = np.asarray(turn.truth, dtype=bool)
+    areas = truth.reshape(truth.shape[0], -1).sum(axis=1)
+    label = turn.label or ""
+    if case.dimension == 2:
+        views = refine_views(case.volume, window, TWO_D_STRATEGY, "axial", 0)
+        return [_sample(f"{sample_id}/locate", turn, views, 0, truth, areas, label, window, volume)]
+    key = int(np.argmax(areas))
+    montage = key_slice_views(case.volume, window, strategy)
+    shown = montage.views[0].slices
+    # the contract names the slice only (a refine step follows); a box must lie on a tile, so on the best tile
+    pick_slice = key if montage.refine_next else max(shown, key=lambda k: areas[k])
+    out = []
+    if areas[pick_slice] > 0:
+        out.append(_sample(f"{sample_id}/pick", turn, montage, pick_slice, truth, areas, label, window, volume))
+    locate = refine_views(case.volume, window, strategy, "axial", key)
+    out.append(_sample(f"{sample_id}/locate", turn, locate, key, truth, areas, label, window, volume))
+    return out
+
+
+def _sample(sample_id, turn, views: ViewSet, k: int, truth, areas, label, window, volume) -> TrainSample:
+    mask = truth[k]
+    shown = {k, *(s for v in views.views for s in v.slices)}
+    return TrainSample(
+        id=sample_id,
+        question=turn.question,
+        views=views,
+        slice=k,
+        box=mask_box(mask),
+        points=_points(turn, mask),
+        label=label,
+        truth={s: truth[s] for s in sorted(shown)},
+        slice_areas=areas,
+        window=window,
+        volume=volume,
+        truth_volume=truth if volume is not None else None,
+    )
+
+
+def _points(turn: Turn, mask: np.ndarray) -> tuple[VoxelPoint, VoxelPoint]:
+    """The dataset's own point pair (U-MRG's ``point_2d``) when both lie in the mask, else two inner points."""
+    if turn.truth_points is not None:
+        pts = [(int(round(x)), int(round(y))) for x, y in turn.truth_points]
+        h, w = mask.shape
+        if all(0 <= u < w and 0 <= v < h and mask[v, u] for u, v in pts) and pts[0] != pts[1]:
+            return pts[0], pts[1]
+    return inner_points(mask)
+
+
+# ---------------------------------------------------------------------------------------------------------- rows
+def model_images(views: ViewSet, convention: Convention) -> list[np.ndarray]:
+    """The view images as the model receives them (``ChatReasoner.prepare_image``)."""
+    return [resize_for_model(v.image, convention.model_input_size(v.width, v.height)) for v in views.views]
+
+
+def prompt_text(sample: TrainSample, prompts: PromptSet, convention: Convention) -> str:
+    return render_prompt(prompts, sample.views, sample.question, EMPTY_CONTEXT, convention)
+
+
+def target_text(sample: TrainSample, prompts: PromptSet, convention: Convention) -> str:
+    return answer_text(prompts.style, sample.views, convention, sample.slice, sample.box, sample.points, sample.label)
+
+
+def sample_row(sample: TrainSample, prompts: PromptSet, convention: Convention, with_answer: bool) -> dict[str, Any]:
+    """One row of the TRL dataset: a conversational prompt (the images go before the text, as ``HFReasoner`` puts
+    them), the images, the sample id (the rewards look the truth up by it) and, for SFT, the completion."""
+    from PIL import Image
+
+    row: dict[str, Any] = {
+        "prompt": [{"role": "user", "content": prompt_text(sample, prompts, convention)}],
+        "images": [Image.fromarray(a) for a in model_images(sample.views, convention)],
+        "sample_id": sample.id,
+    }
+    if with_answer:
+        row["completion"] = [{"role": "assistant", "content": target_text(sample, prompts, convention)}]
+    return row
+
+
+def view_of(sample: TrainSample) -> View:
+    return sample.views.views[0]
