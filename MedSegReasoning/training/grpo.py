@@ -24,20 +24,13 @@ log = logging.getLogger(__name__)
 def build_mask_reward(
     config: TrainConfig, samples: Mapping[str, TrainSample], convention: Convention
 ) -> MaskRewardFn | None:
-    """The mask-Dice reward: where ``training.mask_reward.MaskReward`` plugs in (``None`` when its weight is 0).
-
-    ``MaskReward(segmenter, samples)`` takes ``{sample_id: RewardSample(volume, window, views, convention, truth)}``
-    and is called as ``(prompts, completions, *, sample_id, **kwargs)``; the segmenter is ``config.segmenter``, with
-    the runtime's embedding store. Without that module, a mask weight above 0 is reported and left out of the total.
-    """
+    """The mask-Dice reward (``training.mask_reward.MaskReward``; ``None`` when its weight is 0) over the samples
+    that hold a volume and its reference mask, with ``config.segmenter`` and the runtime's embedding store (a sample
+    encoded in an earlier run, or by ``ask``, is read from disk)."""
     if config.rewards.mask <= 0:
         return None
-    try:
-        from .mask_reward import MaskReward, RewardSample  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        log.warning("the mask reward is not available in this install: its weight is left out of the total")
-        return None
     from ..segmentation.factory import create_segmenter, default_store_root
+    from .mask_reward import MaskReward, RewardSample
 
     reward_samples = {
         sid: RewardSample(s.volume, s.window, s.views, convention, s.truth_volume)
@@ -45,7 +38,7 @@ def build_mask_reward(
         if s.volume is not None and s.truth_volume is not None
     }
     segmenter = create_segmenter(config.segmenter, embedding_store=default_store_root())
-    return MaskReward(segmenter, reward_samples)  # type: ignore[no-any-return, unused-ignore]
+    return MaskReward(segmenter, reward_samples)
 
 
 def vision_token_ids(model: Any) -> list[int]:

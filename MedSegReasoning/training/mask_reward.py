@@ -27,9 +27,8 @@ distinct crop is one more encoder call, and every completion of a group places i
 segments the whole plane (``zoom=False``). ``MaskReward(..., zoom=True)`` uses the runtime's zoom exactly, at the
 cost of up to one encoder call per distinct crop (crops are snapped to 8 px, so near boxes share one).
 
-For 3D samples the key-slice reward (``rewards.key_slice_reward``: is the chosen slice inside the structure, how close
-to its largest slice) is ``KeySliceReward``, the same kind of reward function over the same samples; on 2D samples it
-returns ``None``, which TRL leaves out of the weighted sum.
+The key-slice reward of 3D samples (``rewards.key_slice_reward``) needs no segmenter: ``reward_funcs.RewardAssembly``
+scores it with the other components.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ from ..segmentation.base import Segmenter
 from ..volume.core import Orientation, Volume
 from ..volume.windowing import Window
 from ..wire.errors import InputError
-from .rewards import key_slice_reward
+from .reward_funcs import completion_text
 
 _PLANE_AXIS: dict[str, int] = {"axial": 0, "coronal": 1, "sagittal": 2}
 """The axis of the ``[k, j, i]`` grid along a plane's normal (axial fixes k, coronal j, sagittal i)."""
@@ -123,33 +122,6 @@ class RewardSample:
         return cls(volume, window, views, convention, truth, context)
 
 
-def completion_text(completion: Any) -> str:
-    """The answer text of one completion as TRL passes it: a string (standard format), or a list of chat messages
-    (conversational format) whose last assistant message holds it, its content a string or a list of parts."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Mapping):
-        completion = [completion]
-    if isinstance(completion, Sequence):
-        messages = [m for m in completion if isinstance(m, Mapping)]
-        answers = [m for m in messages if m.get("role", "assistant") == "assistant"] or messages
-        if answers:
-            return _content_text(answers[-1].get("content", ""))
-    raise InputError(
-        f"a completion must be a string or a list of chat messages, got {type(completion).__name__}: "
-        "pass TRL's completions as they come."
-    )
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        parts = [p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type", "text") == "text"]
-        return "".join(str(p) for p in parts)
-    return ""
-
-
 def read_answer(text: str, sample: RewardSample) -> Answer | None:
     """``text`` in voxel indices, read exactly as ``ask`` reads it (``parse_answer`` then the view's conversion);
     ``None`` where the runtime could not use it (unreadable, coordinates outside the image, an unknown view)."""
@@ -169,15 +141,6 @@ def answer_target(text: str, sample: RewardSample) -> Target | None:
         if target.box is not None or target.points:
             return target
     return None
-
-
-def chosen_slice(text: str, sample: RewardSample) -> int | None:
-    """The axial slice the answer's first target lies on (a key-slice answer may name only a slice); ``None`` where
-    the answer is unusable or its target is on a coronal or sagittal plane (no single axial slice)."""
-    answer = read_answer(text, sample)
-    if answer is None or not answer.targets or answer.targets[0].orientation != "axial":
-        return None
-    return int(answer.targets[0].slice)
 
 
 def plane_dice(mask: np.ndarray, truth: np.ndarray, orientation: str, index: int) -> float:
@@ -275,31 +238,3 @@ def _warm_plane(segmenter: Segmenter, sample: RewardSample, orientation: Orienta
     box = (0, 0, int(plane_shape[1]) - 1, int(plane_shape[0]) - 1)
     prompt = VoxelPrompt(k=index, box=box, orientation=orientation)
     segment_prompt(sample.volume, segmenter, sample.window, prompt, propagate_3d=False, config=config)
-
-
-class KeySliceReward:
-    """TRL reward function for 3D samples: ``rewards.key_slice_reward`` of the axial slice each completion chose
-    (0.0 for an unusable answer or a slice without the structure, 1.0 on its largest slice); ``None`` on 2D samples,
-    where there is no slice to choose (TRL then leaves this reward out for that completion)."""
-
-    def __init__(self, samples: Mapping[str, RewardSample]) -> None:
-        self.samples = dict(samples)
-        self.__name__ = "key_slice"
-
-    def __call__(
-        self, prompts: Sequence[Any] | None, completions: Sequence[Any], *, sample_id: Sequence[str], **kwargs: Any
-    ) -> list[float | None]:
-        if len(sample_id) != len(completions):
-            raise InputError(
-                f"{len(completions)} completions but {len(sample_id)} sample ids: one sample id per completion."
-            )
-        out: list[float | None] = []
-        for completion, sid in zip(completions, sample_id, strict=True):
-            sample = self.samples.get(str(sid))
-            if sample is None:
-                raise InputError(f"no reward sample for sample_id {sid!r}: build KeySliceReward with every sample.")
-            if not sample.is_3d:
-                out.append(None)
-                continue
-            out.append(key_slice_reward(chosen_slice(completion_text(completion), sample), sample.truth))
-        return out

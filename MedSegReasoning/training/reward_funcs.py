@@ -22,6 +22,7 @@ from ..reasoning.base import EMPTY_CONTEXT
 from ..reasoning.convert import to_answer
 from ..reasoning.coords import Convention
 from ..reasoning.parser import parse_answer
+from ..wire.errors import InputError
 from .rewards import RewardWeights, box_reward, format_reward, points_reward
 from .samples import TrainSample
 from .targets import inner_points, mask_box
@@ -31,14 +32,31 @@ COMPONENTS = ("format", "box", "points", "mask", "key_slice")
 
 
 def completion_text(completion: Any) -> str:
-    """The text of a TRL completion: a string, or a conversational ``[{"role": "assistant", "content": ...}]``."""
+    """The answer text of one completion as TRL passes it: a string (standard format), or a list of chat messages
+    (conversational format) whose last assistant message holds it, its content a string or a list of parts."""
     if isinstance(completion, str):
         return completion
-    if isinstance(completion, Sequence) and completion:
-        content = completion[-1].get("content", "") if isinstance(completion[-1], Mapping) else ""
-        if isinstance(content, str):
-            return content
-        return "".join(part.get("text", "") for part in content if isinstance(part, Mapping))
+    if isinstance(completion, Mapping):
+        completion = [completion]
+    if isinstance(completion, Sequence):
+        if not completion:
+            return ""  # nothing generated: scores as an answer ask could not use
+        messages = [m for m in completion if isinstance(m, Mapping)]
+        answers = [m for m in messages if m.get("role", "assistant") == "assistant"] or messages
+        if answers:
+            return _content_text(answers[-1].get("content", ""))
+    raise InputError(
+        f"a completion must be a string or a list of chat messages, got {type(completion).__name__}: "
+        "pass TRL's completions as they come."
+    )
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        parts = [p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type", "text") == "text"]
+        return "".join(str(p) for p in parts)
     return ""
 
 

@@ -148,30 +148,24 @@ def test_full_fine_tuning_changes_every_trained_weight_and_saves_a_plain_checkpo
 
 
 def test_grpo_logs_each_reward_component_kl_and_lengths(tiny, data, tmp_path, monkeypatch):
-    import types
-
-    import MedSegReasoning.segmentation.factory as factory
+    """GRPO with every reward, the mask reward the real one (``MaskReward`` on the real LiteMedSAM, the config's
+    default segmenter): it is built over the dataset's samples and called once per step's batch of completions."""
+    from MedSegReasoning.training.mask_reward import MaskReward
 
     made, calls = {}, []
+    real_init, real_call = MaskReward.__init__, MaskReward.__call__
 
-    class RewardSample:  # training.mask_reward's interface (issue #18's mask-reward helper), recorded
-        def __init__(self, volume, window, views, convention, truth):
-            assert truth.shape == volume.shape and truth.any() and convention.name == "qwen2.5-vl"
-            self.views = views
+    def spy_init(self, segmenter, samples, **kwargs):
+        made.update(segmenter=type(segmenter).__name__, samples=dict(samples))
+        real_init(self, segmenter, samples, **kwargs)
 
-    class MaskReward:
-        def __init__(self, segmenter, samples):
-            made.update(segmenter=segmenter, samples=samples)
+    def spy_call(self, prompts, completions, **kwargs):
+        scores = real_call(self, prompts, completions, **kwargs)
+        calls.append(scores)
+        return scores
 
-        def __call__(self, prompts, completions, *, sample_id, **kwargs):
-            calls.append(len(completions))
-            assert set(sample_id) <= set(made["samples"])
-            return [0.5] * len(completions)
-
-    fake = types.ModuleType("MedSegReasoning.training.mask_reward")
-    fake.MaskReward, fake.RewardSample = MaskReward, RewardSample
-    monkeypatch.setitem(sys.modules, fake.__name__, fake)  # where the real mask reward plugs in
-    monkeypatch.setattr(factory, "create_segmenter", lambda spec, **kwargs: f"segmenter {spec}")
+    monkeypatch.setattr(MaskReward, "__init__", spy_init)
+    monkeypatch.setattr(MaskReward, "__call__", spy_call)
     out = tmp_path / "grpo"
     config = _config(
         tmp_path / "g.json",
@@ -187,9 +181,10 @@ def test_grpo_logs_each_reward_component_kl_and_lengths(tiny, data, tmp_path, mo
     for r in records:
         for name in ("loss", "reward", "reward_std", "reward/format", "reward/box", "reward/points", "kl"):
             assert isinstance(r[name], float), name
-        assert r["reward/mask"] == 0.5 and 1 <= r["completion_length"] <= 12
-    assert calls == [4, 4]  # once per step's batch of completions
-    assert made["segmenter"] == "segmenter litemedsam" and sorted(made["samples"]) == [
+        assert 0.0 <= r["reward/mask"] <= 1.0 and 1 <= r["completion_length"] <= 12
+    assert [len(c) for c in calls] == [4, 4]  # once per step's batch of completions
+    assert all(0.0 <= x <= 1.0 for c in calls for x in c)
+    assert made["segmenter"] == "LiteMedSAMSegmenter" and sorted(made["samples"]) == [
         "u1/0/locate",
         "u2/0/locate",
         "u3/0/locate",

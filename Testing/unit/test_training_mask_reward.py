@@ -15,7 +15,7 @@ from support.fakes import FakeSegmenter, truth_in_box
 
 from MedSegReasoning.reasoning.coords import get_convention
 from MedSegReasoning.reasoning.views import DEFAULT_STRATEGY, key_slice_views
-from MedSegReasoning.training.mask_reward import KeySliceReward, MaskReward, RewardSample, completion_text
+from MedSegReasoning.training.mask_reward import MaskReward, RewardSample, completion_text
 from MedSegReasoning.volume.core import Geometry, Volume
 from MedSegReasoning.volume.windowing import Window
 from MedSegReasoning.wire.errors import InputError
@@ -140,19 +140,6 @@ def test_a_montage_answer_is_segmented_on_the_tile_it_points_into():
     (score,) = reward(None, [_answer((x0, y0, x1 - 0.01, y1 - 0.01), points)], sample_id=["s"])
     assert score > 0.9
     assert segmenter.prompts[-1][0] == 2
-
-
-def test_key_slice_reward_on_3d_samples_and_none_on_2d(scan):
-    volume, truth, _, _ = scan
-    flat = Volume(volume.array[2:3].copy(), volume.geometry, modality="CT")
-    flat_sample = RewardSample.on_slice(flat, truth[2], WINDOW, PIXELS)  # a 2D image's mask may be (H, W)
-    picks = ['{"targets": [{"slice": 2}]}', '{"targets": [{"slice": 0}]}', "no answer"]
-    montage = RewardSample(volume, WINDOW, key_slice_views(volume, WINDOW, DEFAULT_STRATEGY), PIXELS, truth)
-    key = KeySliceReward({"m": montage, "2d": flat_sample})
-    areas = truth.sum(axis=(1, 2))
-    assert key(None, picks, sample_id=["m"] * 3) == pytest.approx([1.0, areas[0] / areas[2], 0.0])
-    assert key(None, [_answer(TIGHT)], sample_id=["2d"]) == [None]
-    assert key.__name__ == "key_slice" and MaskReward(FakeSegmenter(volume.array, truth_in_box(truth)), {}).__name__
 
 
 def test_bad_samples_and_calls_are_refused_with_a_sentence(scan):
