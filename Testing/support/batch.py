@@ -73,6 +73,27 @@ class KillOnceSource:
         return Killing()
 
 
+class SlowSource:
+    """A ``ThresholdSegmenter`` that takes ``seconds`` per prediction: a run long enough to be killed in the middle."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self):
+        import time
+
+        from support.fakes import ThresholdSegmenter
+
+        seconds = self.seconds
+
+        class Slow(ThresholdSegmenter):
+            def predict(self, prompt):
+                time.sleep(seconds)
+                return super().predict(prompt)
+
+        return Slow()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A Ray cluster started on its own (``ray start --head``), as an operator starts one
 
