@@ -212,6 +212,7 @@ def run_batch(
             if use_ray and todo:
                 n = workers or default_workers()
                 pool = RayPool(options, workers=min(n, len(todo)), address=ray_address, source=source)
+                progress.workers = pool.workers
                 progress.note(f"starting {pool.workers} Ray worker(s), each loading the models once...")
                 pool.start(needs_reasoner=any(s.box is None for s in todo))
                 finished = pool.run(todo, dicomweb)

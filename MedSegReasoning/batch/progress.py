@@ -9,10 +9,12 @@ from typing import Any
 
 
 class Progress:
-    """Counts studies as they finish; ``note`` says what starts now."""
+    """Counts studies as they finish; ``note`` says what starts now. ``workers``: how many studies run at once (the
+    Ray actors, 1 in-process); while studies remain, every worker has one, so ``running`` is the smaller of the two."""
 
-    def __init__(self, total: int, *, already: int = 0) -> None:
+    def __init__(self, total: int, *, already: int = 0, workers: int = 1) -> None:
         self.total = total
+        self.workers = workers
         self.counts = {"ok": 0, "failed": 0, "skipped": 0}
         self.t0 = time.perf_counter()
         self.bar: Any = None
@@ -33,8 +35,9 @@ class Progress:
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         finished = sum(self.counts.values())
         rate = finished / max(time.perf_counter() - self.t0, 1e-9) * 60
+        running = max(min(self.workers, self.total - finished), 0)
         if self.bar is not None:
-            self.bar.set_postfix(failed=self.counts["failed"], rate=f"{rate:.1f}/min", refresh=False)
+            self.bar.set_postfix(failed=self.counts["failed"], running=running, rate=f"{rate:.1f}/min", refresh=False)
             self.bar.update(1)
             if outcome.status == "failed":
                 self.bar.write(f"{study.key}: failed: {outcome.error}", file=sys.stderr)
@@ -42,7 +45,7 @@ class Progress:
         why = f": {outcome.error}" if outcome.error else ""
         print(
             f"[{finished}/{self.total}] {study.key}: {outcome.status}{why} ({outcome.seconds:.1f} s; "
-            f"{self.counts['failed']} failed, {rate:.1f} studies/min)",
+            f"{self.counts['failed']} failed, {running} running, {rate:.1f} studies/min)",
             file=sys.stderr,
             flush=True,
         )
