@@ -143,13 +143,13 @@ def ask_once(ct: Path, cache: Path, out: Path, workdir: Path, pythonpath: Path |
     return seen
 
 
-def cold_start(ct: Path, repeats: int, baseline: bool) -> dict:
+def cold_start(ct: Path, repeats: int, baseline: bool, baseline_commit: str = BASELINE_COMMIT) -> dict:
     with tempfile.TemporaryDirectory(prefix="medseg-cold-") as tmp:
         work = Path(tmp)
         variants: dict[str, Path | None] = {"current": None}
         if baseline:
             (work / "baseline").mkdir()
-            old = unpack_baseline(BASELINE_COMMIT, (work / "baseline").resolve())
+            old = unpack_baseline(baseline_commit, (work / "baseline").resolve())
             if old is not None:
                 variants["baseline"] = old
         runs: dict[str, list[dict]] = {name: [] for name in variants}
@@ -281,7 +281,7 @@ def figures(result: dict) -> list[dict]:
             old = cold["baseline"]
             rows.append(
                 {
-                    "name": f"ask: launch -> first encoder call, before ({BASELINE_COMMIT[:7]})",
+                    "name": f"ask: launch -> first encoder call, before ({result.get('baseline_commit', BASELINE_COMMIT)[:7]})",
                     "value": old["cold_start_s_median"],
                     "unit": "s",
                     "baseline": "one encoder call (same process)",
@@ -325,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (default 3)")
     parser.add_argument("--think-s", type=float, default=3.0, help="the scripted reasoner's seconds per step")
     parser.add_argument("--no-baseline", action="store_true", help="skip the pre-change code's cold start")
+    parser.add_argument(
+        "--baseline-commit",
+        default=BASELINE_COMMIT,
+        help="the commit measured as the baseline (default: before the torch-free start)",
+    )
     parser.add_argument("--only", choices=("cold", "ahead"), help="run one of the two parts")
     parser.add_argument("--quick", action="store_true", help="one run each, shorter thinking: checks that it runs")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
@@ -334,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     repeats = 1 if args.quick else args.repeats
     think_s = min(args.think_s, 1.5) if args.quick else args.think_s
-    result: dict = {"ct": str(args.ct), "repeats": repeats, "goals": GOALS, "baseline_commit": BASELINE_COMMIT}
+    result: dict = {"ct": str(args.ct), "repeats": repeats, "goals": GOALS, "baseline_commit": args.baseline_commit}
     if args.only in (None, "cold"):
-        result["cold_start"] = cold_start(args.ct, repeats, baseline=not args.no_baseline)
+        result["cold_start"] = cold_start(
+            args.ct, repeats, baseline=not args.no_baseline, baseline_commit=args.baseline_commit
+        )
     if args.only in (None, "ahead"):
         result["encode_ahead"] = encode_ahead_figures(args.ct, repeats, think_s)
     result["figures"] = figures(result)

@@ -318,3 +318,40 @@ def test_missing_reasoner_model_names_the_pull_command(tmp_path, small_series, c
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("MEDSEG_MODELS_DIR", str(tmp_path / "models"))
     _bad(capsys, ["ask", str(small_series), "where is the liver?", "--out", str(tmp_path / "o")], 3, "models pull")
+
+
+# --- cold start: the segmenter opens while the volume is read (issue #13) ---
+
+
+def test_the_box_path_preloads_the_named_segmenter_before_reading(tmp_path, small_series, monkeypatch):
+    from support.fakes import oracle
+
+    from MedSegReasoning import cli
+    from MedSegReasoning.segmentation import factory
+    from MedSegReasoning.volume import load_volume
+
+    voxels = load_volume(small_series).array
+    events: list[str] = []
+    real_read = cli.read_volume
+
+    def reading(*args, **kwargs):
+        events.append("read")
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "read_volume", reading)
+    monkeypatch.setattr(factory, "preload", lambda spec, **kw: events.append(f"preload {spec}"))
+    monkeypatch.setattr(
+        factory, "create_segmenter", lambda spec, **kw: events.append(f"create {spec}") or oracle(voxels, voxels > 0)
+    )
+    argv = ["ask", str(small_series), "--box", "10,8,38,32,2", "--out", str(tmp_path / "o"), "--force"]
+    assert main([*argv, "--segmenter", "litemedsam"]) == 0
+    assert events == ["preload litemedsam", "read", "create litemedsam"]
+
+
+def test_a_missing_input_preloads_nothing(tmp_path, monkeypatch, capsys):
+    from MedSegReasoning.segmentation import factory
+
+    monkeypatch.setattr(factory, "preload", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("preloaded")))
+    argv = ["ask", str(tmp_path / "nowhere"), "--box", "1,1,5,5,0", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "nowhere" in capsys.readouterr().err
