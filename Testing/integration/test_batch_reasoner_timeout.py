@@ -3,65 +3,25 @@ whose reasoner runs past it is that study's failed row, with a sentence naming t
 the next study and ends with exit 5; on Ray too, where each actor creates its own reasoner.
 
 The reasoner is an ``openai:`` server written here that keeps its stream alive with SSE comments and never answers
-(as ``test_reasoner_hardening.py``'s ``keepalive``); the segmenter is the tests' ``ThresholdSegmenter``.
+(``support.hostile_server``'s ``keepalive``); the segmenter is the tests' ``ThresholdSegmenter``.
 """
 
 from __future__ import annotations
 
 import csv
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from support.batch import BOX, ThresholdSource, write_nifti_study
+from support.hostile_server import HostileServer
 
 from MedSegReasoning.cli import main
 
 
-class KeepAliveServer:
-    """An OpenAI-compatible endpoint that sends a keep-alive comment every 20 ms and never an answer."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def do_POST(self) -> None:
-                outer.requests += 1
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                try:
-                    while not outer.stop.is_set():
-                        self.wfile.write(b": keep-alive\n\n")
-                        self.wfile.flush()
-                        time.sleep(0.02)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def slow_reasoner():
-    server = KeepAliveServer()
+    server = HostileServer("keepalive")
     yield server
     server.close()
 
