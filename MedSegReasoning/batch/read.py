@@ -54,12 +54,8 @@ def read_study(study: Study, series_filter: str | None) -> StudyRead:
     try:
         volume, picked, headers = _read(study, series_filter)
         return StudyRead(volume, picked, time.perf_counter() - t0, by=process_name(), headers=headers)
-    except (MedSegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-        log.debug("study %s cannot be read", study.key, exc_info=True)
-        error = sentence(exc)
-    except Exception as exc:  # an unexpected error stays this study's; the traceback goes to the log
-        log.warning("study %s: %s", study.key, traceback.format_exc())
-        error = f"internal error ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # stays this study's
+        error = study_error(study.key, exc, "reading")
     return StudyRead(None, picked, time.perf_counter() - t0, error, by=process_name())
 
 
@@ -128,4 +124,17 @@ def sentence(exc: BaseException) -> str:
     return text.splitlines()[0][:500]
 
 
-__all__ = ["StudyRead", "materialise_headers", "process_name", "read_study", "sentence"]
+EXPECTED_STUDY_ERRORS = (MedSegError, OSError, ValueError, RuntimeError, MemoryError)
+
+
+def study_error(key: str, exc: Exception, doing: str) -> str:
+    """The reason a failed row carries: an expected error's own sentence (its traceback at debug level); for an
+    unexpected one, its type and text, the traceback going to the log, so the run goes on either way."""
+    if isinstance(exc, EXPECTED_STUDY_ERRORS):
+        log.debug("study %s: %s failed", key, doing, exc_info=True)
+        return sentence(exc)
+    log.warning("study %s: %s: %s", key, doing, traceback.format_exc())
+    return f"internal error ({type(exc).__name__}: {exc})"
+
+
+__all__ = ["StudyRead", "materialise_headers", "process_name", "read_study", "sentence", "study_error"]

@@ -17,14 +17,13 @@ import os
 import shutil
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..wire.errors import MedSegError
 from .cohort import Study
-from .read import StudyRead, materialise_headers, sentence
+from .read import StudyRead, materialise_headers, study_error
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +113,8 @@ class StudyWorker:
             status = "ok" if result.get("targets") else "skipped"
             error = "" if status == "ok" else _clarification(result)
             return self._outcome(study, read, status, result, files, error, time.perf_counter() - t0)
-        except (MedSegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-            log.debug("study %s failed", study.key, exc_info=True)
-            error = sentence(exc)
-        except Exception as exc:  # an unexpected error stays this study's; the traceback goes to the log
-            log.warning("study %s: %s", study.key, traceback.format_exc())
-            error = f"internal error ({type(exc).__name__}: {exc})"
+        except Exception as exc:  # stays this study's
+            error = study_error(study.key, exc, "the round")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return self._outcome(study, read, "failed", error=error, seconds=time.perf_counter() - t0)
