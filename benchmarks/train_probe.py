@@ -22,6 +22,7 @@ import ast
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 
 from support.grounding import best_constant_box, make_grounding_set  # noqa: E402
-from support.grounding_training import Recipe, build, mean_iou, train  # noqa: E402
+from support.grounding_training import Recipe, build, mean_iou, train, train_with_trl  # noqa: E402
 
 HELD_OUT_SEED = 12345
 HELD_OUT = 200
@@ -40,16 +41,15 @@ ATTEMPTS: dict[str, Recipe] = {
 }
 
 
-def run_attempt(name: str, recipe: Recipe, held, constant: float, eval_every: int) -> dict:
-    import torch
-
-    torch.set_num_threads(2)
+def run_attempt(name: str, recipe: Recipe, held, constant: float, eval_every: int, trl_dir: Path | None) -> dict:
     model, processor = build(recipe)
     params = sum(p.numel() for p in model.parameters())
     untrained, _ = mean_iou(model, processor, held)
-    pool = make_grounding_set(recipe.train_pool, seed=recipe.seed + 1, size=recipe.image_size, axes=recipe.axes) if (
-        recipe.train_pool
-    ) else None
+    pool = (
+        make_grounding_set(recipe.train_pool, seed=recipe.seed + 1, size=recipe.image_size, axes=recipe.axes)
+        if (recipe.train_pool)
+        else None
+    )
     rng_seed = recipe.seed + 1000
     curve: list[tuple[int, float, float]] = []
     losses: list[float] = []
@@ -70,14 +70,22 @@ def run_attempt(name: str, recipe: Recipe, held, constant: float, eval_every: in
             model.train()
             avg = sum(losses[-eval_every:]) / len(losses[-eval_every:])
             curve.append((step + 1, round(iou, 3), round(avg, 3)))
-            print(f"  [{name}] step {step + 1}: loss {avg:.3f}, held-out IoU {iou:.3f}, readable {readable:.2f}", flush=True)
+            print(
+                f"  [{name}] step {step + 1}: loss {avg:.3f}, held-out IoU {iou:.3f}, readable {readable:.2f}",
+                flush=True,
+            )
 
-    seconds_total = time.perf_counter()
-    seconds = train(recipe, model, processor, make_batch, log)
+    if trl_dir is not None:
+        if pool is None:
+            raise SystemExit("--trl trains on a fixed pool: add --set train_pool=N")
+        seconds = train_with_trl(recipe, model, processor, pool, trl_dir)
+    else:
+        seconds = train(recipe, model, processor, make_batch, log)
+    eval_start = time.perf_counter()
     trained, readable = mean_iou(model, processor, held)
-    eval_seconds = time.perf_counter() - seconds_total - seconds
+    eval_seconds = time.perf_counter() - eval_start
     return {
-        "attempt": name,
+        "attempt": name + (" (trl)" if trl_dir is not None else ""),
         "params": params,
         "untrained_iou": round(untrained, 3),
         "constant_iou": round(constant, 3),
@@ -86,7 +94,7 @@ def run_attempt(name: str, recipe: Recipe, held, constant: float, eval_every: in
         "steps": recipe.steps,
         "train_seconds": round(seconds, 1),
         "eval_seconds": round(eval_seconds, 1),
-        "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+        "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4) if losses else None,
         "goal_met": trained >= 0.5 and trained >= constant + 0.2,
         "curve": curve,
         "recipe": recipe.summary(),
@@ -111,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
     parser.add_argument("--eval-every", type=int, default=0, help="held-out IoU every N steps (0: only at the end)")
     parser.add_argument("--held-out", type=int, default=HELD_OUT)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--trl", action="store_true", help="train through trl.SFTTrainer on a fixed pool")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     names = sorted(ATTEMPTS) if args.all else [args.attempt]
     rows = []
     for name in names:
@@ -119,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         held = make_grounding_set(args.held_out, seed=HELD_OUT_SEED, size=recipe.image_size, axes=recipe.axes)
         box, constant = best_constant_box(held.boxes, recipe.image_size)
         print(f"[{name}] {recipe.summary()}  best constant box {box.tolist()}: IoU {constant:.3f}", flush=True)
-        row = run_attempt(name, recipe, held, constant, args.eval_every)
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_attempt(name, recipe, held, constant, args.eval_every, Path(tmp) if args.trl else None)
         print(json.dumps({k: v for k, v in row.items() if k not in ("recipe", "curve")}), flush=True)
         rows.append(row)
-    header = f"{'attempt':<14}{'params':>9}{'untrained':>10}{'constant':>9}{'trained':>8}{'steps':>6}{'train s':>8}  goal"
+    header = (
+        f"{'attempt':<14}{'params':>9}{'untrained':>10}{'constant':>9}{'trained':>8}{'steps':>6}{'train s':>8}  goal"
+    )
     print(header)
     for r in rows:
         print(

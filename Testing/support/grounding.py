@@ -116,4 +116,4 @@ def best_constant_box(boxes: np.ndarray, size: int, step: int = 2) -> tuple[np.n
 
 def answer_text(box: Sequence[int]) -> str:
     """The training target for one box: the shortest answer the product's parser reads (``{"box": [...]}``)."""
-    return '{"box":[%d,%d,%d,%d]}' % tuple(int(v) for v in box)
+    return '{"box":[' + ",".join(str(int(v)) for v in box) + "]}"

@@ -69,6 +69,7 @@ def build(recipe: Recipe):
     from .reasoning import CHAT_TEMPLATE, SPECIAL_TOKENS, byte_level_tokenizer
 
     tokenizer = byte_level_tokenizer()
+    tokenizer.eos_token = "<|im_end|>"  # as Qwen-VL Instruct's: trainers align the model's eos with the tokenizer's
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = recipe.hidden // recipe.heads
     section = list(recipe.mrope_section or _mrope_section(head_dim))
@@ -121,7 +122,9 @@ def build(recipe: Recipe):
 def prompt_text(processor) -> str:
     """The chat-templated user turn (one image, :data:`QUESTION`) up to the assistant header."""
     content = [{"type": "image"}, {"type": "text", "text": QUESTION}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def training_batch(processor, images: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
@@ -209,5 +212,54 @@ def train(recipe: Recipe, model, processor, make_batch, log=None) -> float:
         sched.step()
         if log is not None:
             log(step, loss.item())
+    model.eval()
+    return time.perf_counter() - start
+
+
+def trl_dataset(data: GroundingSet):
+    """``data`` as the prompt-completion conversational dataset TRL's ``SFTTrainer`` takes for a vision model."""
+    from datasets import Dataset, Features, Image, List, Value
+    from PIL import Image as PILImage
+
+    message = {"role": Value("string"), "content": Value("string")}
+    features = Features({"images": List(Image()), "prompt": List(message), "completion": List(message)})
+    rows = {  # string contents: TRL puts the image placeholder before the user's text, as ``prompt_text`` does
+        "images": [[PILImage.fromarray(image)] for image in data.images],
+        "prompt": [[{"role": "user", "content": QUESTION}]] * len(data),
+        "completion": [[{"role": "assistant", "content": answer_text(b)}] for b in data.boxes],
+    }
+    return Dataset.from_dict(rows, features=features)
+
+
+def train_with_trl(recipe: Recipe, model, processor, data: GroundingSet, out_dir) -> float:
+    """The same recipe through ``trl.SFTTrainer`` (loss on the completion only); returns the seconds spent."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        max_steps=recipe.steps,
+        per_device_train_batch_size=recipe.batch,
+        learning_rate=recipe.lr,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.05},
+        warmup_steps=recipe.warmup,
+        weight_decay=recipe.weight_decay,
+        adam_beta2=0.98,
+        max_grad_norm=1.0,
+        max_length=None,
+        completion_only_loss=True,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=50,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=trl_dataset(data), processing_class=processor)
+    start = time.perf_counter()
+    trainer.train()
     model.eval()
     return time.perf_counter() - start
