@@ -30,14 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 
 from support.grounding import best_constant_box, make_grounding_set  # noqa: E402
-from support.grounding_training import Recipe, build, mean_iou, train, train_with_trl  # noqa: E402
+from support.grounding_training import LEARNING_RECIPE, Recipe, build, mean_iou, train, train_with_trl  # noqa: E402
 
 HELD_OUT_SEED = 12345
 HELD_OUT = 200
-CHOSEN = Recipe(rope_theta=10.0)
+CHOSEN = LEARNING_RECIPE
 ATTEMPTS: dict[str, Recipe] = {
-    "theta10000": Recipe(),  # the tests' rotary base: h/w get 0.01-0.0003 rad per token
-    "chosen": CHOSEN,
+    # the tests' rotary settings (head_dim 16, mrope_section [4, 2, 2], rope_theta 10000): height and width get
+    # 0.01-0.0003 rad per token
+    "theta10000": Recipe(),
+    "theta10": Recipe(rope_theta=10.0),  # h 0.32-0.24, w 0.18-0.13 rad per token
+    "theta10-hw3": Recipe(rope_theta=10.0, mrope_section=(2, 3, 3)),  # three frequencies each for h and w
+    "theta10-hw3-lr3e-3": Recipe(rope_theta=10.0, mrope_section=(2, 3, 3), lr=3e-3),
+    "chosen": CHOSEN,  # rope_theta 4, mrope_section [2, 3, 3]: h 0.71-0.50, w 0.42-0.30 rad per token
 }
 
 
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
     parser.add_argument("--eval-every", type=int, default=0, help="held-out IoU every N steps (0: only at the end)")
     parser.add_argument("--held-out", type=int, default=HELD_OUT)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the matrices are tiny)")
     parser.add_argument("--trl", action="store_true", help="train through trl.SFTTrainer on a fixed pool")
     args = parser.parse_args(argv)
     import torch

@@ -56,6 +56,10 @@ class Recipe:
         return {k: v for k, v in asdict(self).items() if k != "extra"}
 
 
+LEARNING_RECIPE = Recipe(rope_theta=4.0, mrope_section=(2, 3, 3))
+"""The recipe the learning test trains with (docs/training-probe.md says how it was found)."""
+
+
 def _mrope_section(head_dim: int) -> list[int]:
     half = head_dim // 2
     return [half - 2 * (half // 4), half // 4, half // 4]
