@@ -142,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in row.items() if k not in ("recipe", "curve")}), flush=True)
         rows.append(row)
     header = (
-        f"{'attempt':<14}{'params':>9}{'untrained':>10}{'constant':>9}{'trained':>8}{'steps':>6}{'train s':>8}  goal"
+        f"{'attempt':<20}{'params':>9}{'untrained':>10}{'constant':>9}{'trained':>8}{'steps':>6}{'train s':>8}  goal"
     )
     print(header)
     for r in rows:
         print(
-            f"{r['attempt']:<14}{r['params']:>9}{r['untrained_iou']:>10.3f}{r['constant_iou']:>9.3f}"
+            f"{r['attempt']:<20}{r['params']:>9}{r['untrained_iou']:>10.3f}{r['constant_iou']:>9.3f}"
             f"{r['trained_iou']:>8.3f}{r['steps']:>6}{r['train_seconds']:>8.1f}  {'yes' if r['goal_met'] else 'no'}"
         )
     out = ROOT / "benchmarks" / "_output"
