@@ -42,6 +42,9 @@ ATTEMPTS: dict[str, Recipe] = {
     "theta10": Recipe(rope_theta=10.0),  # h 0.32-0.24, w 0.18-0.13 rad per token
     "theta10-hw3": Recipe(rope_theta=10.0, mrope_section=(2, 3, 3)),  # three frequencies each for h and w
     "theta10-hw3-lr3e-3": Recipe(rope_theta=10.0, mrope_section=(2, 3, 3), lr=3e-3),
+    # capacity instead of rotary frequencies: 4x the parameters (hidden 128, 4 layers), same rotary config
+    "theta10000-big": Recipe(hidden=128, layers=4, intermediate=256),
+    "chosen-224": Recipe(rope_theta=4.0, mrope_section=(2, 3, 3), image_size=224),  # 8x8 merged tokens
     "chosen": CHOSEN,  # rope_theta 4, mrope_section [2, 3, 3]: h 0.71-0.50, w 0.42-0.30 rad per token
 }
 
