@@ -44,8 +44,11 @@ ATTEMPTS: dict[str, Recipe] = {
     "theta10-hw3-lr3e-3": Recipe(rope_theta=10.0, mrope_section=(2, 3, 3), lr=3e-3),
     # capacity instead of rotary frequencies: 4x the parameters (hidden 128, 4 layers), same rotary config
     "theta10000-big": Recipe(hidden=128, layers=4, intermediate=256),
-    "chosen-224": Recipe(rope_theta=4.0, mrope_section=(2, 3, 3), image_size=224),  # 8x8 merged tokens
-    "chosen": CHOSEN,  # rope_theta 4, mrope_section [2, 3, 3]: h 0.71-0.50, w 0.42-0.30 rad per token
+    # rope_theta 4, mrope_section [2, 3, 3]: h 0.71-0.50, w 0.42-0.30 rad per token
+    "theta4-hw3": Recipe(rope_theta=4.0, mrope_section=(2, 3, 3)),
+    "theta4-hw3-224": Recipe(rope_theta=4.0, mrope_section=(2, 3, 3), image_size=224),  # 8x8 merged tokens
+    "theta4-hw3-b8": Recipe(rope_theta=4.0, mrope_section=(2, 3, 3), batch=8, steps=1600),
+    "chosen": CHOSEN,  # theta4-hw3 with batch 16 for 1200 steps: the same images seen, twice the updates
 }
 
 
@@ -144,14 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             row = run_attempt(name, recipe, held, constant, args.eval_every, Path(tmp) if args.trl else None)
         print(json.dumps({k: v for k, v in row.items() if k not in ("recipe", "curve")}), flush=True)
         rows.append(row)
-    header = (
-        f"{'attempt':<20}{'params':>9}{'untrained':>10}{'constant':>9}{'trained':>8}{'steps':>6}{'train s':>8}  goal"
-    )
+    header = f"{'attempt':<20}{'params':>9}{'untrained':>10}{'constant':>9}{'trained':>8}{'steps':>6}{'batch':>6}{'train s':>8}  goal"
     print(header)
     for r in rows:
         print(
             f"{r['attempt']:<20}{r['params']:>9}{r['untrained_iou']:>10.3f}{r['constant_iou']:>9.3f}"
-            f"{r['trained_iou']:>8.3f}{r['steps']:>6}{r['train_seconds']:>8.1f}  {'yes' if r['goal_met'] else 'no'}"
+            f"{r['trained_iou']:>8.3f}{r['steps']:>6}{r['recipe']['batch']:>6}{r['train_seconds']:>8.1f}  {'yes' if r['goal_met'] else 'no'}"
         )
     out = ROOT / "benchmarks" / "_output"
     out.mkdir(parents=True, exist_ok=True)

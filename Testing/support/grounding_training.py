@@ -56,7 +56,7 @@ class Recipe:
         return {k: v for k, v in asdict(self).items() if k != "extra"}
 
 
-LEARNING_RECIPE = Recipe(rope_theta=4.0, mrope_section=(2, 3, 3))
+LEARNING_RECIPE = Recipe(rope_theta=4.0, mrope_section=(2, 3, 3), batch=16, steps=1200)
 """The recipe the learning test trains with (docs/training-probe.md says how it was found)."""
 
 
