@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 
-from support.grounding import best_constant_box, make_grounding_set  # noqa: E402
+from support.grounding import QUESTION, best_constant_box, make_grounding_set  # noqa: E402
 from support.grounding_training import LEARNING_RECIPE, Recipe, build, mean_iou, train, train_with_trl  # noqa: E402
 
 HELD_OUT_SEED = 12345
@@ -112,6 +112,20 @@ def run_attempt(name: str, recipe: Recipe, held, constant: float, eval_every: in
     }
 
 
+def product_prompt() -> str:
+    """What the product's reasoner asks for one axial slice in the ``segzero`` style (the question inside)."""
+    from support.reasoning import blob_volume
+
+    from MedSegReasoning.reasoning import DEFAULT_STRATEGY, EMPTY_CONTEXT, get_convention
+    from MedSegReasoning.reasoning.prompts import PromptSet, render_prompt
+    from MedSegReasoning.reasoning.views import refine_views
+    from MedSegReasoning.volume.windowing import default_window
+
+    volume = blob_volume()
+    views = refine_views(volume, default_window(volume), DEFAULT_STRATEGY, "axial", 7)
+    return render_prompt(PromptSet("segzero"), views, QUESTION, EMPTY_CONTEXT, get_convention("qwen2.5-vl"))
+
+
 def parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -132,7 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=HELD_OUT)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the matrices are tiny)")
     parser.add_argument("--trl", action="store_true", help="train through trl.SFTTrainer on a fixed pool")
+    parser.add_argument(
+        "--product-prompt",
+        action="store_true",
+        help="ask with the product's segzero-v1 prompt for one slice (914 bytes) instead of the bare question",
+    )
     args = parser.parse_args(argv)
+    if args.product_prompt:
+        import support.grounding_training as training
+
+        training.QUESTION = product_prompt()
     import torch
 
     torch.set_num_threads(args.threads)
