@@ -83,19 +83,17 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def best_constant_box(boxes: np.ndarray, size: int, step: int = 2) -> tuple[np.ndarray, float]:
-    """The one box (on a ``step``-pixel lattice) with the highest mean IoU over ``boxes``, and that mean.
+    """The one box with the highest mean IoU over ``boxes``, and that mean: the baseline a model must beat.
 
-    A grid search over centred-and-shifted boxes (x and y independently: the best box's x-range and y-range are
-    searched over every lattice pair), so the baseline a trained model must beat is the real optimum up to the
-    lattice, not a guess such as the mean box.
+    Every box whose corners lie on a ``4 * step`` pixel lattice is scored, then each coordinate is refined on the
+    ``step`` lattice holding the others: the optimum up to the lattice (IoU does not factorise over x and y, so
+    neither the mean box nor separate searches per axis would do).
     """
     edges = np.arange(0, size + 1, step)
     lo, hi = np.meshgrid(edges, edges, indexing="ij")
     keep = hi > lo
     spans = np.stack([lo[keep], hi[keep]], axis=1)  # every [start, end) on the lattice
     best = (np.zeros(4), -1.0)
-    # coarse search on x and y separately is not exact (IoU does not factorise), so search pairs of spans on a
-    # coarser lattice first, then refine around the best pair
     coarse = spans[(spans % (step * 4) == 0).all(axis=1)]
     for xs in coarse:
         cand = np.concatenate([np.broadcast_to(xs, (len(coarse), 2)), coarse], axis=1)[:, [0, 2, 1, 3]]
