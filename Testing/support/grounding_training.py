@@ -8,15 +8,16 @@ Used by ``Testing/integration/test_training_learns.py`` and ``benchmarks/train_p
 Why the text model's rotary settings matter (docs/training-probe.md): Qwen2.5-VL tells the language model where an
 image token lies only through multimodal RoPE in the attention scores, and ``mrope_section`` hands the height and
 width axes the LOWEST rotary frequencies. At head_dim 16 and rope_theta 10000 those are 0.01-0.0003 rad per token:
-over a 4x4 or 8x8 token grid the attention cannot tell left from right, and the model can only learn a constant box.
-A small ``rope_theta`` gives them usable frequencies without changing the architecture.
+over a 4x4 token grid the attention can hardly tell left from right, and the model learns little more than a constant
+box (IoU 0.28 after 600 steps). ``rope_theta`` 4 with ``mrope_section`` [2, 3, 3] gives them 0.3-0.7 rad per token
+(0.72 after the chosen recipe's steps); the architecture is unchanged and ``config.json`` records both values.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -50,10 +51,9 @@ class Recipe:
     weight_decay: float = 0.0
     seed: int = 0
     train_pool: int = 0  # 0: fresh images every step; else a fixed pool of that many images
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "extra"}
+        return asdict(self)
 
 
 LEARNING_RECIPE = Recipe(rope_theta=4.0, mrope_section=(2, 3, 3), batch=16, steps=1200)
