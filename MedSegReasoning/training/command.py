@@ -36,7 +36,7 @@ coordinate convention), training.json (the run's settings), logs.jsonl (one line
 checkpoints/ (--resume continues from the last one)
 
 config (--config FILE, YAML or JSON; docs/training.md lists every key): steps, batch, learning_rate, lora {r, alpha,
-dropout, targets}, rewards {format, box, points, mask, key_slice}, generations, seed, prompt_style, ...
+dropout, targets}, rewards {format, box, points, mask, key_slice}, generations, seed, prompt_style, prompt_version, ...
 
 """
 
@@ -136,7 +136,7 @@ def _prepare(args, config, base: Path, known, model_type: str, dataset) -> dict[
     """Processor, convention, prompt set, samples and dataset rows: everything before the model loads."""
     from ..reasoning.coords import CONVENTION_BY_MODEL_TYPE, get_convention
     from ..reasoning.hf import processor_resize_rule
-    from ..reasoning.prompts import prompt_set
+    from ..reasoning.prompts import PromptSet, prompt_set
     from .runner import load_processor
     from .samples import load_samples, sample_row
 
@@ -144,6 +144,16 @@ def _prepare(args, config, base: Path, known, model_type: str, dataset) -> dict[
     convention_name = config.convention or (known.convention if known else None) or CONVENTION_BY_MODEL_TYPE[model_type]
     convention = get_convention(convention_name, processor_resize_rule(processor))
     prompts = prompt_set(config.prompt_style or (known.prompt_style if known else "contract"))
+    if config.prompt_version is not None:
+        prompts = PromptSet(prompts.style, config.prompt_version)
+        try:  # a version not shipped for this style fails before any work
+            for task in ("pick_slice", "locate"):
+                prompts.template(task)
+        except InputError:
+            raise InputError(
+                f"prompt_version '{config.prompt_version}' is not shipped for the '{prompts.style}' prompt style: "
+                "leave it out (the current version) or use brief-v1 with prompt_style: segzero (docs/training.md)."
+            ) from None
     keep_volumes = args.method == "grpo" and config.rewards.mask > 0
     found = load_samples(dataset, keep_volumes=keep_volumes)
     rows = [sample_row(s, prompts, convention, with_answer=args.method == "sft") for s in found.samples]

@@ -45,7 +45,9 @@ class TrainConfig:
     ``learning_rate`` ``None``: 1e-4 with LoRA, 1e-5 with ``--full``. ``batch``: samples per step for SFT;
     completions per step for GRPO (a multiple of ``generations``, TRL's rule). ``merge``: a LoRA run saves the base
     with the adapter merged in (a plain checkpoint); ``false`` saves the adapter alone with a pointer to its base.
-    ``prompt_style``/``convention`` ``None``: those of the base model, as ``ask`` would use it.
+    ``prompt_style``/``convention`` ``None``: those of the base model, as ``ask`` would use it. ``prompt_version``
+    ``None``: the current templates (``v1``); another shipped version (``brief-v1``: segzero's answer format with a
+    few-line prompt, for small models and short runs) is recorded in ``medseg_reasoner.json`` and used at run time.
     ``gradient_checkpointing`` ``None``: TRL's default (on in TRL 1.16); ``bf16`` ``None``: on a CUDA GPU with bf16.
     """
 
@@ -64,6 +66,7 @@ class TrainConfig:
     temperature: float = 1.0
     beta: float = 0.04
     prompt_style: str | None = None
+    prompt_version: str | None = None
     convention: str | None = None
     segmenter: str = "litemedsam"
     gradient_checkpointing: bool | None = None
@@ -94,6 +97,11 @@ class TrainConfig:
             from ..reasoning.prompts import prompt_set
 
             prompt_set(self.prompt_style)
+        if self.prompt_version is not None:
+            if not isinstance(self.prompt_version, str) or not self.prompt_version.strip():
+                raise InputError(
+                    f"'prompt_version' must be a template version such as brief-v1, got {self.prompt_version!r}."
+                )
         if self.convention is not None:
             from ..reasoning.coords import get_convention
 

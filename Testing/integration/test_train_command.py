@@ -286,6 +286,7 @@ def _not_qwen(root):
         ("bad config", 2, "unknown setting(s) epochs"),
         ("resume nothing", 2, "holds no finished checkpoint"),
         ("grpo groups", 2, "must be a multiple of generations (4)"),
+        ("prompt version", 2, "prompt_version 'brief-v1' is not shipped for the 'contract' prompt style"),
         ("no trl", 3, "pip install 'medseg-reasoning[train]'"),
     ],
 )
@@ -303,6 +304,8 @@ def test_bad_input_is_one_sentence_and_its_exit_code(tiny, data, tmp_path, monke
         extra = ["--config", _config(tmp_path / "c.json", epochs=3)]
     elif case == "resume nothing":
         extra = ["--resume"]
+    elif case == "prompt version":
+        extra = ["--config", _config(tmp_path / "c.json", prompt_version="brief-v1")]
     elif case == "no trl":
         monkeypatch.setitem(sys.modules, "trl", None)  # import trl now fails, as without the extra
     method = "grpo" if case == "grpo groups" else "sft"
