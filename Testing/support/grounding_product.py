@@ -1,7 +1,7 @@
 """The synthetic grounding task (``support.grounding``) as the product sees it: a U-MRG parquet dataset that
 ``train`` and ``eval`` read, and the learning recipe's tiny Qwen2.5-VL saved as a checkpoint ``hf:FOLDER`` loads.
 
-Used by ``Testing/integration/test_train_learns_through_command.py`` and ``benchmarks/train_command_probe.py``
+Used by ``benchmarks/train_command_probe.py``
 (issue #18, "proof that it learns" through the ``train`` command rather than a hand-written loop).
 """
 
