@@ -80,7 +80,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
         propagate=not args.no_propagate,
         assign_uids=args.assign_uids,
     )
-    _preload_segmenter(args.segmenter, args.input)
     volume, timings = read_volume(args.input, args.series)
     if prompt is not None and args.session is None:
         run_ask(volume, prompt, options, timings)
@@ -162,18 +161,6 @@ def cmd_refine(args: argparse.Namespace) -> int:
         timings.update(rnd.timings)
         write_round_outputs(volume, session, rnd, options, window, segmenter, None, [], timings)
     return EXIT_OK
-
-
-def _preload_segmenter(spec: str, source: str) -> None:
-    """Open the segmenter on a thread while the volume is read (a compressed series takes about as long to decode as
-    the model takes to open): ``create_segmenter`` takes it. Not for an input that is plainly not there, whose error
-    should not wait for a model to finish opening (``_settle_preloads``)."""
-    from .segmentation.factory import default_store_root, preload
-    from .volume.dicomweb import is_dicomweb_url
-
-    if not is_dicomweb_url(source) and not Path(source).exists():
-        return
-    preload(spec, embedding_store=default_store_root())
 
 
 def run_ask(volume, prompt, options: AskOptions, timings: dict[str, float]) -> dict:
@@ -382,7 +369,8 @@ def _tolerant_stdout() -> None:
 def _settle_preloads() -> None:
     """Before an error exit, let a segmenter still opening on a preload thread finish: exiting while it is inside
     OpenVINO aborts the process ("terminate called without an active exception", exit 134) instead of the documented
-    exit code. ``ask`` preloads while it reads the volume and, on the dialogue path, while the reasoner loads."""
+    exit code. Only the dialogue path preloads (while the reasoner loads); its checks run before that. The box path
+    does not: its prompt checks need the volume's pixels (a uniform region), and nothing may load before them."""
     factory = sys.modules.get("MedSegReasoning.segmentation.factory")
     if factory is not None:
         factory.settle_preloads()

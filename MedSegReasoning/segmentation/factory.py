@@ -2,9 +2,9 @@
 
 Importing this module is cheap (no torch): the adapters are imported inside ``create_segmenter``.
 
-``preload`` starts the same build on a background thread, for a front end that has other work first: ``ask`` reads
-the volume (0.5-1 s for a compressed DICOM series on two cores) while the model opens its cached graphs (0.3-0.6 s),
-instead of one after the other. The next ``create_segmenter`` call with the same arguments takes the result (and
+``preload`` starts the same build on a background thread, for a front end that has other work first: ``ask``'s
+dialogue path loads the reasoner while the model opens its cached graphs (0.3-0.6 s), instead of one after the other.
+(The box path does not preload: its prompt checks need the volume's pixels, and no model loads before them.) The next ``create_segmenter`` call with the same arguments takes the result (and
 raises the build's error, if any, on its own thread), so a front end needs no second code path.
 """
 
