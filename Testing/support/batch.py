@@ -106,12 +106,19 @@ def _skip_or_fail(message: str) -> None:
     pytest.skip(message)
 
 
-def _free_port() -> int:
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: the sockets stay bound until all are picked (a port released and picked again
+    would be handed to two Ray components: "trying to use a port number ... used by other components")."""
     import socket
+    from contextlib import ExitStack
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 class RayHead:
@@ -125,7 +132,7 @@ class RayHead:
         self.root = Path(root)
         self.env = env
         self.num_cpus = num_cpus
-        self.port = _free_port()
+        self.port, *self._ports = _free_ports(8)
         self.process = None
 
     @property
@@ -147,15 +154,16 @@ class RayHead:
             ray_cli = Path(str(found))
         # Ray's socket paths must stay short (a Unix socket path is at most 107 bytes): a short folder in /tmp
         self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-        ports = {
-            "--ray-client-server-port": _free_port(),
-            "--node-manager-port": _free_port(),
-            "--object-manager-port": _free_port(),
-            "--dashboard-agent-grpc-port": _free_port(),
-            "--dashboard-agent-listen-port": _free_port(),
-            "--metrics-export-port": _free_port(),
-            "--runtime-env-agent-port": _free_port(),
-        }
+        flags = (
+            "--ray-client-server-port",
+            "--node-manager-port",
+            "--object-manager-port",
+            "--dashboard-agent-grpc-port",
+            "--dashboard-agent-listen-port",
+            "--metrics-export-port",
+            "--runtime-env-agent-port",
+        )
+        ports = dict(zip(flags, self._ports, strict=True))
         argv = [
             str(ray_cli), "start", "--head", "--block", f"--port={self.port}", f"--num-cpus={self.num_cpus}",
             "--num-gpus=0", "--disable-usage-stats", "--include-dashboard=false", "--node-ip-address=127.0.0.1",
