@@ -35,8 +35,9 @@ outputs (in --out): the model (loads with --reasoner hf:OUT), medseg_reasoner.js
 coordinate convention), training.json (the run's settings), logs.jsonl (one line per logged step), curves.png,
 checkpoints/ (--resume continues from the last one)
 
-config (--config FILE, YAML or JSON; docs/training.md lists every key): steps, batch, learning_rate, lora {r, alpha,
-dropout, targets}, rewards {format, box, points, mask, key_slice}, generations, seed, prompt_style, prompt_version, ...
+config (--config FILE, YAML or JSON; docs/training.md lists every key): steps, batch, learning_rate, warmup_steps,
+lr_scheduler, lora {r, alpha, dropout, targets}, rewards {format, box, points, mask, key_slice}, generations, seed,
+prompt_style, prompt_version, vllm (grpo: colocate or server; needs vllm and a CUDA GPU), ...
 
 """
 
