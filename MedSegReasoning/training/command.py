@@ -1,9 +1,9 @@
 """The ``train`` command: its options (``add_train_parser``, hooked into the CLI's parser) and its run
 (``run_train_command``), as ``evaluation/command.py`` does for ``eval``.
 
-Checks run in the order that fails fastest: the training packages, the config, the output folder, the base model's
-folder, the dataset and its samples; the output folder is changed (``--force`` clears the previous run) and the model
-loads only when all of them passed.
+Checks run in the order that fails fastest: the training packages, the config (and vLLM with its GPU when the config
+asks for it), the output folder, the base model's folder, the dataset and its samples; the output folder is changed
+(``--force`` clears the previous run) and the model loads only when all of them passed.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ outputs (in --out): the model (loads with --reasoner hf:OUT), medseg_reasoner.js
 coordinate convention), training.json (the run's settings), logs.jsonl (one line per logged step), curves.png,
 checkpoints/ (--resume continues from the last one)
 
-config (--config FILE, YAML or JSON; docs/training.md lists every key): steps, batch, learning_rate, lora {r, alpha,
-dropout, targets}, rewards {format, box, points, mask, key_slice}, generations, seed, prompt_style, prompt_version, ...
+config (--config FILE, YAML or JSON; docs/training.md lists every key): steps, batch, learning_rate, warmup_steps,
+lr_scheduler, lora {r, alpha, dropout, targets}, rewards {format, box, points, mask, key_slice}, generations, seed,
+prompt_style, prompt_version, vllm (grpo: colocate or server; needs vllm and a CUDA GPU), ...
 
 """
 
@@ -80,13 +81,14 @@ def run_train_command(args: argparse.Namespace) -> int:
     from ..evaluation.layouts import open_dataset
     from .checkpoint import CHECKPOINTS_DIR, LOGS_FILE, TRAINING_FILE, prepare_output, read_training_record
     from .config import load_config
-    from .runner import require_training_packages, resolve_base
+    from .runner import require_training_packages, require_vllm, resolve_base
 
     require_training_packages()
     out: Path = args.out
     previous = read_training_record(out) if args.resume else None
     config = load_config(args.config) if args.config is not None or previous is None else _recorded_config(previous)
     config.check_for(args.method)
+    require_vllm(config)  # vLLM and its GPU, before anything is written or loaded (TRL would fail after the load)
     if previous is not None and bool(previous.get("full")) != bool(args.full):
         raise InputError(
             f"--resume: the run in {out} was started {'with' if previous.get('full') else 'without'} --full: give "

@@ -20,6 +20,13 @@ from .rewards import RewardWeights
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 """The attention projections of the language model (the vision tower's are called ``qkv``/``proj``: left frozen)."""
 
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_min_lr", "constant", "constant_with_warmup")
+"""The learning-rate schedules offered (transformers' ``SchedulerType`` names). Left out: those that need an
+evaluation set (``reduce_lr_on_plateau``, ``greedy``) or settings of their own this config does not expose."""
+
+VLLM_MODES = ("colocate", "server")
+"""TRL's ``vllm_mode``s: vLLM inside the training process on its GPU, or a separate ``trl vllm-serve``."""
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -49,6 +56,9 @@ class TrainConfig:
     ``None``: the current templates (``v1``); another shipped version (``brief-v1``: segzero's answer format with a
     few-line prompt, for small models and short runs) is recorded in ``medseg_reasoner.json`` and used at run time.
     ``gradient_checkpointing`` ``None``: TRL's default (on in TRL 1.16); ``bf16`` ``None``: on a CUDA GPU with bf16.
+    ``lr_scheduler``/``warmup_steps``: transformers' defaults (``linear`` from the peak to 0, no warm-up), written
+    out so that ``training.json`` says what ran; ``min_lr_ratio``: the floor of ``cosine_with_min_lr`` as a fraction
+    of the peak. ``vllm`` ``None`` (``off``): GRPO generates with transformers; ``colocate``/``server``: with vLLM.
     """
 
     learning_rate: float | None = None
@@ -71,6 +81,12 @@ class TrainConfig:
     segmenter: str = "litemedsam"
     gradient_checkpointing: bool | None = None
     bf16: bool | None = None
+    warmup_steps: int = 0
+    lr_scheduler: str = "linear"
+    min_lr_ratio: float | None = None
+    vllm: str | None = None
+    vllm_server_url: str | None = None
+    vllm_gpu_memory_utilization: float | None = None
 
     def __post_init__(self) -> None:
         if self.learning_rate is not None:
@@ -84,6 +100,7 @@ class TrainConfig:
             ("generations", 2),
             ("max_completion_length", 1),
             ("seed", 0),
+            ("warmup_steps", 0),
         ):
             _check_int(name, getattr(self, name), low)
         _check_number("temperature", self.temperature, 0.0, 10.0, open_low=True)
@@ -106,12 +123,70 @@ class TrainConfig:
             from ..reasoning.coords import get_convention
 
             get_convention(self.convention)
+        self._check_schedule()
+        self._check_vllm()
+
+    def _check_schedule(self) -> None:
+        """The schedule's settings agree with each other: transformers would ignore or reject the rest mid-start."""
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise InputError(f"'lr_scheduler' must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}.")
+        if self.warmup_steps >= self.steps and self.warmup_steps > 0:
+            raise InputError(
+                f"'warmup_steps' ({self.warmup_steps}) must be fewer than 'steps' ({self.steps}): the learning rate "
+                "would never reach its peak."
+            )
+        if self.lr_scheduler == "constant" and self.warmup_steps:
+            raise InputError(
+                "lr_scheduler: constant has no warm-up (transformers ignores warmup_steps with it): use "
+                "constant_with_warmup, or leave warmup_steps out."
+            )
+        if self.lr_scheduler == "cosine_with_min_lr":
+            if self.min_lr_ratio is None:
+                raise InputError(
+                    "lr_scheduler: cosine_with_min_lr needs min_lr_ratio, the floor as a fraction of the learning "
+                    "rate (e.g. min_lr_ratio: 0.1), or use cosine (which decays to 0)."
+                )
+            _check_number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        elif self.min_lr_ratio is not None:
+            raise InputError(
+                f"'min_lr_ratio' is the floor of lr_scheduler: cosine_with_min_lr, not of {self.lr_scheduler}: set "
+                "lr_scheduler: cosine_with_min_lr, or leave min_lr_ratio out."
+            )
+
+    def _check_vllm(self) -> None:
+        """``vllm`` off (``null``, ``off``; YAML reads a bare ``off`` as false) or a mode, and its settings only with
+        the mode that uses them."""
+        if self.vllm is False or (isinstance(self.vllm, str) and self.vllm.strip().lower() == "off"):
+            object.__setattr__(self, "vllm", None)  # one spelling for off, so that training.json records null
+        if self.vllm is not None and self.vllm not in VLLM_MODES:
+            raise InputError(
+                f"'vllm' must be off (the default: generate with transformers), colocate or server, got {self.vllm!r}."
+            )
+        if self.vllm_server_url is not None:
+            if self.vllm != "server":
+                raise InputError("'vllm_server_url' is for vllm: server: set vllm: server, or leave it out.")
+            url = self.vllm_server_url
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise InputError(f"'vllm_server_url' must be an http(s) URL such as http://host:8000, got {url!r}.")
+        if self.vllm_gpu_memory_utilization is not None:
+            if self.vllm != "colocate":
+                raise InputError(
+                    "'vllm_gpu_memory_utilization' is for vllm: colocate (a server sets its own with "
+                    "--gpu_memory_utilization): set vllm: colocate, or leave it out."
+                )
+            _check_number("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 0.0, 1.0, open_low=True)
 
     def learning_rate_for(self, full: bool) -> float:
         return self.learning_rate if self.learning_rate is not None else (1e-5 if full else 1e-4)
 
     def check_for(self, method: str) -> None:
-        """What only GRPO needs: the completions of one step must fill whole groups of ``generations``."""
+        """What only GRPO needs: the completions of one step must fill whole groups of ``generations``; vLLM
+        generates completions, which SFT has none of."""
+        if method != "grpo" and self.vllm is not None:
+            raise InputError(
+                f"vllm: {self.vllm} is for train grpo (vLLM generates GRPO's completions; {method} generates none): "
+                "leave vllm out of the config for this run."
+            )
         if method == "grpo" and (self.batch * self.gradient_accumulation) % self.generations:
             raise InputError(
                 f"batch x gradient_accumulation ({self.batch} x {self.gradient_accumulation}) must be a multiple of "
@@ -138,7 +213,7 @@ class TrainConfig:
             if not isinstance(values["rewards"], Mapping):
                 raise InputError(f"{where}: 'rewards' must map components to weights, e.g. {{format: 0.2, box: 0.8}}.")
             values["rewards"] = RewardWeights.from_mapping(values["rewards"])
-        for name in ("learning_rate", "temperature", "beta"):
+        for name in ("learning_rate", "temperature", "beta", "min_lr_ratio", "vllm_gpu_memory_utilization"):
             values[name] = _as_float(values[name]) if name in values else None
             if values[name] is None:
                 del values[name]

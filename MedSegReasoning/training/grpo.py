@@ -49,6 +49,33 @@ def vision_token_ids(model: Any) -> list[int]:
     return sorted({int(v) for v in (getattr(config, n, None) for n in names) if isinstance(v, int)})
 
 
+def grpo_arguments(config: TrainConfig, model: Any) -> dict[str, Any]:
+    """What ``GRPOConfig`` takes beyond ``runner.trainer_arguments`` and the reward weights: the group, sampling, KL
+    weight and the generation backend.
+
+    The vision tokens are kept out of the completions under each backend's name: transformers' ``suppress_tokens``,
+    or, with vLLM (whose ``SamplingParams`` has no such field), a ``logit_bias`` of -100, the lowest vLLM allows.
+    """
+    banned = vision_token_ids(model)
+    arguments: dict[str, Any] = dict(
+        num_generations=config.generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        beta=config.beta,
+    )
+    if config.vllm is None:
+        arguments["generation_kwargs"] = {"suppress_tokens": banned}
+        return arguments
+    arguments.update(
+        use_vllm=True, vllm_mode=config.vllm, generation_kwargs={"logit_bias": dict.fromkeys(banned, -100.0)}
+    )
+    if config.vllm_server_url is not None:
+        arguments["vllm_server_base_url"] = config.vllm_server_url
+    if config.vllm_gpu_memory_utilization is not None:
+        arguments["vllm_gpu_memory_utilization"] = config.vllm_gpu_memory_utilization
+    return arguments
+
+
 def build_grpo_trainer(
     model: Any,
     processor: Any,
@@ -71,13 +98,7 @@ def build_grpo_trainer(
     tokenizer.padding_side = "left"
     funcs, weights = rewards.functions()
     args = GRPOConfig(
-        **trainer_arguments(config, out, full=full, bf16=bf16),
-        num_generations=config.generations,
-        max_completion_length=config.max_completion_length,
-        temperature=config.temperature,
-        beta=config.beta,
-        reward_weights=weights,
-        generation_kwargs={"suppress_tokens": vision_token_ids(model)},
+        **trainer_arguments(config, out, full=full, bf16=bf16), **grpo_arguments(config, model), reward_weights=weights
     )
     return GRPOTrainer(
         model=model,

@@ -15,6 +15,7 @@ from ..wire.errors import InputError, ModelError
 from .config import TrainConfig
 
 TRAIN_EXTRA_HINT = "pip install 'medseg-reasoning[train]'"
+VLLM_HINT = "pip install 'trl[vllm]': vLLM 0.22 to 0.31 for TRL 1.16"
 LESS_MEMORY_HINT = (
     "lower batch (and raise gradient_accumulation to keep the effective batch), for GRPO lower generations and "
     "max_completion_length, keep LoRA (leave out --full), or set gradient_checkpointing: true in the config"
@@ -33,6 +34,34 @@ def require_training_packages() -> None:
         raise ModelError(
             f"training needs {' and '.join(missing)}, which are not installed: {TRAIN_EXTRA_HINT} (or the 'all' extra)."
         )
+
+
+def require_vllm(config: TrainConfig) -> None:
+    """``vllm: colocate|server`` needs the vllm package and a CUDA GPU here (TRL's server mode too: the trainer
+    sends the weights to the server over NCCL). Checked before anything loads: without them TRL would fail only after
+    the model was loaded."""
+    if config.vllm is None:
+        return
+    missing = [what for what, ok in (("the vllm package", _vllm_installed()), ("a CUDA GPU", _has_cuda())) if not ok]
+    if missing:
+        raise ModelError(
+            f"vllm: {config.vllm} needs {' and '.join(missing)}, which this machine lacks: install vllm "
+            f"({VLLM_HINT}) on a machine with a CUDA GPU, or set vllm: off in the config to generate with "
+            "transformers."
+        )
+
+
+def _vllm_installed() -> bool:
+    """Whether ``import vllm`` can find the package (importing it here would cost seconds; TRL imports it later)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def resolve_base(spec: str) -> tuple[Path, Any, str]:
@@ -136,10 +165,21 @@ def trainer_arguments(config: TrainConfig, out: Path, *, full: bool, bf16: bool)
         save_total_limit=2,
         report_to=[],
         bf16=bf16,
+        **schedule_arguments(config),
         **_checkpointing(config.gradient_checkpointing),
         use_cpu=not (torch.cuda.is_available() or _has_mps()),
         dataloader_num_workers=0,
     )
+
+
+def schedule_arguments(config: TrainConfig) -> dict[str, Any]:
+    """The learning-rate schedule under transformers' names: ``warmup_steps`` (whole steps: the config allows no
+    fraction, which transformers would read as a share of the run), ``lr_scheduler_type`` and, for
+    ``cosine_with_min_lr``, the floor as ``lr_scheduler_kwargs={"min_lr_rate": ...}``."""
+    arguments: dict[str, Any] = {"warmup_steps": config.warmup_steps, "lr_scheduler_type": config.lr_scheduler}
+    if config.min_lr_ratio is not None:
+        arguments["lr_scheduler_kwargs"] = {"min_lr_rate": config.min_lr_ratio}
+    return arguments
 
 
 def _checkpointing(on: bool | None) -> dict[str, bool]:
