@@ -18,7 +18,7 @@ from ..wire.errors import InputError, ServiceError
 from .layouts import Case, Turn, Unit
 from .options import EvalOptions, Models
 from .records import Meter, base_record, fail_record, message_of, require_truth, score_mask
-from .truth import truth_prompt
+from .truth import add_truth_entity, truth_fed_rounds, truth_prompt
 
 
 def case_window(case: Case, options: EvalOptions):
@@ -124,12 +124,9 @@ def answer_scores(record: dict, answer, turn: Turn) -> None:
 
 
 def run_reasoner(unit: Unit, case: Case, feed, options: EvalOptions, models: Models) -> list[dict]:
-    from ..dialogue import Session
-
     window = case_window(case, options)
-    session = Session.for_volume(case.volume)
     records = []
-    for n, turn in enumerate(case.turns, 1):
+    for n, turn, session, _ in truth_fed_rounds(case):  # each earlier round of a dialogue fed as its truth
         record = base_record(unit, case, turn, feed, options)
         meter = Meter()
         try:
@@ -147,8 +144,6 @@ def run_reasoner(unit: Unit, case: Case, feed, options: EvalOptions, models: Mod
                 record["latency_s"], record["peak_rss_mb"] = meter.stop()
             fail_record(record, turn.truth, message_of(exc), options)
         records.append(record)
-        if case.dialogue and turn.truth.any():
-            add_truth_entity(session, turn, None)
     return records
 
 
@@ -206,20 +201,6 @@ def round_failure(rnd) -> str:
         return f"the round ended with a question back instead of a mask: {question}"
     reasons = "; ".join(t.error or t.status for t in rnd.targets)
     return f"nothing was segmented ({reasons or 'the reasoner gave no target'})."
-
-
-def add_truth_entity(session, turn: Turn, entity_id: str | None) -> None:
-    """Feed the truth: the round's entity takes the true mask (as a user's edit would), or, when the round made
-    none, a new entity carries it, so later questions can refer to it either way."""
-    from ..wire.masks import CompactMask
-
-    if entity_id is not None:
-        session.replace_mask(entity_id, turn.truth)
-        return
-    rnd = session.begin_round(turn.question)
-    k = int(np.argmax(turn.truth.reshape(turn.truth.shape[0], -1).sum(axis=1)))
-    session.add_entity(rnd, turn.label or f"round {turn.round} target", CompactMask.from_dense(turn.truth), key_slice=k)
-    session.finish_round(rnd)
 
 
 def reasoner_view(case: Case) -> dict[str, Any]:

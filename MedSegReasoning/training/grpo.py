@@ -26,14 +26,15 @@ def build_mask_reward(
 ) -> MaskRewardFn | None:
     """The mask-Dice reward (``training.mask_reward.MaskReward``; ``None`` when its weight is 0) over the samples
     that hold a volume and its reference mask, with ``config.segmenter`` and the runtime's embedding store (a sample
-    encoded in an earlier run, or by ``ask``, is read from disk)."""
+    encoded in an earlier run, or by ``ask``, is read from disk). Each reads its answers with the sample's dialogue
+    context, so an answer naming an earlier round's entity (``ref``) is read as ``ask`` reads it."""
     if config.rewards.mask <= 0:
         return None
     from ..segmentation.factory import create_segmenter, default_store_root
     from .mask_reward import MaskReward, RewardSample
 
     reward_samples = {
-        sid: RewardSample(s.volume, s.window, s.views, convention, s.truth_volume)
+        sid: RewardSample(s.volume, s.window, s.views, convention, s.truth_volume, s.context)
         for sid, s in samples.items()
         if s.volume is not None and s.truth_volume is not None
     }

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..reasoning.answer import ReasonerOutputError, Target
-from ..reasoning.base import EMPTY_CONTEXT
 from ..reasoning.convert import to_answer
 from ..reasoning.coords import Convention
 from ..reasoning.parser import parse_answer
@@ -61,10 +60,11 @@ def _content_text(content: Any) -> str:
 
 
 def read_target(sample: TrainSample, text: str, convention: Convention) -> Target | None:
-    """The first target of ``text`` in voxel indices, read on the sample's views as ``ask`` reads it; ``None``
-    when the runtime could not use the answer (unparseable, outside the image, across tiles...)."""
+    """The first target of ``text`` in voxel indices, read on the sample's views and with its dialogue context as
+    ``ask`` reads it; ``None`` when the runtime could not use the answer (unparseable, outside the image, across
+    tiles, a ``ref`` to no entity of the context...)."""
     try:
-        answer = to_answer(parse_answer(text), sample.views, convention, EMPTY_CONTEXT)
+        answer = to_answer(parse_answer(text), sample.views, convention, sample.context)
     except ReasonerOutputError:
         return None
     return answer.targets[0] if answer.targets else None

@@ -8,21 +8,27 @@ with the same window (``default_window``) and strategy (``DEFAULT_STRATEGY``):
   (the truth's largest) at full resolution (``locate``): the two calls ``run_reasoning`` makes.
 
 The prompt is ``render_prompt`` of the model's prompt set, and the images are what ``ChatReasoner.prepare_image``
-hands the model. Questions that cannot teach anything are skipped and counted (an empty mask, a dataset box outside
-its image, a dialogue round that refers to an earlier round's result, a sample that cannot be read); none left is
-an ``InputError``.
+hands the model. A dialogue round is taught with teacher forcing: every earlier round counts as segmented exactly as
+its truth, so its prompt lists those entities and its images show their outlines, as the ``reasoner`` eval mode asks
+it (both build the session with ``evaluation.truth.truth_fed_rounds``, the context with
+``Session.reasoning_context``), and a round that refers to an earlier one answers with that round's entity as
+``ref`` (the contract style; segzero answers have no ``ref``). Questions that cannot teach anything are skipped and
+counted (an empty mask, a dataset box outside its image, a reference to a round with no truth to show, a sample that
+cannot be read); none left is an ``InputError``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from ..evaluation.layouts import Case, Dataset, Turn
-from ..reasoning.base import EMPTY_CONTEXT
+from ..evaluation.truth import FedRound, truth_fed_rounds
+from ..reasoning.base import EMPTY_CONTEXT, ReasoningContext
 from ..reasoning.coords import Convention, resize_for_model
 from ..reasoning.prompts import PromptSet, render_prompt
 from ..reasoning.views import (
@@ -30,6 +36,7 @@ from ..reasoning.views import (
     ReasoningStrategy,
     View,
     ViewSet,
+    draw_entities,
     key_slice_views,
     refine_views,
 )
@@ -48,7 +55,9 @@ class TrainSample:
     ``slice`` is the axial slice the target answer names; ``truth`` maps each slice the views show (and the key
     slice) to its 2D truth mask, so a completion that picks another tile is scored on that tile's truth;
     ``slice_areas`` is the truth's area on every slice (the key-slice reward). ``volume`` and ``truth_volume`` (the
-    whole bool ``[k, j, i]`` mask) are kept only when a reward needs them (the mask reward).
+    whole bool ``[k, j, i]`` mask) are kept only when a reward needs them (the mask reward). ``context`` is what the
+    dialogue holds when the question is asked (the earlier rounds' truths as entities; empty for a single question):
+    the prompt is rendered and every answer read with it. ``ref`` is the entity the question refers to, if any.
     """
 
     id: str
@@ -63,6 +72,8 @@ class TrainSample:
     window: Any = None
     volume: Volume | None = field(default=None, repr=False)
     truth_volume: np.ndarray | None = field(default=None, repr=False)
+    context: ReasoningContext = field(default=EMPTY_CONTEXT, repr=False)
+    ref: str | None = None
 
     @property
     def task(self) -> str:
@@ -104,12 +115,22 @@ def load_samples(
             result.first_error = result.first_error or str(exc)
             continue
         window = default_window(case.volume)
-        for n, turn in enumerate(case.turns):
-            reason = _unusable(case, turn)
+        for fed in truth_fed_rounds(case):
+            turn = fed.turn
+            reason = _unusable(case, fed)
             if reason:
                 result.skipped[reason] += 1
                 continue
-            made = _samples_of(case, turn, f"{unit.id}/{n}", window, strategy, case.volume if keep_volumes else None)
+            made = _samples_of(
+                case,
+                turn,
+                f"{unit.id}/{fed.number - 1}",
+                window,
+                strategy,
+                case.volume if keep_volumes else None,
+                fed.session.reasoning_context(fed.number),
+                fed.entities[turn.references[0]] if turn.references else None,
+            )
             if case.dimension == 3 and len(made) == 1:
                 result.skipped["key-slice step: the structure is on no montage tile"] += 1
             result.samples.extend(made)
@@ -123,9 +144,8 @@ def load_samples(
     return result
 
 
-def _unusable(case: Case, turn: Turn) -> str | None:
-    if turn.references:
-        return "refers to an earlier round"
+def _unusable(case: Case, fed: FedRound) -> str | None:
+    turn = fed.turn
     if not turn.truth.any():
         return "empty mask"
     if turn.truth_box is not None:
@@ -133,32 +153,61 @@ def _unusable(case: Case, turn: Turn) -> str | None:
         _nk, nj, ni = case.volume.shape
         if min(x1, y1) < 0 or x2 > ni or y2 > nj or x1 > x2 or y1 > y2:
             return "box outside the image"
+    this_round = turn.round if turn.round is not None else fed.number
+    for r in turn.references:  # the entity a reference names must be in the context, or nothing right can be said
+        if r not in fed.entities:
+            return (
+                "refers to a round that is not an earlier one"
+                if r >= this_round
+                else "refers to a round without a truth mask"
+            )
     return None
 
 
 def _samples_of(
-    case: Case, turn: Turn, sample_id: str, window, strategy: ReasoningStrategy, volume: Volume | None
+    case: Case,
+    turn: Turn,
+    sample_id: str,
+    window,
+    strategy: ReasoningStrategy,
+    volume: Volume | None,
+    context: ReasoningContext,
+    ref: str | None,
 ) -> list[TrainSample]:
     truth = np.asarray(turn.truth, dtype=bool)
     areas = truth.reshape(truth.shape[0], -1).sum(axis=1)
     label = turn.label or ""
+    sample = partial(
+        _sample,
+        turn=turn,
+        truth=truth,
+        areas=areas,
+        label=label,
+        window=window,
+        volume=volume,
+        context=context,
+        ref=ref,
+    )
     if case.dimension == 2:
-        views = refine_views(case.volume, window, TWO_D_STRATEGY, "axial", 0)
-        return [_sample(f"{sample_id}/locate", turn, views, 0, truth, areas, label, window, volume)]
+        views = draw_entities(refine_views(case.volume, window, TWO_D_STRATEGY, "axial", 0), context.entities)
+        return [sample(f"{sample_id}/locate", views=views, k=0)]
     key = int(np.argmax(areas))
-    montage = key_slice_views(case.volume, window, strategy)
+    # the entities so far, outlined and tagged on what the model sees, as ``run_reasoning`` draws them
+    montage = draw_entities(key_slice_views(case.volume, window, strategy), context.entities)
     shown = montage.views[0].slices
     # the contract names the slice only (a refine step follows); a box must lie on a tile, so on the best tile
     pick_slice = key if montage.refine_next else max(shown, key=lambda k: areas[k])
     out = []
     if areas[pick_slice] > 0:
-        out.append(_sample(f"{sample_id}/pick", turn, montage, pick_slice, truth, areas, label, window, volume))
-    locate = refine_views(case.volume, window, strategy, "axial", key)
-    out.append(_sample(f"{sample_id}/locate", turn, locate, key, truth, areas, label, window, volume))
+        out.append(sample(f"{sample_id}/pick", views=montage, k=pick_slice))
+    locate = draw_entities(refine_views(case.volume, window, strategy, "axial", key), context.entities)
+    out.append(sample(f"{sample_id}/locate", views=locate, k=key))
     return out
 
 
-def _sample(sample_id, turn, views: ViewSet, k: int, truth, areas, label, window, volume) -> TrainSample:
+def _sample(
+    sample_id, *, turn, views: ViewSet, k: int, truth, areas, label, window, volume, context, ref
+) -> TrainSample:
     mask = truth[k]
     shown = {k, *(s for v in views.views for s in v.slices)}
     return TrainSample(
@@ -174,6 +223,8 @@ def _sample(sample_id, turn, views: ViewSet, k: int, truth, areas, label, window
         window=window,
         volume=volume,
         truth_volume=truth if volume is not None else None,
+        context=context,
+        ref=ref,
     )
 
 
@@ -194,11 +245,14 @@ def model_images(views: ViewSet, convention: Convention) -> list[np.ndarray]:
 
 
 def prompt_text(sample: TrainSample, prompts: PromptSet, convention: Convention) -> str:
-    return render_prompt(prompts, sample.views, sample.question, EMPTY_CONTEXT, convention)
+    """The prompt as the reasoner renders it at run time (``ChatReasoner.reason``), with the sample's dialogue."""
+    return render_prompt(prompts, sample.views, sample.question, sample.context, convention)
 
 
 def target_text(sample: TrainSample, prompts: PromptSet, convention: Convention) -> str:
-    return answer_text(prompts.style, sample.views, convention, sample.slice, sample.box, sample.points, sample.label)
+    return answer_text(
+        prompts.style, sample.views, convention, sample.slice, sample.box, sample.points, sample.label, sample.ref
+    )
 
 
 def sample_row(sample: TrainSample, prompts: PromptSet, convention: Convention, with_answer: bool) -> dict[str, Any]:

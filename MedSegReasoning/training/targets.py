@@ -75,11 +75,13 @@ def answer_text(
     box: VoxelBox | None,
     points: Sequence[VoxelPoint],
     label: str,
+    ref: str | None = None,
 ) -> str:
     """The completion for one training sample of ``views`` (one view: the montage, or one slice).
 
     ``box``/``points`` are voxel coordinates on axial slice ``slice_index``; on a key-slice montage with the contract
-    style (a refine step follows) only the slice is named, as the contract's pick prompt asks.
+    style (a refine step follows) only the slice is named, as the contract's pick prompt asks. ``ref`` is the id of
+    the earlier entity the question refers to (the contract's ``"ref"``; the segzero answer has no such field).
     """
     view = views.views[0]
     slice_only = style == "contract" and views.task == "pick_slice" and views.refine_next
@@ -101,6 +103,6 @@ def answer_text(
                 raise ValueError("a locate answer needs a box")
             target["bbox"] = model_box(tile, view, convention, box)
             target["points"] = [list(model_point(tile, view, convention, u, v)) for u, v in points]
-        target.update(label=label or "target", ref=None)
+        target.update(label=label or "target", ref=ref)
         payload = {"reasoning": think, "targets": [target], "clarification": None}
     return f"<think>{think}</think><answer>{json.dumps(payload)}</answer>"

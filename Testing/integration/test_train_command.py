@@ -75,7 +75,7 @@ def test_sft_checkpoint_is_asked_at_run_time_exactly_as_trained(tiny, data, tmp_
     config = _config(tmp_path / "c.json", steps=3, batch=2, save_steps=2, prompt_style="segzero")
     assert train("sft", data["3d"], tiny, out, "--config", config) == 0
     summary = capsys.readouterr().out
-    assert "trained sft for 3 steps on 4 samples (skipped 1 (refers to an earlier round))" in summary
+    assert "trained sft for 3 steps on 6 samples (none skipped)" in summary  # round 2 of d1 refers to round 1
 
     records = [json.loads(line) for line in (out / "logs.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -84,7 +84,7 @@ def test_sft_checkpoint_is_asked_at_run_time_exactly_as_trained(tiny, data, tmp_
     assert (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     record = json.loads((out / "training.json").read_text(encoding="utf-8"))
     assert (record["method"], record["steps"], record["weights"]) == ("sft", 3, "merged")
-    assert record["samples_by_task"] == {"pick_slice": 2, "locate": 2}  # each 3D question: montage, then key slice
+    assert record["samples_by_task"] == {"pick_slice": 3, "locate": 3}  # each 3D question: montage, then key slice
     assert json.loads((out / "medseg_reasoner.json").read_text(encoding="utf-8"))["prompt_style"] == "segzero"
     for name in ("chat_template.jinja", "generation_config.json"):  # rendered and decoded as the base was
         assert (out / name).read_text(encoding="utf-8") == (tiny / name).read_text(encoding="utf-8")
@@ -331,12 +331,14 @@ def test_unusable_samples_are_skipped_and_counted(data, tmp_path):
     assert dict(found.skipped) == {"box outside the image": 1}
 
 
-def test_dialogue_rounds_that_refer_to_earlier_ones_are_counted_not_trained(tmp_path):
+def test_dialogue_rounds_that_refer_to_earlier_ones_are_trained_with_the_earlier_truth(tmp_path):
+    """Teacher forcing (Testing/unit/test_training_rounds.py compares the prompt with what the runtime sends)."""
     from support.eval_data import write_mrmedseg
 
     from MedSegReasoning.evaluation.layouts import open_dataset
     from MedSegReasoning.training.samples import load_samples
 
     found = load_samples(open_dataset(write_mrmedseg(tmp_path / "mr")))
-    assert [s.task for s in found.samples] == ["locate"] and found.samples[0].id.endswith("/0/locate")
-    assert dict(found.skipped) == {"refers to an earlier round": 1}
+    assert [s.id.rsplit("/", 2)[1:] for s in found.samples] == [["0", "locate"], ["1", "locate"]]
+    assert [[e.id for e in s.context.entities] for s in found.samples] == [[], ["E1"]]
+    assert not found.skipped
