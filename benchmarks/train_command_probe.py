@@ -68,11 +68,14 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="LoRA instead of --full")
     parser.add_argument("--step-cost", action="store_true", help="only measure seconds per step for each prompt")
     parser.add_argument("--cost-steps", type=int, default=5)
+    parser.add_argument(
+        "--tokenizer", choices=("bytes", "prompt"), default="bytes", help="the base's tokenizer (support.reasoning)"
+    )
     args = parser.parse_args()
     settings = _settings(args.set)
     with tempfile.TemporaryDirectory(prefix="train-command-probe-") as tmp:
         root = Path(tmp)
-        base = save_recipe_base(root / "base")
+        base = save_recipe_base(root / "base", tokenizer=args.tokenizer)
         if args.step_cost:
             result: dict = {"step_seconds": step_cost(root, base, args.cost_steps)}
         else:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .grounding import QUESTION, GroundingSet
+from .grounding import QUESTION, GroundingSet, make_grounding_set
 from .grounding_training import LEARNING_RECIPE, Recipe, build
 
 
@@ -68,10 +68,32 @@ def write_umrg(data: GroundingSet, folder: Path, prefix: str = "g") -> Path:
     return path
 
 
-def save_recipe_base(folder: Path, recipe: Recipe = LEARNING_RECIPE) -> Path:
+def product_corpus(n: int = 64, seed: int = 7) -> list[str]:
+    """The text a tokenizer for the product's prompts learns its merges from: every shipped prompt template, and the
+    ``brief-v1`` prompt and segzero answer ``train`` renders for ``n`` synthetic samples (``training.samples``)."""
+    import tempfile
+
+    from MedSegReasoning.evaluation.layouts import open_dataset
+    from MedSegReasoning.reasoning.coords import get_convention
+    from MedSegReasoning.reasoning.prompts import PromptSet
+    from MedSegReasoning.training.samples import load_samples, prompt_text, target_text
+
+    templates = Path(__file__).resolve().parents[2] / "MedSegReasoning" / "data" / "prompts"
+    texts = [p.read_text(encoding="utf-8") for p in sorted(templates.glob("*.txt"))]
+    prompts, convention = PromptSet("segzero", "brief-v1"), get_convention("qwen2.5-vl")
+    with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
+        samples = load_samples(open_dataset(write_umrg(make_grounding_set(n, seed), Path(tmp)).parent)).samples
+        texts += [prompt_text(s, prompts, convention) + target_text(s, prompts, convention) for s in samples]
+    return texts
+
+
+def save_recipe_base(folder: Path, recipe: Recipe = LEARNING_RECIPE, tokenizer: str = "bytes") -> Path:
     """The recipe's random-weight Qwen2.5-VL (``grounding_training.build``: rope_theta 4, mrope_section [2, 3, 3],
-    hidden 64, ...) saved with its processor, as ``support.reasoning.build_tiny_qwen`` saves the tests' models."""
-    model, processor = build(recipe)
+    hidden 64, ...) saved with its processor, as ``support.reasoning.build_tiny_qwen`` saves the tests' models.
+    ``tokenizer``: ``bytes`` (one token per byte) or ``prompt`` (merges learned from :func:`product_corpus`)."""
+    from .reasoning import prompt_tokenizer
+
+    model, processor = build(recipe, prompt_tokenizer(product_corpus()) if tokenizer == "prompt" else None)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -99,7 +121,7 @@ no scheduler setting), the segzero answer with the short ``brief-v1`` prompt (a 
 instead of ~1100 with ``segzero-v1``)."""
 
 
-def _cli(*args: str, threads: int = 1) -> subprocess.CompletedProcess:
+def run_cli(*args: str, threads: int = 1) -> subprocess.CompletedProcess:
     """``python -m MedSegReasoning.cli ARGS`` from this checkout, on ``threads`` torch threads."""
     env = {
         **os.environ,
@@ -118,7 +140,7 @@ def train_sft(dataset: Path, base: Path, out: Path, settings: dict, full: bool =
     config = out.with_name(out.name + "-config.json")
     config.write_text(json.dumps(settings), encoding="utf-8")
     start = time.perf_counter()
-    done = _cli(
+    done = run_cli(
         "train",
         "sft",
         str(dataset),
@@ -139,7 +161,7 @@ def train_sft(dataset: Path, base: Path, out: Path, settings: dict, full: bool =
 
 def eval_box_iou(dataset: Path, model: Path, out: Path, max_new_tokens: int = 256) -> np.ndarray:
     """Each held-out question's box IoU from ``eval --mode reasoner --reasoner hf:MODEL`` (a failed answer: 0)."""
-    done = _cli(
+    done = run_cli(
         "eval",
         str(dataset),
         "--mode",

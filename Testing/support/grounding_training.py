@@ -65,14 +65,15 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * (half // 4), half // 4, half // 4]
 
 
-def build(recipe: Recipe):
-    """``(model, processor)`` of a random-weight Qwen2.5-VL of the recipe's size (seeded)."""
+def build(recipe: Recipe, tokenizer=None):
+    """``(model, processor)`` of a random-weight Qwen2.5-VL of the recipe's size (seeded); ``tokenizer``: the
+    byte-level one of ``support.reasoning`` unless given (``support.reasoning.prompt_tokenizer``)."""
     import torch
     import transformers as tf
 
     from .reasoning import CHAT_TEMPLATE, SPECIAL_TOKENS, byte_level_tokenizer
 
-    tokenizer = byte_level_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else byte_level_tokenizer()
     tokenizer.eos_token = "<|im_end|>"  # as Qwen-VL Instruct's: trainers align the model's eos with the tokenizer's
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = recipe.hidden // recipe.heads
@@ -188,9 +189,10 @@ def mean_iou(model, processor, data: GroundingSet) -> tuple[float, float]:
     return float(box_iou(boxes, data.boxes).mean()), readable
 
 
-def train(recipe: Recipe, model, processor, make_batch, log=None) -> float:
-    """AdamW with linear warm-up then cosine decay; returns the seconds spent. ``make_batch(step)`` gives
-    ``(images, boxes)``."""
+def train(recipe: Recipe, model, processor, make_batch, log=None, to_inputs=None) -> float:
+    """AdamW with linear warm-up then cosine decay; returns the seconds spent. ``make_batch(step)`` gives one step's
+    data, turned into model inputs with labels by ``to_inputs(data)`` (default: ``(images, boxes)`` through
+    :func:`training_batch`, the probe's own prompt)."""
     import torch
 
     torch.manual_seed(recipe.seed)
@@ -206,8 +208,8 @@ def train(recipe: Recipe, model, processor, make_batch, log=None) -> float:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     start = time.perf_counter()
     for step in range(recipe.steps):
-        images, boxes = make_batch(step)
-        inputs = training_batch(processor, images, boxes)
+        data = make_batch(step)
+        inputs = to_inputs(data) if to_inputs is not None else training_batch(processor, *data)
         loss = model(**inputs).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
