@@ -18,7 +18,6 @@ Writes ``benchmarks/_output/train_command_probe.json``. Findings: docs/training.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import tempfile
@@ -27,21 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 
-from support.grounding import best_constant_box, make_grounding_set  # noqa: E402
+from support.grounding import best_constant_box, make_grounding_set, parse_settings  # noqa: E402
 from support.grounding_product import COMMAND_RECIPE, eval_box_iou, save_recipe_base, train_sft, write_umrg  # noqa: E402
 
 HELD_OUT_SEED, TRAIN_SEED = 12345, 100
 
 
 def _settings(pairs: list[str]) -> dict:
-    settings = dict(COMMAND_RECIPE)
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            settings[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            settings[key] = value
-    return settings
+    return {**COMMAND_RECIPE, **parse_settings(pairs)}
 
 
 def step_cost(root: Path, base: Path, steps: int) -> dict:

@@ -18,7 +18,6 @@ standard deviation, and the gain in units of that deviation; writes ``benchmarks
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import statistics
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 
+from support.grounding import parse_settings  # noqa: E402
 from support.grounding_rows import (  # noqa: E402
     GRPO_RECIPE,
     answer_mask_dice,
@@ -41,14 +41,7 @@ from support.grounding_rows import (  # noqa: E402
 
 
 def _settings(pairs: list[str]) -> dict:
-    settings = dict(GRPO_RECIPE)
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            settings[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            settings[key] = value
-    return settings
+    return {**GRPO_RECIPE, **parse_settings(pairs)}
 
 
 def main() -> None:

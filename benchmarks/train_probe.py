@@ -18,7 +18,6 @@ attempt: untrained IoU, best-constant IoU, IoU during and after training, steps,
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "Testing")]
 
-from support.grounding import QUESTION, best_constant_box, make_grounding_set  # noqa: E402
+from support.grounding import QUESTION, best_constant_box, make_grounding_set, parse_settings  # noqa: E402
 from support.grounding_training import LEARNING_RECIPE, Recipe, build, mean_iou, train, train_with_trl  # noqa: E402
 
 HELD_OUT_SEED = 12345
@@ -126,17 +125,6 @@ def product_prompt() -> str:
     return render_prompt(PromptSet("segzero"), views, QUESTION, EMPTY_CONTEXT, get_convention("qwen2.5-vl"))
 
 
-def parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attempt", default="chosen", choices=sorted(ATTEMPTS))
@@ -162,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(ATTEMPTS) if args.all else [args.attempt]
     rows = []
     for name in names:
-        recipe = dataclasses.replace(ATTEMPTS[name], **parse_set(args.set))
+        recipe = dataclasses.replace(ATTEMPTS[name], **parse_settings(args.set))
         held = make_grounding_set(args.held_out, seed=HELD_OUT_SEED, size=recipe.image_size, axes=recipe.axes)
         box, constant = best_constant_box(held.boxes, recipe.image_size)
         print(f"[{name}] {recipe.summary()}  best constant box {box.tolist()}: IoU {constant:.3f}", flush=True)

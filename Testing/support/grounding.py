@@ -115,3 +115,18 @@ def best_constant_box(boxes: np.ndarray, size: int, step: int = 2) -> tuple[np.n
 def answer_text(box: Sequence[int]) -> str:
     """The training target for one box: the shortest answer the product's parser reads (``{"box": [...]}``)."""
     return '{"box":[' + ",".join(str(int(v)) for v in box) + "]}"
+
+
+def parse_settings(pairs: Sequence[str]) -> dict:
+    """``KEY=VALUE`` pairs of the benchmarks' ``--set`` options: each value a Python literal where it reads as one
+    (``2e-3``, ``[2, 3, 3]``, ``True``), else the string."""
+    import ast
+
+    out: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
