@@ -1,8 +1,9 @@
 """The synthetic grounding task (``support.grounding``) as the product sees it: a U-MRG parquet dataset that
 ``train`` and ``eval`` read, and the learning recipe's tiny Qwen2.5-VL saved as a checkpoint ``hf:FOLDER`` loads.
 
-Used by ``benchmarks/train_command_probe.py``
-(issue #18, "proof that it learns" through the ``train`` command rather than a hand-written loop).
+Used by ``benchmarks/train_command_probe.py`` (issue #18, "proof that it learns" through the ``train`` command
+rather than a hand-written loop), and by ``support.grounding_rows`` and the learning test (the parquet writer, the
+tokenizer's corpus, the command-line runner and ``eval``'s box IoU).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A tiny Qwen2.5-VL taught the synthetic grounding task (``support.grounding``) on CPU: the recipe and the loop.
 
-Used by ``support.grounding_rows`` (the learning test, on the product's rows) and ``benchmarks/train_probe.py``. The model is the real
-``Qwen2_5_VLForConditionalGeneration`` built from a small config (random weights, byte-level tokenizer of
+Used by ``support.grounding_rows`` (the learning test, on the product's rows) and ``benchmarks/train_probe.py``.
+The model is the real ``Qwen2_5_VLForConditionalGeneration`` built from a small config (random weights, byte-level tokenizer of
 ``support.reasoning``); training is teacher-forced cross-entropy on the answer tokens only; evaluation is greedy
 ``generate`` read by the product's own parser (an unreadable answer scores IoU 0).
 
