@@ -58,8 +58,8 @@ def test_the_saved_folder_scores_under_eval_what_the_training_script_scored(sft_
     scored = eval_box_iou(sft_run.held_folder, sft_run.folder, tmp_path / "eval", max_new_tokens=96)
     assert scored.shape == sft_run.ious.shape
     same = np.isclose(scored, sft_run.ious, atol=1e-6)
-    assert same.mean() >= 0.98, f"{int((~same).sum())} of {same.size} answers scored differently under eval"
-    assert abs(scored.mean() - sft_run.ious.mean()) < 0.005, (scored.mean(), sft_run.ious.mean())
+    assert same.mean() >= 0.95, f"{int((~same).sum())} of {same.size} answers scored differently under eval"
+    assert abs(scored.mean() - sft_run.ious.mean()) < 0.01, (scored.mean(), sft_run.ious.mean())
 
 
 def test_grpo_with_the_mask_reward_raises_the_held_out_mask_dice(sft_run, tmp_path):
