@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -136,6 +137,7 @@ class RayPool:
         losses: dict[int, int] = {}  # per actor: Ray restarts it once (max_restarts=1); lost twice, it is gone
         running: dict[Any, tuple[Study, int, Any]] = {}
         storing: dict[Any, tuple[Study, StudyOutcome]] = {}
+        restarting: dict[Any, tuple[int, int]] = {}  # ready() of an actor Ray restarts -> (actor, asks so far)
         idle = deque(range(len(self.actors)))  # actors free to take a study, the longest free first
 
         def read_ahead() -> None:
@@ -151,12 +153,20 @@ class RayPool:
                     tries[study.key] = tries.get(study.key, 0) + 1
                     running[self.actors[n].run.remote(study, volume)] = (study, n, volume)
                 read_ahead()  # the actors are busy: the next studies are read meanwhile
-                if not running and not storing:
+                if not running and not storing and not restarting:
                     raise ServiceError(
                         f"every Ray worker was lost ({len(self.actors)} started, each restarted once): check the "
                         "nodes' memory and logs (`ray status`); --resume continues with the studies left."
                     )
-                (ref,), _ = ray.wait([*running, *storing], num_returns=1)
+                (ref,), _ = ray.wait([*running, *storing, *restarting], num_returns=1)
+                if ref in restarting:
+                    n, asks = restarting.pop(ref)
+                    state = _restarted(ray, ref, asks)
+                    if state:
+                        idle.append(n)
+                    elif state is None and asks < RESTART_ASKS:  # still coming back: ask again shortly
+                        restarting[self.actors[n].ready.remote()] = (n, asks + 1)
+                    continue
                 if ref in storing:
                     study, outcome = storing.pop(ref)
                     yield (study, *apply(outcome, self._stored(ray, ref)))
@@ -167,8 +177,8 @@ class RayPool:
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                     log.warning("study %s lost its worker: %s", study.key, str(exc).splitlines()[0])
                     losses[n] = losses.get(n, 0) + 1
-                    if losses[n] < 2:
-                        idle.append(n)  # restarted by Ray, behind the actors already free
+                    if losses[n] < 2:  # Ray restarts it: free again once it answers (a task sent while it
+                        restarting[self.actors[n].ready.remote()] = (n, 1)  # restarts would be lost too)
                     if tries[study.key] < 2:
                         ahead.appendleft((study, volume))  # once more (its volume is read), on the next free actor
                         continue
@@ -216,6 +226,29 @@ def _cancel(ray: Any, ref: Any, force: bool) -> None:
 
 def _first(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+RESTART_ASKS = 100
+"""How many times a restarting actor's ``ready`` is asked (each refused at once while Ray restarts it, else answered
+when its models are loaded) before the actor counts as gone."""
+
+
+def _restarted(ray: Any, ref: Any, asks: int) -> bool | None:
+    """Whether the restarted actor behind ``ready`` ref ``ref`` can take studies: True when it answered with its models
+    loaded; None while Ray still restarts it (asked again after a short pause); False when it is gone or its models
+    no longer load (its studies go to the other actors)."""
+    try:
+        answer = ray.get(ref)
+    except ray.exceptions.ActorUnavailableError:
+        time.sleep(min(0.05 * asks, 1.0))
+        return None
+    except ray.exceptions.RayError as exc:
+        log.warning("a restarted Ray worker is gone: %s", _first(exc))
+        return False
+    if isinstance(answer, dict) and answer.get("error"):
+        log.warning("a restarted Ray worker cannot load its models: %s", answer["error"])
+        return False
+    return True
 
 
 def _raise_load_error(answer: Any) -> None:

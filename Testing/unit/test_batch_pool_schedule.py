@@ -27,16 +27,22 @@ class _Ref:
 class FakeRay:
     """Tasks answer at once; an actor's study is done when ``wait`` hands it out (oldest first)."""
 
+    _actor_error = type("RayActorError", (_RayError,), {})
     exceptions = SimpleNamespace(
         RayError=_RayError,
-        RayActorError=type("RayActorError", (_RayError,), {}),
+        RayActorError=_actor_error,
+        ActorUnavailableError=type("ActorUnavailableError", (_actor_error,), {}),
         WorkerCrashedError=type("WorkerCrashedError", (_RayError,), {}),
     )
 
-    def __init__(self, unreadable: str = "") -> None:
+    def __init__(self, unreadable: str = "", kills: str = "", restart_refusals: int = 0) -> None:
         self.reads = self.dispatched = self.stores = 0
         self.ahead_at_wait: list[int] = []
         self.unreadable = unreadable
+        self.kills = kills  # the study whose first run kills its actor's process (Ray restarts it)
+        self.restart_refusals = restart_refusals  # ready() calls refused while the actor restarts
+        self.restarting: set[str] = set()
+        self.sent_while_restarting = 0
 
     def remote(self, **options):
         assert options == {"num_cpus": 0}, "I/O tasks reserve no CPU (the actors hold them all)"
@@ -55,14 +61,30 @@ class FakeRay:
         return wrap
 
     def actor(self, name: str):
+        refusals = [0]
+
         def run(study, volume):
             self.dispatched += 1
             assert isinstance(volume, _Ref), "the actor is handed the read's reference, not a volume"
+            if name in self.restarting:  # as Ray does when a task reaches an actor it is restarting
+                self.sent_while_restarting += 1
+                return _Ref(error=self.exceptions.ActorUnavailableError("The actor is restarting."))
+            if study.key == self.kills:
+                self.kills = ""
+                self.restarting.add(name)
+                return _Ref(error=self.exceptions.RayActorError("the worker process died"))
             if study.key == self.unreadable:
                 return _Ref(error=_RayError("the read task's worker died 4 times"))
             return _Ref(StudyOutcome(study.key, "ok", worker=name, read_by=volume.value.by))
 
-        return SimpleNamespace(run=SimpleNamespace(remote=run))
+        def ready():
+            if name in self.restarting and refusals[0] < self.restart_refusals:
+                refusals[0] += 1
+                return _Ref(error=self.exceptions.ActorUnavailableError("The actor is restarting."))
+            self.restarting.discard(name)
+            return _Ref({"load_s": 0.1, "worker": name})
+
+        return SimpleNamespace(run=SimpleNamespace(remote=run), ready=SimpleNamespace(remote=ready))
 
     def wait(self, refs, num_returns=1):
         self.ahead_at_wait.append(self.reads - self.dispatched)
@@ -104,3 +126,31 @@ def test_a_read_that_failed_past_rays_retries_is_that_studys_failed_row():
     assert "lost this study's read" in outcomes["s1"].error and "died 4 times" in outcomes["s1"].error
     assert fake.stores == 0, "no --dicomweb: nothing stored"
     assert max(fake.ahead_at_wait) == 2
+
+
+def test_a_killed_actor_gets_no_study_until_ray_has_restarted_it(monkeypatch):
+    """The flake this fixes: the killed study went straight back to its restarting actor, Ray refused it ("the actor
+    is restarting"), and that second loss made the study a failed row. Now the actor is asked ``ready`` (refused
+    while it restarts) and takes studies again only once it answers."""
+    monkeypatch.setattr("MedSegReasoning.batch.pool.time.sleep", lambda seconds: None)
+    fake = FakeRay(kills="s1", restart_refusals=3)
+    studies = [Study(f"s{i}", f"s{i}.nii.gz", box="1,1,5,5,0") for i in range(4)]
+    outcomes = {s.key: o for s, o, _ in _pool(fake, workers=1).run(studies)}
+    assert [outcomes[f"s{i}"].status for i in range(4)] == ["ok"] * 4, "the killed study finished on its retry"
+    assert fake.sent_while_restarting == 0, "no study was sent to the actor while Ray restarted it"
+    assert fake.dispatched == 5, "four studies, one of them twice"
+
+
+def test_an_actor_that_never_comes_back_ends_the_run_with_the_studies_left_for_resume(monkeypatch):
+    from MedSegReasoning.batch import pool as pool_module
+
+    monkeypatch.setattr(pool_module.time, "sleep", lambda seconds: None)
+    fake = FakeRay(kills="s0", restart_refusals=10_000)
+    studies = [Study(f"s{i}", f"s{i}.nii.gz", box="1,1,5,5,0") for i in range(2)]
+    import pytest
+
+    from MedSegReasoning.wire.errors import ServiceError
+
+    with pytest.raises(ServiceError, match="every Ray worker was lost"):
+        list(_pool(fake, workers=1).run(studies))
+    assert fake.sent_while_restarting == 0
