@@ -9,7 +9,7 @@ in-memory Arrow table, and for GRPO's mask reward every volume).
   into ``datasets.Dataset.from_generator``, which writes the rows as Arrow files under ``cache_dir`` (``train``:
   ``OUT/dataset-cache``) and memory-maps them; only pixel-free samples (``TrainSample.without_pixels``) are kept,
   for the rewards. The rows are exactly ``sample_row``'s (the images stored losslessly as PNG, as
-  ``Dataset.from_list`` of the same rows stores them).
+  ``Dataset.from_list`` of the same rows stores them, and read back as PIL images).
 - ``UnitVolumes`` is the mask reward's loader: the last ``max_units`` units' cases, least recently used dropped
   first; ``reward_samples`` gives a sample kept without its volume a ``mask_reward.LazyRewardSample`` reading
   through it. A unit loads the same voxels every time, so the volume's content hash, on which the segmenter's
@@ -78,6 +78,7 @@ def build_rows(
     def rows():
         for sample in iter_samples(dataset, found, strategy=strategy):
             row = sample_row(sample, prompts, convention, with_answer)
+            row["images"] = [{"bytes": png_bytes(image), "path": None} for image in row["images"]]
             found.samples.append(sample.without_pixels())
             yield row
 
@@ -104,6 +105,17 @@ def build_rows(
             cache_dir.parent.rmdir()
         raise
     return table, found
+
+
+def png_bytes(image: Any) -> bytes:
+    """A PIL image as PNG (lossless) at zlib level 1: ``datasets.Image`` would encode each row's first image twice
+    (``encode_nested_example`` encodes one to see whether the list needs encoding) at the default level, three
+    times the cost for files only this run reads."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _remove(folder: Path) -> None:
