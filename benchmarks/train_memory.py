@@ -4,7 +4,7 @@ against the rows streamed to Arrow files on disk (``training.stream``), on the s
 Run from the project root::
 
     .venv/bin/python benchmarks/train_memory.py                       # 300 images of 512 x 512
-    .venv/bin/python benchmarks/train_memory.py --images 1000 --size 768
+    .venv/bin/python benchmarks/train_memory.py --images 1000 --paths new  # the streamed path alone
 
 The set is ``support.grounding``'s (grey ellipses on smooth noise) written as U-MRG parquet by
 ``support.grounding_product.umrg_rows``, a chunk at a time. Each path runs in its own subprocess (so each peak is its
@@ -130,6 +130,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--paths", default="old,new", help="which preparations to run (old,new; new alone: larger sets)"
+    )
+    parser.add_argument("--methods", default="sft,grpo-mask", help="sft, grpo-mask or both")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "METHOD", "PARQUET", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -141,8 +145,8 @@ def main() -> int:
         t0 = time.perf_counter()
         parquet = write_set(Path(tmp) / "umrg", args.images, args.size)
         print(f"{args.images} images of {args.size} px written in {time.perf_counter() - t0:.0f} s", flush=True)
-        for method in ("sft", "grpo-mask"):
-            for mode in ("old", "new"):
+        for method in args.methods.split(","):
+            for mode in args.paths.split(","):
                 cache = Path(tmp) / f"cache-{method}-{mode}"
                 command = [sys.executable, __file__, "--child", mode, method, str(parquet), str(cache)]
                 done = subprocess.run(command, capture_output=True, text=True, check=True)
