@@ -33,7 +33,8 @@ key-slice montage, then the key slice), rendered by the same code.
 
 outputs (in --out): the model (loads with --reasoner hf:OUT), medseg_reasoner.json (prompt style and version,
 coordinate convention), training.json (the run's settings), logs.jsonl (one line per logged step), curves.png,
-checkpoints/ (--resume continues from the last one)
+checkpoints/ (--resume continues from the last one); while it runs, dataset-cache/ (the rendered rows on disk, one
+sample read at a time: memory does not grow with the dataset; removed at the end)
 
 config (--config FILE, YAML or JSON; docs/training.md lists every key): steps, batch, learning_rate, warmup_steps,
 lr_scheduler, lora {r, alpha, dropout, targets}, rewards {format, box, points, mask, key_slice}, generations, seed,
