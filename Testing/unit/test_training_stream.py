@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import re
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ class Recorder:
         return sum(ref() is not None for ref in self._alive)
 
     def dataset(self, n: int, empty: tuple[int, ...] = ()) -> Dataset:
-        return Dataset(pytest_path(), "memory", [self._unit(k, k in empty) for k in range(n)])
+        return Dataset(Path("memory-dataset"), "memory", [self._unit(k, k in empty) for k in range(n)])
 
     def _unit(self, n: int, empty: bool) -> Unit:
         def load() -> Case:
@@ -76,12 +77,6 @@ class Recorder:
             return case
 
         return Unit(f"u{n}", False, load, case=f"u{n}")
-
-
-def pytest_path():
-    from pathlib import Path
-
-    return Path("memory-dataset")
 
 
 class BoxSegmenter:
