@@ -33,7 +33,8 @@ key-slice montage, then the key slice), rendered by the same code.
 
 outputs (in --out): the model (loads with --reasoner hf:OUT), medseg_reasoner.json (prompt style and version,
 coordinate convention), training.json (the run's settings), logs.jsonl (one line per logged step), curves.png,
-checkpoints/ (--resume continues from the last one)
+checkpoints/ (--resume continues from the last one); while it runs, dataset-cache/ (the rendered rows on disk, one
+sample read at a time: memory does not grow with the dataset; removed at the end)
 
 config (--config FILE, YAML or JSON; docs/training.md lists every key): steps, batch, learning_rate, warmup_steps,
 lr_scheduler, lora {r, alpha, dropout, targets}, rewards {format, box, points, mask, key_slice}, generations, seed,
@@ -79,7 +80,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     """``train``: check everything cheap first, then load, train, save, log and plot."""
     from ..console import status
     from ..evaluation.layouts import open_dataset
-    from .checkpoint import CHECKPOINTS_DIR, LOGS_FILE, TRAINING_FILE, prepare_output, read_training_record
+    from .checkpoint import prepare_output, read_training_record
     from .config import load_config
     from .runner import require_training_packages, require_vllm, resolve_base
 
@@ -99,6 +100,18 @@ def run_train_command(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.dataset, args.layout)
     status(f"preparing the training samples of {dataset.path} ({dataset.layout} layout)...")
     run = _prepare(args, config, base, known, model_type, dataset)
+    try:
+        return _run(args, config, base, model_type, run, resume_from)
+    finally:  # the rows' cache is this run's only: the next run (--resume too) writes its own
+        _remove_cache(out)
+
+
+def _run(args, config, base: Path, model_type: str, run: dict[str, Any], resume_from: Path | None) -> int:
+    """Record, load, train, save: after every check has passed and the rows are written."""
+    from ..console import status
+    from .checkpoint import CHECKPOINTS_DIR, LOGS_FILE, TRAINING_FILE
+
+    out: Path = args.out
     record = _training_record(args, config, base, run, resume_from)
     from .checkpoint import begin_output, write_json
 
@@ -127,6 +140,14 @@ def run_train_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _remove_cache(out: Path) -> None:
+    import shutil
+
+    from .stream import DATASET_CACHE_DIR
+
+    shutil.rmtree(out / DATASET_CACHE_DIR, ignore_errors=True)
+
+
 def _recorded_config(record: dict[str, Any]):
     from .config import TrainConfig
 
@@ -135,12 +156,13 @@ def _recorded_config(record: dict[str, Any]):
 
 
 def _prepare(args, config, base: Path, known, model_type: str, dataset) -> dict[str, Any]:
-    """Processor, convention, prompt set, samples and dataset rows: everything before the model loads."""
+    """Processor, convention, prompt set, samples and dataset rows: everything before the model loads. The rows are
+    written to ``OUT/dataset-cache`` (``stream.build_rows``); a dataset without a usable sample leaves none."""
     from ..reasoning.coords import CONVENTION_BY_MODEL_TYPE, get_convention
     from ..reasoning.hf import processor_resize_rule
     from ..reasoning.prompts import PromptSet, prompt_set
     from .runner import load_processor
-    from .samples import load_samples, sample_row
+    from .stream import DATASET_CACHE_DIR, build_rows
 
     processor = load_processor(base)
     convention_name = config.convention or (known.convention if known else None) or CONVENTION_BY_MODEL_TYPE[model_type]
@@ -156,10 +178,12 @@ def _prepare(args, config, base: Path, known, model_type: str, dataset) -> dict[
                 f"prompt_version '{config.prompt_version}' is not shipped for the '{prompts.style}' prompt style: "
                 "leave it out (the current version) or use brief-v1 with prompt_style: segzero (docs/training.md)."
             ) from None
-    keep_volumes = args.method == "grpo" and config.rewards.mask > 0
-    found = load_samples(dataset, keep_volumes=keep_volumes)
-    rows = [sample_row(s, prompts, convention, with_answer=args.method == "sft") for s in found.samples]
-    samples = {s.id: s.without_pixels() if not keep_volumes else s for s in found.samples}
+    # one unit's pixels at a time, into Arrow files in OUT (memory-mapped); the samples kept hold no pixels, and the
+    # mask reward reads a sample's volume again when it scores it (stream.UnitVolumes)
+    rows, found = build_rows(
+        dataset, prompts, convention, with_answer=args.method == "sft", cache_dir=args.out / DATASET_CACHE_DIR
+    )
+    samples = {s.id: s for s in found.samples}
     return {
         "processor": processor,
         "convention": convention,

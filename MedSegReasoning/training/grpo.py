@@ -25,21 +25,18 @@ def build_mask_reward(
     config: TrainConfig, samples: Mapping[str, TrainSample], convention: Convention
 ) -> MaskRewardFn | None:
     """The mask-Dice reward (``training.mask_reward.MaskReward``; ``None`` when its weight is 0) over the samples
-    that hold a volume and its reference mask, with ``config.segmenter`` and the runtime's embedding store (a sample
+    that hold a volume and its reference mask, or name where to read them (``stream.reward_samples``: read when
+    scored, a few at a time), with ``config.segmenter`` and the runtime's embedding store (a sample
     encoded in an earlier run, or by ``ask``, is read from disk). Each reads its answers with the sample's dialogue
     context, so an answer naming an earlier round's entity (``ref``) is read as ``ask`` reads it."""
     if config.rewards.mask <= 0:
         return None
     from ..segmentation.factory import create_segmenter, default_store_root
-    from .mask_reward import MaskReward, RewardSample
+    from .mask_reward import MaskReward
+    from .stream import reward_samples
 
-    reward_samples = {
-        sid: RewardSample(s.volume, s.window, s.views, convention, s.truth_volume, s.context)
-        for sid, s in samples.items()
-        if s.volume is not None and s.truth_volume is not None
-    }
     segmenter = create_segmenter(config.segmenter, embedding_store=default_store_root())
-    return MaskReward(segmenter, reward_samples)
+    return MaskReward(segmenter, reward_samples(samples, convention))
 
 
 def vision_token_ids(model: Any) -> list[int]:
@@ -80,7 +77,7 @@ def grpo_arguments(config: TrainConfig, model: Any) -> dict[str, Any]:
 def build_grpo_trainer(
     model: Any,
     processor: Any,
-    rows: list[dict[str, Any]],
+    rows: Any,
     rewards: RewardAssembly,
     config: TrainConfig,
     out: Path,
@@ -89,8 +86,8 @@ def build_grpo_trainer(
     bf16: bool,
     callbacks: list[Any],
 ) -> Any:
-    """A ``GRPOTrainer`` over ``rows`` (``samples.sample_row`` without the answer)."""
-    import datasets
+    """A ``GRPOTrainer`` over ``rows``, a ``datasets.Dataset`` of ``samples.sample_row`` without the answer
+    (``stream.build_rows``)."""
     from trl import GRPOConfig, GRPOTrainer
 
     # TRL left-pads the prompts itself; the processor's own padding (its mm_token_type_ids) must agree, or with
@@ -105,7 +102,7 @@ def build_grpo_trainer(
         model=model,
         reward_funcs=funcs,
         args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
+        train_dataset=rows,
         processing_class=processor,
         peft_config=lora_config(config, full),
         callbacks=callbacks,

@@ -21,6 +21,11 @@ a training set with more planes than that should get a larger bound or a disk st
 (``create_segmenter(embedding_store=...)``), else embeddings evicted between epochs are encoded again.
 ``MaskReward.encode_all`` encodes every sample's plane up front (for a fixed pool, as the tests do).
 
+Memory. A ``LazyRewardSample`` holds no pixels: it reads its volume and reference mask when it is scored (``train``
+gives it ``training.stream.UnitVolumes``, which holds the last few loaded units), so a run's memory is bounded by
+that bound, not by the dataset. The volume read again has the same content hash, so the embedding cache and store
+keys are those of an eagerly loaded one (``ask``'s stored embeddings are reused either way).
+
 One difference from ``ask``, by default: ``ask`` segments a structure whose box covers fewer than 48 pixels of the
 model's input on a zoomed crop (``PropagationConfig.key_zoom_below_px``), and compares it with the whole slice. Each
 distinct crop is one more encoder call, and every completion of a group places its box elsewhere, so the reward
@@ -34,8 +39,8 @@ scores it with the other components.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -122,6 +127,23 @@ class RewardSample:
         return cls(volume, window, views, convention, truth, context)
 
 
+@dataclass(frozen=True, eq=False)
+class LazyRewardSample:
+    """A ``RewardSample`` whose volume and reference mask are read only when it is scored: ``fetch`` returns them
+    (the volume and the bool ``[k, j, i]`` truth). What an answer is read with (window, views, convention, context)
+    is held; the pixels are not, so a dataset of any size costs what ``fetch`` keeps (``training.stream``)."""
+
+    fetch: Callable[[], tuple[Volume, np.ndarray]] = field(repr=False)
+    window: Window
+    views: ViewSet
+    convention: Convention
+    context: ReasoningContext = EMPTY_CONTEXT
+
+    def load(self) -> RewardSample:
+        volume, truth = self.fetch()
+        return RewardSample(volume, self.window, self.views, self.convention, truth, self.context)
+
+
 def read_answer(text: str, sample: RewardSample) -> Answer | None:
     """``text`` in voxel indices, read exactly as ``ask`` reads it (``parse_answer`` then the view's conversion);
     ``None`` where the runtime could not use it (unreadable, coordinates outside the image, an unknown view)."""
@@ -158,15 +180,15 @@ def plane_dice(mask: np.ndarray, truth: np.ndarray, orientation: str, index: int
 class MaskReward:
     """TRL reward function: the key-plane Dice of the mask ``segmenter`` makes from each completion's prompt.
 
-    ``samples`` maps each dataset row's ``sample_id`` column to its ``RewardSample``; TRL passes that column to reward
-    functions as a keyword. Returns one float in [0, 1] per completion (0.0 for an answer the runtime cannot use).
+    ``samples`` maps each dataset row's ``sample_id`` column to its ``RewardSample`` (or a ``LazyRewardSample``, loaded
+    when its completions are scored); TRL passes that column to reward functions as a keyword. Returns one float in [0, 1] per completion (0.0 for an answer the runtime cannot use).
     ``zoom``: segment small boxes on the runtime's zoomed crop (see the module docstring; off by default).
     """
 
     def __init__(
         self,
         segmenter: Segmenter,
-        samples: Mapping[str, RewardSample],
+        samples: Mapping[str, RewardSample | LazyRewardSample],
         *,
         zoom: bool = False,
         config: PropagationConfig = DEFAULT_PROPAGATION,
@@ -192,6 +214,7 @@ class MaskReward:
             sample = self._sample(sid)
             for n in indices:
                 rewards[n] = self.score(completion_text(completions[n]), sample)
+            del sample  # a lazy sample's volume is held by its loader's bound alone while the next one loads
         return rewards
 
     def score(self, text: str, sample: RewardSample) -> float:
@@ -213,21 +236,26 @@ class MaskReward:
         """Encode the plane each sample's reasoner sees (its refine view's slice) into the segmenter's cache now;
         returns how many encoder calls that took (planes already cached cost none)."""
         before = self.segmenter.stats.encoder_calls
-        for sample in self.samples.values():
-            for view in sample.views.views:
+        for entry in self.samples.values():
+            for view in entry.views.views:
                 if len(view.tiles) != 1:
                     continue  # a montage: the plane depends on the tile the answer picks
                 tile = view.tiles[0]
-                _warm_plane(self.segmenter, sample, tile.orientation, tile.slice, self.config)
+                _warm_plane(self.segmenter, _loaded(entry), tile.orientation, tile.slice, self.config)
         return self.segmenter.stats.encoder_calls - before
 
     def _sample(self, sid: str) -> RewardSample:
         try:
-            return self.samples[sid]
+            entry = self.samples[sid]
         except KeyError:
             raise InputError(
                 f"no reward sample for sample_id {sid!r}: build MaskReward with every training sample."
             ) from None
+        return _loaded(entry)
+
+
+def _loaded(entry: RewardSample | LazyRewardSample) -> RewardSample:
+    return entry.load() if isinstance(entry, LazyRewardSample) else entry
 
 
 def _warm_plane(segmenter: Segmenter, sample: RewardSample, orientation: Orientation, index: int, config) -> None:

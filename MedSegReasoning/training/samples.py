@@ -20,13 +20,14 @@ cannot be read); none left is an ``InputError``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ..evaluation.layouts import Case, Dataset, Turn
+from ..evaluation.layouts import Case, Dataset, Turn, Unit
 from ..evaluation.truth import FedRound, truth_fed_rounds
 from ..reasoning.base import EMPTY_CONTEXT, ReasoningContext
 from ..reasoning.coords import Convention, resize_for_model
@@ -42,10 +43,47 @@ from ..reasoning.views import (
 )
 from ..volume.core import Volume
 from ..wire.errors import InputError
+from ..wire.masks import CompactMask
 from .targets import VoxelBox, VoxelPoint, answer_text, inner_points, mask_box
 
 TWO_D_STRATEGY = ReasoningStrategy(use_current_view="always")
 """How ``eval`` shows a 2D image (``evaluation.modes.reasoner_view``): the image itself, no montage."""
+
+
+@dataclass(frozen=True)
+class SampleSource:
+    """Where a sample's volume and truth are read again: its dataset unit (whose ``load`` reads the pixels) and the
+    1-based round of the unit's case the sample asks (``truth_fed_rounds``'s ``number``). A sample kept without
+    pixels keeps this instead, so the mask reward can load the volume only when it scores the sample."""
+
+    unit: Unit
+    round: int
+
+
+class CompactSlices(Mapping[int, np.ndarray]):
+    """2D truth masks by slice, held as bounding box + packed bits (``wire.masks.CompactMask``) and unpacked when
+    read: a kept sample costs a few kB whatever its image size, and no longer keeps its case's whole 3D truth
+    alive (a slice of it is a view into it)."""
+
+    def __init__(self, masks: Mapping[int, np.ndarray]) -> None:
+        self._masks = {
+            int(k): (CompactMask.from_dense(np.asarray(m, dtype=bool)[None]), tuple(np.shape(m)))
+            for k, m in masks.items()
+        }
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        mask, shape = self._masks[k]
+        return mask.slice_mask(0, (1, *shape))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(mask.nbytes for mask, _ in self._masks.values())
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,9 +93,10 @@ class TrainSample:
     ``slice`` is the axial slice the target answer names; ``truth`` maps each slice the views show (and the key
     slice) to its 2D truth mask, so a completion that picks another tile is scored on that tile's truth;
     ``slice_areas`` is the truth's area on every slice (the key-slice reward). ``volume`` and ``truth_volume`` (the
-    whole bool ``[k, j, i]`` mask) are kept only when a reward needs them (the mask reward). ``context`` is what the
-    dialogue holds when the question is asked (the earlier rounds' truths as entities; empty for a single question):
-    the prompt is rendered and every answer read with it. ``ref`` is the entity the question refers to, if any.
+    whole bool ``[k, j, i]`` mask) are kept only when asked for (``load_samples(keep_volumes=True)``); ``source`` says
+    where to read them again (``train`` keeps that instead: ``training.stream``). ``context`` is what the dialogue
+    holds when the question is asked (the earlier rounds' truths as entities; empty for a single question): the
+    prompt is rendered and every answer read with it. ``ref`` is the entity the question refers to, if any.
     """
 
     id: str
@@ -67,25 +106,28 @@ class TrainSample:
     box: VoxelBox
     points: tuple[VoxelPoint, VoxelPoint]
     label: str
-    truth: dict[int, np.ndarray] = field(repr=False)
+    truth: Mapping[int, np.ndarray] = field(repr=False)
     slice_areas: np.ndarray = field(repr=False)
     window: Any = None
     volume: Volume | None = field(default=None, repr=False)
     truth_volume: np.ndarray | None = field(default=None, repr=False)
     context: ReasoningContext = field(default=EMPTY_CONTEXT, repr=False)
     ref: str | None = None
+    source: SampleSource | None = field(default=None, repr=False)
 
     @property
     def task(self) -> str:
         return self.views.task
 
     def without_pixels(self) -> TrainSample:
-        """The same sample with each view's image replaced by a zero-memory stand-in of its size: conversion needs
-        only the tiles and the image size, and a dataset's pixels are not held twice."""
+        """The same sample holding no pixels: each view's image replaced by a zero-memory stand-in of its size
+        (conversion needs only the tiles and the image size), the truth slices packed (``CompactSlices``), no volume
+        (``source`` reads it again). What the rewards need stays; a dataset's pixels are not held at all."""
         views = tuple(
             replace(v, image=np.broadcast_to(np.zeros((1, 1, 3), np.uint8), v.image.shape)) for v in self.views.views
         )
-        return replace(self, views=replace(self.views, views=views))
+        truth = self.truth if isinstance(self.truth, CompactSlices) else CompactSlices(self.truth)
+        return replace(self, views=replace(self.views, views=views), truth=truth, volume=None, truth_volume=None)
 
 
 @dataclass
@@ -103,23 +145,35 @@ class SampleSet:
 def load_samples(
     dataset: Dataset, *, keep_volumes: bool = False, strategy: ReasoningStrategy = DEFAULT_STRATEGY
 ) -> SampleSet:
-    """Every usable training sample of ``dataset``; raises ``InputError`` when none is left."""
+    """Every usable training sample of ``dataset``, pixels included; raises ``InputError`` when none is left.
+    ``train`` streams them instead (``training.stream.build_rows``), one unit's pixels at a time."""
+    result = SampleSet([])
+    result.samples.extend(iter_samples(dataset, result, keep_volumes=keep_volumes, strategy=strategy))
+    require_usable(dataset, result)
+    return result
+
+
+def iter_samples(
+    dataset: Dataset, counts: SampleSet, *, keep_volumes: bool = False, strategy: ReasoningStrategy = DEFAULT_STRATEGY
+) -> Iterator[TrainSample]:
+    """The usable samples of ``dataset`` one at a time, each with its pixels (one unit is loaded at a time, and
+    dropped when its samples are done), counting what is skipped into ``counts`` (its ``samples`` are left to the
+    caller). Each sample names its ``source``; ``keep_volumes`` also puts the volume and truth on it."""
     from ..volume.windowing import default_window
 
-    result = SampleSet([])
     for unit in dataset:
         try:
             case = unit.load()
         except InputError as exc:
-            result.skipped["unreadable"] += 1
-            result.first_error = result.first_error or str(exc)
+            counts.skipped["unreadable"] += 1
+            counts.first_error = counts.first_error or str(exc)
             continue
         window = default_window(case.volume)
         for fed in truth_fed_rounds(case):
             turn = fed.turn
             reason = _unusable(case, fed)
             if reason:
-                result.skipped[reason] += 1
+                counts.skipped[reason] += 1
                 continue
             made = _samples_of(
                 case,
@@ -132,16 +186,22 @@ def load_samples(
                 fed.entities[turn.references[0]] if turn.references else None,
             )
             if case.dimension == 3 and len(made) == 1:
-                result.skipped["key-slice step: the structure is on no montage tile"] += 1
-            result.samples.extend(made)
-    if not result.samples:
-        detail = f" (skipped: {result.skipped_text()})" if result.skipped else ""
-        hint = f"; the first unreadable one: {result.first_error}" if result.first_error else ""
-        raise InputError(
-            f"the dataset {dataset.path} has no usable training sample{detail}{hint}: each question needs a non-empty "
-            "mask (and a box inside its image)."
-        )
-    return result
+                counts.skipped["key-slice step: the structure is on no montage tile"] += 1
+            source = SampleSource(unit, fed.number)
+            for sample in made:
+                yield replace(sample, source=source)
+
+
+def require_usable(dataset: Dataset, found: SampleSet) -> None:
+    """The error for a dataset without a usable sample (what was skipped, and the first unreadable one's reason)."""
+    if found.samples:
+        return
+    detail = f" (skipped: {found.skipped_text()})" if found.skipped else ""
+    hint = f"; the first unreadable one: {found.first_error}" if found.first_error else ""
+    raise InputError(
+        f"the dataset {dataset.path} has no usable training sample{detail}{hint}: each question needs a non-empty "
+        "mask (and a box inside its image)."
+    )
 
 
 def _unusable(case: Case, fed: FedRound) -> str | None:

@@ -17,7 +17,7 @@ from .runner import lora_config, trainer_arguments
 def build_sft_trainer(
     model: Any,
     processor: Any,
-    rows: list[dict[str, Any]],
+    rows: Any,
     config: TrainConfig,
     out: Path,
     *,
@@ -25,8 +25,8 @@ def build_sft_trainer(
     bf16: bool,
     callbacks: list[Any],
 ) -> Any:
-    """An ``SFTTrainer`` over ``rows`` (``samples.sample_row`` with the answer)."""
-    import datasets
+    """An ``SFTTrainer`` over ``rows``, a ``datasets.Dataset`` of ``samples.sample_row`` with the answer
+    (``stream.build_rows``: Arrow files on disk, memory-mapped)."""
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -37,7 +37,7 @@ def build_sft_trainer(
     return SFTTrainer(
         model=model,
         args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
+        train_dataset=rows,
         processing_class=processor,
         peft_config=lora_config(config, full),
         callbacks=callbacks,

@@ -229,6 +229,7 @@ def test_a_killed_run_resumes_without_repeating_a_step(tiny, data, tmp_path, mon
     assert missing_base == 3 and (out / "model.safetensors").is_file()  # a typo never costs the finished model
     assert train("sft", data["2d"], tiny, out, "--config", _config(tmp_path / "one.json", steps=1), "--force") == 0
     assert _steps(out) == [1] and not (out / "checkpoints" / "checkpoint-4").exists()
+    assert not (out / "dataset-cache").exists()  # the rows' Arrow files go with the run that wrote them
 
 
 def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tiny, data, tmp_path):
@@ -315,6 +316,8 @@ def test_bad_input_is_one_sentence_and_its_exit_code(tiny, data, tmp_path, monke
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    if case == "empty mask":  # refused after reading the whole dataset: no rows' cache, no folder left behind
+        assert not out.exists()
 
 
 def test_unusable_samples_are_skipped_and_counted(data, tmp_path):
