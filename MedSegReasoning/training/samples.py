@@ -44,7 +44,7 @@ from ..reasoning.views import (
 from ..volume.core import Volume
 from ..wire.errors import InputError
 from ..wire.masks import CompactMask
-from .targets import VoxelBox, VoxelPoint, answer_text, inner_points, mask_box
+from .targets import VoxelBox, VoxelPoint, answer_label, answer_text, inner_points, mask_box
 
 TWO_D_STRATEGY = ReasoningStrategy(use_current_view="always")
 """How ``eval`` shows a 2D image (``evaluation.modes.reasoner_view``): the image itself, no montage."""
@@ -260,7 +260,10 @@ def _samples_of(
     out = []
     if areas[pick_slice] > 0:
         out.append(sample(f"{sample_id}/pick", views=montage, k=pick_slice))
-    locate = draw_entities(refine_views(case.volume, window, strategy, "axial", key), context.entities)
+    # ``run_reasoning`` tells the refine step what the pick answer named ("You chose this slice for: ..."): the
+    # taught pick answer names the label (contract); a style whose answers name none renders no such line
+    chosen = (answer_label(label),)
+    locate = draw_entities(refine_views(case.volume, window, strategy, "axial", key, chosen), context.entities)
     out.append(sample(f"{sample_id}/locate", views=locate, k=key))
     return out
 

@@ -67,6 +67,12 @@ def think_text(task: str, name: str, where: str) -> str:
     return f"The question is about {name}. On {where} it is the region the box encloses."
 
 
+def answer_label(label: str) -> str:
+    """The structure's name as a contract answer gives it (``"target"`` where the dataset names none): at run time
+    the refine step's prompt repeats what the pick answer named, so training must know it too."""
+    return label or "target"
+
+
 def answer_text(
     style: str,
     views: ViewSet,
@@ -103,6 +109,6 @@ def answer_text(
                 raise ValueError("a locate answer needs a box")
             target["bbox"] = model_box(tile, view, convention, box)
             target["points"] = [list(model_point(tile, view, convention, u, v)) for u, v in points]
-        target.update(label=label or "target", ref=ref)
+        target.update(label=answer_label(label), ref=ref)
         payload = {"reasoning": think, "targets": [target], "clarification": None}
     return f"<think>{think}</think><answer>{json.dumps(payload)}</answer>"

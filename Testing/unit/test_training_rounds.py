@@ -94,7 +94,10 @@ def test_a_referring_mrmedseg_round_is_a_sample_prompted_as_the_reasoner_mode_as
     assert [(r["error"], r["box_iou"]) for r in records] == [(None, 1.0), (None, 1.0)]
 
 
-def test_a_referring_3d_round_is_taught_on_montage_and_slice_with_the_outlines_drawn(tmp_path):
+@pytest.mark.parametrize("style", ["segzero", "contract"])
+def test_a_referring_3d_round_is_taught_on_montage_and_slice_with_the_outlines_drawn(tmp_path, style):
+    """``contract``: the pick answer names the structure, and the refine step's prompt says "You chose this slice
+    for: <label>", in training as at run time; ``segzero``'s answers name none, and its prompt says nothing."""
     dataset = open_dataset(write_folder(tmp_path / "folder"))
     found = load_samples(dataset)
     assert not found.skipped
@@ -102,7 +105,7 @@ def test_a_referring_3d_round_is_taught_on_montage_and_slice_with_the_outlines_d
     assert [s.id for s in dialogue] == ["d1/0/pick", "d1/0/locate", "d1/1/pick", "d1/1/locate"]
     assert all([e.id for e in s.context.entities] == ["E1"] and s.ref == "E1" for s in dialogue[2:])
 
-    prompts = PromptSet("segzero")  # its answers name no label, so the refine step is asked as trained
+    prompts = PromptSet(style)
     reasoner = RecordingReasoner(prompts, [target_text(s, prompts, CONVENTION) for s in dialogue])
     unit = next(u for u in dataset.units if u.id == "d1")
     records = _asked_by_reasoner_mode(unit, reasoner, tmp_path)
@@ -111,6 +114,8 @@ def test_a_referring_3d_round_is_taught_on_montage_and_slice_with_the_outlines_d
     round_one, round_two = dialogue[0].views.views[0], dialogue[2].views.views[0]
     assert round_one.slices == round_two.slices and not np.array_equal(round_one.image, round_two.image)
     assert [r["error"] for r in records] == [None, None]
+    chosen = [("You chose this slice for" in r.prompt) for r in reasoner.requests]
+    assert chosen == [False, style == "contract", False, style == "contract"]
 
 
 def test_rewards_read_a_ref_answer_with_the_rounds_context(tmp_path, monkeypatch):
